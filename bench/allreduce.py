@@ -1,0 +1,30 @@
+"""All-reduce benchmark: size is the buffer size; busbw = algbw * 2(p-1)/p."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import mpicoll
+from mpicoll.transport import Comm
+
+from .exact import count_wrong, expected, values
+from .harness import Case, Prepared
+
+
+def prepare(comm: Comm, size: int, dtype: np.dtype, op: str, root: int) -> Prepared:
+    count = size // dtype.itemsize
+    x = values(count, comm.rank, op, dtype)
+    out = np.empty_like(x)
+    out[...] = 0  # touch the result buffer once, as an application's reused buffer would be
+    want = expected(count, comm.size, op, dtype)
+
+    def run(algorithm: str) -> None:
+        mpicoll.allreduce(x, op, algorithm=algorithm, comm=comm, out=out)
+
+    def wrong() -> int:
+        return comm.mpi.allreduce(count_wrong(out, want))
+
+    return Prepared(count, run, wrong)
+
+
+CASE = Case("allreduce", lambda p: 2 * (p - 1) / p, prepare)

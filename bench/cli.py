@@ -1,0 +1,140 @@
+"""``python -m mpicoll.bench`` / ``mpicoll-bench``: the benchmark suite's command line.
+
+Run under MPI, e.g.::
+
+    mpiexec -n 2 python -m mpicoll.bench allreduce -b 4K -e 256M -f 4 \\
+        --algo ring,tree,recursive_doubling,rabenseifner,native --json out.json
+
+Only rank 0 prints. An error on any rank aborts the whole job (no rank is left hanging).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from .harness import HEADER, Case, Options, Record, format_row, format_size, meta, parse_size, run_case, say, sweep
+from .harness import write_json as write_json_file
+
+
+def _cases() -> dict[str, Case]:
+    from . import allgather, allreduce, broadcast, reduce, reduce_scatter, sendrecv
+
+    modules = (allreduce, reduce_scatter, allgather, broadcast, reduce, sendrecv)
+    return {m.CASE.collective: m.CASE for m in modules}
+
+
+def _add_sweep_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-b", "--minbytes", default="4K", help="smallest message size (default 4K)")
+    p.add_argument("-e", "--maxbytes", default="64M", help="largest message size (default 64M)")
+    p.add_argument("-f", "--stepfactor", type=float, default=4, help="size multiplier (default 4)")
+    p.add_argument("-n", "--iters", type=int, default=20, help="at most this many timed iterations (default 20)")
+    p.add_argument("-w", "--warmup_iters", type=int, default=5, help="warm-up iterations (default 5)")
+    p.add_argument("-d", "--datatype", default="float32",
+                   help="float16, float32, float64, int32 or int64 (default float32)")
+    p.add_argument("-o", "--op", default="sum", help="sum, prod, min, max or avg (default sum)")
+    p.add_argument("-r", "--root", type=int, default=0, help="root rank of broadcast/reduce (default 0)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="rounds over all algorithms; each reports its median (default 3)")
+    p.add_argument("--budget", type=float, default=1.0,
+                   help="seconds of timed iterations per algorithm, size and round (default 1.0)")
+    p.add_argument("--validate", action="store_true",
+                   help="keep the cross-rank argument check on inside the timed loop (off by default)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mpicoll-bench", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in _cases():
+        p = sub.add_parser(name, help=f"benchmark {name}")
+        _add_sweep_options(p)
+        p.add_argument("--algo", default=None,
+                       help="comma-separated algorithms (default: all registered, plus auto)")
+        p.add_argument("--no-ceiling", dest="ceiling", action="store_false",
+                       help="skip the point-to-point Sendrecv row measured at each size")
+    p = sub.add_parser("tune", help="measure every algorithm and write the table algorithm='auto' reads")
+    _add_sweep_options(p)
+    p.add_argument("--collectives", default="allreduce", help="comma-separated collectives to tune")
+    p.add_argument("--out", default=None, help="table path (default: the user table, see `mpicoll info`)")
+    return parser
+
+
+def _options(args: argparse.Namespace, algorithms: Sequence[str]) -> Options:
+    return Options(
+        sizes=sweep(parse_size(args.minbytes), parse_size(args.maxbytes), args.stepfactor),
+        algorithms=list(algorithms), dtype=args.datatype, op=args.op, root=args.root,
+        warmup=args.warmup_iters, iters=args.iters, budget_s=args.budget, repeats=args.repeats,
+        validate=args.validate,
+    )
+
+
+def _algorithms(case: Case, requested: str | None) -> list[str]:
+    if case.collective == "sendrecv":
+        return ["sendrecv"]
+    from mpicoll.collectives import algorithm_names
+
+    names = algorithm_names(case.collective)
+    if requested is None:
+        return [*names, "auto"]
+    chosen = [a.strip() for a in requested.split(",") if a.strip()]
+    unknown = [a for a in chosen if a not in (*names, "auto")]
+    if unknown:
+        raise SystemExit(f"unknown algorithm(s) {unknown} for {case.collective}; known: {[*names, 'auto']}")
+    return chosen
+
+
+def run_collective(args: argparse.Namespace, comm: Any) -> list[Record]:
+    cases = _cases()
+    case = cases[args.command]
+    opts = _options(args, _algorithms(case, args.algo))
+    run_meta = meta(comm, opts)
+    say(comm, f"# mpicoll-bench {case.collective}: {comm.size} ranks on {run_meta['nhosts']} host(s), "
+              f"{run_meta['mpi_library']}")
+    say(comm, f"# {run_meta['timing']}; validate={'on' if opts.validate else 'off'} in the timed loop; "
+              f"segment_bytes={format_size(run_meta['config']['segment_bytes'])}")
+    say(comm, HEADER)
+    records: list[Record] = []
+    ceiling = cases["sendrecv"] if args.ceiling and case.collective != "sendrecv" else None
+    for size in opts.sizes:
+        step = Options(**{**opts.__dict__, "sizes": [size]})
+        records += run_case(case, comm, step, lambda r: say(comm, format_row(r)))
+        if ceiling is not None:
+            ceiling_opts = Options(**{**step.__dict__, "algorithms": ["sendrecv"]})
+            records += run_case(ceiling, comm, ceiling_opts, lambda r: say(comm, format_row(r)))
+    wrong = sum(r.wrong for r in records)
+    say(comm, f"# out of bounds values : {wrong} {'OK' if wrong == 0 else 'FAILED'}")
+    if args.json:
+        write_json_file(args.json, comm, records, run_meta)
+        say(comm, f"# wrote {args.json}")
+    return records
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point. Returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    from mpi4py import MPI
+
+    from mpicoll.transport import Comm
+
+    comm = Comm(MPI.COMM_WORLD)
+    try:
+        if args.command == "tune":
+            from .tune import run_tune
+
+            run_tune(args, comm, _cases(), _options)
+            return 0
+        records = run_collective(args, comm)
+        return 0 if all(r.wrong == 0 for r in records) else 1
+    except SystemExit:
+        raise
+    except BaseException:
+        sys.stderr.write(f"rank {comm.rank}: mpicoll-bench failed:\n{traceback.format_exc()}")
+        sys.stderr.flush()
+        if comm.size > 1:
+            MPI.COMM_WORLD.Abort(1)  # never leave the other ranks waiting in a collective
+        return 1

@@ -1,0 +1,60 @@
+"""``mpicoll-bench tune``: measure every algorithm and write the table ``algorithm="auto"`` reads.
+
+For each collective and size it runs all registered algorithms side by side, picks the fastest,
+and merges runs of sizes with the same winner into rules ``[max_bytes, algorithm]`` for the
+current rank count. Entries for other rank counts and collectives in the table are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mpicoll.collectives import algorithm_names, auto
+
+from .harness import Case, Options, Record, format_row, run_case, say
+
+
+def rules_from(records: list[Record]) -> list[list[Any]]:
+    """``[[max_bytes, winner], ..., [None, winner]]`` from measured records of one collective."""
+    best: dict[int, Record] = {}
+    for r in records:
+        if r.size_bytes not in best or r.time_us < best[r.size_bytes].time_us:
+            best[r.size_bytes] = r
+    rules: list[list[Any]] = []
+    for size in sorted(best):
+        winner = best[size].algorithm
+        if rules and rules[-1][1] == winner:
+            rules[-1][0] = size
+        else:
+            rules.append([size, winner])
+    if rules:
+        rules[-1][0] = None
+    return rules
+
+
+def run_tune(args: argparse.Namespace, comm: Any, cases: dict[str, Case],
+             make_options: Callable[[argparse.Namespace, list[str]], Options]) -> None:
+    out = Path(args.out) if args.out else auto.user_table_path()
+    table = json.loads(out.read_text()) if out.exists() else json.loads(auto.bundled_table_text())
+    for collective in [c.strip() for c in args.collectives.split(",") if c.strip()]:
+        if collective not in cases or collective == "sendrecv":
+            raise SystemExit(f"cannot tune {collective!r}; choose from {sorted(set(cases) - {'sendrecv'})}")
+        opts = make_options(args, algorithm_names(collective))
+        say(comm, f"# tuning {collective} on {comm.size} ranks")
+        records = run_case(cases[collective], comm, opts, lambda r: say(comm, format_row(r)))
+        rules = rules_from(records)
+        table.setdefault(collective, {})[str(comm.size)] = rules
+        say(comm, f"# {collective}, {comm.size} ranks: {rules}")
+    table["source"] = "mpicoll-bench tune"
+    auto.check_table(table, str(out))
+    if comm.rank == 0:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(table, indent=1) + "\n")
+    comm.mpi.Barrier()
+    auto.reset()
+    say(comm, f"# wrote {out}; algorithm='auto' reads it "
+              f"{'by default' if not args.out else 'when MPICOLL_AUTO_TABLE points to it'}")

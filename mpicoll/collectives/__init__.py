@@ -1,0 +1,21 @@
+"""Collective algorithms and the public collective functions.
+
+Importing this package registers every algorithm (one module each) with :mod:`.registry`.
+"""
+
+from . import native, rabenseifner, recursive_doubling, ring, tree  # noqa: F401  (registration)
+from .api import allgather, allreduce, broadcast, reduce, reduce_scatter
+from .ops import ReduceOp, op_names
+from .registry import COLLECTIVES, algorithm_names
+
+__all__ = [
+    "COLLECTIVES",
+    "ReduceOp",
+    "algorithm_names",
+    "allgather",
+    "allreduce",
+    "broadcast",
+    "op_names",
+    "reduce",
+    "reduce_scatter",
+]

@@ -1,0 +1,214 @@
+"""The public collectives: ``allreduce``, ``reduce_scatter``, ``allgather``, ``broadcast``, ``reduce``.
+
+Each function checks its arguments locally, resolves ``algorithm="auto"``, checks across ranks
+that everyone passed the same arguments (``config.validate``), runs the registered algorithm on
+1-D working buffers and puts the result where the caller asked. All are blocking and collective:
+every rank of the communicator must call them, in the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..backend import synchronize, xp_of
+from ..config import config
+from ..errors import ArgumentError
+from ..transport import Comm, as_comm
+from . import auto
+from .buffers import check_array, check_out, check_root, finish, flat_input, flat_output, in_out
+from .ops import ReduceOp, get_op, work_dtype
+from .partition import check_counts, even_counts
+from .registry import get_algorithm
+from .validate import check_same_arguments
+
+
+def _resolve(collective: str, algorithm: str, nbytes: int, comm: Comm) -> tuple[str, Any]:
+    name = auto.choose(collective, nbytes, comm.size) if algorithm == "auto" else algorithm
+    return name, get_algorithm(collective, name)
+
+
+def _average(work: Any, rop: ReduceOp, size: int) -> None:
+    if rop.average:
+        xp_of(work).divide(work, size, out=work)
+
+
+def allreduce(x: Any, op: str | ReduceOp = "sum", *, algorithm: str = "auto", comm: Any = None,
+              out: Any = None) -> Any:
+    """Combine ``x`` element-wise across all ranks; every rank gets the result.
+
+    Args:
+        x: this rank's contribution (NumPy or CuPy array, any shape; float16/32/64, int32/64).
+        op: ``"sum"``, ``"prod"``, ``"min"``, ``"max"`` or ``"avg"`` (sum / number of ranks, float only).
+        algorithm: ``"auto"``, ``"ring"``, ``"tree"``, ``"recursive_doubling"``, ``"rabenseifner"`` or
+            ``"native"`` (``MPI_Allreduce``).
+        comm: an :class:`mpicoll.Comm`, an mpi4py communicator, or ``None`` for the default.
+        out: where to write the result (same shape and dtype as ``x``); ``out=x`` works in place.
+
+    Returns:
+        The result, bitwise identical on every rank. float16 is accumulated in float32 and rounded
+        once. The ring moves ``2(p-1)/p * x.nbytes`` per rank.
+
+    Raises:
+        MismatchError: ranks passed different counts, dtypes, ops or algorithms.
+    """
+    c = as_comm(comm)
+    rop = get_op(op)
+    x = check_array(x, "allreduce")
+    rop.check_dtype(x.dtype, "allreduce")
+    out = check_out(out, x.shape, x.dtype, x, "allreduce")
+    name, algo = _resolve("allreduce", algorithm, x.nbytes, c)
+    if config.get("validate"):
+        check_same_arguments(c, "allreduce", count=x.size, dtype=x.dtype, op=rop.name, algorithm=name)
+    if x.size == 0:
+        return out
+    synchronize(x)
+    send, recv, direct = in_out(c, x, out, work_dtype(x.dtype))
+    algo(c, send, recv, rop)
+    _average(recv, rop, c.size)
+    return finish(recv, out, direct)
+
+
+def reduce_scatter(x: Any, op: str | ReduceOp = "sum", *, counts: Sequence[int] | None = None,
+                   algorithm: str = "auto", comm: Any = None, out: Any = None) -> Any:
+    """Reduce ``x`` element-wise across ranks and give rank ``r`` block ``r`` of the result.
+
+    Args:
+        x: this rank's contribution, read as a flat array of ``sum(counts)`` elements.
+        op: as for :func:`allreduce`.
+        counts: elements of each rank's block; by default ``x.size`` split as evenly as possible
+            (the first ``x.size % p`` ranks get one more).
+        algorithm: ``"auto"``, ``"ring"`` or ``"native"``.
+        comm: as for :func:`allreduce`.
+        out: 1-D buffer of ``counts[rank]`` elements.
+
+    Returns:
+        This rank's block of the reduction. The ring moves ``(p-1)/p * x.nbytes`` per rank.
+    """
+    c = as_comm(comm)
+    rop = get_op(op)
+    x = check_array(x, "reduce_scatter")
+    rop.check_dtype(x.dtype, "reduce_scatter")
+    counts = check_counts(counts, c.size, "reduce_scatter") or even_counts(x.size, c.size)
+    if sum(counts) != x.size:
+        raise ArgumentError(f"reduce_scatter: counts add up to {sum(counts)} but x has {x.size} elements")
+    out = check_out(out, (counts[c.rank],), x.dtype, x, "reduce_scatter")
+    name, algo = _resolve("reduce_scatter", algorithm, x.nbytes, c)
+    if config.get("validate"):
+        check_same_arguments(c, "reduce_scatter", count=x.size, dtype=x.dtype, op=rop.name,
+                             algorithm=name, counts=counts)
+    if x.size == 0:
+        return out
+    synchronize(x)
+    dtype = work_dtype(x.dtype)
+    send = flat_input(c, x, dtype, "api.send")
+    recv, direct = flat_output(c, out, dtype, "api.recv")
+    algo(c, send, recv, rop, counts)
+    _average(recv, rop, c.size)
+    return finish(recv, out, direct)
+
+
+def allgather(x: Any, *, counts: Sequence[int] | None = None, algorithm: str = "auto", comm: Any = None,
+              out: Any = None) -> Any:
+    """Gather every rank's ``x`` on every rank.
+
+    Args:
+        x: this rank's contribution, any dtype (bytes are moved, nothing is computed).
+        counts: elements each rank contributes, for contributions of different sizes; then
+            ``x.size`` must equal ``counts[rank]`` and the result is their 1-D concatenation.
+        algorithm: ``"auto"``, ``"ring"`` or ``"native"``.
+        comm: as for :func:`allreduce`.
+        out: the result buffer.
+
+    Returns:
+        Without ``counts``: an array of shape ``(p, *x.shape)`` whose row ``r`` is rank ``r``'s ``x``.
+        With ``counts``: a 1-D array of ``sum(counts)`` elements. Moves ``(p-1)/p`` of it per rank.
+    """
+    c = as_comm(comm)
+    x = check_array(x, "allgather")
+    given = check_counts(counts, c.size, "allgather")
+    if given is not None and given[c.rank] != x.size:
+        raise ArgumentError(f"allgather: counts[{c.rank}] = {given[c.rank]} but this rank's x has {x.size} "
+                            f"elements")
+    block_counts = given or [x.size] * c.size
+    shape = (sum(block_counts),) if given is not None else (c.size, *x.shape)
+    out = check_out(out, shape, x.dtype, x, "allgather")
+    name, algo = _resolve("allgather", algorithm, x.nbytes * c.size, c)
+    if config.get("validate"):
+        check_same_arguments(c, "allgather", count=-1 if given else x.size, dtype=x.dtype, algorithm=name,
+                             counts=given)
+    if sum(block_counts) == 0:
+        return out
+    synchronize(x)
+    send = flat_input(c, x, x.dtype, "api.send")
+    recv, direct = flat_output(c, out, x.dtype, "api.recv")
+    algo(c, send, recv, block_counts)
+    return finish(recv, out, direct)
+
+
+def broadcast(x: Any, root: int = 0, *, algorithm: str = "auto", comm: Any = None, out: Any = None) -> Any:
+    """Copy ``root``'s ``x`` to every rank.
+
+    Args:
+        x: at ``root`` the data; elsewhere an array of the same shape and dtype whose contents
+            are ignored (and left unchanged unless ``out is x``).
+        root: the rank that holds the data.
+        algorithm: ``"auto"``, ``"tree"`` or ``"native"``.
+        comm: as for :func:`allreduce`.
+        out: the result buffer; ``out=x`` broadcasts in place, as ``MPI_Bcast`` does.
+
+    Returns:
+        ``root``'s data, on every rank.
+    """
+    c = as_comm(comm)
+    x = check_array(x, "broadcast")
+    root = check_root(root, c, "broadcast")
+    out = check_out(out, x.shape, x.dtype, x, "broadcast")
+    name, algo = _resolve("broadcast", algorithm, x.nbytes, c)
+    if config.get("validate"):
+        check_same_arguments(c, "broadcast", count=x.size, dtype=x.dtype, root=root, algorithm=name)
+    if x.size == 0:
+        return out
+    buf, direct = flat_output(c, out, x.dtype, "api.recv")
+    if c.rank == root and not (out is x and direct):
+        synchronize(x)
+        buf.reshape(x.shape)[...] = x
+    algo(c, buf, root)
+    return finish(buf, out, direct)
+
+
+def reduce(x: Any, op: str | ReduceOp = "sum", root: int = 0, *, algorithm: str = "auto", comm: Any = None,
+           out: Any = None) -> Any | None:
+    """Combine ``x`` element-wise across ranks; only ``root`` gets the result.
+
+    Args:
+        x, op, algorithm, comm: as for :func:`allreduce` (algorithms ``"tree"`` and ``"native"``).
+        root: the rank that receives the result.
+        out: the result buffer at ``root`` (ignored elsewhere).
+
+    Returns:
+        The result at ``root``; ``None`` on the other ranks.
+    """
+    c = as_comm(comm)
+    rop = get_op(op)
+    x = check_array(x, "reduce")
+    rop.check_dtype(x.dtype, "reduce")
+    root = check_root(root, c, "reduce")
+    at_root = c.rank == root
+    out = check_out(out, x.shape, x.dtype, x, "reduce") if at_root else None
+    name, algo = _resolve("reduce", algorithm, x.nbytes, c)
+    if config.get("validate"):
+        check_same_arguments(c, "reduce", count=x.size, dtype=x.dtype, op=rop.name, root=root, algorithm=name)
+    if x.size == 0:
+        return out
+    synchronize(x)
+    dtype = work_dtype(x.dtype)
+    if at_root:
+        send, recv, direct = in_out(c, x, out, dtype)
+    else:
+        send, recv, direct = flat_input(c, x, dtype, "api.send"), None, False
+    algo(c, send, recv, rop, root)
+    if not at_root:
+        return None
+    _average(recv, rop, c.size)
+    return finish(recv, out, direct)

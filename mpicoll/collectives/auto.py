@@ -1,0 +1,112 @@
+"""``algorithm="auto"``: pick an algorithm by collective, message size and rank count.
+
+The choice comes from a JSON table, the first that exists of: the file named by
+``config.auto_table`` (env ``MPICOLL_AUTO_TABLE``); the user table
+``$XDG_CONFIG_HOME/mpicoll/auto_table.json`` (``~/.config/...``), which ``mpicoll-bench tune``
+writes by default after measuring this machine; the bundled ``auto_table.json``. Format::
+
+    {"format": 1,
+     "allreduce": {"2": [[8192, "recursive_doubling"], [null, "ring"]],
+                   "default": [[4096, "recursive_doubling"], [null, "ring"]]},
+     ...}
+
+Each rule list is sorted by its byte limit; the first rule whose limit is at least the message
+size wins, ``null`` meaning no limit. Rank counts without their own list use ``"default"``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..config import config
+from ..errors import ConfigError
+from .registry import COLLECTIVES, algorithm_names
+
+FORMAT = 1
+
+
+def bundled_table_text() -> str:
+    """The text of the table shipped with the package."""
+    return resources.files(__package__).joinpath("auto_table.json").read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=8)
+def _load(path: str) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8") if path else bundled_table_text()
+        table = json.loads(text)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read the auto-algorithm table {path or '(bundled)'}: {exc}; "
+                          "fix it, rerun `mpicoll-bench tune`, or unset MPICOLL_AUTO_TABLE") from None
+    check_table(table, path or "(bundled)")
+    return table
+
+
+def check_table(table: Any, where: str) -> None:
+    """Raise :class:`ConfigError` unless ``table`` is a well-formed table naming known algorithms."""
+    if not isinstance(table, dict) or table.get("format") != FORMAT:
+        raise ConfigError(f"auto-algorithm table {where}: expected an object with \"format\": {FORMAT}")
+    for collective in COLLECTIVES:
+        for key, rules in table.get(collective, {}).items():
+            if not isinstance(rules, list) or not rules:
+                raise ConfigError(f"auto-algorithm table {where}: {collective}[{key!r}] must be a non-empty list")
+            for rule in rules:
+                ok = (isinstance(rule, list) and len(rule) == 2 and (rule[0] is None or isinstance(rule[0], int))
+                      and rule[1] in algorithm_names(collective))
+                if not ok:
+                    raise ConfigError(
+                        f"auto-algorithm table {where}: bad rule {rule!r} in {collective}[{key!r}]; expected "
+                        f"[max_bytes or null, one of {algorithm_names(collective)}]")
+            if rules[-1][0] is not None:
+                raise ConfigError(f"auto-algorithm table {where}: the last rule of {collective}[{key!r}] "
+                                  "must have limit null (it covers every larger size)")
+
+
+def user_table_path() -> Path:
+    """Where ``mpicoll-bench tune`` writes by default and ``auto`` looks second."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "mpicoll" / "auto_table.json"
+
+
+def table_path() -> str:
+    """The path of the table ``auto`` reads now; ``""`` for the bundled one."""
+    configured = config.get("auto_table")
+    if configured:
+        return configured
+    user = user_table_path()
+    return str(user) if user.exists() else ""
+
+
+def current_table() -> dict[str, Any]:
+    """The table ``auto`` reads now (see the module docstring for the order)."""
+    return _load(table_path())
+
+
+_resolved: dict[str, str] = {}
+
+
+def reset() -> None:
+    """Forget the cached table location and contents (after writing a new table)."""
+    _resolved.clear()
+    _load.cache_clear()
+
+
+def choose(collective: str, nbytes: int, nranks: int) -> str:
+    """The algorithm ``auto`` uses for a message of ``nbytes`` bytes on ``nranks`` ranks."""
+    configured = config.get("auto_table")
+    path = _resolved.get(configured)
+    if path is None:  # look for the user table once, not on every call
+        path = _resolved[configured] = table_path()
+    rules_by_size = _load(path).get(collective, {})
+    rules = rules_by_size.get(str(nranks)) or rules_by_size.get("default")
+    if not rules:
+        return "native"
+    for limit, name in rules:
+        if limit is None or nbytes <= limit:
+            return name
+    return rules[-1][1]

@@ -1,0 +1,91 @@
+"""Local argument checks and working buffers of the public collectives.
+
+Algorithms only ever see 1-D contiguous arrays in the working dtype (float16 is carried in
+float32). This module turns whatever the caller passed (any shape, non-contiguous views, an
+``out=`` buffer, ``out is x``) into such arrays, and copies the result back where it belongs.
+The caller's input is never modified unless ``out is x``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..backend import device_of, is_array, xp_of
+from ..errors import ArgumentError, DtypeError
+from ..transport import Comm
+
+
+def check_array(x: Any, where: str, name: str = "x") -> Any:
+    """Accept a NumPy or CuPy array; anything else raises with a hint."""
+    if not is_array(x):
+        raise ArgumentError(f"{where}: {name} must be a NumPy or CuPy array, got {type(x).__name__}; "
+                            f"wrap lists or scalars with numpy.asarray")
+    if x.dtype.hasobject:
+        raise DtypeError(f"{where}: {name} has dtype object; pass a numeric array")
+    return x
+
+
+def check_out(out: Any, shape: tuple[int, ...], dtype: Any, x: Any, where: str) -> Any:
+    """Validate a caller's ``out=`` buffer (or allocate one when ``out`` is ``None``)."""
+    xp = xp_of(x)
+    if out is None:
+        return xp.empty(shape, dtype=dtype)
+    check_array(out, where, "out")
+    if out is not x and xp.may_share_memory(out, x) and xp.shares_memory(out, x):
+        raise ArgumentError(f"{where}: out overlaps x without being x; pass out=x for in place, "
+                            f"or a separate buffer")
+    if device_of(out) != device_of(x):
+        raise ArgumentError(f"{where}: out is on {device_of(out)} but x is on {device_of(x)}")
+    if out.dtype != dtype:
+        raise DtypeError(f"{where}: out has dtype {out.dtype}, expected {dtype}")
+    if tuple(out.shape) != tuple(shape):
+        raise ArgumentError(f"{where}: out has shape {tuple(out.shape)}, expected {tuple(shape)}")
+    return out
+
+
+def check_root(root: Any, comm: Comm, where: str) -> int:
+    """A root must be a rank of the communicator."""
+    if isinstance(root, bool) or not isinstance(root, int) or not 0 <= root < comm.size:
+        raise ArgumentError(f"{where}: root={root!r} is not a rank of this communicator "
+                            f"(0 .. {comm.size - 1})")
+    return root
+
+
+def _direct(array: Any, dtype: Any) -> bool:
+    return array.dtype == dtype and array.flags.c_contiguous
+
+
+def flat_input(comm: Comm, x: Any, dtype: Any, slot: str) -> Any:
+    """``x`` as a 1-D contiguous array of ``dtype``: a view when possible, else a reused scratch copy."""
+    if _direct(x, dtype):
+        return x.reshape(-1)
+    work = comm.scratch.get(slot, x.size, dtype, xp_of(x))
+    work.reshape(x.shape)[...] = x
+    return work
+
+
+def flat_output(comm: Comm, out: Any, dtype: Any, slot: str) -> tuple[Any, bool]:
+    """Where an algorithm writes its result, and whether that is ``out`` itself (contiguous, of ``dtype``)."""
+    if _direct(out, dtype):
+        return out.reshape(-1), True
+    return comm.scratch.get(slot, out.size, dtype, xp_of(out)), False
+
+
+def in_out(comm: Comm, x: Any, out: Any, dtype: Any) -> tuple[Any, Any, bool]:
+    """Working input and output, and whether the output is ``out`` itself.
+
+    When the caller asked for in place (``out is x``) and ``x`` can be used directly, input and
+    output are the *same object*, which algorithms recognize (``recvbuf is sendbuf``).
+    """
+    send = flat_input(comm, x, dtype, "api.send")
+    if out is x and _direct(x, dtype):
+        return send, send, True
+    recv, direct = flat_output(comm, out, dtype, "api.recv")
+    return send, recv, direct
+
+
+def finish(work: Any, out: Any, direct: bool) -> Any:
+    """Copy (and cast) the algorithm's result into ``out`` unless it was written there directly."""
+    if not direct:
+        out[...] = work.reshape(out.shape)
+    return out

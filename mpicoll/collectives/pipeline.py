@@ -1,0 +1,131 @@
+"""The pipeline engine: segmented transfers overlapped with reductions.
+
+Large messages move in segments of ``config.segment_bytes``. A :class:`RecvWindow` keeps up to
+``config.pipeline_depth`` segment receives in flight, so that while one segment is being reduced
+the next ones are already arriving. Each receive slot is a segment-sized piece of a reused
+scratch buffer, small enough to stay in cache between the receive and the reduction.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..backend import xp_of
+from ..config import config
+from ..transport import Comm
+from ..transport.p2p import irecv, isend, sendrecv, wait, waitall
+from .ops import ReduceOp
+from .partition import segment_elements, segments
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """Segment size (in elements) and receive depth for one call."""
+
+    segment_count: int
+    depth: int
+
+    @classmethod
+    def for_dtype(cls, dtype: Any) -> Pipeline:
+        """Read ``segment_bytes`` and ``pipeline_depth`` from the configuration."""
+        itemsize = np.dtype(dtype).itemsize
+        return cls(segment_elements(config.get("segment_bytes"), itemsize), config.get("pipeline_depth"))
+
+    def slots(self, comm: Comm, name: str, like: Any, ways: int = 1) -> Any:
+        """Scratch for ``ways * depth`` receive slots of one segment each, shaped (ways*depth, segment)."""
+        rows = ways * self.depth
+        flat = comm.scratch.get(name, rows * self.segment_count, like.dtype, xp_of(like))
+        return flat.reshape(rows, self.segment_count)
+
+
+class RecvWindow:
+    """Receives items ``0 .. n-1`` in order, keeping up to ``depth`` of them posted.
+
+    Args:
+        comm: the communicator.
+        tag: the message tag of this collective call.
+        count: how many items will be received.
+        depth: how many receives are kept in flight.
+        describe: ``describe(i) -> (buffer, source)`` for item ``i``; buffers of items
+            ``i`` and ``i + depth`` may share a slot, because item ``i + depth`` is posted only
+            when :meth:`release` says item ``i`` is done with.
+    """
+
+    def __init__(self, comm: Comm, tag: int, count: int, depth: int,
+                 describe: Callable[[int], tuple[Any, int]]) -> None:
+        self._comm, self._tag, self._count, self._describe = comm, tag, count, describe
+        self._posted: deque[tuple[Any, Any]] = deque()
+        self._next = 0
+        for _ in range(min(depth, count)):
+            self._post()
+
+    def _post(self) -> None:
+        buf, source = self._describe(self._next)
+        self._posted.append((irecv(self._comm, buf, source, self._tag), buf))
+        self._next += 1
+
+    def take(self) -> Any:
+        """Wait for the oldest posted item and return its buffer."""
+        request, buf = self._posted.popleft()
+        wait(request)
+        return buf
+
+    def release(self) -> None:
+        """The last taken item's buffer may be reused: post the next item, if any."""
+        if self._next < self._count:
+            self._post()
+
+
+def exchange_combine(comm: Comm, sendbuf: Any, keepbuf: Any, peer: int, op: ReduceOp,
+                     peer_first: bool, tag: int) -> None:
+    """Send ``sendbuf`` to ``peer`` and fold the peer's equally long message into ``keepbuf``.
+
+    ``keepbuf = peer (op) keepbuf`` when ``peer_first`` else ``keepbuf (op) peer``: callers pass
+    the lower group first so that every rank applies the op in the same order. ``sendbuf`` may be
+    ``keepbuf`` itself (recursive doubling); then each segment's send completes before that
+    segment is overwritten. Segmented and pipelined; moves ``sendbuf.nbytes`` each way.
+    """
+    pipe = Pipeline.for_dtype(keepbuf.dtype)
+    if max(sendbuf.size, keepbuf.size) <= pipe.segment_count:
+        _exchange_combine_once(comm, sendbuf, keepbuf, peer, op, peer_first, tag, pipe)
+        return
+    send_segs = segments(sendbuf.size, pipe.segment_count)
+    recv_segs = segments(keepbuf.size, pipe.segment_count)
+    sends = [isend(comm, sendbuf[lo:hi], peer, tag) for lo, hi in send_segs]
+    aliased = sendbuf is keepbuf or bool(xp_of(keepbuf).shares_memory(sendbuf, keepbuf))
+    slots = pipe.slots(comm, "exchange.recv", keepbuf)
+
+    def describe(i: int) -> tuple[Any, int]:
+        lo, hi = recv_segs[i]
+        return slots[i % pipe.depth, : hi - lo], peer
+
+    window = RecvWindow(comm, tag, len(recv_segs), pipe.depth, describe)
+    for i, (lo, hi) in enumerate(recv_segs):
+        theirs = window.take()
+        if aliased:
+            wait(sends[i])
+        _fold(op, theirs, keepbuf[lo:hi], peer_first)
+        window.release()
+    waitall(sends)
+
+
+def _fold(op: ReduceOp, theirs: Any, mine: Any, peer_first: bool) -> None:
+    """``mine = theirs (op) mine`` or ``mine (op) theirs``."""
+    if peer_first:
+        op.combine(theirs, mine, out=mine)
+    else:
+        op.combine(mine, theirs, out=mine)
+
+
+def _exchange_combine_once(comm: Comm, sendbuf: Any, keepbuf: Any, peer: int, op: ReduceOp,
+                           peer_first: bool, tag: int, pipe: Pipeline) -> None:
+    """The small-message path of :func:`exchange_combine`: one message each way, no pipeline."""
+    theirs = comm.scratch.get("exchange.recv", keepbuf.size, keepbuf.dtype, xp_of(keepbuf))
+    sendrecv(comm, sendbuf, peer, theirs, peer, tag)
+    if keepbuf.size:
+        _fold(op, theirs, keepbuf, peer_first)

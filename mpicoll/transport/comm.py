@@ -1,0 +1,118 @@
+"""The :class:`Comm` wrapper: a private communicator, tags and scratch buffers."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ArgumentError
+from .scratch import ScratchPool
+
+if TYPE_CHECKING:
+    from mpi4py import MPI
+
+# Tags below this are left to the application on the duplicated communicator (they cannot
+# collide anyway: a Dup() has its own matching context).
+_FIRST_TAG = 100
+
+
+class Comm:
+    """An MPI communicator for mpicoll collectives.
+
+    Wraps a ``Dup()`` of the given communicator so that mpicoll's messages can never match the
+    application's, hands out message tags, and keeps scratch buffers that collectives reuse.
+    Creating a ``Comm`` is collective over the communicator (it calls ``Dup``).
+
+    Args:
+        comm: the communicator to duplicate; ``MPI.COMM_WORLD`` when omitted.
+        dup: duplicate ``comm`` (the default). Pass ``False`` only for a communicator that nobody
+            else sends on.
+
+    Example:
+        >>> from mpi4py import MPI                               # doctest: +SKIP
+        >>> with mpicoll.Comm(MPI.COMM_WORLD) as comm:           # doctest: +SKIP
+        ...     y = mpicoll.allreduce(x, comm=comm)
+    """
+
+    def __init__(self, comm: MPI.Comm | None = None, *, dup: bool = True) -> None:
+        from mpi4py import MPI
+
+        base = MPI.COMM_WORLD if comm is None else comm
+        if not isinstance(base, MPI.Comm) or base == MPI.COMM_NULL:
+            raise ArgumentError(f"Comm() needs an mpi4py communicator, got {type(base).__name__}")
+        self.mpi: MPI.Comm = base.Dup() if dup else base
+        self._owned = dup
+        self.rank: int = self.mpi.Get_rank()
+        self.size: int = self.mpi.Get_size()
+        tag_ub = self.mpi.Get_attr(MPI.TAG_UB) or 32767
+        self._tag_span = max(1, min(int(tag_ub), 1 << 22) - _FIRST_TAG)
+        self._tags = itertools.count()  # next() on a count is atomic under the GIL: no lock needed
+        self.scratch = ScratchPool()
+        #: per-communicator memo of schedules (e.g. recursive-doubling partners), keyed by algorithm
+        self.cache: dict[str, Any] = {}
+
+    def new_tag(self) -> int:
+        """A tag for one collective call.
+
+        Every rank calls collectives in the same order, so the counters stay in step and the
+        same call gets the same tag on every rank; concurrent non-blocking calls get distinct tags.
+        """
+        return _FIRST_TAG + next(self._tags) % self._tag_span
+
+    def free(self) -> None:
+        """Free the duplicated communicator and the scratch buffers. Collective."""
+        self.scratch.clear()
+        self.cache.clear()
+        if self._owned and self.mpi is not None:
+            self.mpi.Free()
+        self._owned = False
+
+    def __enter__(self) -> Comm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.free()
+
+    def __repr__(self) -> str:
+        return f"Comm(rank={self.rank}, size={self.size})"
+
+
+_default: Comm | None = None
+_wrapped: dict[int, Comm] = {}
+_registry_lock = threading.Lock()
+
+
+def default_comm() -> Comm:
+    """The process-wide default: a private ``Dup()`` of ``MPI.COMM_WORLD``, made on first use."""
+    global _default
+    with _registry_lock:
+        if _default is None:
+            _default = Comm()
+        return _default
+
+
+def as_comm(comm: Any = None) -> Comm:
+    """Resolve the ``comm=`` argument of a collective.
+
+    ``None`` gives :func:`default_comm`; a :class:`Comm` is used as is; an mpi4py communicator is
+    wrapped (and duplicated, collectively) on first use and the wrapper cached. For communicators
+    you create and free repeatedly, make one :class:`Comm` yourself and pass that instead.
+    """
+    if comm is None:
+        return default_comm()
+    if isinstance(comm, Comm):
+        return comm
+    from mpi4py import MPI
+
+    if not isinstance(comm, MPI.Comm):
+        raise ArgumentError(
+            f"comm must be an mpicoll.Comm or an mpi4py communicator, got {type(comm).__name__}"
+        )
+    key = comm.py2f()
+    with _registry_lock:
+        wrapped = _wrapped.get(key)
+        # A freed communicator's handle can be reused by a new one: re-wrap if the group changed.
+        if wrapped is None or MPI.Comm.Compare(comm, wrapped.mpi) not in (MPI.IDENT, MPI.CONGRUENT):
+            wrapped = _wrapped[key] = Comm(comm)
+        return wrapped

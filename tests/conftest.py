@@ -1,0 +1,10 @@
+"""Top-level test configuration.
+
+``tests/mpi`` holds size-agnostic tests that must run under ``mpiexec``; a plain ``pytest`` run
+does not collect them directly but launches them from ``tests/test_mpi_suite.py`` for
+N = 1..5 ranks. The launcher sets ``PYTEST_MPI=1`` for the ranks.
+"""
+
+import os
+
+collect_ignore = [] if os.environ.get("PYTEST_MPI") == "1" else ["mpi"]
