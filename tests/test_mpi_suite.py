@@ -1,58 +1,20 @@
 """Run ``tests/mpi`` under real ``mpiexec -n N`` for N = 1..5, bounded by timeouts.
 
-Uses the ``mpiexec`` of the running virtualenv (``sys.prefix/bin``), MPICH or Open MPI, whichever
-MPI wheel is installed there. A rank that hangs turns into a failure whose output shows every
-rank's Python stack (see tests/mpi/conftest.py); the launch itself is killed after
-``LAUNCH_TIMEOUT`` seconds as a last resort.
+A rank that hangs turns into a failure whose output shows every rank's Python stack (see
+tests/mpi/conftest.py); the launch itself is killed after ``LAUNCH_TIMEOUT`` seconds as a last resort.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-MPIEXEC = Path(sys.prefix) / "bin" / "mpiexec"
-LAUNCH_TIMEOUT = float(os.environ.get("PYTEST_MPI_LAUNCH_TIMEOUT", "900"))
-
-
-def mpi_env() -> dict[str, str]:
-    """Environment for the ranks; Open MPI needs its run-as-root and oversubscribe switches here."""
-    env = dict(os.environ, PYTEST_MPI="1", PYTHONFAULTHANDLER="1",
-               PYTEST_MPI_TIMEOUT=str(LAUNCH_TIMEOUT - 30))
-    env.pop("MPICOLL_VALIDATE", None)
-    version = subprocess.run([str(MPIEXEC), "--version"], capture_output=True, text=True, timeout=30)
-    if "Open MPI" in version.stdout + version.stderr or "OpenRTE" in version.stdout:
-        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-                   PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe",
-                   OMPI_MCA_mpi_yield_when_idle="1")
-    return env
-
-
-def run_ranks(nranks: int, args: list[str], timeout: float = LAUNCH_TIMEOUT) -> subprocess.CompletedProcess:
-    """``mpiexec -n nranks python -m mpi4py <args>``, killed (whole process group) after ``timeout``."""
-    if not MPIEXEC.exists():
-        pytest.fail(f"no mpiexec in {MPIEXEC.parent}: install an MPI wheel, e.g. pip install -e '.[mpich,test]'")
-    cmd = [str(MPIEXEC), "-n", str(nranks), sys.executable, "-m", "mpi4py", *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=mpi_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"{' '.join(cmd)} did not finish within {timeout:.0f} s and was killed; output:\n{out[-20000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
+from launch import run_ranks, stacks
 
 
 @pytest.mark.parametrize("nranks", [1, 2, 3, 4, 5])
-def test_mpi_suite(nranks: int) -> None:
-    result = run_ranks(nranks, ["-m", "pytest", "tests/mpi", "-p", "no:cacheprovider", "-q", "-rfE"])
-    tail = result.stdout[-30000:]
+def test_mpi_suite(nranks: int, tmp_path: Path) -> None:
+    result = run_ranks(nranks, ["-m", "pytest", "tests/mpi", "-p", "no:cacheprovider", "-q", "-rfE"], tmp_path)
+    tail = result.stdout[-30000:] + "\n" + stacks(tmp_path)
     assert result.returncode == 0, f"tests/mpi failed under mpiexec -n {nranks}:\n{tail}"
     assert " passed" in result.stdout and " failed" not in result.stdout, tail

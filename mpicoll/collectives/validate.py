@@ -80,14 +80,32 @@ def check_same_arguments(comm: Comm, collective: str, *, count: int, dtype: Any,
         raise _mismatch(collective, table, differing[0])
 
 
+def _rank_list(ranks: list[int]) -> str:
+    """``[0, 2, 3, 4]`` -> ``"ranks 0, 2-4"``."""
+    runs: list[list[int]] = []
+    for r in ranks:
+        if runs and r == runs[-1][1] + 1:
+            runs[-1][1] = r
+        else:
+            runs.append([r, r])
+    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+    return ("rank " if len(ranks) == 1 else "ranks ") + text
+
+
 def _mismatch(collective: str, table: np.ndarray, column: int) -> MismatchError:
+    """The same error, word for word, on every rank (so logs of all ranks agree)."""
     field = _FIELDS[column]
     values = {rank: _describe(field, collective, int(code)) for rank, code in enumerate(table[:, column])}
-    majority = max(set(values.values()), key=list(values.values()).count)
-    odd = {rank: v for rank, v in values.items() if v != majority}
-    others = ", ".join(f"rank {rank}: {v}" for rank, v in odd.items())
-    message = (f"{collective}: ranks passed different {field}: {others}; the other ranks passed {majority}. "
-               f"Every rank must call {collective} with the same count, dtype, op, root and algorithm "
-               f"(check the arrays and arguments on the ranks named). Set MPICOLL_VALIDATE=0 to skip "
-               f"this check.")
+    groups: dict[str, list[int]] = {}
+    for rank, value in values.items():
+        groups.setdefault(value, []).append(rank)
+    listing = "; ".join(f"{_rank_list(ranks)}: {value}" for value, ranks in groups.items())
+    if field == "collective":
+        message = (f"ranks called different collectives at the same point: {listing}. Every rank must call "
+                   f"the same collectives in the same order.")
+    else:
+        message = (f"{collective}: ranks passed different {field}: {listing}. Every rank must call {collective} "
+                   f"with the same count, dtype, op, root and algorithm (check the arrays and arguments on "
+                   f"the ranks named).")
+    message += " Set MPICOLL_VALIDATE=0 to skip this check."
     return MismatchError(message, field=field, values=values)

@@ -5,6 +5,9 @@
   makes every rank print its Python stack (so the log shows where each was stuck) and aborts
   the job: a hang becomes a failure within seconds, never a CI timeout.
 - A session-wide timer (``PYTEST_MPI_TIMEOUT``) dumps all stacks and exits as a backstop.
+
+Stacks go to ``$PYTEST_MPI_DUMP_DIR/stack-rank<R>.txt`` (pytest captures stderr while a test
+runs, so a stuck rank could not print them); the launcher shows those files on failure.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import faulthandler
 import os
 import signal
 import sys
+import tempfile
 import time
 
 import pytest
@@ -23,13 +27,15 @@ AGREE_TIMEOUT = float(os.environ.get("PYTEST_MPI_AGREE_TIMEOUT", "60"))
 _VERDICTS = MPI.COMM_WORLD.Dup()
 _PIDS = _VERDICTS.allgather(os.getpid())
 _HOSTS = _VERDICTS.allgather(MPI.Get_processor_name())
+_DUMP_DIR = os.environ.get("PYTEST_MPI_DUMP_DIR") or tempfile.gettempdir()
+_DUMP = open(os.path.join(_DUMP_DIR, f"stack-rank{_VERDICTS.Get_rank()}.txt"), "w")  # noqa: SIM115
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    faulthandler.register(signal.SIGUSR1, file=_DUMP, all_threads=True)
     timeout = float(os.environ.get("PYTEST_MPI_TIMEOUT", "0"))
     if timeout > 0:
-        faulthandler.dump_traceback_later(timeout, exit=True)
+        faulthandler.dump_traceback_later(timeout, exit=True, file=_DUMP)
     if _VERDICTS.Get_rank() != 0:
         config.option.verbose = -1
     from hypothesis import HealthCheck, settings
@@ -44,11 +50,11 @@ def pytest_configure(config: pytest.Config) -> None:
 def _dump_everyone_and_abort(nodeid: str, text: str) -> None:
     me = _VERDICTS.Get_rank()
     sys.stderr.write(f"\n[rank {me}] test {nodeid} finished here but other ranks did not reach its end "
-                     f"within {AGREE_TIMEOUT:.0f} s; their Python stacks follow, then the job is aborted.\n"
-                     f"{text}\n")
+                     f"within {AGREE_TIMEOUT:.0f} s; every rank's Python stack goes to "
+                     f"{_DUMP_DIR}/stack-rank<R>.txt and the job is aborted.\n{text}\n")
     sys.stderr.flush()
     for rank, pid in enumerate(_PIDS):
-        if rank != me and _HOSTS[rank] == _HOSTS[me]:
+        if _HOSTS[rank] == _HOSTS[me]:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGUSR1)
     time.sleep(1.0)

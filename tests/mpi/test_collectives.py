@@ -1,0 +1,92 @@
+"""reduce_scatter, allgather, broadcast and reduce: every algorithm against MPI's own collectives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mpitools import all_inputs, assert_all, assert_equal_all, mpi_allreduce, rank_input
+
+import mpicoll
+from mpicoll.collectives.partition import displacements, even_counts
+
+
+@pytest.fixture(scope="module")
+def comm():
+    with mpicoll.Comm() as c:
+        yield c
+
+
+@pytest.fixture(autouse=True)
+def small_segments():
+    with mpicoll.config.override(segment_bytes=1024):
+        yield
+
+
+def uneven_counts(size: int) -> list[int]:
+    return [(3 * r + 1) % 5 for r in range(size)]  # includes zero-sized blocks from 5 ranks up
+
+
+@pytest.mark.parametrize("algorithm", ["ring", "native", "auto"])
+@pytest.mark.parametrize("dtype", ["float16", "float32", "int64"])
+@pytest.mark.parametrize("op", ["sum", "max", "avg"])
+def test_reduce_scatter(comm, algorithm, dtype, op):
+    if op == "avg" and dtype == "int64":
+        pytest.skip("avg needs a floating dtype")
+    for total in (1, comm.size, 2 * comm.size + 1, 2003):
+        x = rank_input(total, comm.rank, dtype)
+        full = mpi_allreduce(comm.mpi, x, op)
+        counts = even_counts(total, comm.size)
+        start = displacements(counts)[comm.rank]
+        got = mpicoll.reduce_scatter(x, op, algorithm=algorithm, comm=comm)
+        assert_equal_all(comm.mpi, got, full[start: start + counts[comm.rank]], f"total={total}")
+    counts = uneven_counts(comm.size)
+    x = rank_input(sum(counts), comm.rank, dtype)
+    full = mpi_allreduce(comm.mpi, x, op)
+    start = displacements(counts)[comm.rank]
+    got = mpicoll.reduce_scatter(x, op, counts=counts, algorithm=algorithm, comm=comm)
+    assert_equal_all(comm.mpi, got, full[start: start + counts[comm.rank]], f"counts={counts}")
+
+
+@pytest.mark.parametrize("algorithm", ["ring", "native", "auto"])
+@pytest.mark.parametrize("dtype", ["float16", "int32", "complex128", "uint8"])
+def test_allgather(comm, algorithm, dtype):
+    for count in (1, 5, 1001):
+        x = rank_input(count, comm.rank, "int64").astype(dtype).reshape(count, 1)
+        got = mpicoll.allgather(x, algorithm=algorithm, comm=comm)
+        want = np.stack([v.astype(dtype).reshape(count, 1) for v in all_inputs(count, comm.size, "int64")])
+        assert_equal_all(comm.mpi, got, want, f"count={count}")
+    counts = uneven_counts(comm.size)
+    x = rank_input(counts[comm.rank], comm.rank, "int64").astype(dtype)
+    got = mpicoll.allgather(x, counts=counts, algorithm=algorithm, comm=comm)
+    want = np.concatenate([rank_input(c, r, "int64").astype(dtype) for r, c in enumerate(counts)])
+    assert_equal_all(comm.mpi, got, want, f"counts={counts}")
+
+
+@pytest.mark.parametrize("algorithm", ["tree", "native", "auto"])
+@pytest.mark.parametrize("dtype", ["float16", "float64", "int8"])
+def test_broadcast_from_every_root(comm, algorithm, dtype):
+    for root in range(comm.size):
+        for count in (1, 7, 3001):
+            want = rank_input(count, root, "int64").astype(dtype).reshape(count, 1)
+            x = want.copy() if comm.rank == root else np.full_like(want, 99)
+            before = x.copy()
+            got = mpicoll.broadcast(x, root, algorithm=algorithm, comm=comm)
+            assert_equal_all(comm.mpi, got, want, f"root={root} count={count}")
+            assert_equal_all(comm.mpi, x, before, "x untouched")
+            mpicoll.broadcast(x, root, algorithm=algorithm, comm=comm, out=x)
+            assert_equal_all(comm.mpi, x, want, "in place")
+
+
+@pytest.mark.parametrize("algorithm", ["tree", "native", "auto"])
+@pytest.mark.parametrize("op", ["sum", "prod", "min", "avg"])
+def test_reduce_to_every_root(comm, algorithm, op):
+    kind = "prod" if op == "prod" else "int"
+    for root in range(comm.size):
+        for count in (1, 4097):
+            x = rank_input(count, comm.rank, "float32", kind)
+            want = mpi_allreduce(comm.mpi, x, op)
+            got = mpicoll.reduce(x, op, root, algorithm=algorithm, comm=comm)
+            if comm.rank == root:
+                assert_equal_all(comm.mpi, got, want, f"root={root}")
+            else:
+                assert_all(comm.mpi, got is None, f"non-root got {type(got).__name__}, want None")

@@ -1,0 +1,99 @@
+"""Bad input: clear errors, raised on every rank, naming ranks and values; nothing hangs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mpitools import assert_all
+
+import mpicoll
+from mpicoll.errors import ArgumentError, DtypeError, MismatchError, UnsupportedError
+
+
+@pytest.fixture(scope="module")
+def comm():
+    with mpicoll.Comm() as c:
+        yield c
+
+
+def raises_everywhere(comm, exc_type, fn, *match):
+    """Collective: ``fn()`` raises ``exc_type`` on every rank, with every ``match`` text in the message."""
+    try:
+        fn()
+    except exc_type as exc:
+        text = str(exc)
+        missing = [m for m in match if m not in text]
+        assert_all(comm.mpi, not missing, f"message lacks {missing}: {text}")
+        return text
+    except Exception as exc:  # any other type is a failure, reported collectively
+        assert_all(comm.mpi, False, f"raised {type(exc).__name__}: {exc}")
+    else:
+        assert_all(comm.mpi, False, f"did not raise {exc_type.__name__}")
+    return ""
+
+
+multi = pytest.mark.skipif(mpicoll.size() < 2, reason="needs at least 2 ranks to disagree")
+
+
+@multi
+@pytest.mark.parametrize("collective", ["allreduce", "reduce_scatter", "broadcast", "reduce", "allgather"])
+def test_mismatched_counts(comm, collective):
+    count = 10 if comm.rank != 1 else 11
+    x = np.ones(count, dtype=np.float32)
+    fn = getattr(mpicoll, collective)
+    text = raises_everywhere(comm, MismatchError, lambda: fn(x, comm=comm), "rank 1: 11", "count",
+                             "rank 0: 10" if comm.size == 2 else "ranks 0, 2")
+    assert_all(comm.mpi, collective in text, text)
+    # the communicator still works afterwards
+    y = mpicoll.allreduce(np.ones(3, dtype=np.int64), comm=comm)
+    assert_all(comm.mpi, (y == comm.size).all(), "allreduce after the error")
+
+
+@multi
+def test_mismatched_dtype_op_root_algorithm(comm):
+    dtype = np.float64 if comm.rank == 0 else np.float32
+    raises_everywhere(comm, MismatchError, lambda: mpicoll.allreduce(np.ones(4, dtype), comm=comm),
+                      "dtype", "rank 0: float64")
+    op = "max" if comm.rank == comm.size - 1 else "sum"
+    raises_everywhere(comm, MismatchError, lambda: mpicoll.allreduce(np.ones(4), op, comm=comm),
+                      "op", f"rank {comm.size - 1}: max", "sum")
+    root = 1 if comm.rank == 0 else 0
+    raises_everywhere(comm, MismatchError, lambda: mpicoll.broadcast(np.ones(4), root, comm=comm), "root")
+    algorithm = "tree" if comm.rank == 0 else "ring"
+    raises_everywhere(comm, MismatchError,
+                      lambda: mpicoll.allreduce(np.ones(4), algorithm=algorithm, comm=comm), "algorithm")
+
+
+@multi
+def test_different_collectives(comm):
+    x = np.ones(4)
+    call = (lambda: mpicoll.reduce(x, comm=comm)) if comm.rank == 0 else (lambda: mpicoll.allreduce(x, comm=comm))
+    text = raises_everywhere(comm, MismatchError, call, "different collectives", "rank 0: reduce",
+                             "allreduce")
+    texts = comm.mpi.allgather(text)
+    assert_all(comm.mpi, len(set(texts)) == 1, f"messages differ between ranks: {texts}")
+
+
+def test_local_argument_errors(comm):
+    x = np.ones(6, dtype=np.float32)
+    raises_everywhere(comm, UnsupportedError, lambda: mpicoll.allreduce(x, "xor", comm=comm), "'sum'")
+    raises_everywhere(comm, UnsupportedError, lambda: mpicoll.allreduce(x, algorithm="magic", comm=comm), "ring")
+    raises_everywhere(comm, DtypeError, lambda: mpicoll.allreduce(np.ones(3, np.int32), "avg", comm=comm),
+                      "floating")
+    raises_everywhere(comm, DtypeError, lambda: mpicoll.allreduce(np.ones(3, np.uint8), comm=comm), "uint8")
+    raises_everywhere(comm, ArgumentError, lambda: mpicoll.allreduce([1.0, 2.0], comm=comm), "numpy.asarray")
+    raises_everywhere(comm, ArgumentError, lambda: mpicoll.allreduce(x, comm=comm, out=np.ones(5, np.float32)),
+                      "shape")
+    raises_everywhere(comm, DtypeError, lambda: mpicoll.allreduce(x, comm=comm, out=np.ones(6)), "dtype")
+    raises_everywhere(comm, ArgumentError, lambda: mpicoll.allreduce(x, comm=comm, out=x[::-1]), "overlaps")
+    raises_everywhere(comm, ArgumentError, lambda: mpicoll.broadcast(x, comm.size, comm=comm), "root")
+    raises_everywhere(comm, ArgumentError, lambda: mpicoll.reduce_scatter(x, counts=[1] * (comm.size + 1),
+                                                                          comm=comm), "one count per rank")
+    raises_everywhere(comm, ArgumentError, lambda: mpicoll.allgather(x, counts=[99] * comm.size, comm=comm),
+                      "counts")
+
+
+def test_validation_can_be_switched_off(comm):
+    with mpicoll.config.override(validate=False):
+        y = mpicoll.allreduce(np.ones(5, dtype=np.int32), comm=comm)
+    assert_all(comm.mpi, (y == comm.size).all(), "result with validate=False")

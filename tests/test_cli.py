@@ -1,0 +1,92 @@
+"""Command lines under real mpiexec: `python -m mpicoll info`, the benchmark suite, and `tune`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from launch import ROOT, run_ranks
+
+REQUIRED = {"collective", "algorithm", "nranks", "size_bytes", "count", "dtype", "op", "time_us", "algbw_GBps",
+            "busbw_GBps", "wrong", "mpi_library"}
+
+
+def test_info_singleton():
+    out = subprocess.run([sys.executable, "-m", "mpicoll", "info"], capture_output=True, text=True, timeout=120,
+                         cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    for text in ("MPI library", "thread level", "ranks         1", "singleton", "numpy       cpu   yes",
+                 "CUDA-aware", "segment_bytes", "auto table"):
+        assert text in out.stdout, (text, out.stdout)
+
+
+def test_info_under_mpiexec_json(tmp_path):
+    result = run_ranks(3, ["-m", "mpicoll", "info", "--json"], tmp_path, timeout=120)
+    assert result.returncode == 0, result.stdout
+    report = json.loads(result.stdout)  # rank 0 prints, the others do not
+    assert report["ranks"] == 3 and report["hosts"] == 1
+    assert sum(report["ranks_per_host"].values()) == 3
+    assert "mpiexec" in report["launch"]["launcher"]
+    assert report["python_m_mpi4py"] is True
+    assert report["thread_level"].startswith("MPI_THREAD_")
+    providers = {p["name"]: p for p in report["kernel_providers"]}
+    assert providers["numpy"]["available"] and set(providers) == {"numpy", "numba-cpu", "numba-cuda", "cupy"}
+    assert all(p["reason"] for p in providers.values())
+
+
+def test_allreduce_bench_json(tmp_path):
+    out = tmp_path / "out.json"
+    algos = "ring,tree,recursive_doubling,rabenseifner,native,auto"
+    result = run_ranks(3, ["-m", "mpicoll.bench", "allreduce", "-b", "1K", "-e", "64K", "-f", "8", "-n", "3", "-w",
+                           "1", "--repeats", "1", "--algo", algos, "--json", str(out)], tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout
+    assert "#wrong" in result.stdout and "out of bounds values : 0 OK" in result.stdout
+    document = json.loads(out.read_text())
+    assert document["meta"]["nranks"] == 3 and "mpiexec" not in document["meta"]["mpi_library"]
+    rows = document["results"]
+    assert {r["algorithm"] for r in rows} == {*algos.split(","), "sendrecv"}
+    assert {r["size_bytes"] for r in rows} == {1024, 8192, 65536}
+    for r in rows:
+        assert REQUIRED <= set(r), set(r)
+        assert r["wrong"] == 0 and r["time_us"] > 0 and r["nranks"] == 3
+        if r["collective"] == "allreduce":
+            assert r["busbw_GBps"] == pytest.approx(r["algbw_GBps"] * 4 / 3)
+
+
+@pytest.mark.parametrize("collective", ["reduce_scatter", "allgather", "broadcast", "reduce"])
+def test_other_collective_benches(tmp_path, collective):
+    result = run_ranks(2, ["-m", "mpicoll.bench", collective, "-b", "4K", "-e", "16K", "-n", "2", "-w", "1",
+                           "--repeats", "1", "--no-ceiling"], tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout
+    assert "out of bounds values : 0 OK" in result.stdout and collective in result.stdout
+
+
+def test_tune_writes_the_table_auto_reads(tmp_path):
+    table = tmp_path / "table.json"
+    result = run_ranks(2, ["-m", "mpicoll.bench", "tune", "-b", "1K", "-e", "16K", "-f", "4", "-n", "2", "-w", "1",
+                           "--repeats", "1", "--out", str(table)], tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout
+    rules = json.loads(table.read_text())["allreduce"]["2"]
+    assert rules[-1][0] is None
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import json, sys, mpicoll\n"
+        "from mpicoll.collectives import auto\n"
+        "rules = json.load(open(sys.argv[1]))['allreduce']['2']\n"
+        "for size in (1024, 4096, 16384, 1 << 30):\n"
+        "    want = next(a for limit, a in rules if limit is None or size <= limit)\n"
+        "    assert auto.choose('allreduce', size, mpicoll.size()) == want, (size, want)\n"
+        "print('auto follows the tuned table')\n")
+    env_result = run_ranks(2, [str(probe), str(table)], tmp_path, timeout=120,
+                           extra_env={"MPICOLL_AUTO_TABLE": str(table)})
+    assert env_result.returncode == 0 and "auto follows the tuned table" in env_result.stdout, env_result.stdout
+
+
+def test_bench_error_aborts_every_rank(tmp_path: Path):
+    result = run_ranks(2, ["-m", "mpicoll.bench", "allreduce", "-b", "4K", "-e", "4K", "-d", "uint8"], tmp_path,
+                       timeout=120)
+    assert result.returncode != 0
+    assert "does not accept dtype uint8" in result.stdout
