@@ -49,8 +49,9 @@ def run_ranks(nranks: int, args: list[str], dump_dir: Path, timeout: float = LAU
     if not MPIEXEC.exists():
         pytest.fail(f"no mpiexec in {MPIEXEC.parent}: install an MPI wheel, e.g. pip install -e '.[mpich,test]'")
     cmd = [str(MPIEXEC), "-n", str(nranks), sys.executable, "-m", "mpi4py", *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**mpi_env(dump_dir), **(extra_env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    env = {**mpi_env(dump_dir), **(extra_env or {})}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
