@@ -31,7 +31,8 @@ def _add_sweep_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-b", "--minbytes", default="4K", help="smallest message size (default 4K)")
     p.add_argument("-e", "--maxbytes", default="64M", help="largest message size (default 64M)")
     p.add_argument("-f", "--stepfactor", type=float, default=4, help="size multiplier (default 4)")
-    p.add_argument("-n", "--iters", type=int, default=20, help="at most this many timed iterations (default 20)")
+    p.add_argument("-n", "--iters", type=int, default=1000,
+                   help="at most this many timed iterations per measurement (default 1000; see --budget)")
     p.add_argument("-w", "--warmup_iters", type=int, default=5, help="warm-up iterations (default 5)")
     p.add_argument("-d", "--datatype", default="float32",
                    help="float16, float32, float64, int32 or int64 (default float32)")
@@ -39,8 +40,9 @@ def _add_sweep_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-r", "--root", type=int, default=0, help="root rank of broadcast/reduce (default 0)")
     p.add_argument("--repeats", type=int, default=3,
                    help="rounds over all algorithms; each reports its median (default 3)")
-    p.add_argument("--budget", type=float, default=1.0,
-                   help="seconds of timed iterations per algorithm, size and round (default 1.0)")
+    p.add_argument("--budget", type=float, default=0.5,
+                   help="at most about this many seconds per measurement (default 0.5): fewer iterations "
+                        "for large messages")
     p.add_argument("--validate", action="store_true",
                    help="keep the cross-rank argument check on inside the timed loop (off by default)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
@@ -61,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep_options(p)
     p.add_argument("--collectives", default="allreduce", help="comma-separated collectives to tune")
     p.add_argument("--out", default=None, help="table path (default: the user table, see `mpicoll info`)")
+    from .report import add_parser
+
+    add_parser(sub)
     return parser
 
 
@@ -117,6 +122,10 @@ def run_collective(args: argparse.Namespace, comm: Any) -> list[Record]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point. Returns the process exit status."""
     args = build_parser().parse_args(argv)
+    if args.command == "report":  # reads files only: no MPI
+        from .report import run_report
+
+        return run_report(args)
     from mpi4py import MPI
 
     from mpicoll.transport import Comm

@@ -136,8 +136,8 @@ class Options:
     op: str = "sum"
     root: int = 0
     warmup: int = 5
-    iters: int = 20
-    budget_s: float = 1.0
+    iters: int = 1000
+    budget_s: float = 0.5
     repeats: int = 3
     validate: bool = False
 
@@ -154,8 +154,12 @@ def run_case(case: Case, comm: Comm, opts: Options, emit: Callable[[Record], Non
         iters: dict[str, int] = {}
         wrong: dict[str, int] = {}
         with mpicoll.config.override(validate=opts.validate):
-            for _ in range(opts.repeats):
-                for algo in opts.algorithms:  # interleaved: noise hits every algorithm alike
+            names = list(opts.algorithms)
+            for round_ in range(opts.repeats):
+                # Interleaved, and rotated each round, so slow phases of the machine and the after-effects
+                # of one algorithm on the next hit every algorithm alike.
+                shift = round_ % len(names)
+                for algo in names[shift:] + names[:shift]:
                     def body(algo: str = algo, prepared: Prepared = prepared) -> Any:
                         return prepared.run(algo)
                     if algo not in iters:

@@ -53,7 +53,7 @@ def run_tune(args: argparse.Namespace, comm: Any, cases: dict[str, Case],
     auto.check_table(table, str(out))
     if comm.rank == 0:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(table, indent=1) + "\n")
+        out.write_text(auto.format_table(table))
     comm.mpi.Barrier()
     auto.reset()
     say(comm, f"# wrote {out}; algorithm='auto' reads it "

@@ -67,6 +67,21 @@ def check_table(table: Any, where: str) -> None:
                                   "must have limit null (it covers every larger size)")
 
 
+def format_table(table: dict[str, Any]) -> str:
+    """JSON text with one line per rule list, so a table reads like the docstring's example."""
+    lines = ["{", f' "format": {json.dumps(table.get("format", FORMAT))},']
+    if "source" in table:
+        lines.append(f' "source": {json.dumps(table["source"])},')
+    blocks = []
+    for collective in COLLECTIVES:
+        if collective in table:
+            rows = [f'  {json.dumps(k)}: {json.dumps(v)}' for k, v in table[collective].items()]
+            blocks.append(f' {json.dumps(collective)}: {{\n' + ",\n".join(rows) + "\n }")
+    lines.append(",\n".join(blocks))
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
 def user_table_path() -> Path:
     """Where ``mpicoll-bench tune`` writes by default and ``auto`` looks second."""
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
@@ -88,17 +103,33 @@ def current_table() -> dict[str, Any]:
 
 
 _resolved: dict[str, str] = {}
+_choices: dict[tuple[str, str, int, int], str] = {}
 
 
 def reset() -> None:
-    """Forget the cached table location and contents (after writing a new table)."""
+    """Forget the cached table location, contents and choices (after writing a new table)."""
     _resolved.clear()
+    _choices.clear()
     _load.cache_clear()
 
 
 def choose(collective: str, nbytes: int, nranks: int) -> str:
-    """The algorithm ``auto`` uses for a message of ``nbytes`` bytes on ``nranks`` ranks."""
+    """The algorithm ``auto`` uses for a message of ``nbytes`` bytes on ``nranks`` ranks.
+
+    Memoized: a training loop asks the same question every step, and the answer must cost
+    nothing next to a small all-reduce.
+    """
     configured = config.get("auto_table")
+    key = (configured, collective, nbytes, nranks)
+    name = _choices.get(key)
+    if name is None:
+        if len(_choices) > 4096:
+            _choices.clear()
+        name = _choices[key] = _lookup(configured, collective, nbytes, nranks)
+    return name
+
+
+def _lookup(configured: str, collective: str, nbytes: int, nranks: int) -> str:
     path = _resolved.get(configured)
     if path is None:  # look for the user table once, not on every call
         path = _resolved[configured] = table_path()

@@ -26,13 +26,16 @@ _DTYPES = [np.dtype(t) for t in (
     "float16", "float32", "float64", "complex64", "complex128",
 )]
 _FIELDS = ("collective", "count", "dtype", "op", "root", "algorithm", "counts")
+_COLLECTIVE_CODES = {name: i for i, name in enumerate(COLLECTIVES)}
+_OP_CODES = {name: i for i, name in enumerate(op_names())}
+_DTYPE_CODES = {dtype: i for i, dtype in enumerate(_DTYPES)}
 
 
 def _dtype_code(dtype: np.dtype) -> int:
-    try:
-        return _DTYPES.index(dtype)
-    except ValueError:  # an exotic dtype: compare by its itemsize-qualified name
-        return 1000 + zlib.crc32(dtype.str.encode()) % 1000000
+    code = _DTYPE_CODES.get(dtype)
+    if code is None:  # an exotic dtype: compare by its itemsize-qualified name
+        code = 1000 + zlib.crc32(dtype.str.encode()) % 1000000
+    return code
 
 
 def _counts_code(counts: Sequence[int] | None) -> int:
@@ -65,19 +68,20 @@ def check_same_arguments(comm: Comm, collective: str, *, count: int, dtype: Any,
     variable-count calls pass ``-1`` and the ``counts`` list instead).
     """
     signature = np.array([
-        COLLECTIVES.index(collective),
+        _COLLECTIVE_CODES[collective],
         count,
         _dtype_code(np.dtype(dtype)),
-        op_names().index(op) if op is not None else -1,
+        _OP_CODES.get(op, -1),
         root,
         algorithm_names(collective).index(algorithm),
         _counts_code(counts),
     ], dtype=np.int64)
-    table = np.empty((comm.size, signature.size), dtype=np.int64)
+    table = comm.scratch.get("validate.table", comm.size * signature.size, np.int64).reshape(comm.size, -1)
     comm.mpi.Allgather(signature, table)
+    if (table == signature).all():  # the common case: one vectorized comparison
+        return
     differing = [i for i in range(signature.size) if not (table[:, i] == table[0, i]).all()]
-    if differing:
-        raise _mismatch(collective, table, differing[0])
+    raise _mismatch(collective, table.copy(), differing[0])
 
 
 def _rank_list(ranks: list[int]) -> str:

