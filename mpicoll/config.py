@@ -8,7 +8,7 @@ value and what is accepted. Stdlib only.
 Example:
     >>> from mpicoll import config
     >>> config.get("segment_bytes")  # doctest: +SKIP
-    262144
+    1048576
     >>> with config.override(validate=False):
     ...     pass
 """
@@ -123,8 +123,8 @@ SETTINGS: dict[str, Setting] = {
         ),
         Setting(
             "cuda_aware", "unset", str.strip, _choice("unset", "0", "1"),
-            "Whether the MPI library may be handed GPU buffers directly: '1' yes, '0' stage through "
-            "host memory, 'unset' stage and warn once.",
+            "Whether the MPI library may be handed GPU buffers directly: '1' yes; '0' or 'unset' no "
+            "(GPU arrays are refused with a clear error until host staging exists).",
         ),
         Setting(
             "kernel_providers", "cupy,numba-cuda,numba-cpu,numpy", str.strip, _str,

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..backend import device_of, is_array, xp_of
-from ..errors import ArgumentError, DtypeError
+from ..backend import device_of, is_array, is_cupy, xp_of
+from ..config import config
+from ..errors import ArgumentError, DtypeError, UnsupportedError
 from ..transport import Comm
 
 
@@ -22,6 +23,10 @@ def check_array(x: Any, where: str, name: str = "x") -> Any:
                             f"wrap lists or scalars with numpy.asarray")
     if x.dtype.hasobject:
         raise DtypeError(f"{where}: {name} has dtype object; pass a numeric array")
+    if is_cupy(x) and config.get("cuda_aware") != "1":
+        raise UnsupportedError(f"{where}: {name} is a GPU (CuPy) array, and handing GPU buffers to MPI needs a "
+                               f"CUDA-aware MPI. If yours is, set MPICOLL_CUDA_AWARE=1; otherwise copy to the "
+                               f"host first (host staging is not implemented yet)")
     return x
 
 
