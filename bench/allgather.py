@@ -7,7 +7,7 @@ import numpy as np
 import mpicoll
 from mpicoll.transport import Comm
 
-from .exact import count_wrong, values
+from .exact import count_wrong, poison, values
 from .harness import Case, Prepared
 
 
@@ -23,7 +23,7 @@ def prepare(comm: Comm, size: int, dtype: np.dtype, op: str, root: int) -> Prepa
     def wrong() -> int:
         return comm.mpi.allreduce(count_wrong(out, want))
 
-    return Prepared(block * comm.size, run, wrong)
+    return Prepared(block * comm.size, run, wrong, lambda: poison(out))
 
 
 CASE = Case("allgather", lambda p: (p - 1) / p, prepare, has_op=False)

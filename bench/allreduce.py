@@ -7,7 +7,7 @@ import numpy as np
 import mpicoll
 from mpicoll.transport import Comm
 
-from .exact import count_wrong, expected, values
+from .exact import count_wrong, expected, poison, values
 from .harness import Case, Prepared
 
 
@@ -24,7 +24,7 @@ def prepare(comm: Comm, size: int, dtype: np.dtype, op: str, root: int) -> Prepa
     def wrong() -> int:
         return comm.mpi.allreduce(count_wrong(out, want))
 
-    return Prepared(count, run, wrong)
+    return Prepared(count, run, wrong, lambda: poison(out))
 
 
 CASE = Case("allreduce", lambda p: 2 * (p - 1) / p, prepare)

@@ -33,6 +33,13 @@ def expected(count: int, nranks: int, op: str, dtype: np.dtype) -> np.ndarray:
     return acc.astype(dtype)
 
 
+def poison(result: np.ndarray | None) -> None:
+    """Fill a result buffer with values no correct answer contains (NaN, or the smallest integer),
+    so that an algorithm which never writes its output cannot pass the check."""
+    if result is not None:
+        result[...] = np.nan if result.dtype.kind == "f" else np.iinfo(result.dtype).min
+
+
 def count_wrong(result: np.ndarray | None, want: np.ndarray | None) -> int:
     """Elements of ``result`` that differ from ``want`` (0 where this rank holds no result)."""
     if result is None or want is None:

@@ -58,11 +58,16 @@ def sweep(begin: int, end: int, factor: float) -> list[int]:
 
 @dataclass
 class Prepared:
-    """One collective, set up for one message size: ``run(algorithm)`` and ``wrong()``."""
+    """One collective, set up for one message size.
+
+    ``poison()`` fills the result buffer with impossible values, ``run(algorithm)`` runs one
+    call, ``wrong()`` counts (collectively) the result elements that differ from the answer.
+    """
 
     count: int
     run: Callable[[str], Any]
     wrong: Callable[[], int]
+    poison: Callable[[], None] = lambda: None
 
 
 @dataclass(frozen=True)
@@ -162,6 +167,7 @@ def run_case(case: Case, comm: Comm, opts: Options, emit: Callable[[Record], Non
                 for algo in names[shift:] + names[:shift]:
                     def body(algo: str = algo, prepared: Prepared = prepared) -> Any:
                         return prepared.run(algo)
+                    prepared.poison()  # the check below then sees only what this algorithm wrote
                     if algo not in iters:
                         iters[algo] = choose_iterations(comm, body, opts.warmup, opts.iters, opts.budget_s)
                     times[algo].append(time_loop(comm, body, iters[algo]))

@@ -8,7 +8,7 @@ import mpicoll
 from mpicoll.collectives.partition import displacements, even_counts
 from mpicoll.transport import Comm
 
-from .exact import count_wrong, expected, values
+from .exact import count_wrong, expected, poison, values
 from .harness import Case, Prepared
 
 
@@ -26,7 +26,7 @@ def prepare(comm: Comm, size: int, dtype: np.dtype, op: str, root: int) -> Prepa
     def wrong() -> int:
         return comm.mpi.allreduce(count_wrong(out, want))
 
-    return Prepared(count, run, wrong)
+    return Prepared(count, run, wrong, lambda: poison(out))
 
 
 CASE = Case("reduce_scatter", lambda p: (p - 1) / p, prepare)

@@ -10,7 +10,7 @@ import numpy as np
 
 from mpicoll.transport import Comm
 
-from .exact import count_wrong, values
+from .exact import count_wrong, poison, values
 from .harness import Case, Prepared
 
 ALGORITHMS = ["sendrecv"]
@@ -29,7 +29,7 @@ def prepare(comm: Comm, size: int, dtype: np.dtype, op: str, root: int) -> Prepa
     def wrong() -> int:
         return comm.mpi.allreduce(count_wrong(out, want))
 
-    return Prepared(count, run, wrong)
+    return Prepared(count, run, wrong, lambda: poison(out))
 
 
 CASE = Case("sendrecv", lambda p: 1.0, prepare, has_op=False)

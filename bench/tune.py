@@ -46,6 +46,9 @@ def run_tune(args: argparse.Namespace, comm: Any, cases: dict[str, Case],
         opts = make_options(args, algorithm_names(collective))
         say(comm, f"# tuning {collective} on {comm.size} ranks")
         records = run_case(cases[collective], comm, opts, lambda r: say(comm, format_row(r)))
+        broken = sorted({r.algorithm for r in records if r.wrong})
+        if broken:
+            raise SystemExit(f"tune: {collective} algorithm(s) {broken} returned wrong results; not writing a table")
         rules = rules_from(records)
         table.setdefault(collective, {})[str(comm.size)] = rules
         say(comm, f"# {collective}, {comm.size} ranks: {rules}")

@@ -23,6 +23,7 @@ from .errors import (
     DtypeError,
     MismatchError,
     MpicollError,
+    PayloadError,
     PeerError,
     UnsupportedError,
 )
@@ -57,13 +58,13 @@ def __dir__() -> list[str]:
 
 
 def rank() -> int:
-    """This process's rank in the default communicator (initializes MPI)."""
-    return import_module("mpicoll.transport").default_comm().rank
+    """This process's rank in ``MPI.COMM_WORLD`` (initializes MPI; not collective)."""
+    return import_module("mpi4py.MPI").COMM_WORLD.Get_rank()
 
 
 def size() -> int:
-    """The number of ranks in the default communicator (initializes MPI)."""
-    return import_module("mpicoll.transport").default_comm().size
+    """The number of ranks in ``MPI.COMM_WORLD`` (initializes MPI; not collective)."""
+    return import_module("mpi4py.MPI").COMM_WORLD.Get_size()
 
 
 __all__ = [
@@ -73,6 +74,7 @@ __all__ = [
     "DtypeError",
     "MismatchError",
     "MpicollError",
+    "PayloadError",
     "PeerError",
     "UnsupportedError",
     "__version__",

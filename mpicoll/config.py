@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import operator
 import os
 import threading
 import warnings
@@ -68,18 +69,13 @@ def _bool(value: Any) -> bool:
 
 def _int_range(lo: int, hi: int) -> Callable[[Any], int]:
     def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        try:  # any integer type (numpy's included), but not bool
+            number = None if isinstance(value, bool) else operator.index(value)
+        except TypeError:
+            number = None
+        if number is None or not lo <= number <= hi:
             raise ValueError(f"expected an integer from {lo} to {hi}")
-        return value
-
-    return check
-
-
-def _float_range(lo: float, hi: float) -> Callable[[Any], float]:
-    def check(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-            raise ValueError(f"expected a number from {lo} to {hi}")
-        return float(value)
+        return number
 
     return check
 
@@ -129,11 +125,6 @@ SETTINGS: dict[str, Setting] = {
         Setting(
             "kernel_providers", "cupy,numba-cuda,numba-cpu,numpy", str.strip, _str,
             "Order in which kernel providers are tried, comma-separated.",
-        ),
-        Setting(
-            "timeout", 0.0, float, _float_range(0.0, 86400.0),
-            "Seconds a rank may wait inside one collective before the watchdog reports and aborts "
-            "(0 = off).",
         ),
     )
 }

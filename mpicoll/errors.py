@@ -45,6 +45,10 @@ class MismatchError(MpicollError, ValueError):
         self.values = dict(values or {})
 
 
+class PayloadError(MpicollError, ValueError):
+    """A compressed payload that is truncated, malformed, or written by another compressor/version."""
+
+
 class PeerError(MpicollError, RuntimeError):
     """A peer rank failed, died or sent something unusable. ``rank`` names it when known."""
 

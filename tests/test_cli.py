@@ -90,3 +90,24 @@ def test_bench_error_aborts_every_rank(tmp_path: Path):
                        timeout=120)
     assert result.returncode != 0
     assert "does not accept dtype uint8" in result.stdout
+
+
+def test_wrong_count_catches_an_algorithm_that_writes_nothing(tmp_path):
+    script = tmp_path / "planted.py"
+    script.write_text(
+        "from mpicoll.collectives.registry import register\n"
+        "from mpicoll.bench.harness import Options, run_case\n"
+        "from mpicoll.bench.allreduce import CASE\n"
+        "from mpicoll.transport import Comm\n"
+        "@register('allreduce', 'noop')\n"
+        "def noop(comm, sendbuf, recvbuf, op):\n"
+        "    pass  # a broken algorithm: never writes its output\n"
+        "comm = Comm()\n"
+        "opts = Options(sizes=[4096], algorithms=['ring', 'noop'], warmup=1, iters=2, budget_s=0.01, repeats=2)\n"
+        "for r in run_case(CASE, comm, opts, lambda r: None):\n"
+        "    if comm.rank == 0:\n"
+        "        print(r.algorithm, 'wrong', r.wrong, flush=True)\n")
+    result = run_ranks(2, [str(script)], tmp_path, timeout=120)
+    assert result.returncode == 0, result.stdout
+    assert "ring wrong 0" in result.stdout
+    assert "noop wrong 4096" in result.stdout  # 1024 elements x 2 ranks x 2 rounds

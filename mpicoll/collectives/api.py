@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..backend import synchronize, xp_of
-from ..config import config
 from ..errors import ArgumentError
 from ..transport import Comm, as_comm
 from . import auto
@@ -20,7 +19,7 @@ from .buffers import check_array, check_out, check_root, finish, flat_input, fla
 from .ops import ReduceOp, get_op, work_dtype
 from .partition import check_counts, even_counts
 from .registry import get_algorithm
-from .validate import check_same_arguments
+from .validate import Agreement
 
 
 def _resolve(collective: str, algorithm: str, nbytes: int, comm: Comm) -> tuple[str, Any]:
@@ -46,20 +45,24 @@ def allreduce(x: Any, op: str | ReduceOp = "sum", *, algorithm: str = "auto", co
         out: where to write the result (same shape and dtype as ``x``); ``out=x`` works in place.
 
     Returns:
-        The result, bitwise identical on every rank. float16 is accumulated in float32 and rounded
-        once. The ring moves ``2(p-1)/p * x.nbytes`` per rank.
+        The result, bitwise identical on every rank and across repeated calls with mpicoll's own
+        algorithms (``native`` gives what the MPI library gives: min/max with NaN or -0.0 may
+        differ between ranks there). float16 is accumulated in float32 and rounded once. The
+        ring moves ``2(p-1)/p * x.nbytes`` per rank.
 
     Raises:
-        MismatchError: ranks passed different counts, dtypes, ops or algorithms.
+        MismatchError: ranks passed different counts, dtypes, ops or algorithms (validation on).
+        PeerError: another rank's arguments were rejected (validation on); that rank raises the
+            specific error.
     """
     c = as_comm(comm)
-    rop = get_op(op)
-    x = check_array(x, "allreduce")
-    rop.check_dtype(x.dtype, "allreduce")
-    out = check_out(out, x.shape, x.dtype, x, "allreduce")
-    name, algo = _resolve("allreduce", algorithm, x.nbytes, c)
-    if config.get("validate"):
-        check_same_arguments(c, "allreduce", count=x.size, dtype=x.dtype, op=rop.name, algorithm=name)
+    with Agreement(c, "allreduce") as agree:
+        rop = get_op(op)
+        x = check_array(x, "allreduce")
+        rop.check_dtype(x.dtype, "allreduce")
+        out = check_out(out, x.shape, x.dtype, x, "allreduce")
+        name, algo = _resolve("allreduce", algorithm, x.nbytes, c)
+        agree.set(count=x.size, dtype=x.dtype, op=rop.name, algorithm=name)
     if x.size == 0:
         return out
     synchronize(x)
@@ -80,23 +83,22 @@ def reduce_scatter(x: Any, op: str | ReduceOp = "sum", *, counts: Sequence[int] 
             (the first ``x.size % p`` ranks get one more).
         algorithm: ``"auto"``, ``"ring"`` or ``"native"``.
         comm: as for :func:`allreduce`.
-        out: 1-D buffer of ``counts[rank]`` elements.
+        out: 1-D buffer of ``counts[rank]`` elements (not overlapping ``x``).
 
     Returns:
         This rank's block of the reduction. The ring moves ``(p-1)/p * x.nbytes`` per rank.
     """
     c = as_comm(comm)
-    rop = get_op(op)
-    x = check_array(x, "reduce_scatter")
-    rop.check_dtype(x.dtype, "reduce_scatter")
-    counts = check_counts(counts, c.size, "reduce_scatter") or even_counts(x.size, c.size)
-    if sum(counts) != x.size:
-        raise ArgumentError(f"reduce_scatter: counts add up to {sum(counts)} but x has {x.size} elements")
-    out = check_out(out, (counts[c.rank],), x.dtype, x, "reduce_scatter")
-    name, algo = _resolve("reduce_scatter", algorithm, x.nbytes, c)
-    if config.get("validate"):
-        check_same_arguments(c, "reduce_scatter", count=x.size, dtype=x.dtype, op=rop.name,
-                             algorithm=name, counts=counts)
+    with Agreement(c, "reduce_scatter") as agree:
+        rop = get_op(op)
+        x = check_array(x, "reduce_scatter")
+        rop.check_dtype(x.dtype, "reduce_scatter")
+        counts = check_counts(counts, c.size, "reduce_scatter") or even_counts(x.size, c.size)
+        if sum(counts) != x.size:
+            raise ArgumentError(f"reduce_scatter: counts add up to {sum(counts)} but x has {x.size} elements")
+        out = check_out(out, (counts[c.rank],), x.dtype, x, "reduce_scatter", in_place=False)
+        name, algo = _resolve("reduce_scatter", algorithm, x.nbytes, c)
+        agree.set(count=x.size, dtype=x.dtype, op=rop.name, algorithm=name, counts=counts)
     if x.size == 0:
         return out
     synchronize(x)
@@ -118,25 +120,25 @@ def allgather(x: Any, *, counts: Sequence[int] | None = None, algorithm: str = "
             ``x.size`` must equal ``counts[rank]`` and the result is their 1-D concatenation.
         algorithm: ``"auto"``, ``"ring"`` or ``"native"``.
         comm: as for :func:`allreduce`.
-        out: the result buffer.
+        out: the result buffer (not overlapping ``x``).
 
     Returns:
         Without ``counts``: an array of shape ``(p, *x.shape)`` whose row ``r`` is rank ``r``'s ``x``.
         With ``counts``: a 1-D array of ``sum(counts)`` elements. Moves ``(p-1)/p`` of it per rank.
     """
     c = as_comm(comm)
-    x = check_array(x, "allgather")
-    given = check_counts(counts, c.size, "allgather")
-    if given is not None and given[c.rank] != x.size:
-        raise ArgumentError(f"allgather: counts[{c.rank}] = {given[c.rank]} but this rank's x has {x.size} "
-                            f"elements")
-    block_counts = given or [x.size] * c.size
-    shape = (sum(block_counts),) if given is not None else (c.size, *x.shape)
-    out = check_out(out, shape, x.dtype, x, "allgather")
-    name, algo = _resolve("allgather", algorithm, x.nbytes * c.size, c)
-    if config.get("validate"):
-        check_same_arguments(c, "allgather", count=-1 if given else x.size, dtype=x.dtype, algorithm=name,
-                             counts=given)
+    with Agreement(c, "allgather") as agree:
+        x = check_array(x, "allgather")
+        given = check_counts(counts, c.size, "allgather")
+        if given is not None and given[c.rank] != x.size:
+            raise ArgumentError(f"allgather: counts[{c.rank}] = {given[c.rank]} but this rank's x has {x.size} "
+                                f"elements")
+        block_counts = given or [x.size] * c.size
+        shape = (sum(block_counts),) if given is not None else (c.size, *x.shape)
+        out = check_out(out, shape, x.dtype, x, "allgather", in_place=False)
+        # the total size, the same on every rank even when contributions differ
+        name, algo = _resolve("allgather", algorithm, sum(block_counts) * x.dtype.itemsize, c)
+        agree.set(count=-1 if given else x.size, dtype=x.dtype, algorithm=name, counts=given)
     if sum(block_counts) == 0:
         return out
     synchronize(x)
@@ -161,12 +163,12 @@ def broadcast(x: Any, root: int = 0, *, algorithm: str = "auto", comm: Any = Non
         ``root``'s data, on every rank.
     """
     c = as_comm(comm)
-    x = check_array(x, "broadcast")
-    root = check_root(root, c, "broadcast")
-    out = check_out(out, x.shape, x.dtype, x, "broadcast")
-    name, algo = _resolve("broadcast", algorithm, x.nbytes, c)
-    if config.get("validate"):
-        check_same_arguments(c, "broadcast", count=x.size, dtype=x.dtype, root=root, algorithm=name)
+    with Agreement(c, "broadcast") as agree:
+        x = check_array(x, "broadcast")
+        root = check_root(root, c, "broadcast")
+        out = check_out(out, x.shape, x.dtype, x, "broadcast")
+        name, algo = _resolve("broadcast", algorithm, x.nbytes, c)
+        agree.set(count=x.size, dtype=x.dtype, root=root, algorithm=name)
     if x.size == 0:
         return out
     buf, direct = flat_output(c, out, x.dtype, "api.recv")
@@ -190,15 +192,15 @@ def reduce(x: Any, op: str | ReduceOp = "sum", root: int = 0, *, algorithm: str 
         The result at ``root``; ``None`` on the other ranks.
     """
     c = as_comm(comm)
-    rop = get_op(op)
-    x = check_array(x, "reduce")
-    rop.check_dtype(x.dtype, "reduce")
-    root = check_root(root, c, "reduce")
-    at_root = c.rank == root
-    out = check_out(out, x.shape, x.dtype, x, "reduce") if at_root else None
-    name, algo = _resolve("reduce", algorithm, x.nbytes, c)
-    if config.get("validate"):
-        check_same_arguments(c, "reduce", count=x.size, dtype=x.dtype, op=rop.name, root=root, algorithm=name)
+    with Agreement(c, "reduce") as agree:
+        rop = get_op(op)
+        x = check_array(x, "reduce")
+        rop.check_dtype(x.dtype, "reduce")
+        root = check_root(root, c, "reduce")
+        at_root = c.rank == root
+        out = check_out(out, x.shape, x.dtype, x, "reduce") if at_root else None
+        name, algo = _resolve("reduce", algorithm, x.nbytes, c)
+        agree.set(count=x.size, dtype=x.dtype, op=rop.name, root=root, algorithm=name)
     if x.size == 0:
         return out
     synchronize(x)

@@ -8,7 +8,10 @@ The caller's input is never modified unless ``out is x``.
 
 from __future__ import annotations
 
+import operator
 from typing import Any
+
+import numpy as np
 
 from ..backend import device_of, is_array, is_cupy, xp_of
 from ..config import config
@@ -17,10 +20,19 @@ from ..transport import Comm
 
 
 def check_array(x: Any, where: str, name: str = "x") -> Any:
-    """Accept a NumPy or CuPy array; anything else raises with a hint."""
+    """Accept a NumPy or CuPy array; anything else raises with a hint.
+
+    NumPy subclasses are used as plain arrays (``np.matrix`` would not flatten); masked arrays are
+    refused, since their mask would silently be ignored.
+    """
     if not is_array(x):
         raise ArgumentError(f"{where}: {name} must be a NumPy or CuPy array, got {type(x).__name__}; "
                             f"wrap lists or scalars with numpy.asarray")
+    if isinstance(x, np.ma.MaskedArray):
+        raise ArgumentError(f"{where}: {name} is a masked array; fill it first (x.filled(0)) so that no "
+                            f"masked values are reduced")
+    if type(x) is not np.ndarray and isinstance(x, np.ndarray):
+        x = x.view(np.ndarray)
     if x.dtype.hasobject:
         raise DtypeError(f"{where}: {name} has dtype object; pass a numeric array")
     if is_cupy(x) and config.get("cuda_aware") != "1":
@@ -30,15 +42,19 @@ def check_array(x: Any, where: str, name: str = "x") -> Any:
     return x
 
 
-def check_out(out: Any, shape: tuple[int, ...], dtype: Any, x: Any, where: str) -> Any:
-    """Validate a caller's ``out=`` buffer (or allocate one when ``out`` is ``None``)."""
+def check_out(out: Any, shape: tuple[int, ...], dtype: Any, x: Any, where: str, in_place: bool = True) -> Any:
+    """Validate a caller's ``out=`` buffer (or allocate one when ``out`` is ``None``).
+
+    ``in_place``: whether ``out is x`` is allowed (not for collectives whose output differs in
+    size from their input).
+    """
     xp = xp_of(x)
     if out is None:
         return xp.empty(shape, dtype=dtype)
-    check_array(out, where, "out")
-    if out is not x and xp.may_share_memory(out, x) and xp.shares_memory(out, x):
-        raise ArgumentError(f"{where}: out overlaps x without being x; pass out=x for in place, "
-                            f"or a separate buffer")
+    out = check_array(out, where, "out")
+    if (out is not x or not in_place) and xp.may_share_memory(out, x) and xp.shares_memory(out, x):
+        hint = "pass out=x for in place, or a separate buffer" if in_place else "pass a separate buffer"
+        raise ArgumentError(f"{where}: out overlaps x; {hint}")
     if device_of(out) != device_of(x):
         raise ArgumentError(f"{where}: out is on {device_of(out)} but x is on {device_of(x)}")
     if out.dtype != dtype:
@@ -49,11 +65,15 @@ def check_out(out: Any, shape: tuple[int, ...], dtype: Any, x: Any, where: str) 
 
 
 def check_root(root: Any, comm: Comm, where: str) -> int:
-    """A root must be a rank of the communicator."""
-    if isinstance(root, bool) or not isinstance(root, int) or not 0 <= root < comm.size:
+    """A root must be a rank of the communicator (any integer type)."""
+    try:
+        value = operator.index(root) if not isinstance(root, bool) else None
+    except TypeError:
+        value = None
+    if value is None or not 0 <= value < comm.size:
         raise ArgumentError(f"{where}: root={root!r} is not a rank of this communicator "
                             f"(0 .. {comm.size - 1})")
-    return root
+    return value
 
 
 def _direct(array: Any, dtype: Any) -> bool:

@@ -32,7 +32,10 @@ def check_counts(counts: Sequence[int] | None, size: int, where: str) -> list[in
     """Validate a user ``counts=`` argument: ``size`` non-negative integers (or ``None``)."""
     if counts is None:
         return None
-    values = [int(c) for c in np.asarray(counts).ravel()]
+    array = np.asarray(counts).ravel()
+    if array.size and array.dtype.kind not in "iu":
+        raise ArgumentError(f"{where}: counts must be integers, got {array.dtype} values {array.tolist()[:8]}")
+    values = [int(c) for c in array]
     if len(values) != size:
         raise ArgumentError(f"{where}: counts has {len(values)} entries but the communicator has "
                             f"{size} ranks; pass one count per rank")

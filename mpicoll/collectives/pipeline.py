@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import xp_of
+from ..backend import synchronize, xp_of
 from ..config import config
 from ..transport import Comm
 from ..transport.p2p import irecv, isend, sendrecv, wait, waitall
@@ -27,7 +27,7 @@ from .partition import segment_elements, segments
 class Pipeline:
     """Segment size (in elements) and receive depth for one call."""
 
-    segment_count: int
+    segment_elems: int
     depth: int
 
     @classmethod
@@ -36,11 +36,16 @@ class Pipeline:
         itemsize = np.dtype(dtype).itemsize
         return cls(segment_elements(config.get("segment_bytes"), itemsize), config.get("pipeline_depth"))
 
-    def slots(self, comm: Comm, name: str, like: Any, ways: int = 1) -> Any:
-        """Scratch for ``ways * depth`` receive slots of one segment each, shaped (ways*depth, segment)."""
+    def slots(self, comm: Comm, name: str, like: Any, ways: int = 1, largest: int | None = None) -> Any:
+        """Scratch for ``ways * depth`` receive slots, shaped (ways*depth, width).
+
+        ``width`` is one segment, or ``largest`` (the biggest segment this call will receive) when
+        smaller, so a tiny message never allocates full-size slots.
+        """
+        width = self.segment_elems if largest is None else max(1, min(self.segment_elems, int(largest)))
         rows = ways * self.depth
-        flat = comm.scratch.get(name, rows * self.segment_count, like.dtype, xp_of(like))
-        return flat.reshape(rows, self.segment_count)
+        flat = comm.scratch.get(name, rows * width, like.dtype, xp_of(like))
+        return flat.reshape(rows, width)
 
 
 class RecvWindow:
@@ -61,6 +66,7 @@ class RecvWindow:
         self._comm, self._tag, self._count, self._describe = comm, tag, count, describe
         self._posted: deque[tuple[Any, Any]] = deque()
         self._next = 0
+        self._taken: Any = None
         for _ in range(min(depth, count)):
             self._post()
 
@@ -73,32 +79,39 @@ class RecvWindow:
         """Wait for the oldest posted item and return its buffer."""
         request, buf = self._posted.popleft()
         wait(request)
+        self._taken = buf
         return buf
 
     def release(self) -> None:
-        """The last taken item's buffer may be reused: post the next item, if any."""
+        """The last taken item's buffer may be reused: post the next item, if any.
+
+        A GPU reduction that reads the slot may still be queued: synchronize before MPI may
+        overwrite it.
+        """
         if self._next < self._count:
+            synchronize(self._taken)
             self._post()
 
 
 def exchange_combine(comm: Comm, sendbuf: Any, keepbuf: Any, peer: int, op: ReduceOp,
                      peer_first: bool, tag: int) -> None:
-    """Send ``sendbuf`` to ``peer`` and fold the peer's equally long message into ``keepbuf``.
+    """Send ``sendbuf`` to ``peer`` and fold the peer's message (``keepbuf.size`` elements) into ``keepbuf``.
 
     ``keepbuf = peer (op) keepbuf`` when ``peer_first`` else ``keepbuf (op) peer``: callers pass
     the lower group first so that every rank applies the op in the same order. ``sendbuf`` may be
     ``keepbuf`` itself (recursive doubling); then each segment's send completes before that
-    segment is overwritten. Segmented and pipelined; moves ``sendbuf.nbytes`` each way.
+    segment is overwritten. Either side may be empty (a one-way fold). Segmented and pipelined;
+    sends ``sendbuf.nbytes`` and receives ``keepbuf.nbytes``.
     """
     pipe = Pipeline.for_dtype(keepbuf.dtype)
-    if max(sendbuf.size, keepbuf.size) <= pipe.segment_count:
+    if max(sendbuf.size, keepbuf.size) <= pipe.segment_elems:
         _exchange_combine_once(comm, sendbuf, keepbuf, peer, op, peer_first, tag, pipe)
         return
-    send_segs = segments(sendbuf.size, pipe.segment_count)
-    recv_segs = segments(keepbuf.size, pipe.segment_count)
+    send_segs = segments(sendbuf.size, pipe.segment_elems)
+    recv_segs = segments(keepbuf.size, pipe.segment_elems)
     sends = [isend(comm, sendbuf[lo:hi], peer, tag) for lo, hi in send_segs]
     aliased = sendbuf is keepbuf or bool(xp_of(keepbuf).shares_memory(sendbuf, keepbuf))
-    slots = pipe.slots(comm, "exchange.recv", keepbuf)
+    slots = pipe.slots(comm, "exchange.recv", keepbuf, largest=keepbuf.size)
 
     def describe(i: int) -> tuple[Any, int]:
         lo, hi = recv_segs[i]

@@ -2,7 +2,7 @@
 
 In round ``k`` each rank exchanges its partial result with the rank whose group index differs
 in bit ``k`` and combines the two, lower group first, so both partners compute the same bits.
-Latency-optimal (``ceil(log2 p)`` message rounds, two more for a non-power-of-two rank count),
+Latency-optimal (``log2 p`` message rounds; ``floor(log2 p) + 2`` for a non-power-of-two rank count),
 but every round moves the full ``nbytes``: the algorithm for small messages.
 """
 

@@ -48,7 +48,7 @@ def run_ring(comm: Comm, src: Any, dst: Any, op: ReduceOp | None, counts: Sequen
     tag = comm.new_tag()
     pipe = Pipeline.for_dtype(dst.dtype)
     displs = displacements(counts)
-    slots = pipe.slots(comm, "ring.recv", dst) if steps.start < p - 1 else None
+    slots = pipe.slots(comm, "ring.recv", dst, largest=max(counts)) if steps.start < p - 1 else None
 
     def recv_block(t: int) -> int:
         return (r - t - 2) % p
@@ -58,12 +58,12 @@ def run_ring(comm: Comm, src: Any, dst: Any, op: ReduceOp | None, counts: Sequen
             return own_out[lo:hi]
         return dst[displs[block] + lo: displs[block] + hi]
 
-    items = [(t, lo, hi) for t in steps for lo, hi in segments(counts[recv_block(t)], pipe.segment_count)]
+    items = [(t, lo, hi) for t in steps for lo, hi in segments(counts[recv_block(t)], pipe.segment_elems)]
     # Sends still in flight, by (block, segment start): a receive into that part of dst waits
     # for them first (MPI forbids touching a send buffer before its send completes).
     in_flight: dict[tuple[int, int], Any] = {}
     first_block = (r - steps.start - 1) % p
-    for lo, hi in segments(counts[first_block], pipe.segment_count):
+    for lo, hi in segments(counts[first_block], pipe.segment_elems):
         in_flight[(first_block, lo)] = isend(comm, first_send[lo:hi], right, tag)
 
     def describe(i: int) -> tuple[Any, int]:

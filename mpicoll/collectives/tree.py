@@ -42,14 +42,14 @@ def tree_reduce(comm: Comm, sendbuf: Any, accbuf: Any, op: ReduceOp, root: int) 
     tag = comm.new_tag()
     parent, children = _family(comm, root)
     pipe = Pipeline.for_dtype(sendbuf.dtype)
-    segs = segments(sendbuf.size, pipe.segment_count)
+    segs = segments(sendbuf.size, pipe.segment_elems)
     if not children:
         if parent is not None:
             waitall([isend(comm, sendbuf[lo:hi], parent, tag) for lo, hi in segs])
         elif accbuf is not sendbuf:
             accbuf[...] = sendbuf
         return
-    slots = pipe.slots(comm, "tree.recv", sendbuf, ways=len(children))
+    slots = pipe.slots(comm, "tree.recv", sendbuf, ways=len(children), largest=sendbuf.size)
     windows = []
     for k, child in enumerate(children):
         def describe(i: int, k: int = k, child: int = child) -> tuple[Any, int]:
@@ -73,7 +73,7 @@ def tree_broadcast(comm: Comm, buf: Any, root: int) -> None:
     tag = comm.new_tag()
     parent, children = _family(comm, root)
     pipe = Pipeline.for_dtype(buf.dtype)
-    segs = segments(buf.size, pipe.segment_count)
+    segs = segments(buf.size, pipe.segment_elems)
     if parent is None:
         waitall([isend(comm, buf[lo:hi], c, tag) for lo, hi in segs for c in children])
         return

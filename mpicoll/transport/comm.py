@@ -39,8 +39,8 @@ class Comm:
         from mpi4py import MPI
 
         base = MPI.COMM_WORLD if comm is None else comm
-        if not isinstance(base, MPI.Comm) or base == MPI.COMM_NULL:
-            raise ArgumentError(f"Comm() needs an mpi4py communicator, got {type(base).__name__}")
+        if not isinstance(base, MPI.Intracomm) or base == MPI.COMM_NULL:
+            raise ArgumentError(f"Comm() needs an mpi4py intracommunicator, got {type(base).__name__}")
         self.mpi: MPI.Comm = base.Dup() if dup else base
         self._owned = dup
         self.rank: int = self.mpi.Get_rank()

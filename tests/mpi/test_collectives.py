@@ -90,3 +90,55 @@ def test_reduce_to_every_root(comm, algorithm, op):
                 assert_equal_all(comm.mpi, got, want, f"root={root}")
             else:
                 assert_all(comm.mpi, got is None, f"non-root got {type(got).__name__}, want None")
+
+
+@pytest.mark.parametrize("algorithm", ["ring", "native", "auto"])
+def test_allgather_counts_differ_widely(comm, algorithm):
+    # auto must choose by the total size (the same on every rank), not by this rank's share
+    counts = [20000 if r == 0 else 10 for r in range(comm.size)]
+    x = rank_input(counts[comm.rank], comm.rank, "float32")
+    got = mpicoll.allgather(x, counts=counts, algorithm=algorithm, comm=comm)
+    want = np.concatenate([rank_input(c, r, "float32") for r, c in enumerate(counts)])
+    assert_equal_all(comm.mpi, got, want)
+
+
+def test_out_buffers_of_the_other_collectives(comm):
+    total = 3 * comm.size + 1
+    x = rank_input(total, comm.rank, "float16")
+    full = mpi_allreduce(comm.mpi, x, "sum")
+    counts = even_counts(total, comm.size)
+    start = displacements(counts)[comm.rank]
+    out = np.empty(counts[comm.rank], dtype=np.float16)
+    assert_all(comm.mpi, mpicoll.reduce_scatter(x, out=out, comm=comm) is out, "reduce_scatter returns out")
+    assert_equal_all(comm.mpi, out, full[start: start + counts[comm.rank]], "reduce_scatter out=")
+    gathered = np.empty((comm.size, total), dtype=np.float16)
+    mpicoll.allgather(x, out=gathered, comm=comm)
+    assert_equal_all(comm.mpi, gathered, np.stack([rank_input(total, r, "float16") for r in range(comm.size)]))
+    for algorithm in ("tree", "native"):
+        y = x.copy()
+        mpicoll.reduce(y, "sum", 0, algorithm=algorithm, comm=comm, out=y if comm.rank == 0 else None)
+        if comm.rank == 0:
+            assert_equal_all(comm.mpi, y, full, f"reduce in place at the root ({algorithm})")
+        else:
+            assert_equal_all(comm.mpi, y, x, "non-root input untouched")
+        strided = rank_input(2 * total, comm.rank, "float64")[::2]
+        got = mpicoll.reduce(strided, "max", 0, algorithm=algorithm, comm=comm)
+        want = mpi_allreduce(comm.mpi, np.ascontiguousarray(strided), "max")
+        if comm.rank == 0:
+            assert_equal_all(comm.mpi, got, want, "reduce of a strided view")
+        else:
+            assert_all(comm.mpi, got is None, "non-root result")
+
+
+@pytest.mark.parametrize("algorithm", ["ring", "tree", "recursive_doubling", "rabenseifner"])
+@pytest.mark.parametrize("op", ["min", "max", "sum"])
+def test_nan_and_signed_zero_agree_on_every_rank(comm, algorithm, op):
+    from mpitools import assert_same_on_all_ranks
+
+    x = np.array([0.0, -0.0, 1.0, -1.0, 5.0] * 3, dtype=np.float32)
+    x[:5] *= -1 if comm.rank % 2 else 1  # signed zeros differ between ranks
+    if comm.rank == comm.size - 1:
+        x[7] = np.nan
+    got = mpicoll.allreduce(x, op, algorithm=algorithm, comm=comm)
+    assert_same_on_all_ranks(comm.mpi, got, f"{algorithm} {op}")
+    assert_all(comm.mpi, bool(np.isnan(got[7])), f"NaN did not propagate: {got[7]}")

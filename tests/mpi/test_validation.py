@@ -7,7 +7,7 @@ import pytest
 from mpitools import assert_all
 
 import mpicoll
-from mpicoll.errors import ArgumentError, DtypeError, MismatchError, UnsupportedError
+from mpicoll.errors import ArgumentError, DtypeError, MismatchError, PeerError, UnsupportedError
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,60 @@ def test_local_argument_errors(comm):
                       "counts")
 
 
-def test_validation_can_be_switched_off(comm):
+@multi
+def test_argument_rejected_on_one_rank_fails_everywhere(comm):
+    dtype = np.int32 if comm.rank == 1 else np.float32
+    x = np.ones(8, dtype=dtype)
+    if comm.rank == 1:
+        raises_everywhere(comm, DtypeError, lambda: mpicoll.allreduce(x, "avg", comm=comm), "avg")
+    else:
+        raises_everywhere(comm, PeerError, lambda: mpicoll.allreduce(x, "avg", comm=comm),
+                          "rank 1 rejected the call", "DtypeError")
+    out = np.ones(8, dtype=np.float64 if comm.rank == 0 else np.float32)
+    y = np.ones(8, dtype=np.float32)
+    expected = DtypeError if comm.rank == 0 else PeerError
+    raises_everywhere(comm, expected, lambda: mpicoll.allreduce(y, comm=comm, out=out), "float64")
+    z = mpicoll.allreduce(np.ones(3, dtype=np.int64), comm=comm)  # the communicator still works
+    assert_all(comm.mpi, (z == comm.size).all(), "allreduce after the error")
+
+
+@multi
+def test_mismatched_segment_size(comm):
+    with mpicoll.config.override(segment_bytes=4096 * (1 + comm.rank % 2)):
+        raises_everywhere(comm, MismatchError, lambda: mpicoll.allreduce(np.ones(10000), comm=comm),
+                          "segment sizes", "MPICOLL_SEGMENT_BYTES")
+
+
+def test_in_place_refused_where_sizes_differ(comm):
+    x = np.ones(2 * comm.size, dtype=np.float32)
+    raises_everywhere(comm, ArgumentError, lambda: mpicoll.reduce_scatter(x, comm=comm, out=x[:2]), "overlaps")
+    raises_everywhere(comm, ArgumentError,
+                      lambda: mpicoll.allgather(x[:1], counts=[1] * comm.size, comm=comm, out=x[: comm.size]),
+                      "overlaps")
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix, on purpose
+def test_argument_types(comm):
+    x = np.arange(6, dtype=np.float64)
+    got = mpicoll.broadcast(x, np.int64(0), comm=comm)  # numpy integers are fine roots
+    assert_all(comm.mpi, bool((got == x).all()), "numpy int root")
+    raises_everywhere(comm, ArgumentError, lambda: mpicoll.reduce_scatter(x, counts=[6.0] + [0.0] * (comm.size - 1),
+                                                                          comm=comm), "integers")
+    raises_everywhere(comm, ArgumentError, lambda: mpicoll.allreduce(np.ma.masked_array(x), comm=comm),
+                      "masked array")
+    matrix = np.asmatrix(x.reshape(2, 3))
+    got = mpicoll.allreduce(matrix, comm=comm)  # subclasses are used as plain arrays
+    assert_all(comm.mpi, got.shape == (2, 3) and bool((np.asarray(got) == x.reshape(2, 3) * comm.size).all()),
+               "np.matrix input")
+
+
+def test_validation_off_skips_the_exchange(comm, monkeypatch):
+    from mpicoll.collectives import validate
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("exchange called although validate=False")
+
+    monkeypatch.setattr(validate, "exchange", forbidden)
     with mpicoll.config.override(validate=False):
         y = mpicoll.allreduce(np.ones(5, dtype=np.int32), comm=comm)
     assert_all(comm.mpi, (y == comm.size).all(), "result with validate=False")

@@ -19,8 +19,9 @@ LAYERS = [
     ("mpicoll.transport", 4),
     ("mpicoll.collectives", 5), ("mpicoll.compression", 5),
     ("mpicoll.aggregation", 6),
-    ("mpicoll.bench", 7), ("mpicoll.torch", 7), ("mpicoll.info", 7),
-    ("mpicoll.__main__", 8),
+    ("mpicoll", 7),  # the package facade (it exposes every layer): only the front ends may import it
+    ("mpicoll.bench", 8), ("mpicoll.torch", 8), ("mpicoll.info", 8),
+    ("mpicoll.__main__", 9),
 ]
 # third-party packages that only these modules may import (at any depth)
 HEAVY = {"torch": ("mpicoll.torch",), "numba": ("mpicoll.kernels",), "cupy": ("mpicoll.kernels",)}
