@@ -23,6 +23,7 @@ setup(
     packages=[
         "mpicoll",
         "mpicoll.collectives",
+        "mpicoll.compression",
         "mpicoll.transport",
         "mpicoll.kernels",
         "mpicoll.bench",
@@ -32,7 +33,7 @@ setup(
         "mpicoll.kernels": "kernels",
         "mpicoll.bench": "bench",
     },
-    package_data={"mpicoll.collectives": ["auto_table.json"]},
+    package_data={"mpicoll.collectives": ["auto_table.json"], "mpicoll.kernels": ["cuda/*.cu"]},
     install_requires=["numpy>=1.24", "mpi4py>=4"],
     extras_require={
         # Self-contained MPI from PyPI wheels (no system MPI needed). Pick exactly one.

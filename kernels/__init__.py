@@ -1,10 +1,12 @@
 """Kernel providers (installed as ``mpicoll.kernels``).
 
-The compressors' hot loops have one NumPy reference each and optional accelerated providers
-(Numba on the CPU, Numba-CUDA and CuPy on the GPU). This package only *describes* providers at
-import time; a provider's heavy package (numba, cupy) is imported when it is first used.
+The compressors' hot loops have one NumPy reference each (:mod:`.reference`, the oracle) and
+accelerated providers with the same signatures: Numba on the CPU, Numba-CUDA and CuPy on the
+GPU. :func:`get` resolves an operation for a device through the configured provider order.
+Importing this package imports neither numba nor cupy; a provider loads on first use.
 """
 
 from .providers import PROVIDERS, ProviderStatus, provider_status
+from .registry import get, order, provider_ops
 
-__all__ = ["PROVIDERS", "ProviderStatus", "provider_status"]
+__all__ = ["PROVIDERS", "ProviderStatus", "get", "order", "provider_ops", "provider_status"]

@@ -1,0 +1,134 @@
+"""The compressor protocol: ``compress(x, key) -> (payload, ctx)``, ``decompress(payload, ctx) -> x'``.
+
+A payload is one contiguous uint8 buffer (see :mod:`.payload`) that can cross the wire as it
+is; ``ctx`` is what the *local* rank remembers to decode it (shape, dtype, key, step). Because
+every rank compresses the same tensor shapes under the same keys in the same order, a rank's own
+``ctx`` also decodes its peers' payloads: that is what compressed collectives rely on.
+
+Traits (class attributes) tell a collective how payloads may be combined:
+
+- ``kind = "summable"``: decoded payloads of all ranks share one layout, so the wire form can be
+  summed element by element (fp16, bf16, random-k with shared indices);
+- ``kind = "sparse"``: (index, value) pairs, combined by scatter-add (top-k, threshold, COO, CSR);
+- ``kind = "quantized"``: codes plus scales, which must be decoded before adding (int8, int4,
+  QSGD, sign);
+- ``kind = "dense"``: the array itself (``none``).
+
+Compressors never touch MPI and never choose a kernel backend by string: they ask
+:func:`mpicoll.kernels.get` for ``(operation, device)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .. import kernels
+from ..backend import device_of, is_array, xp_of
+from ..errors import ArgumentError, DtypeError, PayloadError
+from .payload import Header, assemble, parse, sections
+
+FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """What :meth:`Compressor.decompress` needs besides the payload."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    key: Hashable
+    step: int
+    device: str
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+class Compressor:
+    """Base class: subclasses implement :meth:`_encode` and :meth:`_decode` on flat arrays."""
+
+    name: ClassVar[str] = ""
+    codec: ClassVar[int] = 0
+    kind: ClassVar[str] = "dense"
+    lossless: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self._steps: dict[Hashable, int] = {}
+
+    # ------------------------------------------------------------------ the protocol
+    def compress(self, x: Any, key: Hashable = None) -> tuple[Any, Ctx]:
+        """Compress ``x`` (NumPy or CuPy, any shape, float16/32/64). ``key`` names the tensor.
+
+        Each call advances the step counter of ``key`` (random choices depend on it).
+        """
+        if not is_array(x):
+            raise ArgumentError(f"{self.name}: compress needs a NumPy or CuPy array, got {type(x).__name__}")
+        if x.dtype not in FLOATS:
+            raise DtypeError(f"{self.name}: cannot compress dtype {x.dtype}; accepted: float16, float32, float64")
+        step = self._steps.get(key, 0)
+        self._steps[key] = step + 1
+        ctx = Ctx(tuple(x.shape), x.dtype, key, step, device_of(x))
+        flat = xp_of(x).ascontiguousarray(x).reshape(-1)
+        return self._encode(flat, ctx), ctx
+
+    def decompress(self, payload: Any, ctx: Ctx) -> Any:
+        """Decode ``payload`` (this rank's or a peer's) into an array of ``ctx.shape`` and ``ctx.dtype``."""
+        header = parse(payload, self.codec, self.name)
+        if header.numel != ctx.numel:
+            raise PayloadError(f"{self.name}: payload holds {header.numel} elements but this tensor has {ctx.numel}; "
+                               f"ranks must compress tensors of the same shape under the same key")
+        if header.dtype != ctx.dtype:
+            raise PayloadError(f"{self.name}: payload was made from {header.dtype}, this tensor is {ctx.dtype}")
+        return self._decode(payload, header, ctx).reshape(ctx.shape)
+
+    # ------------------------------------------------------------------ for subclasses
+    def _encode(self, flat: Any, ctx: Ctx) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must implement _encode")
+
+    def _decode(self, payload: Any, header: Header, ctx: Ctx) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must implement _decode")
+
+    def kernel(self, op: str, device: str) -> Any:
+        """The kernel implementing ``op`` on ``device`` (resolved through the provider order)."""
+        return kernels.get(op, device)
+
+    def _payload(self, ctx: Ctx, arrays: list[Any], aux0: int = 0, aux1: int = 0, flags: int = 0) -> Any:
+        header = Header(self.codec, ctx.dtype, flags, ctx.numel, aux0, aux1, 0)
+        return assemble(header, arrays)
+
+    def _sections(self, payload: Any, header: Header, spec: list[tuple[Any, int]]) -> list[Any]:
+        return sections(payload, header, spec, self.name)
+
+    # ------------------------------------------------------------------ description
+    def params(self) -> dict[str, Any]:
+        """The parameters this compressor was made with."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Step counters per key, so randomized choices resume in step after a checkpoint."""
+        return {"steps": dict(self._steps)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self._steps = dict(state.get("steps", {}))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{self.name}({args})"
+
+
+def check_range(name: str, param: str, value: Any, lo: float, hi: float, *, integer: bool = False,
+                lo_open: bool = False) -> Any:
+    """Raise :class:`ArgumentError` naming the accepted range unless ``lo (<|<=) value <= hi``."""
+    kind_ok = isinstance(value, (int, np.integer)) if integer else isinstance(value, (int, float, np.number))
+    in_range = kind_ok and not isinstance(value, bool) and (lo < value if lo_open else lo <= value) and value <= hi
+    if not in_range:
+        bracket = "(" if lo_open else "["
+        what = "an integer" if integer else "a number"
+        raise ArgumentError(f"{name}: {param}={value!r} is out of range; accepted: {what} in {bracket}{lo}, {hi}]")
+    return value

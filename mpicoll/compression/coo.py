@@ -1,0 +1,26 @@
+"""``coo``: lossless (index, value) pairs of the nonzeros of an array that is mostly zero."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import sparse
+from .base import Compressor, Ctx
+from .payload import Header
+from .registry import register
+
+
+@register
+class Coo(Compressor):
+    """Coordinate format for 1-D (or flattened) sparse arrays."""
+
+    name = "coo"
+    codec = 13
+    kind = "sparse"
+    lossless = True
+
+    def _encode(self, flat: Any, ctx: Ctx) -> Any:
+        return sparse.encode(self, ctx, flat, self.kernel("nonzero", ctx.device)(flat))
+
+    def _decode(self, payload: Any, header: Header, ctx: Ctx) -> Any:
+        return sparse.decode(self, payload, header, ctx)

@@ -1,0 +1,63 @@
+"""``csr``: compressed sparse rows of a 2-D gradient whose rows are mostly zero (embedding tables).
+
+Lossless: ``indptr`` (rows + 1), column indices and values of the nonzeros. An embedding
+gradient touches only the rows of the tokens in the batch, so most rows are empty and cost one
+``indptr`` entry each.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import ArgumentError, PayloadError
+from .base import Compressor, Ctx
+from .payload import FLAG_INDEX32, Header, index_dtype
+from .registry import register
+from .sparse import check_indices
+
+
+@register
+class Csr(Compressor):
+    """CSR for 2-D arrays."""
+
+    name = "csr"
+    codec = 12
+    kind = "sparse"
+    lossless = True
+
+    def compress(self, x: Any, key: Any = None) -> tuple[Any, Ctx]:
+        if getattr(x, "ndim", 0) != 2:
+            raise ArgumentError(f"csr: needs a 2-D array (rows x columns), got shape {getattr(x, 'shape', None)}; "
+                                f"use 'coo' for other shapes")
+        return super().compress(x, key)
+
+    def _encode(self, flat: Any, ctx: Ctx) -> Any:
+        rows, cols = ctx.shape
+        indptr, indices, values = self.kernel("csr_build", ctx.device)(flat.reshape(rows, cols))
+        itype, flag = index_dtype(max(cols, int(indices.size)))
+        return self._payload(ctx, [indptr.astype(itype), indices.astype(itype), values], aux0=int(indices.size),
+                             aux1=rows, flags=flag)
+
+    def _decode(self, payload: Any, header: Header, ctx: Ctx) -> Any:
+        rows, cols = ctx.shape
+        if header.aux1 != rows or header.aux0 > ctx.numel:
+            raise PayloadError(f"csr: payload describes {header.aux1} rows / {header.aux0} nonzeros, this tensor has "
+                               f"shape {ctx.shape}")
+        itype = np.uint32 if header.flags & FLAG_INDEX32 else np.int64
+        indptr, indices, values = self._sections(payload, header, [(itype, rows + 1), (itype, header.aux0),
+                                                                   (ctx.dtype, header.aux0)])
+        indptr, indices = indptr.astype(np.int64), indices.astype(np.int64)
+        if rows and (int(indptr[0]) != 0 or int(indptr[-1]) != header.aux0 or bool((indptr[1:] < indptr[:-1]).any())):
+            raise PayloadError("csr: row pointers are not a non-decreasing run from 0 to nnz: malformed payload")
+        check_indices("csr", indices + indptr_rows(indptr, rows) * cols, ctx.numel)
+        return self.kernel("csr_densify", ctx.device)(indptr, indices, values, (rows, cols), ctx.dtype).reshape(-1)
+
+
+def indptr_rows(indptr: Any, rows: int) -> Any:
+    """The row of each nonzero, from the row pointers."""
+    from ..backend import xp_of
+
+    xp = xp_of(indptr)
+    return xp.repeat(xp.arange(rows, dtype=np.int64), xp.diff(indptr))

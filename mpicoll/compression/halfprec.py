@@ -1,0 +1,50 @@
+"""``fp16`` and ``bf16``: 16-bit floats on the wire (2x smaller than float32), summable.
+
+fp16 keeps 11 significant bits but overflows above 65504; bf16 keeps float32's range with 8
+significant bits. Both round to nearest even. Decoding gives float32 (then the input dtype), so
+sums of decoded payloads accumulate in float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..backend import xp_of
+from .base import Compressor, Ctx
+from .payload import Header
+from .registry import register
+
+
+class _Half(Compressor):
+    kind = "summable"
+    encode_op = ""
+    decode_op = ""
+
+    def _encode(self, flat: Any, ctx: Ctx) -> Any:
+        bits = self.kernel(self.encode_op, ctx.device)(flat.astype(np.float32, copy=False))
+        return self._payload(ctx, [bits])
+
+    def _decode(self, payload: Any, header: Header, ctx: Ctx) -> Any:
+        (bits,) = self._sections(payload, header, [(np.uint16, ctx.numel)])
+        values = self.kernel(self.decode_op, ctx.device)(xp_of(bits).ascontiguousarray(bits))
+        return values.astype(ctx.dtype, copy=False)
+
+
+@register
+class Fp16(_Half):
+    """IEEE half precision on the wire."""
+
+    name = "fp16"
+    codec = 2
+    encode_op, decode_op = "fp16_encode", "fp16_decode"
+
+
+@register
+class Bf16(_Half):
+    """bfloat16 on the wire."""
+
+    name = "bf16"
+    codec = 3
+    encode_op, decode_op = "bf16_encode", "bf16_decode"

@@ -1,0 +1,49 @@
+"""``qsgd``: QSGD (Alistarh et al., 2017) with ``levels`` quantization levels per block.
+
+Per block, ``norm = ||x||_2`` and each element becomes ``sign(x) * l`` where ``l`` rounds
+``levels * |x| / norm`` up or down at random, unbiased: ``E[decode] = x``. Codes take 4 bits
+for up to 7 levels and 8 bits up to 127, packed. The block norm is accumulated in float64 in a
+fixed order, so every provider produces the same payload.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..kernels.hashing import stream_base
+from .base import Compressor, Ctx, check_range
+from .payload import Header
+from .registry import register
+from .uniform import decode_blocks
+
+_SALT = 0x51534744  # "QSGD"
+
+
+@register
+class Qsgd(Compressor):
+    """Unbiased stochastic quantization to ``levels`` levels of the block's L2 norm."""
+
+    name = "qsgd"
+    codec = 10
+    kind = "quantized"
+
+    def __init__(self, levels: int = 127, block: int = 4096, seed: int = 0) -> None:
+        super().__init__()
+        self.levels = int(check_range(self.name, "levels", levels, 1, 127, integer=True))
+        self.block = int(check_range(self.name, "block", block, 1, 1 << 30, integer=True))
+        self.seed = int(check_range(self.name, "seed", seed, 0, (1 << 63) - 1, integer=True))
+        self.bits = 4 if self.levels <= 7 else 8
+
+    def params(self) -> dict[str, Any]:
+        return {"levels": self.levels, "block": self.block, "seed": self.seed}
+
+    def _encode(self, flat: Any, ctx: Ctx) -> Any:
+        base = stream_base(self.seed, ctx.step, ctx.key, _SALT)
+        packed, scales = self.kernel("quantize", ctx.device)(
+            flat.astype(np.float32, copy=False), self.bits, self.block, "l2", self.levels, True, base)
+        return self._payload(ctx, [scales, packed], aux0=self.block, aux1=self.levels)
+
+    def _decode(self, payload: Any, header: Header, ctx: Ctx) -> Any:
+        return decode_blocks(self, payload, header, ctx, 4 if header.aux1 <= 7 else 8)

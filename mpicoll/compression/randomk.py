@@ -1,0 +1,59 @@
+"""``randomk``: ``k = ceil(ratio * n)`` elements chosen at random, the same on every rank.
+
+Indices are not sent: every rank derives them from ``(seed, step, key)`` with the counter hash
+(one index per stratum of ``n / k`` elements, so they are distinct and sorted), which makes the
+payloads of all ranks *summable*: the value vectors can be added element by element. The wire
+carries ``k`` values and, in the header, a fingerprint of the random stream so that ranks whose
+steps or seeds disagree get a clear error instead of silently mixing different indices.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..backend import xp_of
+from ..errors import PayloadError
+from ..kernels.hashing import stream_base
+from .base import Compressor, Ctx, check_range
+from .payload import Header
+from .registry import register
+from .topk import k_of
+
+_SALT = 0x52414E444B  # "RANDK": random-k draws never reuse stochastic rounding's stream
+
+
+@register
+class RandomK(Compressor):
+    """Random-k sparsification with indices shared by all ranks."""
+
+    name = "randomk"
+    codec = 6
+    kind = "summable"
+
+    def __init__(self, ratio: float = 0.01, seed: int = 0) -> None:
+        super().__init__()
+        self.ratio = float(check_range(self.name, "ratio", ratio, 0.0, 1.0, lo_open=True))
+        self.seed = int(check_range(self.name, "seed", seed, 0, (1 << 63) - 1, integer=True))
+
+    def params(self) -> dict[str, Any]:
+        return {"ratio": self.ratio, "seed": self.seed}
+
+    def indices(self, ctx: Ctx) -> tuple[Any, int]:
+        """The shared indices of this tensor and step, and the stream's base."""
+        base = stream_base(self.seed, ctx.step, ctx.key, _SALT)
+        idx = self.kernel("stratified_indices", ctx.device)(base, ctx.numel, k_of(self.ratio, ctx.numel))
+        return idx, base
+
+    def _encode(self, flat: Any, ctx: Ctx) -> Any:
+        idx, base = self.indices(ctx)
+        return self._payload(ctx, [flat[idx]], aux0=int(idx.size), aux1=base)
+
+    def _decode(self, payload: Any, header: Header, ctx: Ctx) -> Any:
+        idx, base = self.indices(ctx)
+        if header.aux1 != base or header.aux0 != idx.size:
+            raise PayloadError(f"{self.name}: payload was drawn from another random stream (key {ctx.key!r}, step "
+                               f"{ctx.step}); every rank must use the same seed and compress each key equally often")
+        (values,) = self._sections(payload, header, [(ctx.dtype, idx.size)])
+        dense = xp_of(values).zeros(ctx.numel, dtype=ctx.dtype)
+        dense[idx] = values
+        return dense

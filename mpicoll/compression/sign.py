@@ -1,0 +1,47 @@
+"""``sign``: one bit per element plus one scale per block (EF-SignSGD, 1-bit Adam).
+
+Each element becomes ``+scale`` or ``-scale`` with ``scale = mean |x|`` over its block (the
+whole tensor by default, as in Karimireddy et al., 2019). Bits are packed eight to a byte, so
+the wire is 32x smaller than float32. Biased on its own: use it inside ``ErrorFeedback``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .base import Compressor, Ctx, check_range
+from .payload import Header
+from .registry import register
+
+
+@register
+class Sign(Compressor):
+    """1-bit sign compression with mean-magnitude scales."""
+
+    name = "sign"
+    codec = 11
+    kind = "quantized"
+
+    def __init__(self, block: int | None = None) -> None:
+        super().__init__()
+        self.block = None if block is None else int(check_range(self.name, "block", block, 1, 1 << 40, integer=True))
+
+    def params(self) -> dict[str, Any]:
+        return {"block": self.block}
+
+    def _block(self, numel: int) -> int:
+        return self.block or max(1, numel)
+
+    def _encode(self, flat: Any, ctx: Ctx) -> Any:
+        block = self._block(ctx.numel)
+        packed, scales = self.kernel("sign_pack", ctx.device)(flat.astype(np.float32, copy=False), block)
+        return self._payload(ctx, [scales, packed], aux0=block)
+
+    def _decode(self, payload: Any, header: Header, ctx: Ctx) -> Any:
+        block = max(1, header.aux0)
+        scales, packed = self._sections(payload, header, [(np.float32, -(-ctx.numel // block)),
+                                                          (np.uint8, -(-ctx.numel // 8))])
+        values = self.kernel("sign_unpack", ctx.device)(packed, scales, ctx.numel, block)
+        return values.astype(ctx.dtype, copy=False)

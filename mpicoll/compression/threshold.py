@@ -1,0 +1,32 @@
+"""``threshold``: every element with ``|x| >= tau`` (Strom, 2015). The count varies with the data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import sparse
+from .base import Compressor, Ctx, check_range
+from .payload import Header
+from .registry import register
+
+
+@register
+class Threshold(Compressor):
+    """Keep elements whose magnitude reaches ``tau``."""
+
+    name = "threshold"
+    codec = 7
+    kind = "sparse"
+
+    def __init__(self, tau: float = 1e-3) -> None:
+        super().__init__()
+        self.tau = float(check_range(self.name, "tau", tau, 0.0, float("inf")))
+
+    def params(self) -> dict[str, Any]:
+        return {"tau": self.tau}
+
+    def _encode(self, flat: Any, ctx: Ctx) -> Any:
+        return sparse.encode(self, ctx, flat, self.kernel("threshold", ctx.device)(flat, self.tau))
+
+    def _decode(self, payload: Any, header: Header, ctx: Ctx) -> Any:
+        return sparse.decode(self, payload, header, ctx)

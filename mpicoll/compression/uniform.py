@@ -1,0 +1,80 @@
+"""``int8`` and ``int4``: uniform symmetric quantization with one float32 scale per block.
+
+Per block of ``block`` elements, ``scale = max|x| / qmax`` (qmax 127 or 7) and each element
+becomes ``round(x / scale)``, or with ``stochastic=True`` an unbiased random rounding drawn
+from the counter hash of ``(seed, step, key, index)``. Codes are packed (int4: two per byte),
+so the wire is ``n * bits / 8`` bytes plus ``4 * n / block`` for the scales. The error of
+nearest rounding is at most half a quantization step, ``scale / 2``, per element.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import ArgumentError
+from ..kernels.hashing import stream_base
+from .base import Compressor, Ctx, check_range
+from .payload import Header
+from .registry import register
+
+_SALT = 0x51554E54  # "QUNT"
+
+
+class UniformQuantizer(Compressor):
+    """Shared implementation; subclasses fix ``bits``."""
+
+    kind = "quantized"
+    bits = 8
+
+    def __init__(self, block: int = 256, stochastic: bool = False, seed: int = 0) -> None:
+        super().__init__()
+        self.block = int(check_range(self.name, "block", block, 1, 1 << 30, integer=True))
+        if not isinstance(stochastic, bool):
+            raise ArgumentError(f"{self.name}: stochastic={stochastic!r}; accepted: True or False")
+        self.stochastic = stochastic
+        self.seed = int(check_range(self.name, "seed", seed, 0, (1 << 63) - 1, integer=True))
+
+    @property
+    def qmax(self) -> int:
+        return (1 << (self.bits - 1)) - 1
+
+    def params(self) -> dict[str, Any]:
+        return {"block": self.block, "stochastic": self.stochastic, "seed": self.seed}
+
+    def _encode(self, flat: Any, ctx: Ctx) -> Any:
+        base = stream_base(self.seed, ctx.step, ctx.key, _SALT)
+        packed, scales = self.kernel("quantize", ctx.device)(
+            flat.astype(np.float32, copy=False), self.bits, self.block, "max", self.qmax, self.stochastic, base)
+        return self._payload(ctx, [scales, packed], aux0=self.block, aux1=self.bits)
+
+    def _decode(self, payload: Any, header: Header, ctx: Ctx) -> Any:
+        return decode_blocks(self, payload, header, ctx, self.bits)
+
+
+def decode_blocks(codec: Compressor, payload: Any, header: Header, ctx: Ctx, bits: int) -> Any:
+    """Decode ``[scales, packed codes]`` whose block size is ``header.aux0``."""
+    block = max(1, header.aux0)
+    nblocks = -(-ctx.numel // block)
+    scales, packed = codec._sections(payload, header, [(np.float32, nblocks), (np.uint8, -(-ctx.numel * bits // 8))])
+    values = codec.kernel("dequantize", ctx.device)(packed, scales, ctx.numel, bits, block)
+    return values.astype(ctx.dtype, copy=False)
+
+
+@register
+class Int8(UniformQuantizer):
+    """8-bit codes, 4x smaller than float32 (plus scales)."""
+
+    name = "int8"
+    codec = 8
+    bits = 8
+
+
+@register
+class Int4(UniformQuantizer):
+    """4-bit codes, two per byte: 8x smaller than float32 (plus scales)."""
+
+    name = "int4"
+    codec = 9
+    bits = 4
