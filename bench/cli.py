@@ -63,9 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep_options(p)
     p.add_argument("--collectives", default="allreduce", help="comma-separated collectives to tune")
     p.add_argument("--out", default=None, help="table path (default: the user table, see `mpicoll info`)")
-    from .report import add_parser
+    from .compress import add_parser as add_compress
+    from .report import add_parser as add_report
 
-    add_parser(sub)
+    add_report(sub)
+    add_compress(sub)
     return parser
 
 
@@ -126,6 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .report import run_report
 
         return run_report(args)
+    if args.command == "compress":  # one process, no MPI
+        from .compress import run_compress
+
+        return run_compress(args)
     from mpi4py import MPI
 
     from mpicoll.transport import Comm

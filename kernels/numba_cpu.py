@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import binding as llvm_binding
+from llvmlite import ir
 from numba import njit, prange
+from numba.core import types
+from numba.extending import intrinsic
 
 from . import reference
 from .hashing import GOLDEN, MUL1, MUL2
@@ -83,12 +87,10 @@ def _compact(keys, mask, tie_key, tie_quota, nchunks):
     ties = np.zeros(nchunks, dtype=np.int64)
     for c in prange(nchunks):
         a, t = 0, 0
-        for i in range(c * step, min(n, (c + 1) * step)):
-            key = keys[i] & mask
-            if key > tie_key:
-                a += 1
-            elif key == tie_key:
-                t += 1
+        for key in keys[c * step: min(n, (c + 1) * step)]:
+            key &= mask
+            a += key > tie_key
+            t += key == tie_key
         above[c], ties[c] = a, t
     offsets = np.zeros(nchunks, dtype=np.int64)
     quota = np.zeros(nchunks, dtype=np.int64)
@@ -100,13 +102,14 @@ def _compact(keys, mask, tie_key, tie_quota, nchunks):
         total += above[c] + quota[c]
     out = np.empty(total, dtype=np.int64)
     for c in prange(nchunks):
-        pos, q = offsets[c], quota[c]
-        for i in range(c * step, min(n, (c + 1) * step)):
-            key = keys[i] & mask
+        pos, q, lo = offsets[c], quota[c], c * step
+        chunk = keys[lo: min(n, lo + step)]
+        for i in range(chunk.size):
+            key = chunk[i] & mask
             if key > tie_key or (key == tie_key and q > 0):
                 if key == tie_key:
                     q -= 1
-                out[pos] = i
+                out[pos] = lo + i
                 pos += 1
     return out
 
@@ -119,10 +122,11 @@ def _histogram(keys, mask, shift, digit_mask, prefix, prefix_shift, use_prefix, 
     step = (n + nchunks - 1) // nchunks
     partial = np.zeros((nchunks, 65536), dtype=np.int64)
     for c in prange(nchunks):
-        for i in range(c * step, min(n, (c + 1) * step)):
-            key = keys[i] & mask
+        counts = partial[c]
+        for key in keys[c * step: min(n, (c + 1) * step)]:
+            key &= mask
             if not use_prefix or (key >> prefix_shift) == prefix:
-                partial[c, np.int64((key >> shift) & digit_mask)] += 1
+                counts[np.int64((key >> shift) & digit_mask)] += 1
     return partial.sum(axis=0)
 
 
@@ -168,9 +172,8 @@ def _count_above(keys, mask, kth, nchunks):
     counts = np.zeros(nchunks, dtype=np.int64)
     for c in prange(nchunks):
         a = 0
-        for i in range(c * step, min(n, (c + 1) * step)):
-            if (keys[i] & mask) > kth:
-                a += 1
+        for key in keys[c * step: min(n, (c + 1) * step)]:
+            a += (key & mask) > kth
         counts[c] = a
     return counts.sum()
 
@@ -204,135 +207,273 @@ def scatter_add(dense: np.ndarray, idx: np.ndarray, vals: np.ndarray) -> None:
 # ---------------------------------------------------------------- quantization
 
 
-@njit(**_OPTS)
-def _scales(x, block, kind, qmax):
-    """kind 0: max|x|, 1: L2 (float64, sequential), 2: mean|x| (float64, sequential); divided by qmax."""
-    n = x.size
-    nblocks = (n + block - 1) // block
-    out = np.empty(nblocks, dtype=np.float32)
-    for b in prange(nblocks):
-        lo, hi = b * block, min(n, (b + 1) * block)
-        if kind == 0:
-            m = np.float32(0)
-            for i in range(lo, hi):
-                a = abs(x[i])
-                if a > m or a != a:
-                    m = a
-                    if a != a:
-                        break
-            out[b] = m / np.float32(qmax)
-        elif kind == 1:
-            s = 0.0
-            for i in range(lo, hi):
-                s += np.float64(x[i]) * np.float64(x[i])
-            out[b] = np.float32(np.sqrt(s)) / np.float32(qmax)
-        else:
-            s = 0.0
-            for i in range(lo, hi):
-                s += abs(np.float64(x[i]))
-            out[b] = np.float32(s / (hi - lo)) / np.float32(qmax)
-    return out
+_CHUNK = reference.REDUCE_CHUNK  # even, so chunks never split a packed byte of an even-sized block
 
 
 @njit(inline="always")
-def _code(x, inv, qmax, stochastic, base, i):
-    v = x * inv
-    if stochastic:
-        u = np.float32(_mix64(base + np.uint64(i)) >> np.uint64(40)) * np.float32(1.0 / (1 << 24))
-        c = np.floor(v + u)
-    else:
-        c = np.rint(v)
-    if c != c:
-        return np.int8(0)
-    return np.int8(max(-qmax, min(qmax, c)))
+def _task(t, cpb, block, n):
+    """Element range ``[lo, hi)`` and block of task ``t``: chunk ``t % cpb`` of block ``t // cpb``."""
+    b = t // cpb
+    lo = b * block + (t - b * cpb) * _CHUNK
+    return b, lo, min(lo + _CHUNK, min((b + 1) * block, n))
+
+
+@njit(inline="always")
+def _term(v, kind):
+    return v * v if kind == 1 else abs(v)
+
+
+@njit(inline="always")
+def _lane_sum(xs, kind):
+    """The reference's ordered_sum of one chunk: 8 lanes (element i in lane i % 8), then the lanes in order."""
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    full = xs.size // 8 * 8
+    for g in range(0, full, 8):
+        s0 += _term(np.float64(xs[g]), kind)
+        s1 += _term(np.float64(xs[g + 1]), kind)
+        s2 += _term(np.float64(xs[g + 2]), kind)
+        s3 += _term(np.float64(xs[g + 3]), kind)
+        s4 += _term(np.float64(xs[g + 4]), kind)
+        s5 += _term(np.float64(xs[g + 5]), kind)
+        s6 += _term(np.float64(xs[g + 6]), kind)
+        s7 += _term(np.float64(xs[g + 7]), kind)
+    lanes = np.array([s0, s1, s2, s3, s4, s5, s6, s7])
+    for i in range(full, xs.size):
+        lanes[i - full] += _term(np.float64(xs[i]), kind)
+    total = 0.0
+    for k in range(8):
+        total += lanes[k]
+    return total
+
+
+@njit(inline="always")
+def _chunk_max(xs):
+    """max |x| of a chunk, NaN if any element is NaN (branch-free, so it vectorizes)."""
+    m = np.float32(0)
+    nan = False
+    for v in xs:
+        a = abs(v)
+        nan |= a != a
+        m = max(m, a)
+    return np.float64(np.nan) if nan else np.float64(m)
 
 
 @njit(**_OPTS)
-def _quantize(x, bits, block, scales, qmax, stochastic, base):
+def _scales(x, block, kind, qmax, out):
+    """Per block: kind 0 max|x|, 1 L2 norm, 2 mean|x|, divided by qmax, in the reference's order."""
     n = x.size
-    per_byte = 8 // bits
-    nbytes = (n * bits + 7) // 8
-    out = np.empty(nbytes, dtype=np.uint8)
-    for j in prange(nbytes):
+    cpb = (block + _CHUNK - 1) // _CHUNK
+    partial = np.zeros(out.size * cpb, dtype=np.float64)
+    for t in prange(out.size * cpb):
+        b, lo, hi = _task(t, cpb, block, n)
+        if lo < hi:
+            partial[t] = _chunk_max(x[lo:hi]) if kind == 0 else _lane_sum(x[lo:hi], kind)
+    for b in prange(out.size):
+        acc = 0.0
+        for t in range(b * cpb, (b + 1) * cpb):
+            p = partial[t]
+            if kind != 0:
+                acc += p
+            elif p > acc or p != p:
+                acc = p
+        if kind == 0:
+            out[b] = np.float32(acc) / np.float32(qmax)
+        elif kind == 1:
+            out[b] = np.float32(np.sqrt(acc)) / np.float32(qmax)
+        else:
+            out[b] = np.float32(acc / (min((b + 1) * block, n) - b * block)) / np.float32(qmax)
+
+
+@njit(inline="always")
+def _clamp(c, q):
+    """A rounded value clipped to [-q, q]; NaN becomes 0 (the contract)."""
+    if c != c:
+        return np.float32(0)
+    return min(max(c, -q), q)
+
+
+@njit(inline="always")
+def _uniform_at(base, i):
+    return np.float32(_mix64(base + np.uint64(i)) >> np.uint64(40)) * np.float32(1.0 / (1 << 24))
+
+
+@njit(inline="always")
+def _inverse(s):
+    return np.float32(1) / s if s > 0 else np.float32(0)
+
+
+@njit(inline="always")
+def _byte(c):
+    return np.uint8(np.int32(c) & 0xFF)
+
+
+@njit(**_OPTS)
+def _quantize_nearest(x, bits, block, scales, q, out):
+    """Round to nearest even, parallel over (block, chunk) tasks (bits 8, or an even block)."""
+    n = x.size
+    cpb = (block + _CHUNK - 1) // _CHUNK
+    for t in prange(scales.size * cpb):
+        b, lo, hi = _task(t, cpb, block, n)
+        inv = _inverse(scales[b])
+        xs = x[lo:hi]  # slice-local indexing: provably non-negative, so LLVM vectorizes
+        if bits == 8:
+            os = out[lo:hi]
+            for i in range(xs.size):
+                os[i] = _byte(_clamp(np.rint(xs[i] * inv), q))
+        else:
+            os = out[lo >> 1: (hi + 1) >> 1]
+            for j in range(xs.size >> 1):
+                low = np.int32(_clamp(np.rint(xs[2 * j] * inv), q)) & 0xF
+                high = np.int32(_clamp(np.rint(xs[2 * j + 1] * inv), q)) & 0xF
+                os[j] = np.uint8(low | (high << 4))
+            if xs.size & 1:
+                os[os.size - 1] = np.uint8(np.int32(_clamp(np.rint(xs[xs.size - 1] * inv), q)) & 0xF)
+
+
+@njit(**_OPTS)
+def _quantize_stochastic(x, bits, block, scales, q, base, out):
+    """floor(x / scale + u_i) with the counter hash, parallel over (block, chunk) tasks."""
+    n = x.size
+    cpb = (block + _CHUNK - 1) // _CHUNK
+    for t in prange(scales.size * cpb):
+        b, lo, hi = _task(t, cpb, block, n)
+        inv = _inverse(scales[b])
+        xs = x[lo:hi]
+        first = base + np.uint64(lo)
+        if bits == 8:
+            os = out[lo:hi]
+            for i in range(xs.size):
+                os[i] = _byte(_clamp(np.floor(xs[i] * inv + _uniform_at(first, i)), q))
+        else:
+            os = out[lo >> 1: (hi + 1) >> 1]
+            for j in range(os.size):
+                i = 2 * j
+                low = np.int32(_clamp(np.floor(xs[i] * inv + _uniform_at(first, i)), q)) & 0xF
+                high = 0
+                if i + 1 < xs.size:
+                    high = np.int32(_clamp(np.floor(xs[i + 1] * inv + _uniform_at(first, i + 1)), q)) & 0xF
+                os[j] = np.uint8(low | (high << 4))
+
+
+@njit(**_OPTS)
+def _quantize_bytes(x, block, scales, q, stochastic, base, out):
+    """The general 4-bit path for odd-sized blocks (a byte may span two blocks): one byte per iteration."""
+    n = x.size
+    for j in prange(out.size):
         byte = 0
-        for t in range(per_byte):
-            i = j * per_byte + t
+        for k in range(2):
+            i = 2 * j + k
             if i < n:
-                s = scales[i // block]
-                inv = np.float32(1) / s if s > 0 else np.float32(0)
-                c = _code(x[i], inv, qmax, stochastic, base, i)
-                byte |= (np.int64(c) & ((1 << bits) - 1)) << (t * bits)
+                v = x[i] * _inverse(scales[i // block])
+                c = np.floor(v + _uniform_at(base, i)) if stochastic else np.rint(v)
+                byte |= (np.int32(_clamp(c, q)) & 0xF) << (4 * k)
         out[j] = byte
-    return out
 
 
 _KINDS = {"max": 0, "l2": 1, "mean": 2}
 
 
+def _outputs(out, n: int, nbytes: int, block: int):
+    """``(packed, scales)`` to write into: the caller's, or new arrays."""
+    if out is not None:
+        return out
+    return np.empty(nbytes, dtype=np.uint8), np.empty((n + block - 1) // block, dtype=np.float32)
+
+
 def quantize(x: np.ndarray, bits: int, block: int, scale_kind: str, qmax: int, stochastic: bool,
-             base: int) -> tuple[np.ndarray, np.ndarray]:
+             base: int, out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     if bits not in (4, 8):
         raise ValueError(f"bits must be 4 or 8, got {bits}")
     x = np.ascontiguousarray(x, dtype=np.float32)
-    scales = _scales(x, block, _KINDS[scale_kind], qmax)
-    return _quantize(x, bits, block, scales, qmax, stochastic, np.uint64(base)), scales
+    packed, scales = _outputs(out, x.size, (x.size * bits + 7) // 8, block)
+    _scales(x, block, _KINDS[scale_kind], qmax, scales)
+    q = np.float32(qmax)
+    if bits == 4 and block % 2:
+        _quantize_bytes(x, block, scales, q, stochastic, np.uint64(base), packed)
+    elif stochastic:
+        _quantize_stochastic(x, bits, block, scales, q, np.uint64(base), packed)
+    else:
+        _quantize_nearest(x, bits, block, scales, q, packed)
+    return packed, scales
 
 
 @njit(**_OPTS)
-def _dequantize(packed, scales, n, bits, block):
-    out = np.empty(n, dtype=np.float32)
-    per_byte = 8 // bits
-    for i in prange(n):
-        byte = np.int64(packed[i // per_byte])
-        c = (byte >> ((i % per_byte) * bits)) & ((1 << bits) - 1)
-        if c >= 1 << (bits - 1):
-            c -= 1 << bits
-        out[i] = np.float32(c) * scales[i // block]
+def _dequantize(packed, scales, n, bits, block, out):
+    cpb = (block + _CHUNK - 1) // _CHUNK
+    for t in prange(scales.size * cpb):
+        b, lo, hi = _task(t, cpb, block, n)
+        s = scales[b]
+        os = out[lo:hi]
+        if bits == 8:
+            ps = packed[lo:hi].view(np.int8)
+            for i in range(os.size):
+                os[i] = np.float32(ps[i]) * s
+        else:
+            ps = packed[lo >> 1: (hi + 1) >> 1]
+            shift = lo & 1  # a block of odd size can start in the high nibble
+            for i in range(os.size):
+                k = i + shift
+                c = (np.int32(ps[k >> 1]) >> ((k & 1) * 4)) & 0xF
+                os[i] = np.float32(c - 16 if c >= 8 else c) * s
+
+
+def dequantize(packed: np.ndarray, scales: np.ndarray, n: int, bits: int, block: int,
+               out: np.ndarray | None = None) -> np.ndarray:
+    out = np.empty(n, dtype=np.float32) if out is None else out
+    _dequantize(packed, scales, n, bits, block, out)
     return out
 
 
-def dequantize(packed: np.ndarray, scales: np.ndarray, n: int, bits: int, block: int) -> np.ndarray:
-    return _dequantize(packed, scales, n, bits, block)
-
-
 @njit(**_OPTS)
-def _sign_bits(x):
+def _sign_bits(x, out):
     n = x.size
-    out = np.empty((n + 7) // 8, dtype=np.uint8)
-    for j in prange(out.size):
-        byte = 0
-        for t in range(8):
-            i = 8 * j + t
-            if i < n and x[i] < 0:
-                byte |= 1 << t
-        out[j] = byte
-    return out
+    per_task = _CHUNK // 8
+    for t in prange((out.size + per_task - 1) // per_task):
+        os = out[t * per_task: min(out.size, (t + 1) * per_task)]
+        xs = x[8 * t * per_task: min(n, 8 * (t + 1) * per_task)]
+        for j in range(os.size):
+            byte = 0
+            for k in range(min(8, xs.size - 8 * j)):
+                byte |= (xs[8 * j + k] < 0) << k
+            os[j] = byte
 
 
-def sign_pack(x: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+def sign_pack(x: np.ndarray, block: int,
+              out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     x = np.ascontiguousarray(x, dtype=np.float32)
-    return _sign_bits(x), _scales(x, block, 2, 1)
+    packed, scales = _outputs(out, x.size, (x.size + 7) // 8, block)
+    _sign_bits(x, packed)
+    _scales(x, block, 2, 1, scales)
+    return packed, scales
 
 
 @njit(**_OPTS)
-def _sign_unpack(packed, scales, n, block):
-    out = np.empty(n, dtype=np.float32)
-    for i in prange(n):
-        bit = (packed[i >> 3] >> (i & 7)) & 1
-        out[i] = (np.float32(1) - np.float32(2) * np.float32(bit)) * scales[i // block]
+def _sign_unpack(packed, scales, n, block, out):
+    cpb = (block + _CHUNK - 1) // _CHUNK
+    for t in prange(scales.size * cpb):
+        b, lo, hi = _task(t, cpb, block, n)
+        s = scales[b]
+        os = out[lo:hi]
+        ps = packed[lo >> 3: (hi + 7) >> 3]
+        shift = lo & 7  # blocks need not start on a byte boundary
+        for i in range(os.size):
+            k = i + shift
+            bit = (ps[k >> 3] >> (k & 7)) & 1
+            os[i] = (np.float32(1) - np.float32(2) * np.float32(bit)) * s
+
+
+def sign_unpack(packed: np.ndarray, scales: np.ndarray, n: int, block: int,
+                out: np.ndarray | None = None) -> np.ndarray:
+    out = np.empty(n, dtype=np.float32) if out is None else out
+    _sign_unpack(packed, scales, n, block, out)
     return out
-
-
-def sign_unpack(packed: np.ndarray, scales: np.ndarray, n: int, block: int) -> np.ndarray:
-    return _sign_unpack(packed, scales, n, block)
 
 
 # ---------------------------------------------------------------- 16-bit floats
 
 
 @njit(**_OPTS)
-def _fp16_encode(bits):
-    out = np.empty(bits.size, dtype=np.uint16)
+def _fp16_encode(bits, out):
     for i in prange(bits.size):
         f = np.uint32(bits[i])
         sign = np.uint32((f >> np.uint32(16)) & np.uint32(0x8000))
@@ -359,54 +500,119 @@ def _fp16_encode(bits):
             if (sig & np.uint32(0x3FFF)) != np.uint32(0x1000):
                 sig += np.uint32(0x1000)
             out[i] = sign + ((sig >> np.uint32(13)) + hexp)
+
+
+def _out(out, n: int, dtype):
+    return np.empty(n, dtype=dtype) if out is None else out
+
+
+@intrinsic
+def _f32_to_f16_bits(typingctx, value):
+    """LLVM ``fptrunc float -> half``: one F16C instruction (vcvtps2ph), IEEE round to nearest even."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+    return types.uint16(types.float32), codegen
+
+
+@intrinsic
+def _f16_bits_to_f32(typingctx, bits):
+    """LLVM ``fpext half -> float`` (vcvtph2ps): exact."""
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(types.uint16), codegen
+
+
+@njit(**_OPTS)
+def _fp16_encode_f16c(x, out):
+    for i in prange(x.size):
+        h = _f32_to_f16_bits(x[i])
+        if x[i] != x[i]:  # the contract's canonical NaN, sign kept
+            h = np.uint16((h & 0x8000) | 0x7E00)
+        out[i] = h
+
+
+@intrinsic
+def _u32_as_f32(typingctx, bits):
+    """Reinterpret 32 bits as a float32."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.uint32), codegen
+
+
+@njit(**_OPTS)
+def _fp16_decode_f16c(h, out):
+    for i in prange(h.size):
+        v = np.uint32(h[i])
+        if (v & np.uint32(0x7FFF)) > np.uint32(0x7C00):  # NaN: keep its payload (the hardware would quiet it)
+            out[i] = _u32_as_f32(((v & np.uint32(0x8000)) << np.uint32(16)) | np.uint32(0x7F800000)
+                                 | ((v & np.uint32(0x3FF)) << np.uint32(13)))
+        else:
+            out[i] = _f16_bits_to_f32(h[i])
+
+
+# The hardware conversions need the CPU's F16C extension; without it LLVM would call a soft-float
+# routine Numba cannot link, so fall back to the bit-level conversion and the lookup table.
+_F16C = "+f16c" in llvm_binding.get_host_cpu_features().flatten().split(",")
+
+
+def fp16_encode(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = _out(out, x.size, np.uint16)
+    if _F16C:
+        _fp16_encode_f16c(x, out)
+    else:
+        _fp16_encode(x.view(np.uint32), out)
     return out
-
-
-def fp16_encode(x: np.ndarray) -> np.ndarray:
-    return _fp16_encode(np.ascontiguousarray(x, dtype=np.float32).view(np.uint32))
 
 
 _HALF_TO_FLOAT = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)  # exact, 256 KiB
 
 
 @njit(**_OPTS)
-def _lookup(h, table):
-    out = np.empty(h.size, dtype=np.float32)
+def _lookup(h, table, out):
     for i in prange(h.size):
         out[i] = table[h[i]]
+
+
+def fp16_decode(h: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    out = _out(out, h.size, np.float32)
+    if _F16C:
+        _fp16_decode_f16c(np.ascontiguousarray(h), out)
+    else:
+        _lookup(np.ascontiguousarray(h), _HALF_TO_FLOAT, out)
     return out
 
 
-def fp16_decode(h: np.ndarray) -> np.ndarray:
-    return _lookup(np.ascontiguousarray(h), _HALF_TO_FLOAT)
-
-
 @njit(**_OPTS)
-def _bf16_encode(bits):
-    out = np.empty(bits.size, dtype=np.uint16)
+def _bf16_encode(bits, out):
     for i in prange(bits.size):
         b = bits[i]
         if (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
             out[i] = (b >> np.uint32(16)) | np.uint32(0x0040)
         else:
             out[i] = (b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+
+
+def bf16_encode(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    out = _out(out, bits.size, np.uint16)
+    _bf16_encode(bits, out)
     return out
-
-
-def bf16_encode(x: np.ndarray) -> np.ndarray:
-    return _bf16_encode(np.ascontiguousarray(x, dtype=np.float32).view(np.uint32))
 
 
 @njit(**_OPTS)
-def _bf16_decode(h):
-    out = np.empty(h.size, dtype=np.uint32)
+def _bf16_decode(h, out):
     for i in prange(h.size):
         out[i] = np.uint32(h[i]) << np.uint32(16)
+
+
+def bf16_decode(h: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    out = _out(out, h.size, np.float32)
+    _bf16_decode(np.ascontiguousarray(h), out.view(np.uint32))
     return out
-
-
-def bf16_decode(h: np.ndarray) -> np.ndarray:
-    return _bf16_decode(np.ascontiguousarray(h)).view(np.float32)
 
 
 # ---------------------------------------------------------------- CSR

@@ -35,13 +35,14 @@ def _numba_cpu() -> tuple[bool, str]:
 def _numba_cuda() -> tuple[bool, str]:
     if importlib.util.find_spec("numba") is None:
         return False, "numba is not installed (pip install 'mpicoll[cuda]')"
+    if _simulator_enabled():
+        return True, "CUDA simulator (NUMBA_ENABLE_CUDASIM=1)"
     from numba import cuda
 
-    if cuda.is_available():
-        return True, f"{cuda.get_current_device().name}"
-    if getattr(cuda, "simulator", None) is not None or _simulator_enabled():
-        return True, "CUDA simulator (NUMBA_ENABLE_CUDASIM=1)"
-    return False, "no usable CUDA GPU or driver found by numba.cuda"
+    if not cuda.is_available():
+        return False, "no usable CUDA GPU or driver found by numba.cuda"
+    name = cuda.get_current_device().name
+    return True, name.decode() if isinstance(name, bytes) else str(name)
 
 
 def _simulator_enabled() -> bool:

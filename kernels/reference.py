@@ -5,9 +5,12 @@ signatures and must return bitwise identical results; the parity tests compare t
 The exact contract of each operation is written here, once.
 
 Conventions: ``x`` is a 1-D contiguous array; indices are int64 and sorted ascending; packed
-codes are uint8; scales are float32. Orderings that would otherwise depend on parallel
-scheduling are fixed by the contract (selection ties go to the lower index; sums that feed a
-scale are accumulated in float64, sequentially, within one block).
+codes are uint8; scales are float32. The encoding and decoding operations take an optional
+``out=`` (an array, or a tuple of arrays for two results) so that a caller can write straight
+into a payload buffer without allocating. Orderings that would otherwise depend on parallel
+scheduling are fixed by the contract: selection ties go to the lower index; sums that feed a
+scale are float64 in a fixed order (see :func:`ordered_sum`) that lets a provider use SIMD
+lanes and many threads on one block and still produce the same bits.
 """
 
 from __future__ import annotations
@@ -15,6 +18,19 @@ from __future__ import annotations
 import numpy as np
 
 from .hashing import mix64_array, uniform24
+
+
+def _into(result, out):
+    """Return ``result``, or copy it into ``out`` (an array or a tuple of arrays) and return that."""
+    if out is None:
+        return result
+    if isinstance(result, tuple):
+        for target, value in zip(out, result, strict=True):
+            target[...] = value
+        return out
+    out[...] = result
+    return out
+
 
 # ---------------------------------------------------------------- ordering keys
 
@@ -88,8 +104,30 @@ def scatter_add(dense: np.ndarray, idx: np.ndarray, vals: np.ndarray) -> None:
 # ---------------------------------------------------------------- quantization
 
 
+REDUCE_CHUNK = 1 << 16
+REDUCE_LANES = 8
+
+
 def _blocks(n: int, block: int) -> int:
     return -(-n // block)
+
+
+def ordered_sum(rows: np.ndarray) -> np.ndarray:
+    """Per-row float64 sums of non-negative terms, in the contract's order.
+
+    A row is cut into chunks of ``REDUCE_CHUNK`` elements. Within a chunk, element ``i`` goes to
+    lane ``i % REDUCE_LANES``, each lane summed in index order; the lanes are then added in lane
+    order, and the chunk sums in chunk order (``cumsum`` is a plain left-to-right scan). Padding
+    with zeros changes nothing, since every term is non-negative.
+    """
+    nrows, width = rows.shape
+    nchunks = max(1, _blocks(width, REDUCE_CHUNK))
+    padded = np.zeros((nrows, nchunks * REDUCE_CHUNK), dtype=np.float64)
+    padded[:, :width] = rows
+    lanes = padded.reshape(nrows, nchunks, REDUCE_CHUNK // REDUCE_LANES, REDUCE_LANES)
+    lane_sums = np.cumsum(lanes, axis=2)[:, :, -1, :]
+    chunk_sums = np.cumsum(lane_sums, axis=2)[:, :, -1]
+    return np.cumsum(chunk_sums, axis=1)[:, -1]
 
 
 def _block_scales(x: np.ndarray, block: int, scale_kind: str, qmax: float) -> np.ndarray:
@@ -99,25 +137,24 @@ def _block_scales(x: np.ndarray, block: int, scale_kind: str, qmax: float) -> np
     rows = padded.reshape(nblocks, block)
     if scale_kind == "max":
         norm = np.abs(rows).max(axis=1)
-    elif scale_kind == "l2":  # float64, sequential within the block (cumsum is a plain scan)
-        squares = rows.astype(np.float64) ** 2
-        norm = np.sqrt(np.cumsum(squares, axis=1)[:, -1]).astype(np.float32)
+    elif scale_kind == "l2":
+        norm = np.sqrt(ordered_sum(rows.astype(np.float64) ** 2)).astype(np.float32)
     elif scale_kind == "mean":
-        sums = np.cumsum(np.abs(rows).astype(np.float64), axis=1)[:, -1]
         counts = np.minimum(block, x.size - np.arange(nblocks) * block)
-        norm = (sums / counts).astype(np.float32)
+        norm = (ordered_sum(np.abs(rows).astype(np.float64)) / counts).astype(np.float32)
     else:
         raise ValueError(f"unknown scale kind {scale_kind!r}")
     return (norm / np.float32(qmax)).astype(np.float32)
 
 
 def quantize(x: np.ndarray, bits: int, block: int, scale_kind: str, qmax: int, stochastic: bool,
-             base: int) -> tuple[np.ndarray, np.ndarray]:
+             base: int, out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric per-block quantization to ``bits``-bit signed codes, packed.
 
     Per block ``b``: ``scale_b = norm_b / qmax`` (``norm`` = max ``|x|`` for ``"max"``, L2 norm for
-    ``"l2"``, float32), ``v = x * (1 / scale_b)`` in float32, code = ``rint(v)`` (half to even)
-    or, stochastic, ``floor(v + u_i)`` with ``u_i = uniform(base)[i]``; clipped to
+    ``"l2"`` from an :func:`ordered_sum` of squares, float32), ``v = x * (1 / scale_b)`` in
+    float32, code = ``rint(v)`` (half to even) or, stochastic, ``floor(v + u_i)`` with
+    ``u_i = uniform(base)[i]``; clipped to
     ``[-qmax, qmax]``; 0 where the scale is 0. Codes are two's complement, ``bits`` = 8 (one per
     byte) or 4 (two per byte, even element in the low nibble).
 
@@ -136,7 +173,7 @@ def quantize(x: np.ndarray, bits: int, block: int, scale_kind: str, qmax: int, s
     else:
         codes = np.rint(v)
     codes = np.clip(np.nan_to_num(codes, nan=0.0), -qmax, qmax).astype(np.int8)
-    return pack_codes(codes, bits), scales
+    return _into((pack_codes(codes, bits), scales), out)
 
 
 def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -163,27 +200,31 @@ def unpack_codes(packed: np.ndarray, bits: int, n: int) -> np.ndarray:
     return np.where(nibbles > 7, nibbles - 16, nibbles).astype(np.int8)
 
 
-def dequantize(packed: np.ndarray, scales: np.ndarray, n: int, bits: int, block: int) -> np.ndarray:
+def dequantize(packed: np.ndarray, scales: np.ndarray, n: int, bits: int, block: int,
+               out: np.ndarray | None = None) -> np.ndarray:
     """``code_i * scale_b`` in float32: the inverse of :func:`quantize` up to rounding."""
     codes = unpack_codes(packed, bits, n).astype(np.float32)
-    return (codes * np.repeat(scales, block)[:n]).astype(np.float32)
+    return _into((codes * np.repeat(scales, block)[:n]).astype(np.float32), out)
 
 
 # ---------------------------------------------------------------- 1-bit sign
 
 
-def sign_pack(x: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+def sign_pack(x: np.ndarray, block: int,
+              out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """1 bit per element (1 where ``x < 0``; element ``8j+t`` is bit ``t`` of byte ``j``), and
-    per-block scales ``mean |x|`` (float64 sequential sum over the block, then float32)."""
+    per-block scales ``mean |x|`` (an :func:`ordered_sum` in float64, divided, then float32)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     scales = _block_scales(x, block, "mean", 1)
-    return np.packbits(x < 0, bitorder="little"), scales
+    return _into((np.packbits(x < 0, bitorder="little"), scales), out)
 
 
-def sign_unpack(packed: np.ndarray, scales: np.ndarray, n: int, block: int) -> np.ndarray:
+def sign_unpack(packed: np.ndarray, scales: np.ndarray, n: int, block: int,
+                out: np.ndarray | None = None) -> np.ndarray:
     """``(1 - 2 * bit) * scale_b`` in float32."""
     signs = np.unpackbits(packed, count=n, bitorder="little").astype(np.float32)
-    return ((np.float32(1) - np.float32(2) * signs) * np.repeat(scales, block)[:n]).astype(np.float32)
+    values = ((np.float32(1) - np.float32(2) * signs) * np.repeat(scales, block)[:n]).astype(np.float32)
+    return _into(values, out)
 
 
 # ---------------------------------------------------------------- 16-bit floats
@@ -191,7 +232,7 @@ def sign_unpack(packed: np.ndarray, scales: np.ndarray, n: int, block: int) -> n
 _HALF_NAN = np.uint16(0x7E00)
 
 
-def fp16_encode(x: np.ndarray) -> np.ndarray:
+def fp16_encode(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """float32 -> IEEE half bits (round to nearest even; overflow to inf; NaN -> 0x7E00 | sign)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     with np.errstate(over="ignore"):
@@ -200,27 +241,27 @@ def fp16_encode(x: np.ndarray) -> np.ndarray:
     if nan.any():
         half = half.copy()
         half[nan] = _HALF_NAN | (half[nan] & np.uint16(0x8000))
-    return half
+    return _into(half, out)
 
 
-def fp16_decode(h: np.ndarray) -> np.ndarray:
+def fp16_decode(h: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """IEEE half bits -> float32 (exact)."""
-    return h.view(np.float16).astype(np.float32)
+    return _into(h.view(np.float16).astype(np.float32), out)
 
 
-def bf16_encode(x: np.ndarray) -> np.ndarray:
+def bf16_encode(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """float32 -> bfloat16 bits: round to nearest even on the upper 16 bits; NaN stays a quiet NaN."""
     bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
     with np.errstate(over="ignore"):
         rounded = ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
     nan = (bits & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
     quiet = (bits >> np.uint32(16)) | np.uint32(0x0040)
-    return np.where(nan, quiet, rounded).astype(np.uint16)
+    return _into(np.where(nan, quiet, rounded).astype(np.uint16), out)
 
 
-def bf16_decode(h: np.ndarray) -> np.ndarray:
+def bf16_decode(h: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """bfloat16 bits -> float32 (exact)."""
-    return (h.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    return _into((h.astype(np.uint32) << np.uint32(16)).view(np.float32), out)
 
 
 # ---------------------------------------------------------------- CSR

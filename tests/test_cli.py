@@ -111,3 +111,21 @@ def test_wrong_count_catches_an_algorithm_that_writes_nothing(tmp_path):
     assert result.returncode == 0, result.stdout
     assert "ring wrong 0" in result.stdout
     assert "noop wrong 4096" in result.stdout  # 1024 elements x 2 ranks x 2 rounds
+
+
+def test_compress_bench_json(tmp_path):
+    out = tmp_path / "compress.json"
+    done = subprocess.run([sys.executable, "-m", "mpicoll.bench", "compress", "-s", "256K", "--repeats", "1",
+                           "--budget", "0.01", "--compressors", "fp16,int8,sign,topk,randomk", "--providers",
+                           "numpy,numba-cpu", "--json", str(out)], capture_output=True, text=True, timeout=600,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "np.copyto" in done.stdout and "vs argpart" in done.stdout
+    rows = json.loads(out.read_text())["results"]
+    assert {(r["compressor"], r["provider"]) for r in rows} == {
+        (c, p) for c in ("fp16", "int8", "sign", "topk", "randomk") for p in ("numpy", "numba-cpu")}
+    for r in rows:
+        assert r["compress_GBps"] > 0 and r["decompress_GBps"] > 0 and r["copy_GBps"] > 0
+        assert r["ratio"] > 1.5 and 0 <= r["rel_error"] < 1.0
+    sign = next(r for r in rows if r["compressor"] == "sign")
+    assert sign["ratio"] > 25  # 1 bit per element really crosses the wire

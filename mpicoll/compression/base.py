@@ -29,7 +29,7 @@ import numpy as np
 from .. import kernels
 from ..backend import device_of, is_array, xp_of
 from ..errors import ArgumentError, DtypeError, PayloadError
-from .payload import Header, assemble, parse, sections
+from .payload import HEADER_BYTES, Header, allocate, assemble, body_size, parse, sections
 
 FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
@@ -61,10 +61,12 @@ class Compressor:
         self._steps: dict[Hashable, int] = {}
 
     # ------------------------------------------------------------------ the protocol
-    def compress(self, x: Any, key: Hashable = None) -> tuple[Any, Ctx]:
+    def compress(self, x: Any, key: Hashable = None, *, out: Any = None) -> tuple[Any, Ctx]:
         """Compress ``x`` (NumPy or CuPy, any shape, float16/32/64). ``key`` names the tensor.
 
-        Each call advances the step counter of ``key`` (random choices depend on it).
+        Each call advances the step counter of ``key`` (random choices depend on it). ``out``
+        reuses a payload buffer of the right size (fixed-size codecs; see :meth:`payload_nbytes`),
+        so that steady-state compression allocates nothing.
         """
         if not is_array(x):
             raise ArgumentError(f"{self.name}: compress needs a NumPy or CuPy array, got {type(x).__name__}")
@@ -74,35 +76,62 @@ class Compressor:
         self._steps[key] = step + 1
         ctx = Ctx(tuple(x.shape), x.dtype, key, step, device_of(x))
         flat = xp_of(x).ascontiguousarray(x).reshape(-1)
-        return self._encode(flat, ctx), ctx
+        return self._encode(flat, ctx, out), ctx
 
-    def decompress(self, payload: Any, ctx: Ctx) -> Any:
-        """Decode ``payload`` (this rank's or a peer's) into an array of ``ctx.shape`` and ``ctx.dtype``."""
+    def decompress(self, payload: Any, ctx: Ctx, *, out: Any = None) -> Any:
+        """Decode ``payload`` (this rank's or a peer's) into an array of ``ctx.shape`` and ``ctx.dtype``.
+
+        ``out``: a contiguous array of that shape and dtype to decode into.
+        """
         header = parse(payload, self.codec, self.name)
         if header.numel != ctx.numel:
             raise PayloadError(f"{self.name}: payload holds {header.numel} elements but this tensor has {ctx.numel}; "
                                f"ranks must compress tensors of the same shape under the same key")
         if header.dtype != ctx.dtype:
             raise PayloadError(f"{self.name}: payload was made from {header.dtype}, this tensor is {ctx.dtype}")
-        return self._decode(payload, header, ctx).reshape(ctx.shape)
+        if out is None:
+            return self._decode(payload, header, ctx, None).reshape(ctx.shape)
+        if tuple(out.shape) != ctx.shape or out.dtype != ctx.dtype or not out.flags.c_contiguous:
+            raise ArgumentError(f"{self.name}: out must be a contiguous {ctx.dtype} array of shape {ctx.shape}, "
+                                f"got {out.dtype} {tuple(out.shape)}")
+        flat_out = out.reshape(-1)
+        result = self._decode(payload, header, ctx, flat_out)
+        if result is not flat_out:
+            flat_out[...] = result
+        return out
+
+    def payload_nbytes(self, x: Any) -> int | None:
+        """The payload size for an array like ``x`` if it does not depend on the values, else ``None``."""
+        return None
 
     # ------------------------------------------------------------------ for subclasses
-    def _encode(self, flat: Any, ctx: Ctx) -> Any:
+    def _encode(self, flat: Any, ctx: Ctx, out: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement _encode")
 
-    def _decode(self, payload: Any, header: Header, ctx: Ctx) -> Any:
+    def _decode(self, payload: Any, header: Header, ctx: Ctx, out: Any) -> Any:
+        """Decode into ``out`` (flat, ctx.dtype) when given and convenient; return the result."""
         raise NotImplementedError(f"{type(self).__name__} must implement _decode")
 
     def kernel(self, op: str, device: str) -> Any:
         """The kernel implementing ``op`` on ``device`` (resolved through the provider order)."""
         return kernels.get(op, device)
 
-    def _payload(self, ctx: Ctx, arrays: list[Any], aux0: int = 0, aux1: int = 0, flags: int = 0) -> Any:
-        header = Header(self.codec, ctx.dtype, flags, ctx.numel, aux0, aux1, 0)
-        return assemble(header, arrays)
+    def _payload(self, ctx: Ctx, arrays: list[Any], aux0: int = 0, aux1: int = 0, flags: int = 0,
+                 out: Any = None) -> Any:
+        """A payload holding copies of ``arrays`` (for codecs whose sizes depend on the data)."""
+        return assemble(Header(self.codec, ctx.dtype, flags, ctx.numel, aux0, aux1, 0), arrays, out)
+
+    def _allocate(self, ctx: Ctx, spec: list[tuple[Any, int]], xp: Any, aux0: int = 0, aux1: int = 0,
+                  out: Any = None) -> tuple[Any, list[Any]]:
+        """A payload and views of its sections, for kernels to write into directly."""
+        return allocate(Header(self.codec, ctx.dtype, 0, ctx.numel, aux0, aux1, 0), spec, xp, out)
 
     def _sections(self, payload: Any, header: Header, spec: list[tuple[Any, int]]) -> list[Any]:
         return sections(payload, header, spec, self.name)
+
+    @staticmethod
+    def _size(spec: list[tuple[Any, int]]) -> int:
+        return HEADER_BYTES + body_size(spec)
 
     # ------------------------------------------------------------------ description
     def params(self) -> dict[str, Any]:

@@ -19,8 +19,8 @@ class Coo(Compressor):
     kind = "sparse"
     lossless = True
 
-    def _encode(self, flat: Any, ctx: Ctx) -> Any:
-        return sparse.encode(self, ctx, flat, self.kernel("nonzero", ctx.device)(flat))
+    def _encode(self, flat: Any, ctx: Ctx, out: Any) -> Any:
+        return sparse.encode(self, ctx, flat, self.kernel("nonzero", ctx.device)(flat), out)
 
-    def _decode(self, payload: Any, header: Header, ctx: Ctx) -> Any:
-        return sparse.decode(self, payload, header, ctx)
+    def _decode(self, payload: Any, header: Header, ctx: Ctx, out: Any) -> Any:
+        return sparse.decode(self, payload, header, ctx, out)

@@ -27,20 +27,20 @@ class Csr(Compressor):
     kind = "sparse"
     lossless = True
 
-    def compress(self, x: Any, key: Any = None) -> tuple[Any, Ctx]:
+    def compress(self, x: Any, key: Any = None, *, out: Any = None) -> tuple[Any, Ctx]:
         if getattr(x, "ndim", 0) != 2:
             raise ArgumentError(f"csr: needs a 2-D array (rows x columns), got shape {getattr(x, 'shape', None)}; "
                                 f"use 'coo' for other shapes")
-        return super().compress(x, key)
+        return super().compress(x, key, out=out)
 
-    def _encode(self, flat: Any, ctx: Ctx) -> Any:
+    def _encode(self, flat: Any, ctx: Ctx, out: Any) -> Any:
         rows, cols = ctx.shape
         indptr, indices, values = self.kernel("csr_build", ctx.device)(flat.reshape(rows, cols))
         itype, flag = index_dtype(max(cols, int(indices.size)))
         return self._payload(ctx, [indptr.astype(itype), indices.astype(itype), values], aux0=int(indices.size),
-                             aux1=rows, flags=flag)
+                             aux1=rows, flags=flag, out=out)
 
-    def _decode(self, payload: Any, header: Header, ctx: Ctx) -> Any:
+    def _decode(self, payload: Any, header: Header, ctx: Ctx, out: Any) -> Any:
         rows, cols = ctx.shape
         if header.aux1 != rows or header.aux0 > ctx.numel:
             raise PayloadError(f"csr: payload describes {header.aux1} rows / {header.aux0} nonzeros, this tensor has "

@@ -45,7 +45,7 @@ class ErrorFeedback(Compressor):
     def lossless(self) -> bool:  # type: ignore[override]
         return self.inner.lossless
 
-    def compress(self, x: Any, key: Hashable = None) -> tuple[Any, Ctx]:
+    def compress(self, x: Any, key: Hashable = None, *, out: Any = None) -> tuple[Any, Ctx]:
         residual = self.residuals.get(key)
         if residual is not None and device_of(residual) != device_of(x):  # e.g. restored from a checkpoint
             residual = xp_of(x).asarray(residual)
@@ -53,13 +53,16 @@ class ErrorFeedback(Compressor):
             raise ArgumentError(f"ErrorFeedback: key {key!r} had shape {residual.shape}, now {x.shape}; "
                                 f"use a new key for a new tensor")
         corrected = x if residual is None else x + residual.astype(x.dtype, copy=False)
-        payload, ctx = self.inner.compress(corrected, key)
+        payload, ctx = self.inner.compress(corrected, key, out=out)
         decoded = self.inner.decompress(payload, ctx)
         self.residuals[key] = corrected - decoded
         return payload, ctx
 
-    def decompress(self, payload: Any, ctx: Ctx) -> Any:
-        return self.inner.decompress(payload, ctx)
+    def decompress(self, payload: Any, ctx: Ctx, *, out: Any = None) -> Any:
+        return self.inner.decompress(payload, ctx, out=out)
+
+    def payload_nbytes(self, x: Any) -> int | None:
+        return self.inner.payload_nbytes(x)
 
     def residual(self, key: Hashable = None) -> Any:
         """The current residual of ``key`` (``None`` before its first compression)."""

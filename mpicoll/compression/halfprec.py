@@ -22,13 +22,18 @@ class _Half(Compressor):
     encode_op = ""
     decode_op = ""
 
-    def _encode(self, flat: Any, ctx: Ctx) -> Any:
-        bits = self.kernel(self.encode_op, ctx.device)(flat.astype(np.float32, copy=False))
-        return self._payload(ctx, [bits])
+    def payload_nbytes(self, x: Any) -> int | None:
+        return self._size([(np.uint16, x.size)])
 
-    def _decode(self, payload: Any, header: Header, ctx: Ctx) -> Any:
+    def _encode(self, flat: Any, ctx: Ctx, out: Any) -> Any:
+        payload, (bits,) = self._allocate(ctx, [(np.uint16, ctx.numel)], xp_of(flat), out=out)
+        self.kernel(self.encode_op, ctx.device)(flat.astype(np.float32, copy=False), out=bits)
+        return payload
+
+    def _decode(self, payload: Any, header: Header, ctx: Ctx, out: Any) -> Any:
         (bits,) = self._sections(payload, header, [(np.uint16, ctx.numel)])
-        values = self.kernel(self.decode_op, ctx.device)(xp_of(bits).ascontiguousarray(bits))
+        direct = out if out is not None and ctx.dtype == np.float32 else None
+        values = self.kernel(self.decode_op, ctx.device)(bits, out=direct)
         return values.astype(ctx.dtype, copy=False)
 
 

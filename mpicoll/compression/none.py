@@ -18,9 +18,15 @@ class NoCompression(Compressor):
     kind = "dense"
     lossless = True
 
-    def _encode(self, flat: Any, ctx: Ctx) -> Any:
-        return self._payload(ctx, [flat])
+    def payload_nbytes(self, x: Any) -> int | None:
+        return self._size([(x.dtype, x.size)])
 
-    def _decode(self, payload: Any, header: Header, ctx: Ctx) -> Any:
+    def _encode(self, flat: Any, ctx: Ctx, out: Any) -> Any:
+        return self._payload(ctx, [flat], out=out)
+
+    def _decode(self, payload: Any, header: Header, ctx: Ctx, out: Any) -> Any:
         (values,) = self._sections(payload, header, [(ctx.dtype, ctx.numel)])
-        return values.copy()
+        if out is None:
+            return values.copy()
+        out[...] = values
+        return out

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import is_cupy, xp_of
-from ..errors import PayloadError
+from ..errors import ArgumentError, PayloadError
 
 MAGIC = b"MPCZ"
 VERSION = 1
@@ -87,18 +87,42 @@ def body_size(sections: Sequence[tuple[Any, int]]) -> int:
     return (spans[-1][0] + spans[-1][1] - HEADER_BYTES) if spans else 0
 
 
-def assemble(header: Header, arrays: Sequence[Any]) -> Any:
-    """One byte buffer (on the arrays' device): the header, then each array in its section."""
+def allocate(header: Header, spec: Sequence[tuple[Any, int]], xp: Any = np, out: Any = None) -> tuple[Any, list[Any]]:
+    """A payload with its header written and its padding zeroed, and views of its sections.
+
+    Args:
+        header: the header (its ``body_nbytes`` is computed here).
+        spec: ``(dtype, count)`` of each section.
+        xp: the array module of the device the payload lives on.
+        out: a caller's buffer to reuse (1-D, uint8, contiguous, exactly the right size), so that
+            steady-state compression allocates nothing.
+    """
+    total = HEADER_BYTES + body_size(spec)
+    if out is None:
+        payload = xp.empty(total, dtype=np.uint8)
+    elif getattr(out, "dtype", None) != np.uint8 or out.ndim != 1 or out.size != total or not out.flags.c_contiguous:
+        raise ArgumentError(f"payload out= must be a contiguous 1-D uint8 array of {total} bytes, got "
+                            f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
+    else:
+        payload = out
+    head = Header(header.codec, header.dtype, header.flags, header.numel, header.aux0, header.aux1,
+                  total - HEADER_BYTES).pack()
+    payload[:HEADER_BYTES] = xp.asarray(np.frombuffer(head, dtype=np.uint8))
+    views, end = [], HEADER_BYTES
+    for (dtype, count), (offset, nbytes) in zip(spec, layout(spec), strict=True):
+        payload[end:offset] = 0  # padding: payloads are bitwise reproducible
+        views.append(payload[offset: offset + nbytes].view(np.dtype(dtype))[: int(count)])
+        end = offset + nbytes
+    return payload, views
+
+
+def assemble(header: Header, arrays: Sequence[Any], out: Any = None) -> Any:
+    """One byte buffer (on the arrays' device): the header, then a copy of each array in its section."""
     xp = xp_of(arrays[0]) if arrays else np
-    sections = [(a.dtype, a.size) for a in arrays]
-    total = HEADER_BYTES + body_size(sections)
-    out = xp.zeros(total, dtype=np.uint8)
-    head = np.frombuffer(Header(header.codec, header.dtype, header.flags, header.numel, header.aux0, header.aux1,
-                                total - HEADER_BYTES).pack(), dtype=np.uint8)
-    out[:HEADER_BYTES] = xp.asarray(head)
-    for array, (offset, nbytes) in zip(arrays, layout(sections), strict=True):
-        out[offset: offset + nbytes] = xp.ascontiguousarray(array).reshape(-1).view(np.uint8)
-    return out
+    payload, views = allocate(header, [(a.dtype, a.size) for a in arrays], xp, out)
+    for view, array in zip(views, arrays, strict=True):
+        view[...] = array.reshape(-1)
+    return payload
 
 
 def parse(payload: Any, codec: int, codec_name: str) -> Header:

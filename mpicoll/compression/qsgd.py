@@ -12,11 +12,12 @@ from typing import Any
 
 import numpy as np
 
+from ..backend import xp_of
 from ..kernels.hashing import stream_base
 from .base import Compressor, Ctx, check_range
 from .payload import Header
 from .registry import register
-from .uniform import decode_blocks
+from .uniform import block_spec, decode_blocks
 
 _SALT = 0x51534744  # "QSGD"
 
@@ -39,11 +40,16 @@ class Qsgd(Compressor):
     def params(self) -> dict[str, Any]:
         return {"levels": self.levels, "block": self.block, "seed": self.seed}
 
-    def _encode(self, flat: Any, ctx: Ctx) -> Any:
-        base = stream_base(self.seed, ctx.step, ctx.key, _SALT)
-        packed, scales = self.kernel("quantize", ctx.device)(
-            flat.astype(np.float32, copy=False), self.bits, self.block, "l2", self.levels, True, base)
-        return self._payload(ctx, [scales, packed], aux0=self.block, aux1=self.levels)
+    def payload_nbytes(self, x: Any) -> int | None:
+        return self._size(block_spec(x.size, self.block, self.bits))
 
-    def _decode(self, payload: Any, header: Header, ctx: Ctx) -> Any:
-        return decode_blocks(self, payload, header, ctx, 4 if header.aux1 <= 7 else 8)
+    def _encode(self, flat: Any, ctx: Ctx, out: Any) -> Any:
+        base = stream_base(self.seed, ctx.step, ctx.key, _SALT)
+        payload, (scales, packed) = self._allocate(ctx, block_spec(ctx.numel, self.block, self.bits), xp_of(flat),
+                                                   aux0=self.block, aux1=self.levels, out=out)
+        self.kernel("quantize", ctx.device)(flat.astype(np.float32, copy=False), self.bits, self.block, "l2",
+                                            self.levels, True, base, out=(packed, scales))
+        return payload
+
+    def _decode(self, payload: Any, header: Header, ctx: Ctx, out: Any) -> Any:
+        return decode_blocks(self, payload, header, ctx, 4 if header.aux1 <= 7 else 8, out)

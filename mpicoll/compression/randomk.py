@@ -44,16 +44,24 @@ class RandomK(Compressor):
         idx = self.kernel("stratified_indices", ctx.device)(base, ctx.numel, k_of(self.ratio, ctx.numel))
         return idx, base
 
-    def _encode(self, flat: Any, ctx: Ctx) -> Any:
-        idx, base = self.indices(ctx)
-        return self._payload(ctx, [flat[idx]], aux0=int(idx.size), aux1=base)
+    def payload_nbytes(self, x: Any) -> int | None:
+        return self._size([(x.dtype, k_of(self.ratio, x.size))])
 
-    def _decode(self, payload: Any, header: Header, ctx: Ctx) -> Any:
+    def _encode(self, flat: Any, ctx: Ctx, out: Any) -> Any:
+        idx, base = self.indices(ctx)
+        payload, (values,) = self._allocate(ctx, [(ctx.dtype, idx.size)], xp_of(flat), aux0=int(idx.size), aux1=base,
+                                            out=out)
+        xp_of(flat).take(flat, idx, out=values)
+        return payload
+
+    def _decode(self, payload: Any, header: Header, ctx: Ctx, out: Any) -> Any:
         idx, base = self.indices(ctx)
         if header.aux1 != base or header.aux0 != idx.size:
             raise PayloadError(f"{self.name}: payload was drawn from another random stream (key {ctx.key!r}, step "
                                f"{ctx.step}); every rank must use the same seed and compress each key equally often")
         (values,) = self._sections(payload, header, [(ctx.dtype, idx.size)])
-        dense = xp_of(values).zeros(ctx.numel, dtype=ctx.dtype)
+        dense = xp_of(values).zeros(ctx.numel, dtype=ctx.dtype) if out is None else out
+        if out is not None:
+            dense[...] = 0
         dense[idx] = values
         return dense

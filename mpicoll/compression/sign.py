@@ -11,9 +11,11 @@ from typing import Any
 
 import numpy as np
 
+from ..backend import xp_of
 from .base import Compressor, Ctx, check_range
 from .payload import Header
 from .registry import register
+from .uniform import block_spec
 
 
 @register
@@ -34,14 +36,19 @@ class Sign(Compressor):
     def _block(self, numel: int) -> int:
         return self.block or max(1, numel)
 
-    def _encode(self, flat: Any, ctx: Ctx) -> Any:
-        block = self._block(ctx.numel)
-        packed, scales = self.kernel("sign_pack", ctx.device)(flat.astype(np.float32, copy=False), block)
-        return self._payload(ctx, [scales, packed], aux0=block)
+    def payload_nbytes(self, x: Any) -> int | None:
+        return self._size(block_spec(x.size, self._block(x.size), 1))
 
-    def _decode(self, payload: Any, header: Header, ctx: Ctx) -> Any:
+    def _encode(self, flat: Any, ctx: Ctx, out: Any) -> Any:
+        block = self._block(ctx.numel)
+        payload, (scales, packed) = self._allocate(ctx, block_spec(ctx.numel, block, 1), xp_of(flat), aux0=block,
+                                                   out=out)
+        self.kernel("sign_pack", ctx.device)(flat.astype(np.float32, copy=False), block, out=(packed, scales))
+        return payload
+
+    def _decode(self, payload: Any, header: Header, ctx: Ctx, out: Any) -> Any:
         block = max(1, header.aux0)
-        scales, packed = self._sections(payload, header, [(np.float32, -(-ctx.numel // block)),
-                                                          (np.uint8, -(-ctx.numel // 8))])
-        values = self.kernel("sign_unpack", ctx.device)(packed, scales, ctx.numel, block)
+        scales, packed = self._sections(payload, header, block_spec(ctx.numel, block, 1))
+        direct = out if out is not None and ctx.dtype == np.float32 else None
+        values = self.kernel("sign_unpack", ctx.device)(packed, scales, ctx.numel, block, out=direct)
         return values.astype(ctx.dtype, copy=False)

@@ -15,16 +15,20 @@ from .base import Compressor, Ctx
 from .payload import FLAG_INDEX32, Header, index_dtype
 
 
-def encode(codec: Compressor, ctx: Ctx, flat: Any, idx: Any) -> Any:
+def encode(codec: Compressor, ctx: Ctx, flat: Any, idx: Any, out: Any = None) -> Any:
     """Payload ``[indices, values]`` for the elements ``idx`` of ``flat``."""
     itype, flag = index_dtype(ctx.numel)
-    return codec._payload(ctx, [idx.astype(itype), flat[idx]], aux0=int(idx.size), flags=flag)
+    return codec._payload(ctx, [idx.astype(itype), flat[idx]], aux0=int(idx.size), flags=flag, out=out)
 
 
-def decode(codec: Compressor, payload: Any, header: Header, ctx: Ctx) -> Any:
-    """The dense array of an ``[indices, values]`` payload."""
+def decode(codec: Compressor, payload: Any, header: Header, ctx: Ctx, out: Any = None) -> Any:
+    """The dense array of an ``[indices, values]`` payload (written into ``out`` when given)."""
     idx, values = sections(codec, payload, header, ctx)
-    dense = xp_of(values).zeros(ctx.numel, dtype=ctx.dtype)
+    if out is None:
+        dense = xp_of(values).zeros(ctx.numel, dtype=ctx.dtype)
+    else:
+        dense = out
+        dense[...] = 0
     if idx.size:
         codec.kernel("scatter_add", ctx.device)(dense, idx, values)
     return dense

@@ -25,8 +25,8 @@ class Threshold(Compressor):
     def params(self) -> dict[str, Any]:
         return {"tau": self.tau}
 
-    def _encode(self, flat: Any, ctx: Ctx) -> Any:
-        return sparse.encode(self, ctx, flat, self.kernel("threshold", ctx.device)(flat, self.tau))
+    def _encode(self, flat: Any, ctx: Ctx, out: Any) -> Any:
+        return sparse.encode(self, ctx, flat, self.kernel("threshold", ctx.device)(flat, self.tau), out)
 
-    def _decode(self, payload: Any, header: Header, ctx: Ctx) -> Any:
-        return sparse.decode(self, payload, header, ctx)
+    def _decode(self, payload: Any, header: Header, ctx: Ctx, out: Any) -> Any:
+        return sparse.decode(self, payload, header, ctx, out)

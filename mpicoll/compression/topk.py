@@ -35,9 +35,9 @@ class TopK(Compressor):
     def params(self) -> dict[str, Any]:
         return {"ratio": self.ratio}
 
-    def _encode(self, flat: Any, ctx: Ctx) -> Any:
+    def _encode(self, flat: Any, ctx: Ctx, out: Any) -> Any:
         idx = self.kernel("topk", ctx.device)(flat, k_of(self.ratio, ctx.numel))
-        return sparse.encode(self, ctx, flat, idx)
+        return sparse.encode(self, ctx, flat, idx, out)
 
-    def _decode(self, payload: Any, header: Header, ctx: Ctx) -> Any:
-        return sparse.decode(self, payload, header, ctx)
+    def _decode(self, payload: Any, header: Header, ctx: Ctx, out: Any) -> Any:
+        return sparse.decode(self, payload, header, ctx, out)

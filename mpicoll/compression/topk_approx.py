@@ -43,11 +43,11 @@ class TopKApprox(Compressor):
         kk = k_of(self.ratio, sample.size)
         return float(np.partition(sample, sample.size - kk)[sample.size - kk])
 
-    def _encode(self, flat: Any, ctx: Ctx) -> Any:
+    def _encode(self, flat: Any, ctx: Ctx, out: Any) -> Any:
         if ctx.numel == 0:
-            return sparse.encode(self, ctx, flat, flat[:0].astype(np.int64))
+            return sparse.encode(self, ctx, flat, flat[:0].astype(np.int64), out)
         idx = self.kernel("threshold", ctx.device)(flat, self.threshold(flat))
-        return sparse.encode(self, ctx, flat, idx)
+        return sparse.encode(self, ctx, flat, idx, out)
 
-    def _decode(self, payload: Any, header: Header, ctx: Ctx) -> Any:
-        return sparse.decode(self, payload, header, ctx)
+    def _decode(self, payload: Any, header: Header, ctx: Ctx, out: Any) -> Any:
+        return sparse.decode(self, payload, header, ctx, out)

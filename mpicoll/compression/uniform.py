@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backend import xp_of
 from ..errors import ArgumentError
 from ..kernels.hashing import stream_base
 from .base import Compressor, Ctx, check_range
@@ -43,22 +44,32 @@ class UniformQuantizer(Compressor):
     def params(self) -> dict[str, Any]:
         return {"block": self.block, "stochastic": self.stochastic, "seed": self.seed}
 
-    def _encode(self, flat: Any, ctx: Ctx) -> Any:
+    def payload_nbytes(self, x: Any) -> int | None:
+        return self._size(block_spec(x.size, self.block, self.bits))
+
+    def _encode(self, flat: Any, ctx: Ctx, out: Any) -> Any:
         base = stream_base(self.seed, ctx.step, ctx.key, _SALT)
-        packed, scales = self.kernel("quantize", ctx.device)(
-            flat.astype(np.float32, copy=False), self.bits, self.block, "max", self.qmax, self.stochastic, base)
-        return self._payload(ctx, [scales, packed], aux0=self.block, aux1=self.bits)
+        payload, (scales, packed) = self._allocate(ctx, block_spec(ctx.numel, self.block, self.bits), xp_of(flat),
+                                                   aux0=self.block, aux1=self.bits, out=out)
+        self.kernel("quantize", ctx.device)(flat.astype(np.float32, copy=False), self.bits, self.block, "max",
+                                            self.qmax, self.stochastic, base, out=(packed, scales))
+        return payload
 
-    def _decode(self, payload: Any, header: Header, ctx: Ctx) -> Any:
-        return decode_blocks(self, payload, header, ctx, self.bits)
+    def _decode(self, payload: Any, header: Header, ctx: Ctx, out: Any) -> Any:
+        return decode_blocks(self, payload, header, ctx, self.bits, out)
 
 
-def decode_blocks(codec: Compressor, payload: Any, header: Header, ctx: Ctx, bits: int) -> Any:
+def block_spec(numel: int, block: int, bits: int) -> list[tuple[Any, int]]:
+    """Sections of a block-quantized payload: one float32 scale per block, then the packed codes."""
+    return [(np.float32, -(-numel // block)), (np.uint8, -(-numel * bits // 8))]
+
+
+def decode_blocks(codec: Compressor, payload: Any, header: Header, ctx: Ctx, bits: int, out: Any) -> Any:
     """Decode ``[scales, packed codes]`` whose block size is ``header.aux0``."""
     block = max(1, header.aux0)
-    nblocks = -(-ctx.numel // block)
-    scales, packed = codec._sections(payload, header, [(np.float32, nblocks), (np.uint8, -(-ctx.numel * bits // 8))])
-    values = codec.kernel("dequantize", ctx.device)(packed, scales, ctx.numel, bits, block)
+    scales, packed = codec._sections(payload, header, block_spec(ctx.numel, block, bits))
+    direct = out if out is not None and ctx.dtype == np.float32 else None
+    values = codec.kernel("dequantize", ctx.device)(packed, scales, ctx.numel, bits, block, out=direct)
     return values.astype(ctx.dtype, copy=False)
 
 

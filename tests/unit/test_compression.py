@@ -261,3 +261,23 @@ def test_providers_give_identical_payloads(name):
         with mpicoll.config.override(kernel_providers=providers):
             payloads.append(compression.get(name).compress(x, key="same")[0])
     assert np.array_equal(payloads[0], payloads[1])
+
+
+@pytest.mark.parametrize("name", ["none", "fp16", "bf16", "randomk", "int8", "int4", "qsgd", "sign"])
+def test_fixed_size_payloads_reuse_buffers(name):
+    x = gaussian(10001)
+    a, b = compression.get(name), compression.get(name)
+    size = a.payload_nbytes(x)
+    buffer = np.full(size, 0xAB, dtype=np.uint8)  # garbage, padding included: must be overwritten
+    payload, ctx = a.compress(x, key="w", out=buffer)
+    assert payload is buffer
+    fresh, _ = b.compress(x, key="w")
+    assert np.array_equal(payload, fresh)  # same bytes as a freshly allocated payload
+    out = np.full_like(x, np.nan)
+    assert a.decompress(payload, ctx, out=out) is out
+    assert np.array_equal(out, a.decompress(payload, ctx))
+    with pytest.raises(ArgumentError, match=f"{size} bytes"):
+        a.compress(x, key="w", out=np.empty(size + 1, np.uint8))
+    with pytest.raises(ArgumentError, match="out must be"):
+        a.decompress(payload, ctx, out=np.empty(5, np.float32))
+    assert compression.get("topk").payload_nbytes(x) is None  # data-dependent sizes say so

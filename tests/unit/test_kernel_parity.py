@@ -67,7 +67,8 @@ def test_topk_ties_go_to_the_lower_index(ops):
 @pytest.mark.parametrize("bits,qmax", [(8, 127), (4, 7), (4, 3)])
 @pytest.mark.parametrize("kind", ["max", "l2"])
 @pytest.mark.parametrize("stochastic", [False, True])
-@pytest.mark.parametrize("n,block", [(0, 4), (1, 4), (1001, 64), (100003, 257), (5000, 5000)])
+@pytest.mark.parametrize("n,block", [(0, 4), (1, 4), (1001, 64), (100003, 257), (5000, 5000), (300001, 150001),
+                                     (262147, 262146)])
 def test_quantize(ops, bits, qmax, kind, stochastic, n, block):
     x = data(n, np.float32, specials=False)
     got = ops["quantize"](x, bits, block, kind, qmax, stochastic, 2**64 - 7)
@@ -81,7 +82,8 @@ def test_quantize_specials(ops):
     assert same(ops["quantize"](x, 8, 100, "max", 127, False, 1), ref.quantize(x, 8, 100, "max", 127, False, 1))
 
 
-@pytest.mark.parametrize("n,block", [(0, 8), (1, 8), (13, 8), (100003, 1000), (64, 64)])
+@pytest.mark.parametrize("n,block", [(0, 8), (1, 8), (13, 8), (100003, 1000), (64, 64), (300001, 300001),
+                                     (200003, 70000)])
 def test_sign(ops, n, block):
     x = data(n, np.float32)
     got, want = ops["sign_pack"](x, block), ref.sign_pack(x, block)
