@@ -165,3 +165,24 @@ def test_registry_resolves_and_falls_back(monkeypatch):
     registry.reset()
     with config.override(kernel_providers="numpy"), pytest.raises(UnsupportedError, match="no kernel provider"):
         kernels.get("topk", "cuda")
+
+
+def lane_sensitive_block() -> np.ndarray:
+    """16 values whose float64 sum differs between a plain left-to-right scan (2**53) and the
+    contract's 8-lane order (2**53 + 14): a provider that ignores the order fails on it."""
+    x = np.ones(16, dtype=np.float32)
+    x[0] = 2.0**53
+    return x
+
+
+def test_ordered_sum_is_the_lane_order():
+    x = lane_sensitive_block()
+    sequential = np.cumsum(x.astype(np.float64))[-1]
+    assert sequential == 2.0**53
+    assert ref.ordered_sum(x.astype(np.float64)[None, :])[0] == 2.0**53 + 14
+
+
+def test_scales_follow_the_lane_order(ops):
+    x = np.tile(lane_sensitive_block(), 3)
+    assert same(ops["sign_pack"](x, 16), ref.sign_pack(x, 16))
+    assert same(ops["quantize"](x, 8, 16, "l2", 127, False, 0), ref.quantize(x, 8, 16, "l2", 127, False, 0))
