@@ -24,6 +24,7 @@ setup(
         "mpicoll",
         "mpicoll.collectives",
         "mpicoll.compression",
+        "mpicoll.aggregation",
         "mpicoll.transport",
         "mpicoll.kernels",
         "mpicoll.bench",

@@ -39,6 +39,7 @@ _LAZY = {
     "reduce": "mpicoll.collectives",
     "algorithm_names": "mpicoll.collectives",
     "op_names": "mpicoll.collectives",
+    "compressed_allreduce": "mpicoll.aggregation",
     "Comm": "mpicoll.transport",
     "default_comm": "mpicoll.transport",
 }
@@ -82,6 +83,7 @@ __all__ = [
     "allgather",
     "allreduce",
     "broadcast",
+    "compressed_allreduce",
     "config",
     "default_comm",
     "op_names",

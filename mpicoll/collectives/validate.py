@@ -34,7 +34,8 @@ _DTYPES = [np.dtype(t) for t in (
     "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
     "float16", "float32", "float64", "complex64", "complex128",
 )]
-_FIELDS = ("failed", "collective", "count", "dtype", "op", "root", "algorithm", "counts", "segment_bytes")
+_FIELDS = ("failed", "collective", "count", "dtype", "op", "root", "algorithm", "counts", "segment_bytes",
+           "compressor")
 _COLLECTIVE_CODES = {name: i for i, name in enumerate(COLLECTIVES)}
 _OP_CODES = {name: i for i, name in enumerate(op_names())}
 _DTYPE_CODES = {dtype: i for i, dtype in enumerate(_DTYPES)}
@@ -69,6 +70,8 @@ def _describe(field: str, collective: str, code: int) -> str:
         return names[code] if 0 <= code < len(names) else str(code)
     if field == "counts":
         return "(none)" if code == -1 else f"list with checksum {code:#x}"
+    if field == "compressor":
+        return "(none)" if code == -1 else f"a compressor with fingerprint {code:#x}"
     return str(code)
 
 
@@ -86,7 +89,7 @@ class Agreement:
         self.fields: dict[str, Any] = {}
 
     def set(self, **fields: Any) -> None:
-        """Record this rank's arguments: count, dtype, op, root, algorithm, counts."""
+        """Record this rank's arguments: count, dtype, op, root, algorithm, counts, compressor."""
         self.fields.update(fields)
 
     def __enter__(self) -> Agreement:
@@ -103,7 +106,7 @@ class Agreement:
 
 def exchange(comm: Comm, collective: str, error: BaseException | None, *, count: int = -1, dtype: Any = None,
              algorithm: str | None = None, op: str | None = None, root: int = -1,
-             counts: Sequence[int] | None = None) -> None:
+             counts: Sequence[int] | None = None, compressor: str | None = None) -> None:
     """The collective part of :class:`Agreement`; raises on every rank if anything disagrees."""
     signature = np.array([
         0 if error is None else 1,
@@ -115,6 +118,7 @@ def exchange(comm: Comm, collective: str, error: BaseException | None, *, count:
         algorithm_names(collective).index(algorithm) if algorithm in algorithm_names(collective) else -1,
         _counts_code(counts),
         config.get("segment_bytes"),
+        -1 if compressor is None else zlib.crc32(compressor.encode()),
     ], dtype=np.int64)
     table = comm.scratch.get("validate.table", comm.size * signature.size, np.int64).reshape(comm.size, -1)
     comm.mpi.Allgather(signature, table)

@@ -104,6 +104,15 @@ class Compressor:
         """The payload size for an array like ``x`` if it does not depend on the values, else ``None``."""
         return None
 
+    def summable_section(self, payload: Any, ctx: Ctx) -> tuple[Any, str]:
+        """For ``kind == "summable"``: the view of ``payload`` that ranks add element by element, and its
+        encoding (``"fp16"``, ``"bf16"``, or ``"values"`` for plain numbers of ``ctx.dtype``)."""
+        raise NotImplementedError(f"{self.name} payloads are not summable")
+
+    def sparse_parts(self, payload: Any, ctx: Ctx) -> tuple[Any, Any]:
+        """For ``kind == "sparse"``: checked flat int64 indices (sorted, unique) and their values."""
+        raise NotImplementedError(f"{self.name} payloads are not sparse")
+
     # ------------------------------------------------------------------ for subclasses
     def _encode(self, flat: Any, ctx: Ctx, out: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement _encode")

@@ -24,3 +24,6 @@ class Coo(Compressor):
 
     def _decode(self, payload: Any, header: Header, ctx: Ctx, out: Any) -> Any:
         return sparse.decode(self, payload, header, ctx, out)
+
+    def sparse_parts(self, payload: Any, ctx: Ctx) -> tuple[Any, Any]:
+        return sparse.parts(self, payload, ctx)

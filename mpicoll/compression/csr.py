@@ -40,6 +40,9 @@ class Csr(Compressor):
         return self._payload(ctx, [indptr.astype(itype), indices.astype(itype), values], aux0=int(indices.size),
                              aux1=rows, flags=flag, out=out)
 
+    def sparse_parts(self, payload: Any, ctx: Ctx) -> tuple[Any, Any]:
+        return _csr_parts(self, payload, ctx)
+
     def _decode(self, payload: Any, header: Header, ctx: Ctx, out: Any) -> Any:
         rows, cols = ctx.shape
         if header.aux1 != rows or header.aux0 > ctx.numel:
@@ -53,6 +56,12 @@ class Csr(Compressor):
             raise PayloadError("csr: row pointers are not a non-decreasing run from 0 to nnz: malformed payload")
         check_indices("csr", indices + indptr_rows(indptr, rows) * cols, ctx.numel)
         return self.kernel("csr_densify", ctx.device)(indptr, indices, values, (rows, cols), ctx.dtype).reshape(-1)
+
+
+def _csr_parts(codec: Csr, payload: Any, ctx: Ctx) -> tuple[Any, Any]:
+    dense = codec.decompress(payload, ctx).reshape(-1)
+    idx = codec.kernel("nonzero", ctx.device)(dense)
+    return idx, dense[idx]
 
 
 def indptr_rows(indptr: Any, rows: int) -> Any:

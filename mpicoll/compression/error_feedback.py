@@ -64,6 +64,12 @@ class ErrorFeedback(Compressor):
     def payload_nbytes(self, x: Any) -> int | None:
         return self.inner.payload_nbytes(x)
 
+    def summable_section(self, payload: Any, ctx: Ctx) -> tuple[Any, str]:
+        return self.inner.summable_section(payload, ctx)
+
+    def sparse_parts(self, payload: Any, ctx: Ctx) -> tuple[Any, Any]:
+        return self.inner.sparse_parts(payload, ctx)
+
     def residual(self, key: Hashable = None) -> Any:
         """The current residual of ``key`` (``None`` before its first compression)."""
         return self.residuals.get(key)

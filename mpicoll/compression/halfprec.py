@@ -13,7 +13,7 @@ import numpy as np
 
 from ..backend import xp_of
 from .base import Compressor, Ctx
-from .payload import Header
+from .payload import Header, parse
 from .registry import register
 
 
@@ -29,6 +29,11 @@ class _Half(Compressor):
         payload, (bits,) = self._allocate(ctx, [(np.uint16, ctx.numel)], xp_of(flat), out=out)
         self.kernel(self.encode_op, ctx.device)(flat.astype(np.float32, copy=False), out=bits)
         return payload
+
+    def summable_section(self, payload: Any, ctx: Ctx) -> tuple[Any, str]:
+        header = parse(payload, self.codec, self.name)
+        (bits,) = self._sections(payload, header, [(np.uint16, ctx.numel)])
+        return bits, self.name
 
     def _decode(self, payload: Any, header: Header, ctx: Ctx, out: Any) -> Any:
         (bits,) = self._sections(payload, header, [(np.uint16, ctx.numel)])

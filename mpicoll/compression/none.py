@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Compressor, Ctx
-from .payload import Header
+from .payload import Header, parse
 from .registry import register
 
 
@@ -20,6 +20,10 @@ class NoCompression(Compressor):
 
     def payload_nbytes(self, x: Any) -> int | None:
         return self._size([(x.dtype, x.size)])
+
+    def summable_section(self, payload: Any, ctx: Ctx) -> tuple[Any, str]:
+        (values,) = self._sections(payload, parse(payload, self.codec, self.name), [(ctx.dtype, ctx.numel)])
+        return values, "values"
 
     def _encode(self, flat: Any, ctx: Ctx, out: Any) -> Any:
         return self._payload(ctx, [flat], out=out)

@@ -15,7 +15,7 @@ from ..backend import xp_of
 from ..errors import PayloadError
 from ..kernels.hashing import stream_base
 from .base import Compressor, Ctx, check_range
-from .payload import Header
+from .payload import Header, parse
 from .registry import register
 from .topk import k_of
 
@@ -53,6 +53,11 @@ class RandomK(Compressor):
                                             out=out)
         xp_of(flat).take(flat, idx, out=values)
         return payload
+
+    def summable_section(self, payload: Any, ctx: Ctx) -> tuple[Any, str]:
+        header = parse(payload, self.codec, self.name)
+        (values,) = self._sections(payload, header, [(ctx.dtype, header.aux0)])
+        return values, "values"
 
     def _decode(self, payload: Any, header: Header, ctx: Ctx, out: Any) -> Any:
         idx, base = self.indices(ctx)

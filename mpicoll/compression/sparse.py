@@ -12,7 +12,7 @@ from typing import Any
 from ..backend import xp_of
 from ..errors import PayloadError
 from .base import Compressor, Ctx
-from .payload import FLAG_INDEX32, Header, index_dtype
+from .payload import FLAG_INDEX32, Header, index_dtype, parse
 
 
 def encode(codec: Compressor, ctx: Ctx, flat: Any, idx: Any, out: Any = None) -> Any:
@@ -32,6 +32,11 @@ def decode(codec: Compressor, payload: Any, header: Header, ctx: Ctx, out: Any =
     if idx.size:
         codec.kernel("scatter_add", ctx.device)(dense, idx, values)
     return dense
+
+
+def parts(codec: Compressor, payload: Any, ctx: Ctx) -> tuple[Any, Any]:
+    """Checked ``(indices, values)`` of a whole sparse payload (header included)."""
+    return sections(codec, payload, parse(payload, codec.codec, codec.name), ctx)
 
 
 def sections(codec: Compressor, payload: Any, header: Header, ctx: Ctx) -> tuple[Any, Any]:

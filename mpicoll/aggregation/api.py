@@ -1,0 +1,116 @@
+"""``compressed_allreduce``: an all-reduce whose messages are compressed.
+
+The path follows the compressor's traits (see :mod:`mpicoll.compression.base`):
+
+==========  ===========================================  =================================
+kind        algorithms                                   auto
+==========  ===========================================  =================================
+dense,      ring, tree, recursive_doubling,              the all-reduce table's choice for
+summable    rabenseifner (on the wire section)           the wire size
+sparse      sparse_allgather, sparse_rd (SparCML)        sparse_allgather up to 4 ranks,
+                                                         sparse_rd beyond
+quantized   two_phase (compressed reduce-scatter +       two_phase
+            compressed allgather)
+any         two_phase
+==========  ===========================================  =================================
+
+Other combinations (a dense algorithm with a sparse compressor, say) raise
+:class:`~mpicoll.errors.UnsupportedError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any
+
+import numpy as np
+
+from ..collectives import auto
+from ..collectives.buffers import check_array
+from ..collectives.registry import algorithm_names, get_algorithm
+from ..collectives.validate import Agreement
+from ..compression import Compressor
+from ..errors import ArgumentError, DtypeError, PayloadError, UnsupportedError, accepted
+from ..transport import Comm, as_comm
+from . import sparse, summable, two_phase  # noqa: F401  (registration)
+
+_ALLOWED = {
+    "dense": (*summable.DENSE, "two_phase"),
+    "summable": (*summable.DENSE, "two_phase"),
+    "sparse": ("sparse_allgather", "sparse_rd", "two_phase"),
+    "quantized": ("two_phase",),
+}
+
+
+def _choose(kind: str, x: Any, comm: Comm) -> str:
+    if kind == "sparse":
+        return "sparse_allgather" if comm.size <= 4 else "sparse_rd"
+    if kind == "quantized":
+        return "two_phase"
+    name = auto.choose("allreduce", x.nbytes, comm.size)
+    return name if name in summable.DENSE else "ring"
+
+
+def _resolve(compressor: Compressor, algorithm: str, x: Any, comm: Comm) -> str:
+    kind = compressor.kind
+    name = _choose(kind, x, comm) if algorithm == "auto" else algorithm
+    if name not in algorithm_names("compressed_allreduce"):
+        raise UnsupportedError(f"compressed_allreduce: unknown algorithm {name!r}; accepted: "
+                               f"{accepted([*algorithm_names('compressed_allreduce'), 'auto'])}")
+    if name not in _ALLOWED[kind]:
+        raise UnsupportedError(f"compressed_allreduce: algorithm {name!r} cannot carry {kind} payloads of "
+                               f"{compressor.name!r}; for {kind} compressors use {accepted([*_ALLOWED[kind], 'auto'])}")
+    return name
+
+
+def _agree_on_payload_errors(comm: Comm, errors: list[str]) -> None:
+    """Raise the same PayloadError on every rank if any rank met a malformed payload."""
+    reports = comm.mpi.allgather("; ".join(errors) if errors else None)
+    bad = {rank: text for rank, text in enumerate(reports) if text}
+    if bad:
+        listing = " | ".join(f"rank {rank} found: {text}" for rank, text in bad.items())
+        raise PayloadError(f"compressed_allreduce: malformed payloads, result discarded on every rank. {listing}. "
+                           f"Check that every rank runs the same mpicoll version and compressor.")
+
+
+def compressed_allreduce(x: Any, compressor: Compressor, *, key: Hashable = None, comm: Any = None,
+                         average: bool = True, algorithm: str = "auto") -> Any:
+    """All-reduce ``x`` with compressed messages; returns an array like ``x`` (a new one).
+
+    Args:
+        x: this rank's contribution (NumPy array, float16/32/64, any shape).
+        compressor: from :func:`mpicoll.compression.get`, optionally wrapped in
+            :class:`~mpicoll.compression.ErrorFeedback` (then nothing the compression drops is
+            lost across steps; with ``two_phase`` the chunk owners keep their own residuals too).
+        key: names the tensor (random choices and residuals are kept per key); use one key per
+            tensor and call in the same order on every rank.
+        comm: an :class:`mpicoll.Comm`, an mpi4py communicator, or ``None`` for the default.
+        average: divide the sum by the number of ranks (the gradient mean).
+        algorithm: ``"auto"`` or one of the algorithms above.
+
+    Returns:
+        The (approximate) sum or mean, bitwise identical on every rank. With ``none`` it equals
+        :func:`mpicoll.allreduce` (sum, or sum / p).
+
+    Raises:
+        UnsupportedError: an algorithm that cannot carry this compressor's payloads.
+        MismatchError / PeerError: ranks disagree on the arguments (validation on).
+    """
+    c = as_comm(comm)
+    with Agreement(c, "compressed_allreduce") as agree:
+        if not isinstance(compressor, Compressor):
+            raise ArgumentError(f"compressed_allreduce: compressor must come from mpicoll.compression.get, got "
+                                f"{type(compressor).__name__}")
+        x = check_array(x, "compressed_allreduce")
+        if x.dtype.kind != "f":
+            raise DtypeError(f"compressed_allreduce: needs a floating array, got {x.dtype}")
+        name = _resolve(compressor, algorithm, x, c)
+        agree.set(count=x.size, dtype=x.dtype, algorithm=name, compressor=repr(compressor))
+        path = get_algorithm("compressed_allreduce", name)
+        prepared = path.prepare(c, x, compressor, key)  # local: a failure here is reported on every rank
+    result = path.run(c, prepared)
+    _agree_on_payload_errors(c, prepared.errors)
+    if average:
+        result = (result.astype(np.float32) / np.float32(c.size)).astype(x.dtype) if x.dtype == np.float16 else (
+            result / result.dtype.type(c.size))
+    return result

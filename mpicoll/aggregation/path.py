@@ -1,0 +1,50 @@
+"""What every compressed all-reduce path implements: a local ``prepare`` and a collective ``run``.
+
+``prepare`` compresses and checks this rank's own data without communicating, so the API can
+run it inside the cross-rank :class:`~mpicoll.collectives.validate.Agreement`: a local failure
+is then reported on every rank before any rank starts communicating. ``run`` must complete its
+communication even when a *peer's* payload turns out malformed: it records the
+:class:`~mpicoll.errors.PayloadError` in :class:`Prepared` and goes on (with zeros), and the API
+raises it on every rank afterwards. Nothing hangs and no rank returns garbage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..compression import Compressor, Ctx
+from ..errors import PayloadError
+from ..transport import Comm
+
+
+@dataclass
+class Prepared:
+    """This rank's compressed data, ready for the collective part."""
+
+    compressor: Compressor
+    ctx: Ctx
+    payload: Any = None
+    parts: Any = None
+    errors: list[str] = field(default_factory=list)
+
+    def decode(self, what: str, decode: Any, *args: Any) -> Any:
+        """``decode(*args)``, or ``None`` (recorded) if the payload is malformed."""
+        try:
+            return decode(*args)
+        except PayloadError as exc:
+            self.errors.append(f"{what}: {exc}")
+            return None
+
+
+class Path:
+    """Base class of the compressed all-reduce algorithms."""
+
+    def prepare(self, comm: Comm, x: Any, compressor: Compressor, key: Hashable) -> Prepared:
+        """Compress and check this rank's data; no communication."""
+        raise NotImplementedError
+
+    def run(self, comm: Comm, prepared: Prepared) -> Any:
+        """The collective part; returns the sum (not averaged)."""
+        raise NotImplementedError

@@ -1,0 +1,155 @@
+"""Sparse compressors (top-k, threshold, COO, CSR): allgather the pairs, or merge them pairwise.
+
+- ``sparse_allgather``: payload sizes are exchanged first, then every rank's payload is gathered
+  (``allgatherv``) and every rank scatter-adds all of them, in rank order, into a dense float32
+  sum. One round; each rank receives ``(p-1)`` payloads: good for a few ranks.
+- ``sparse_rd``: recursive doubling on sparse vectors (Renggli et al., SparCML, 2019): each
+  round merges the partner's (index, value) pairs into one's own, lower group first. Once a
+  merged vector passes ``DENSE_SWITCH`` of the dense size, it continues as a dense vector, since
+  pairs would then cost more than the dense array. ``ceil(log2 p)`` rounds: good for many ranks.
+
+Both give every rank the same bits: the additions happen in an order that does not depend on
+the rank that performs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any
+
+import numpy as np
+
+from .. import kernels
+from ..collectives.api import allgather
+from ..collectives.partition import displacements
+from ..collectives.pof2 import Pof2
+from ..collectives.registry import register
+from ..compression import Compressor
+from ..transport import Comm
+from ..transport.p2p import sendrecv
+from .path import Path, Prepared
+
+DENSE_SWITCH = 0.25  # a merged vector denser than this continues as a dense array
+
+
+def _acc_dtype(dtype: np.dtype) -> np.dtype:
+    return np.dtype(np.float32) if dtype == np.float16 else dtype
+
+
+class SparsePath(Path):
+    """Common ``prepare``: compress, and check this rank's own (index, value) pairs."""
+
+    def prepare(self, comm: Comm, x: Any, compressor: Compressor, key: Hashable) -> Prepared:
+        payload, ctx = compressor.compress(x, key)
+        idx, values = compressor.sparse_parts(payload, ctx)
+        return Prepared(compressor, ctx, payload=payload, parts=(idx, values))
+
+
+class SparseAllgather(SparsePath):
+    """Gather every rank's sparse payload and add them all, in rank order."""
+
+    def run(self, comm: Comm, prepared: Prepared) -> Any:
+        ctx, compressor, payload = prepared.ctx, prepared.compressor, prepared.payload
+        sizes = allgather(np.array([payload.size], dtype=np.int64), comm=comm).reshape(-1)
+        gathered = allgather(payload, counts=sizes, comm=comm)
+        dense = np.zeros(ctx.numel, dtype=_acc_dtype(ctx.dtype))
+        scatter_add = kernels.get("scatter_add", ctx.device)
+        for rank, (start, size) in enumerate(zip(displacements(sizes), sizes, strict=True)):
+            parts = prepared.decode(f"rank {rank}'s payload", compressor.sparse_parts, gathered[start: start + size],
+                                    ctx)
+            if parts is not None:
+                scatter_add(dense, parts[0], parts[1].astype(dense.dtype, copy=False))
+        return dense.astype(ctx.dtype, copy=False).reshape(ctx.shape)
+
+
+register("compressed_allreduce", "sparse_allgather")(SparseAllgather())
+
+
+def _merge(lower: tuple[Any, Any], upper: tuple[Any, Any]) -> tuple[Any, Any]:
+    """Sorted union of two sparse vectors, adding values at shared indices (lower's first)."""
+    idx = np.concatenate([lower[0], upper[0]])
+    values = np.concatenate([lower[1], upper[1]])
+    order = np.argsort(idx, kind="stable")  # equal indices: lower's entry stays first
+    idx, values = idx[order], values[order]
+    starts = np.flatnonzero(np.concatenate([[True], idx[1:] != idx[:-1]])) if idx.size else idx[:0]
+    return idx[starts], np.add.reduceat(values, starts) if idx.size else values
+
+
+def _to_dense(state: tuple[Any, Any] | Any, numel: int, dtype: np.dtype) -> Any:
+    if not isinstance(state, tuple):
+        return state
+    dense = np.zeros(numel, dtype=dtype)
+    dense[state[0]] = state[1]
+    return dense
+
+
+def _pack(state: tuple[Any, Any] | Any) -> tuple[Any, int]:
+    """One message: a dense array, or indices followed by values (as bytes), and its element count."""
+    if not isinstance(state, tuple):
+        return state.view(np.uint8), -1
+    idx, values = state
+    return np.concatenate([idx.astype(np.int64).view(np.uint8), values.view(np.uint8)]), idx.size
+
+
+def _unpack(raw: Any, nnz: int, numel: int, dtype: np.dtype) -> tuple[Any, Any] | Any:
+    if nnz < 0:
+        return raw.view(dtype)
+    cut = 8 * nnz
+    return raw[:cut].view(np.int64), raw[cut:].view(dtype)
+
+
+def _transfer(comm: Comm, state: Any, peer: int, tag: int, numel: int, dtype: np.dtype, send: bool = True,
+              receive: bool = True) -> Any:
+    """Send our state to ``peer`` and/or receive theirs: first the sizes, then the data."""
+    empty = np.empty(0, dtype=np.uint8)
+    raw, nnz = _pack(state) if send else (empty, 0)
+    theirs = np.zeros(2 if receive else 0, dtype=np.int64)
+    sendrecv(comm, np.array([raw.size, nnz], dtype=np.int64) if send else theirs[:0], peer, theirs, peer, tag)
+    incoming = np.empty(int(theirs[0]) if receive else 0, dtype=np.uint8)
+    sendrecv(comm, raw, peer, incoming, peer, tag)
+    return _unpack(incoming, int(theirs[1]), numel, dtype) if receive else None
+
+
+def _combine(lower: Any, upper: Any, numel: int, dtype: np.dtype) -> Any:
+    """Add two states (sparse or dense); stays sparse while the result is sparse enough."""
+    if isinstance(lower, tuple) and isinstance(upper, tuple):
+        merged = _merge(lower, upper)
+        return merged if merged[0].size <= DENSE_SWITCH * numel else _to_dense(merged, numel, dtype)
+    total = _to_dense(lower, numel, dtype).copy()
+    if isinstance(upper, tuple):
+        total[upper[0]] += upper[1]
+    else:
+        total += upper
+    return total
+
+
+class SparseRecursiveDoubling(SparsePath):
+    """SparCML-style recursive doubling on sparse vectors, switching to dense when they fill up."""
+
+    def run(self, comm: Comm, prepared: Prepared) -> Any:
+        ctx = prepared.ctx
+        dtype = _acc_dtype(ctx.dtype)
+        idx, values = prepared.parts
+        return _recursive_doubling(comm, (np.asarray(idx, dtype=np.int64), np.asarray(values, dtype=dtype)),
+                                   ctx.numel, dtype).astype(ctx.dtype, copy=False).reshape(ctx.shape)
+
+
+register("compressed_allreduce", "sparse_rd")(SparseRecursiveDoubling())
+
+
+def _recursive_doubling(comm: Comm, state: Any, n: int, dtype: np.dtype) -> Any:
+    """Recursive doubling (folding the extra ranks of a non-power of two) over sparse/dense states."""
+    tag, group, r = comm.new_tag(), Pof2.of(comm), comm.rank
+    folded = r < 2 * group.rem
+    if folded and r % 2 == 0:  # fold: even ranks hand their vector to r + 1 ...
+        _transfer(comm, state, r + 1, tag, n, dtype, receive=False)
+    elif folded:
+        state = _combine(_transfer(comm, state, r - 1, tag, n, dtype, send=False), state, n, dtype)
+    for partner, peer_first in group.partners:  # empty for the ranks that sat out
+        theirs = _transfer(comm, state, partner, tag, n, dtype)
+        state = _combine(theirs, state, n, dtype) if peer_first else _combine(state, theirs, n, dtype)
+    if folded and r % 2 == 0:  # ... and get the result back
+        state = _transfer(comm, state, r + 1, tag, n, dtype, send=False)
+    elif folded:
+        _transfer(comm, state, r - 1, tag, n, dtype, receive=False)
+    return _to_dense(state, n, dtype)
