@@ -1,0 +1,241 @@
+"""The CUDA C sources of the CuPy provider: they compile cleanly, and the kernels match the Python side.
+
+The provider (``kernels/cupy_provider.py``) compiles each family file of ``kernels/cuda`` with the
+prelude ``common.cu`` in front, through NVRTC, on first use. Here nvcc compiles the same
+translation units to PTX for two architectures with warnings as errors, and the kernel names the
+provider asks for are checked against the ``extern "C" __global__`` definitions, per file, both
+ways: a renamed, moved or dropped kernel fails here instead of at the first call on a GPU.
+
+Everything is read from the sources (``ast`` for the provider), so none of this needs CuPy or a GPU;
+only the compile tests need nvcc.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CUDA_DIR = ROOT / "kernels" / "cuda"
+PROVIDER = ROOT / "kernels" / "cupy_provider.py"
+ARCHS = ["sm_80", "sm_90"]
+KERNEL_DEF = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(')
+KERNEL_SIGNATURE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)')
+# host scalar constructors of the provider -> the C type a kernel must declare for them
+SCALAR_TYPES = {"int64": "long long", "int32": "int", "float32": "float", "float64": "double",
+                "uint64": "unsigned long long", "_u64": "unsigned long long"}
+COMMENTS = re.compile(r"//[^\n]*|/\*.*?\*/", re.DOTALL)
+KERNEL_NAME = re.compile(r"mpicoll_\w+")
+
+
+def provider_tree() -> ast.Module:
+    return ast.parse(PROVIDER.read_text(encoding="utf-8"))
+
+
+def provider_constants(tree: ast.Module) -> dict[str, object]:
+    """Module-level ``NAME = <literal>`` assignments of the provider."""
+    constants = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                constants[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+    return constants
+
+
+def requested_kernels() -> dict[str, set[str]]:
+    """Family file -> kernel names, from every ``_launch("file.cu", name, ...)`` and ``_kernel("file.cu", name)``
+    call: ``name`` a string, or a subscript of a module-level dict of names (one per word size)."""
+    tree = provider_tree()
+    constants = provider_constants(tree)
+    requested: dict[str, set[str]] = {}
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                and node.func.id in ("_launch", "_kernel") and len(node.args) >= 2):
+            continue
+        family, name = node.args[:2]
+        if isinstance(family, ast.Name) and isinstance(name, ast.Name):
+            continue  # _launch forwarding its own parameters to _kernel
+        assert isinstance(family, ast.Constant) and isinstance(family.value, str), \
+            f"line {node.lineno}: the family file must be a literal"
+        if isinstance(name, ast.Constant):
+            names = {name.value}
+        else:
+            assert isinstance(name, ast.Subscript) and isinstance(name.value, ast.Name), \
+                f"line {node.lineno}: a kernel name must be a literal or a lookup in a module-level dict"
+            table = constants.get(name.value.id)
+            assert isinstance(table, dict), f"line {node.lineno}: {name.value.id} is not a dict literal"
+            names = set(table.values())
+        requested.setdefault(family.value, set()).update(names)
+    for node in ast.walk(tree):  # any direct RawModule lookup must use a literal too
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get_function"
+                and node.args and isinstance(node.args[0], ast.Constant)):
+            requested.setdefault("<any>", set()).add(node.args[0].value)
+    return requested
+
+
+def defined_kernels() -> dict[str, list[str]]:
+    """File name -> ``extern "C" __global__`` kernel names defined in it (comments ignored)."""
+    return {path.name: KERNEL_DEF.findall(COMMENTS.sub("", path.read_text(encoding="utf-8")))
+            for path in sorted(CUDA_DIR.glob("*.cu"))}
+
+
+def kernel_parameters() -> dict[str, list[str]]:
+    """Kernel name -> its parameter types (``"float*"``, ``"long long"``, ...)."""
+    params = {}
+    for path in sorted(CUDA_DIR.glob("*.cu")):
+        for name, plist in KERNEL_SIGNATURE.findall(COMMENTS.sub("", path.read_text(encoding="utf-8"))):
+            types = [" ".join(p.split()).rsplit(" ", 1)[0].replace("const ", "").replace(" *", "*")
+                     for p in plist.split(",")]
+            params[name] = types
+    return params
+
+
+def host_type(arg: ast.expr) -> str | None:
+    """The C type a launch argument is built for (``np.int64(n)`` -> ``long long``), None if not evident."""
+    if isinstance(arg, ast.Call):
+        func = arg.func
+        fname = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+        return SCALAR_TYPES.get(fname)
+    return None
+
+
+def prelude() -> str:
+    return provider_constants(provider_tree())["_PRELUDE"]
+
+
+def translation_unit(name: str) -> str:
+    """What the provider compiles for one file: the prelude, then the family (the prelude alone for itself)."""
+    parts = [prelude()] if name == prelude() else [prelude(), name]
+    return "".join(f'#line 1 "{part}"\n{(CUDA_DIR / part).read_text(encoding="utf-8")}\n' for part in parts)
+
+
+def find_nvcc() -> str | None:
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home and (Path(home) / "bin" / "nvcc").is_file():
+            return str(Path(home) / "bin" / "nvcc")
+    return None
+
+
+# ---------------------------------------------------------------- names
+
+
+def test_sources_exist():
+    files = defined_kernels()
+    assert prelude() in files, f"the prelude {prelude()} is missing from {CUDA_DIR}"
+    assert not files[prelude()], f"the prelude must hold helpers only, it defines {files[prelude()]}"
+    families = set(requested_kernels()) - {"<any>"}
+    assert families, "the provider requests no kernel at all: the parser no longer understands it"
+    assert families <= set(files), f"missing family files: {sorted(families - set(files))}"
+    unused = set(files) - families - {prelude()}
+    assert not unused, f"CUDA files the provider never compiles: {sorted(unused)}"
+
+
+def test_every_requested_kernel_is_defined_in_its_file():
+    defined = defined_kernels()
+    everywhere = {name for names in defined.values() for name in names}
+    missing = [f"{family}: {name}" for family, names in requested_kernels().items() for name in sorted(names)
+               if name not in (everywhere if family == "<any>" else defined.get(family, []))]
+    assert not missing, "kernels the provider asks for but no .cu file defines there:\n" + "\n".join(missing)
+
+
+def test_every_defined_kernel_is_requested_and_unique():
+    requested = {name for names in requested_kernels().values() for name in names}
+    seen: dict[str, str] = {}
+    problems = []
+    for file, names in defined_kernels().items():
+        for name in names:
+            if not KERNEL_NAME.fullmatch(name):
+                problems.append(f"{file}: {name} lacks the mpicoll_ prefix")
+            if name in seen:
+                problems.append(f"{file}: {name} is also defined in {seen[name]}")
+            seen[name] = file
+            if name not in requested:
+                problems.append(f"{file}: {name} is never requested by the provider")
+    assert not problems, "\n".join(problems)
+
+
+def test_kernel_names_in_provider_are_all_known():
+    """A kernel name anywhere in the provider (say a table not used through _launch) must exist."""
+    everywhere = {name for names in defined_kernels().values() for name in names}
+    names = {node.value for node in ast.walk(provider_tree())
+             if isinstance(node, ast.Constant) and isinstance(node.value, str) and KERNEL_NAME.fullmatch(node.value)}
+    assert names, "no kernel name found in the provider"
+    assert names <= everywhere, f"unknown kernels: {sorted(names - everywhere)}"
+
+
+def test_launch_arguments_match_kernel_parameters():
+    """Each literal ``_launch`` passes as many arguments as the kernel takes, scalars of the declared
+    C type (``np.int64`` for ``long long``...) and no typed scalar where a pointer is expected."""
+    tree = provider_tree()
+    constants = provider_constants(tree)
+    params = kernel_parameters()
+    problems = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "_launch"
+                and len(node.args) >= 3 and not any(isinstance(a, ast.Starred) for a in node.args)):
+            continue
+        name = node.args[1]
+        if isinstance(name, ast.Constant):
+            names = [name.value]
+        elif isinstance(name, ast.Subscript) and isinstance(name.value, ast.Name):
+            names = list(constants[name.value.id].values())
+        else:
+            continue
+        args = node.args[3:]
+        for kernel in names:
+            types = params[kernel]
+            if len(types) != len(args):
+                problems.append(f"line {node.lineno}: {kernel} takes {len(types)} arguments, given {len(args)}")
+                continue
+            for i, (arg, ctype) in enumerate(zip(args, types, strict=True)):
+                given = host_type(arg)
+                if given is not None and given != ctype:
+                    problems.append(f"line {node.lineno}: {kernel} argument {i} is {ctype}, given {given}")
+    assert not problems, "\n".join(problems)
+
+
+# ---------------------------------------------------------------- compiling
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("name", sorted(p.name for p in CUDA_DIR.glob("*.cu")))
+def test_compiles_with_nvcc(tmp_path, name, arch):
+    nvcc = find_nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not found (on PATH, $CUDA_HOME/bin or /usr/local/cuda/bin): cannot compile the CUDA sources")
+    options = [o for o in provider_constants(provider_tree())["NVRTC_OPTIONS"] if o != "--fmad=false"]
+    source = tmp_path / name
+    source.write_text(translation_unit(name), encoding="utf-8")
+    ptx = tmp_path / f"{source.stem}.{arch}.ptx"
+    cmd = [nvcc, "-ptx", f"-arch={arch}", "--fmad=false", "-Werror", "all-warnings", *options, str(source),
+           "-o", str(ptx)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stdout}{result.stderr}"
+    fused = re.findall(r"^\s*fma\.\S+", ptx.read_text(), re.MULTILINE)
+    assert not fused, f"{name}: fused multiply-adds in the PTX, which round differently than the reference: {fused[:3]}"
+
+
+# ---------------------------------------------------------------- the module itself
+
+
+def test_provider_imports_without_a_gpu_and_mirrors_the_reference():
+    """Importing the provider allocates and compiles nothing; its table has the reference's ops and signatures."""
+    pytest.importorskip("cupy", reason="cupy is not installed")
+    from mpicoll.kernels import cupy_provider, reference
+
+    assert set(cupy_provider.OPS) == set(reference.OPS)
+    for name, fn in reference.OPS.items():
+        want = list(inspect.signature(fn).parameters)
+        assert list(inspect.signature(cupy_provider.OPS[name]).parameters) == want, name
