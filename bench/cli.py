@@ -64,10 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--collectives", default="allreduce", help="comma-separated collectives to tune")
     p.add_argument("--out", default=None, help="table path (default: the user table, see `mpicoll info`)")
     from .compress import add_parser as add_compress
+    from .compressed import add_parser as add_compressed
     from .report import add_parser as add_report
 
     add_report(sub)
     add_compress(sub)
+    add_compressed(sub)
     return parser
 
 
@@ -143,6 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             run_tune(args, comm, _cases(), _options)
             return 0
+        if args.command == "compressed-allreduce":
+            from .compressed import run_compressed
+
+            return run_compressed(args, comm)
         records = run_collective(args, comm)
         return 0 if all(r.wrong == 0 for r in records) else 1
     except SystemExit:
