@@ -278,9 +278,15 @@ def _scales(x, block, kind, qmax, out):
     cpb = (block + _CHUNK - 1) // _CHUNK
     partial = np.zeros(out.size * cpb, dtype=np.float64)
     for t in prange(out.size * cpb):
-        b, lo, hi = _task(t, cpb, block, n)
+        _, lo, hi = _task(t, cpb, block, n)
         if lo < hi:
             partial[t] = _chunk_max(x[lo:hi]) if kind == 0 else _lane_sum(x[lo:hi], kind)
+    _finish_scales(partial, cpb, block, n, kind, qmax, out)
+
+
+@njit(**_OPTS)
+def _finish_scales(partial, cpb, block, n, kind, qmax, out):
+    """Combine each block's chunk results in order (max, or float64 sum) into ``norm / qmax``."""
     for b in prange(out.size):
         acc = 0.0
         for t in range(b * cpb, (b + 1) * cpb):
@@ -289,12 +295,17 @@ def _scales(x, block, kind, qmax, out):
                 acc += p
             elif p > acc or p != p:
                 acc = p
-        if kind == 0:
-            out[b] = np.float32(acc) / np.float32(qmax)
-        elif kind == 1:
-            out[b] = np.float32(np.sqrt(acc)) / np.float32(qmax)
-        else:
-            out[b] = np.float32(acc / (min((b + 1) * block, n) - b * block)) / np.float32(qmax)
+        out[b] = _scale_of(acc, kind, qmax, min((b + 1) * block, n) - b * block)
+
+
+@njit(inline="always")
+def _scale_of(norm, kind, qmax, count):
+    """A block's scale from its combined max (kind 0), sum of squares (1) or sum of |x| (2)."""
+    if kind == 0:
+        return np.float32(norm) / np.float32(qmax)
+    if kind == 1:
+        return np.float32(np.sqrt(norm)) / np.float32(qmax)
+    return np.float32(norm / count) / np.float32(qmax)
 
 
 @njit(inline="always")
@@ -320,52 +331,63 @@ def _byte(c):
     return np.uint8(np.int32(c) & 0xFF)
 
 
-@njit(**_OPTS)
-def _quantize_nearest(x, bits, block, scales, q, out):
-    """Round to nearest even, parallel over (block, chunk) tasks (bits 8, or an even block)."""
-    n = x.size
-    cpb = (block + _CHUNK - 1) // _CHUNK
-    for t in prange(scales.size * cpb):
-        b, lo, hi = _task(t, cpb, block, n)
-        inv = _inverse(scales[b])
-        xs = x[lo:hi]  # slice-local indexing: provably non-negative, so LLVM vectorizes
-        if bits == 8:
-            os = out[lo:hi]
-            for i in range(xs.size):
-                os[i] = _byte(_clamp(np.rint(xs[i] * inv), q))
-        else:
-            os = out[lo >> 1: (hi + 1) >> 1]
-            for j in range(xs.size >> 1):
-                low = np.int32(_clamp(np.rint(xs[2 * j] * inv), q)) & 0xF
-                high = np.int32(_clamp(np.rint(xs[2 * j + 1] * inv), q)) & 0xF
-                os[j] = np.uint8(low | (high << 4))
-            if xs.size & 1:
-                os[os.size - 1] = np.uint8(np.int32(_clamp(np.rint(xs[xs.size - 1] * inv), q)) & 0xF)
-
-
-@njit(**_OPTS)
-def _quantize_stochastic(x, bits, block, scales, q, base, out):
-    """floor(x / scale + u_i) with the counter hash, parallel over (block, chunk) tasks."""
-    n = x.size
-    cpb = (block + _CHUNK - 1) // _CHUNK
-    for t in prange(scales.size * cpb):
-        b, lo, hi = _task(t, cpb, block, n)
-        inv = _inverse(scales[b])
-        xs = x[lo:hi]
-        first = base + np.uint64(lo)
-        if bits == 8:
-            os = out[lo:hi]
+@njit(inline="always")
+def _encode_span(xs, inv, q, bits, stochastic, first, os):
+    """Codes of ``xs`` (one block, or part of one) into ``os``; 4-bit spans start on an even element."""
+    if bits == 8:
+        if stochastic:
             for i in range(xs.size):
                 os[i] = _byte(_clamp(np.floor(xs[i] * inv + _uniform_at(first, i)), q))
         else:
-            os = out[lo >> 1: (hi + 1) >> 1]
-            for j in range(os.size):
-                i = 2 * j
-                low = np.int32(_clamp(np.floor(xs[i] * inv + _uniform_at(first, i)), q)) & 0xF
-                high = 0
-                if i + 1 < xs.size:
-                    high = np.int32(_clamp(np.floor(xs[i + 1] * inv + _uniform_at(first, i + 1)), q)) & 0xF
-                os[j] = np.uint8(low | (high << 4))
+            for i in range(xs.size):
+                os[i] = _byte(_clamp(np.rint(xs[i] * inv), q))
+        return
+    pairs = xs.size >> 1
+    if stochastic:
+        for j in range(pairs):
+            low = np.int32(_clamp(np.floor(xs[2 * j] * inv + _uniform_at(first, 2 * j)), q)) & 0xF
+            high = np.int32(_clamp(np.floor(xs[2 * j + 1] * inv + _uniform_at(first, 2 * j + 1)), q)) & 0xF
+            os[j] = np.uint8(low | (high << 4))
+    else:
+        for j in range(pairs):
+            low = np.int32(_clamp(np.rint(xs[2 * j] * inv), q)) & 0xF
+            high = np.int32(_clamp(np.rint(xs[2 * j + 1] * inv), q)) & 0xF
+            os[j] = np.uint8(low | (high << 4))
+    if xs.size & 1:  # an odd tail: the high nibble stays 0
+        i = xs.size - 1
+        c = np.floor(xs[i] * inv + _uniform_at(first, i)) if stochastic else np.rint(xs[i] * inv)
+        os[pairs] = np.uint8(np.int32(_clamp(c, q)) & 0xF)
+
+
+@njit(inline="always")
+def _span_out(packed, bits, lo, hi):
+    return packed[lo:hi] if bits == 8 else packed[lo >> 1: (hi + 1) >> 1]
+
+
+@njit(**_OPTS)
+def _quantize_fused(x, bits, block, kind, q, stochastic, base, packed, scales):
+    """One pass per block (blocks up to one chunk): its scale, then its codes, while it is in cache."""
+    n = x.size
+    per_task = max(1, _CHUNK // block)
+    for t in prange((scales.size + per_task - 1) // per_task):
+        for b in range(t * per_task, min(scales.size, (t + 1) * per_task)):
+            lo, hi = b * block, min((b + 1) * block, n)
+            xs = x[lo:hi]
+            norm = _chunk_max(xs) if kind == 0 else _lane_sum(xs, kind)
+            scales[b] = _scale_of(norm, kind, q, hi - lo)
+            _encode_span(xs, _inverse(scales[b]), q, bits, stochastic, base + np.uint64(lo),
+                         _span_out(packed, bits, lo, hi))
+
+
+@njit(**_OPTS)
+def _quantize_tasks(x, bits, block, scales, q, stochastic, base, out):
+    """Codes with precomputed scales, parallel over (block, chunk) tasks (for blocks beyond a chunk)."""
+    n = x.size
+    cpb = (block + _CHUNK - 1) // _CHUNK
+    for t in prange(scales.size * cpb):
+        b, lo, hi = _task(t, cpb, block, n)
+        _encode_span(x[lo:hi], _inverse(scales[b]), q, bits, stochastic, base + np.uint64(lo),
+                     _span_out(out, bits, lo, hi))
 
 
 @njit(**_OPTS)
@@ -399,14 +421,15 @@ def quantize(x: np.ndarray, bits: int, block: int, scale_kind: str, qmax: int, s
         raise ValueError(f"bits must be 4 or 8, got {bits}")
     x = np.ascontiguousarray(x, dtype=np.float32)
     packed, scales = _outputs(out, x.size, (x.size * bits + 7) // 8, block)
-    _scales(x, block, _KINDS[scale_kind], qmax, scales)
-    q = np.float32(qmax)
-    if bits == 4 and block % 2:
+    q, kind = np.float32(qmax), _KINDS[scale_kind]
+    if bits == 4 and block % 2:  # a byte can span two blocks
+        _scales(x, block, kind, qmax, scales)
         _quantize_bytes(x, block, scales, q, stochastic, np.uint64(base), packed)
-    elif stochastic:
-        _quantize_stochastic(x, bits, block, scales, q, np.uint64(base), packed)
+    elif block <= _CHUNK:
+        _quantize_fused(x, bits, block, kind, q, stochastic, np.uint64(base), packed, scales)
     else:
-        _quantize_nearest(x, bits, block, scales, q, packed)
+        _scales(x, block, kind, qmax, scales)
+        _quantize_tasks(x, bits, block, scales, q, stochastic, np.uint64(base), packed)
     return packed, scales
 
 
@@ -451,12 +474,46 @@ def _sign_bits(x, out):
             os[j] = byte
 
 
+@njit(**_OPTS)
+def _sign_fused(x, block, packed, scales):
+    """Bits and mean-magnitude partial sums in one pass over (block, chunk) tasks; needs every task to
+    start on a byte boundary (block a multiple of 8, or a single block)."""
+    n = x.size
+    cpb = (block + _CHUNK - 1) // _CHUNK
+    partial = np.zeros(scales.size * cpb, dtype=np.float64)
+    for t in prange(scales.size * cpb):
+        _, lo, hi = _task(t, cpb, block, n)
+        xs = x[lo:hi]
+        partial[t] = _lane_sum(xs, 2)
+        _pack_signs(xs, packed[lo >> 3: (hi + 7) >> 3])
+    _finish_scales(partial, cpb, block, n, 2, 1, scales)
+
+
+@njit(inline="always")
+def _pack_signs(xs, os):
+    """Bit k of byte j is ``xs[8j+k] < 0``; full bytes unrolled (branch-free), then the tail."""
+    full = xs.size >> 3
+    for j in range(full):
+        g = 8 * j
+        os[j] = ((xs[g] < 0) | ((xs[g + 1] < 0) << 1) | ((xs[g + 2] < 0) << 2) | ((xs[g + 3] < 0) << 3)
+                 | ((xs[g + 4] < 0) << 4) | ((xs[g + 5] < 0) << 5) | ((xs[g + 6] < 0) << 6)
+                 | ((xs[g + 7] < 0) << 7))
+    if xs.size & 7:
+        byte = 0
+        for k in range(xs.size - 8 * full):
+            byte |= (xs[8 * full + k] < 0) << k
+        os[full] = byte
+
+
 def sign_pack(x: np.ndarray, block: int,
               out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     x = np.ascontiguousarray(x, dtype=np.float32)
     packed, scales = _outputs(out, x.size, (x.size + 7) // 8, block)
-    _sign_bits(x, packed)
-    _scales(x, block, 2, 1, scales)
+    if block % 8 == 0 or block >= x.size:
+        _sign_fused(x, block, packed, scales)
+    else:
+        _sign_bits(x, packed)
+        _scales(x, block, 2, 1, scales)
     return packed, scales
 
 
@@ -469,10 +526,28 @@ def _sign_unpack(packed, scales, n, block, out):
         os = out[lo:hi]
         ps = packed[lo >> 3: (hi + 7) >> 3]
         shift = lo & 7  # blocks need not start on a byte boundary
+        if shift == 0:
+            _unpack_signs(ps, s, os)
+            continue
         for i in range(os.size):
             k = i + shift
             bit = (ps[k >> 3] >> (k & 7)) & 1
             os[i] = (np.float32(1) - np.float32(2) * np.float32(bit)) * s
+
+
+@njit(inline="always")
+def _unpack_signs(ps, s, os):
+    """``(1 - 2 bit) * s`` for a byte-aligned span, eight elements per byte."""
+    # +-1 * s; a NaN scale stays bit for bit as x86's multiply leaves it (LLVM would fold -1 * s into a
+    # sign flip, which changes a NaN's sign bit)
+    plus, minus = s, (-s if s == s else s)
+    full = os.size >> 3
+    for j in range(full):
+        byte = ps[j]
+        for k in range(8):
+            os[8 * j + k] = minus if (byte >> k) & 1 else plus
+    for i in range(8 * full, os.size):
+        os[i] = minus if (ps[i >> 3] >> (i & 7)) & 1 else plus
 
 
 def sign_unpack(packed: np.ndarray, scales: np.ndarray, n: int, block: int,
