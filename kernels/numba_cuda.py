@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
+import warnings
 from typing import Any
 
 import numba
@@ -50,6 +51,9 @@ from .hashing import GOLDEN, MUL1, MUL2
 Array = Any  # a NumPy or CuPy array (anything with __cuda_array_interface__ on a GPU)
 
 _SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
+if _SIMULATOR:  # the simulator runs the uint64 hash on NumPy scalars, which warn on the wraparound we want
+    warnings.filterwarnings("ignore", message="overflow encountered in scalar", category=RuntimeWarning,
+                            module=__name__)
 _THREADS = 256
 _MAX_BLOCKS = 2 if _SIMULATOR else 4096  # grid-stride loops cover the rest
 _ITEMS = 16  # elements per thread slice in the selection kernels
