@@ -23,8 +23,10 @@ LAYERS = [
     ("mpicoll.bench", 8), ("mpicoll.torch", 8), ("mpicoll.info", 8),
     ("mpicoll.__main__", 9),
 ]
-# third-party packages that only these modules may import (at any depth)
-HEAVY = {"torch": ("mpicoll.torch",), "numba": ("mpicoll.kernels",), "cupy": ("mpicoll.kernels",)}
+# third-party packages that only these modules may import (at any depth); the GPU check script
+# drives the device itself and compares with torch.topk
+HEAVY = {"torch": ("mpicoll.torch", "mpicoll.bench.gpu_check"), "numba": ("mpicoll.kernels",),
+         "cupy": ("mpicoll.kernels", "mpicoll.bench.gpu_check")}
 
 
 def module_name(path: Path) -> str:
