@@ -43,6 +43,7 @@ setup(
         "numba": ["numba>=0.59"],
         "cuda": ["cupy-cuda12x", "numba-cuda"],
         "torch": [TORCH_PIN],
+        "bench": ["rich>=13", "matplotlib>=3.7"],
         "test": ["pytest>=7", "hypothesis>=6.80", "ruff>=0.5"],
     },
     entry_points={"console_scripts": ["mpicoll-bench=mpicoll.bench.cli:main"]},

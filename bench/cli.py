@@ -16,8 +16,23 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from .harness import HEADER, Case, Options, Record, format_row, format_size, meta, parse_size, run_case, say, sweep
+from .harness import (
+    HEADER,
+    Case,
+    Options,
+    Record,
+    format_osu,
+    format_row,
+    format_size,
+    meta,
+    parse_size,
+    run_case,
+    say,
+    sweep,
+    write_csv,
+)
 from .harness import write_json as write_json_file
+from .progress import progress_bar
 
 
 def _cases() -> dict[str, Case]:
@@ -30,10 +45,17 @@ def _cases() -> dict[str, Case]:
 def _add_sweep_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-b", "--minbytes", default="4K", help="smallest message size (default 4K)")
     p.add_argument("-e", "--maxbytes", default="64M", help="largest message size (default 64M)")
-    p.add_argument("-f", "--stepfactor", type=float, default=4, help="size multiplier (default 4)")
-    p.add_argument("-n", "--iters", type=int, default=1000,
+    p.add_argument("-m", "--message-size", metavar="MIN:MAX", default=None,
+                   help="OSU style size range, same as -b MIN -e MAX (with -f 2 unless given)")
+    p.add_argument("-f", "--stepfactor", type=float, default=None, help="size multiplier (default 4; 2 with -m)")
+    p.add_argument("-n", "-i", "--iters", type=int, default=1000,
                    help="at most this many timed iterations per measurement (default 1000; see --budget)")
-    p.add_argument("-w", "--warmup_iters", type=int, default=5, help="warm-up iterations (default 5)")
+    p.add_argument("-w", "-x", "--warmup_iters", type=int, default=5, help="warm-up iterations (default 5)")
+    p.add_argument("--timing", choices=("back-to-back", "barrier"), default="back-to-back",
+                   help="back-to-back calls (nccl-tests, default) or a barrier before each call (OSU)")
+    p.add_argument("--osu", action="store_true", help="print OSU-style latency tables (Size, Avg/Min/Max)")
+    p.add_argument("--csv", metavar="PATH", help="also write the results as CSV")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("-d", "--datatype", default="float32",
                    help="float16, float32, float64, int32 or int64 (default float32)")
     p.add_argument("-o", "--op", default="sum", help="sum, prod, min, max or avg (default sum)")
@@ -65,20 +87,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="table path (default: the user table, see `mpicoll info`)")
     from .compress import add_parser as add_compress
     from .compressed import add_parser as add_compressed
+    from .plot import add_parser as add_plot
     from .report import add_parser as add_report
 
     add_report(sub)
+    add_plot(sub)
     add_compress(sub)
     add_compressed(sub)
     return parser
 
 
+def _sizes(args: argparse.Namespace) -> list[int]:
+    low, high, factor = args.minbytes, args.maxbytes, args.stepfactor
+    if args.message_size:
+        low, _, high = args.message_size.partition(":")
+        high = high or low
+        factor = factor or 2
+    return sweep(parse_size(low), parse_size(high), factor or 4)
+
+
 def _options(args: argparse.Namespace, algorithms: Sequence[str]) -> Options:
     return Options(
-        sizes=sweep(parse_size(args.minbytes), parse_size(args.maxbytes), args.stepfactor),
-        algorithms=list(algorithms), dtype=args.datatype, op=args.op, root=args.root,
+        sizes=_sizes(args), algorithms=list(algorithms), dtype=args.datatype, op=args.op, root=args.root,
         warmup=args.warmup_iters, iters=args.iters, budget_s=args.budget, repeats=args.repeats,
-        validate=args.validate,
+        validate=args.validate, timing=args.timing,
     )
 
 
@@ -104,22 +136,32 @@ def run_collective(args: argparse.Namespace, comm: Any) -> list[Record]:
     run_meta = meta(comm, opts)
     say(comm, f"# mpicoll-bench {case.collective}: {comm.size} ranks on {run_meta['nhosts']} host(s), "
               f"{run_meta['mpi_library']}")
-    say(comm, f"# {run_meta['timing']}; validate={'on' if opts.validate else 'off'} in the timed loop; "
+    say(comm, f"# timing: {opts.timing}, mean per iteration on the slowest rank, median of {opts.repeats} rounds; "
+              f"validate={'on' if opts.validate else 'off'} in the timed loop; "
               f"segment_bytes={format_size(run_meta['config']['segment_bytes'])}")
-    say(comm, HEADER)
-    records: list[Record] = []
     ceiling = cases["sendrecv"] if args.ceiling and case.collective != "sendrecv" else None
-    for size in opts.sizes:
-        step = Options(**{**opts.__dict__, "sizes": [size]})
-        records += run_case(case, comm, step, lambda r: say(comm, format_row(r)))
-        if ceiling is not None:
-            ceiling_opts = Options(**{**step.__dict__, "algorithms": ["sendrecv"]})
-            records += run_case(ceiling, comm, ceiling_opts, lambda r: say(comm, format_row(r)))
+    emit = (lambda r: None) if args.osu else (lambda r: say(comm, format_row(r)))
+    if not args.osu:
+        say(comm, HEADER)
+    records: list[Record] = []
+    steps = len(opts.sizes) * opts.repeats * (len(opts.algorithms) + (1 if ceiling else 0))
+    with progress_bar(comm, steps, case.collective, args.quiet) as advance:
+        for size in opts.sizes:
+            step = Options(**{**opts.__dict__, "sizes": [size]})
+            records += run_case(case, comm, step, emit, advance)
+            if ceiling is not None:
+                ceiling_opts = Options(**{**step.__dict__, "algorithms": ["sendrecv"]})
+                records += run_case(ceiling, comm, ceiling_opts, emit, advance)
+    if args.osu:
+        say(comm, format_osu([r for r in records if r.collective == case.collective], case.collective))
     wrong = sum(r.wrong for r in records)
     say(comm, f"# out of bounds values : {wrong} {'OK' if wrong == 0 else 'FAILED'}")
     if args.json:
         write_json_file(args.json, comm, records, run_meta)
         say(comm, f"# wrote {args.json}")
+    if args.csv:
+        write_csv(args.csv, comm, records, run_meta)
+        say(comm, f"# wrote {args.csv}")
     return records
 
 
@@ -130,6 +172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .report import run_report
 
         return run_report(args)
+    if args.command == "plot":  # reads files only: no MPI
+        from .plot import run_plot
+
+        return run_plot(args)
     if args.command == "compress":  # one process, no MPI
         from .compress import run_compress
 

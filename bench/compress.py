@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -24,7 +23,7 @@ from mpicoll.kernels import order, provider_status
 
 from mpicoll import compression, config
 
-from .harness import format_size, parse_size
+from .harness import command_line, format_size, parse_size
 
 DEFAULT_COMPRESSORS = "fp16,bf16,int8,int4,qsgd,sign,topk,topk_approx,randomk"
 
@@ -133,7 +132,7 @@ def run_compress(args: argparse.Namespace) -> int:
             records.append(record)
             print(format_row(record), flush=True)
     if args.json:
-        document = {"meta": {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        document = {"meta": {"command": command_line(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                              **base}, "results": [asdict(r) for r in records]}
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(document, fh, indent=1)

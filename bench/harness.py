@@ -99,6 +99,11 @@ class Record:
     wrong: int
     iterations: int
     mpi_library: str
+    avg_us: float = 0.0  # per-iteration time averaged over ranks (OSU's "Avg Latency")
+    min_us: float = 0.0  # fastest rank
+    max_us: float = 0.0  # slowest rank (= time_us)
+    timing: str = "back-to-back"
+    compressor: str = "none"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -109,25 +114,47 @@ def mpi_library() -> str:
     return MPI.Get_library_version().replace("\x00", "").strip().splitlines()[0].strip()
 
 
-def time_loop(comm: Comm, body: Callable[[], Any], iterations: int) -> float:
-    """Seconds per iteration of ``body`` back to back, on the slowest rank."""
-    comm.mpi.Barrier()
-    start = time.perf_counter()
-    for _ in range(iterations):
-        body()
-    elapsed = (time.perf_counter() - start) / iterations
-    return comm.mpi.allreduce(elapsed, op=_mpi_max())
+TIMINGS = ("back-to-back", "barrier")
 
 
-def _mpi_max() -> Any:
-    from mpi4py import MPI
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per iteration: on the slowest rank (the reported time), averaged over ranks, fastest rank."""
 
-    return MPI.MAX
+    max_s: float
+    avg_s: float
+    min_s: float
+
+
+def time_loop(comm: Comm, body: Callable[[], Any], iterations: int, method: str = "back-to-back") -> Timing:
+    """Time ``iterations`` calls of ``body`` on every rank.
+
+    ``back-to-back`` (nccl-tests): one barrier, then the calls in a row, total / iterations; calls
+    may overlap across ranks, as they do in an application. ``barrier`` (OSU's latency tests):
+    a barrier before every call, each call timed alone, so no call starts before all finished
+    the previous one.
+    """
+    if method == "barrier":
+        elapsed = 0.0
+        for _ in range(iterations):
+            comm.mpi.Barrier()
+            start = time.perf_counter()
+            body()
+            elapsed += time.perf_counter() - start
+        elapsed /= iterations
+    else:
+        comm.mpi.Barrier()
+        start = time.perf_counter()
+        for _ in range(iterations):
+            body()
+        elapsed = (time.perf_counter() - start) / iterations
+    per_rank = comm.mpi.allgather(elapsed)
+    return Timing(max(per_rank), sum(per_rank) / len(per_rank), min(per_rank))
 
 
 def choose_iterations(comm: Comm, body: Callable[[], Any], warmup: int, max_iters: int, budget_s: float) -> int:
     """Run the warm-up and pick how many timed iterations fit ``budget_s`` (same on every rank)."""
-    per_call = max(time_loop(comm, body, max(1, warmup)), 1e-7)
+    per_call = max(time_loop(comm, body, max(1, warmup)).max_s, 1e-7)
     return int(max(1, min(max_iters, math.ceil(budget_s / per_call))))
 
 
@@ -145,17 +172,20 @@ class Options:
     budget_s: float = 0.5
     repeats: int = 3
     validate: bool = False
+    timing: str = "back-to-back"
 
 
-def run_case(case: Case, comm: Comm, opts: Options, emit: Callable[[Record], None]) -> list[Record]:
-    """Measure every algorithm of ``case`` at every size; ``emit`` is called per finished row."""
+def run_case(case: Case, comm: Comm, opts: Options, emit: Callable[[Record], None],
+             progress: Callable[[], None] | None = None) -> list[Record]:
+    """Measure every algorithm of ``case`` at every size; ``emit`` is called per finished row,
+    ``progress`` after every measurement."""
     dtype = np.dtype(opts.dtype)
     records = []
     library = mpi_library()
     for size in opts.sizes:
         prepared = case.prepare(comm, size, dtype, opts.op, opts.root)
         nbytes = prepared.count * dtype.itemsize
-        times: dict[str, list[float]] = {a: [] for a in opts.algorithms}
+        times: dict[str, list[Timing]] = {a: [] for a in opts.algorithms}
         iters: dict[str, int] = {}
         wrong: dict[str, int] = {}
         with mpicoll.config.override(validate=opts.validate):
@@ -170,15 +200,20 @@ def run_case(case: Case, comm: Comm, opts: Options, emit: Callable[[Record], Non
                     prepared.poison()  # the check below then sees only what this algorithm wrote
                     if algo not in iters:
                         iters[algo] = choose_iterations(comm, body, opts.warmup, opts.iters, opts.budget_s)
-                    times[algo].append(time_loop(comm, body, iters[algo]))
+                    times[algo].append(time_loop(comm, body, iters[algo], opts.timing))
                     wrong[algo] = wrong.get(algo, 0) + prepared.wrong()
+                    if progress is not None:
+                        progress()
         for algo in opts.algorithms:
-            seconds = float(np.median(times[algo]))
+            seconds = float(np.median([t.max_s for t in times[algo]]))
             algbw = nbytes / seconds / 1e9
             record = Record(case.collective, algo, comm.size, nbytes, prepared.count, dtype.name,
                             opts.op if case.has_op else "none", opts.root if case.has_root else -1,
                             seconds * 1e6, algbw, algbw * case.busbw_factor(comm.size), wrong[algo],
-                            iters[algo], library)
+                            iters[algo], library,
+                            avg_us=float(np.median([t.avg_s for t in times[algo]])) * 1e6,
+                            min_us=float(np.median([t.min_s for t in times[algo]])) * 1e6,
+                            max_us=seconds * 1e6, timing=opts.timing)
             records.append(record)
             emit(record)
     return records
@@ -194,6 +229,50 @@ def format_row(r: Record) -> str:
             f"{r.time_us:>11.1f} {r.algbw_GBps:>7.2f} {r.busbw_GBps:>7.2f} {r.wrong:>7}")
 
 
+def format_osu(records: Sequence[Record], collective: str) -> str:
+    """OSU micro-benchmark style: a section per algorithm with Size / Avg / Min / Max latency / Iterations."""
+    lines = [f"# OSU MPI-style {collective} latency test (mpicoll), {records[0].nranks if records else 0} ranks, "
+             f"timing: {records[0].timing if records else ''}"]
+    for algo in dict.fromkeys(r.algorithm for r in records):
+        lines.append(f"# algorithm: {algo}")
+        lines.append(f"{'# Size':<10}{'Avg Latency(us)':>18}{'Min Latency(us)':>18}{'Max Latency(us)':>18}"
+                     f"{'Iterations':>12}")
+        for r in (r for r in records if r.algorithm == algo):
+            lines.append(f"{r.size_bytes:<10}{r.avg_us:>18.2f}{r.min_us:>18.2f}{r.max_us:>18.2f}{r.iterations:>12}")
+    return "\n".join(lines)
+
+
+CSV_FIELDS = ["collective", "algorithm", "compressor", "nranks", "size_bytes", "count", "dtype", "op", "root",
+              "time_us", "avg_us", "min_us", "max_us", "algbw_GBps", "busbw_GBps", "wrong", "iterations", "timing",
+              "mpi_library"]
+
+
+def write_csv(path: str, comm: Comm, records: Sequence[Record], run_meta: dict[str, Any]) -> None:
+    """One row per record, with the run's command line and library in comment lines first (rank 0)."""
+    import csv
+
+    if comm.rank != 0:
+        return
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        fh.write(f"# command: {run_meta['command']}\n# {run_meta['nranks']} ranks on {run_meta['nhosts']} host(s), "
+                 f"{run_meta['mpi_library']}\n")
+        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for r in records:
+            writer.writerow(asdict(r))
+
+
+def command_line() -> str:
+    """The command as the user typed it (``python -m mpicoll.bench ...`` or ``mpicoll-bench ...``)."""
+    import shlex
+    from pathlib import Path
+
+    program = Path(sys.argv[0])
+    head = ["python", "-m", f"mpicoll.bench.{program.stem}" if program.parent.name == "bench" and
+            program.name != "__main__.py" else "mpicoll.bench"] if program.suffix == ".py" else [program.name]
+    return shlex.join([*head, *sys.argv[1:]])
+
+
 def meta(comm: Comm, opts: Options | None = None) -> dict[str, Any]:
     """What the JSON output records about the run. Collective (gathers host names)."""
     from mpi4py import MPI
@@ -206,7 +285,7 @@ def meta(comm: Comm, opts: Options | None = None) -> dict[str, Any]:
         "nhosts": len(set(hosts)),
         "python": platform.python_version(),
         "numpy": np.__version__,
-        "command": " ".join(sys.argv),
+        "command": command_line(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "timing": "back-to-back iterations, mean per iteration on the slowest rank, median of repeats",
         "config": mpicoll.config.as_dict(),

@@ -16,6 +16,7 @@ from typing import Any
 from mpicoll.collectives import algorithm_names, auto
 
 from .harness import Case, Options, Record, format_row, run_case, say
+from .model import fit
 
 
 def rules_from(records: list[Record]) -> list[list[Any]]:
@@ -36,6 +37,22 @@ def rules_from(records: list[Record]) -> list[list[Any]]:
     return rules
 
 
+def report_model(comm: Any, records: list[Record]) -> dict[str, Any] | None:
+    """Fit the alpha-beta-gamma model to the all-reduce records; print each row's efficiency."""
+    fitted = fit([(r.algorithm, r.nranks, r.size_bytes, r.time_us / 1e6) for r in records])
+    if fitted is None:
+        say(comm, "# model: not enough modelled points to fit")
+        return None
+    say(comm, f"# model fit: {fitted.describe()}")
+    say(comm, f"# {'size':>10} {'algorithm':>19} {'measured us':>12} {'model us':>10} {'efficiency':>10}")
+    for r in records:
+        predicted = fitted.predict(r.algorithm, r.nranks, r.size_bytes)
+        if predicted is not None:
+            say(comm, f"# {r.size_bytes:>10} {r.algorithm:>19} {r.time_us:>12.1f} {predicted * 1e6:>10.1f} "
+                      f"{predicted * 1e6 / r.time_us:>9.2f}")
+    return {"alpha_s": fitted.alpha, "beta_s_per_byte": fitted.beta, "gamma_s_per_byte": fitted.gamma}
+
+
 def run_tune(args: argparse.Namespace, comm: Any, cases: dict[str, Case],
              make_options: Callable[[argparse.Namespace, list[str]], Options]) -> None:
     out = Path(args.out) if args.out else auto.user_table_path()
@@ -52,6 +69,8 @@ def run_tune(args: argparse.Namespace, comm: Any, cases: dict[str, Case],
         rules = rules_from(records)
         table.setdefault(collective, {})[str(comm.size)] = rules
         say(comm, f"# {collective}, {comm.size} ranks: {rules}")
+        if collective == "allreduce":
+            table.setdefault("model", {})[str(comm.size)] = report_model(comm, records)
     table["source"] = "mpicoll-bench tune"
     auto.check_table(table, str(out))
     if comm.rank == 0:

@@ -129,3 +129,40 @@ def test_compress_bench_json(tmp_path):
         assert r["ratio"] > 1.5 and 0 <= r["rel_error"] < 1.0
     sign = next(r for r in rows if r["compressor"] == "sign")
     assert sign["ratio"] > 25  # 1 bit per element really crosses the wire
+
+
+def test_osu_mode_csv_and_barrier_timing(tmp_path):
+    csv_path = tmp_path / "out.csv"
+    result = run_ranks(2, ["-m", "mpicoll.bench", "allreduce", "-m", "1K:4K", "-i", "3", "-x", "1", "--osu",
+                           "--timing", "barrier", "--repeats", "1", "--algo", "ring,native", "--no-ceiling",
+                           "--csv", str(csv_path)], tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout
+    assert "# OSU MPI-style allreduce latency test" in result.stdout and "timing: barrier" in result.stdout
+    assert "# Size" in result.stdout and "Avg Latency(us)" in result.stdout and "Max Latency(us)" in result.stdout
+    assert "# algorithm: ring" in result.stdout and "# algorithm: native" in result.stdout
+    rows = [ln.split() for ln in result.stdout.splitlines() if ln[:1].isdigit()]
+    assert [r[0] for r in rows] == ["1024", "2048", "4096"] * 2  # -m with factor 2
+    for _size, avg, low, high, iters in rows:
+        assert float(low) <= float(avg) <= float(high) and int(iters) == 3
+    text = csv_path.read_text().splitlines()
+    assert text[0].startswith("# command:") and "mpicoll.bench allreduce" in text[0]
+    assert text[2].startswith("collective,algorithm,compressor,nranks,size_bytes")
+    assert len(text) == 3 + 6
+
+
+def test_plot_writes_a_readable_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.image
+
+    data = tmp_path / "run.json"
+    rows = [{"collective": "allreduce", "algorithm": algo, "size_bytes": size, "busbw_GBps": size / 1e6 * k,
+             "algbw_GBps": 1.0, "time_us": 10.0} for k, algo in enumerate(["ring", "tree"], 1)
+            for size in (4096, 65536, 1 << 20)]
+    data.write_text(json.dumps({"meta": {}, "results": rows}))
+    png = tmp_path / "busbw.png"
+    done = subprocess.run([sys.executable, "-m", "mpicoll.bench", "plot", str(data), "--out", str(png)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    height, width = matplotlib.image.imread(png).shape[:2]
+    assert width > 400 and height > 300

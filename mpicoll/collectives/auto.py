@@ -72,6 +72,8 @@ def format_table(table: dict[str, Any]) -> str:
     lines = ["{", f' "format": {json.dumps(table.get("format", FORMAT))},']
     if "source" in table:
         lines.append(f' "source": {json.dumps(table["source"])},')
+    if "model" in table:
+        lines.append(f' "model": {json.dumps(table["model"])},')
     blocks = []
     for collective in COLLECTIVES:
         if collective in table:
