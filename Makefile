@@ -33,7 +33,7 @@ lint: $(VENV)/.installed
 # Lint, the whole suite under MPICH, then everything that launches MPI again under Open MPI.
 test: lint $(VENV_OMPI)/.installed
 	$(VENV)/bin/python -m pytest
-	$(VENV_OMPI)/bin/python -m pytest tests/test_mpi_suite.py tests/test_cli.py tests/test_netbed.py
+	$(VENV_OMPI)/bin/python -m pytest tests/test_mpi_suite.py tests/test_cli.py tests/test_netbed.py tests/test_faults.py
 
 clean:
 	rm -rf $(VENV) $(VENV_OMPI) build *.egg-info

@@ -89,8 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .compressed import add_parser as add_compressed
     from .plot import add_parser as add_plot
     from .report import add_parser as add_report
+    from .soak import add_parser as add_soak
 
     add_report(sub)
+    add_soak(sub)
     add_plot(sub)
     add_compress(sub)
     add_compressed(sub)
@@ -191,6 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             run_tune(args, comm, _cases(), _options)
             return 0
+        if args.command == "soak":
+            from .soak import run_soak
+
+            return run_soak(args, comm)
         if args.command == "compressed-allreduce":
             from .compressed import run_compressed
 

@@ -80,6 +80,15 @@ def _int_range(lo: int, hi: int) -> Callable[[Any], int]:
     return check
 
 
+def _float_range(lo: float, hi: float) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+            raise ValueError(f"expected a number of seconds from {lo} to {hi}")
+        return float(value)
+
+    return check
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if value not in choices:
@@ -125,6 +134,21 @@ SETTINGS: dict[str, Setting] = {
         Setting(
             "kernel_providers", "cupy,numba-cuda,numba-cpu,numpy", str.strip, _str,
             "Order in which kernel providers are tried, comma-separated.",
+        ),
+        Setting(
+            "timeout", 0.0, float, _float_range(0.0, 7 * 86400.0),
+            "Watchdog: seconds a rank may wait inside one collective before it reports which collective, "
+            "step and peer it waits on, and aborts the job (0 = off).",
+        ),
+        Setting(
+            "check_finite", False, _parse_bool, _bool,
+            "Check the inputs of reducing collectives for NaN and infinity; the rank and index of the first "
+            "bad value are reported on every rank.",
+        ),
+        Setting(
+            "abort_on_error", True, _parse_bool, _bool,
+            "With more than one rank, an uncaught exception aborts every rank (MPI_Abort) instead of leaving "
+            "the others waiting forever.",
         ),
     )
 }

@@ -45,6 +45,10 @@ class MismatchError(MpicollError, ValueError):
         self.values = dict(values or {})
 
 
+class NonFiniteError(MpicollError, FloatingPointError):
+    """An input holds NaN or infinity (reported when ``config.check_finite`` is on)."""
+
+
 class PayloadError(MpicollError, ValueError):
     """A compressed payload that is truncated, malformed, or written by another compressor/version."""
 

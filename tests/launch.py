@@ -44,11 +44,11 @@ def stacks(dump_dir: Path) -> str:
 
 
 def run_ranks(nranks: int, args: list[str], dump_dir: Path, timeout: float = LAUNCH_TIMEOUT,
-              extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """``mpiexec -n nranks python -m mpi4py <args>``, killed (whole process group) after ``timeout``."""
+              extra_env: dict[str, str] | None = None, mpi4py_runner: bool = True) -> subprocess.CompletedProcess:
+    """``mpiexec -n nranks python [-m mpi4py] <args>``, killed (whole process group) after ``timeout``."""
     if not MPIEXEC.exists():
         pytest.fail(f"no mpiexec in {MPIEXEC.parent}: install an MPI wheel, e.g. pip install -e '.[mpich,test]'")
-    cmd = [str(MPIEXEC), "-n", str(nranks), sys.executable, "-m", "mpi4py", *args]
+    cmd = [str(MPIEXEC), "-n", str(nranks), sys.executable, *(["-m", "mpi4py"] if mpi4py_runner else []), *args]
     env = {**mpi_env(dump_dir), **(extra_env or {})}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)

@@ -166,3 +166,13 @@ def test_plot_writes_a_readable_png(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     height, width = matplotlib.image.imread(png).shape[:2]
     assert width > 400 and height > 300
+
+
+def test_soak_counts_wrong_results_and_memory(tmp_path):
+    out = tmp_path / "soak.json"
+    result = run_ranks(2, ["-m", "mpicoll.bench", "soak", "-n", "300", "--json", str(out)], tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout
+    summary = json.loads(out.read_text())["summary"]
+    assert summary["calls"] == 300 and summary["wrong"] == 0
+    assert len(summary["rss_start_MiB"]) == 2 and all(m > 10 for m in summary["rss_end_MiB"])
+    assert "largest growth" in result.stdout

@@ -26,12 +26,13 @@ from typing import Any
 import numpy as np
 
 from ..collectives import auto
-from ..collectives.buffers import check_array
+from ..collectives.buffers import check_array, check_finite
 from ..collectives.registry import algorithm_names, get_algorithm
 from ..collectives.validate import Agreement
 from ..compression import Compressor
 from ..errors import ArgumentError, DtypeError, PayloadError, UnsupportedError, accepted
 from ..transport import Comm, as_comm
+from ..transport.watchdog import refine, watched
 from . import sparse, summable, two_phase  # noqa: F401  (registration)
 
 _ALLOWED = {
@@ -73,6 +74,7 @@ def _agree_on_payload_errors(comm: Comm, errors: list[str]) -> None:
                            f"Check that every rank runs the same mpicoll version and compressor.")
 
 
+@watched("compressed_allreduce")
 def compressed_allreduce(x: Any, compressor: Compressor, *, key: Hashable = None, comm: Any = None,
                          average: bool = True, algorithm: str = "auto") -> Any:
     """All-reduce ``x`` with compressed messages; returns an array like ``x`` (a new one).
@@ -104,7 +106,9 @@ def compressed_allreduce(x: Any, compressor: Compressor, *, key: Hashable = None
         x = check_array(x, "compressed_allreduce")
         if x.dtype.kind != "f":
             raise DtypeError(f"compressed_allreduce: needs a floating array, got {x.dtype}")
+        check_finite(x, c.rank, "compressed_allreduce")
         name = _resolve(compressor, algorithm, x, c)
+        refine(name)
         agree.set(count=x.size, dtype=x.dtype, algorithm=name, compressor=repr(compressor))
         path = get_algorithm("compressed_allreduce", name)
         prepared = path.prepare(c, x, compressor, key)  # local: a failure here is reported on every rank

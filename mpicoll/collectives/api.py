@@ -14,8 +14,9 @@ from typing import Any
 from ..backend import synchronize, xp_of
 from ..errors import ArgumentError
 from ..transport import Comm, as_comm
+from ..transport.watchdog import refine, watched
 from . import auto
-from .buffers import check_array, check_out, check_root, finish, flat_input, flat_output, in_out
+from .buffers import check_array, check_finite, check_out, check_root, finish, flat_input, flat_output, in_out
 from .ops import ReduceOp, get_op, work_dtype
 from .partition import check_counts, even_counts
 from .registry import get_algorithm
@@ -24,6 +25,7 @@ from .validate import Agreement
 
 def _resolve(collective: str, algorithm: str, nbytes: int, comm: Comm) -> tuple[str, Any]:
     name = auto.choose(collective, nbytes, comm.size) if algorithm == "auto" else algorithm
+    refine(name)
     return name, get_algorithm(collective, name)
 
 
@@ -32,6 +34,7 @@ def _average(work: Any, rop: ReduceOp, size: int) -> None:
         xp_of(work).divide(work, size, out=work)
 
 
+@watched("allreduce")
 def allreduce(x: Any, op: str | ReduceOp = "sum", *, algorithm: str = "auto", comm: Any = None,
               out: Any = None) -> Any:
     """Combine ``x`` element-wise across all ranks; every rank gets the result.
@@ -60,6 +63,7 @@ def allreduce(x: Any, op: str | ReduceOp = "sum", *, algorithm: str = "auto", co
         rop = get_op(op)
         x = check_array(x, "allreduce")
         rop.check_dtype(x.dtype, "allreduce")
+        check_finite(x, c.rank, "allreduce")
         out = check_out(out, x.shape, x.dtype, x, "allreduce")
         name, algo = _resolve("allreduce", algorithm, x.nbytes, c)
         agree.set(count=x.size, dtype=x.dtype, op=rop.name, algorithm=name)
@@ -72,6 +76,7 @@ def allreduce(x: Any, op: str | ReduceOp = "sum", *, algorithm: str = "auto", co
     return finish(recv, out, direct)
 
 
+@watched("reduce_scatter")
 def reduce_scatter(x: Any, op: str | ReduceOp = "sum", *, counts: Sequence[int] | None = None,
                    algorithm: str = "auto", comm: Any = None, out: Any = None) -> Any:
     """Reduce ``x`` element-wise across ranks and give rank ``r`` block ``r`` of the result.
@@ -93,6 +98,7 @@ def reduce_scatter(x: Any, op: str | ReduceOp = "sum", *, counts: Sequence[int] 
         rop = get_op(op)
         x = check_array(x, "reduce_scatter")
         rop.check_dtype(x.dtype, "reduce_scatter")
+        check_finite(x, c.rank, "reduce_scatter")
         counts = check_counts(counts, c.size, "reduce_scatter") or even_counts(x.size, c.size)
         if sum(counts) != x.size:
             raise ArgumentError(f"reduce_scatter: counts add up to {sum(counts)} but x has {x.size} elements")
@@ -110,6 +116,7 @@ def reduce_scatter(x: Any, op: str | ReduceOp = "sum", *, counts: Sequence[int] 
     return finish(recv, out, direct)
 
 
+@watched("allgather")
 def allgather(x: Any, *, counts: Sequence[int] | None = None, algorithm: str = "auto", comm: Any = None,
               out: Any = None) -> Any:
     """Gather every rank's ``x`` on every rank.
@@ -148,6 +155,7 @@ def allgather(x: Any, *, counts: Sequence[int] | None = None, algorithm: str = "
     return finish(recv, out, direct)
 
 
+@watched("broadcast")
 def broadcast(x: Any, root: int = 0, *, algorithm: str = "auto", comm: Any = None, out: Any = None) -> Any:
     """Copy ``root``'s ``x`` to every rank.
 
@@ -179,6 +187,7 @@ def broadcast(x: Any, root: int = 0, *, algorithm: str = "auto", comm: Any = Non
     return finish(buf, out, direct)
 
 
+@watched("reduce")
 def reduce(x: Any, op: str | ReduceOp = "sum", root: int = 0, *, algorithm: str = "auto", comm: Any = None,
            out: Any = None) -> Any | None:
     """Combine ``x`` element-wise across ranks; only ``root`` gets the result.
@@ -196,6 +205,7 @@ def reduce(x: Any, op: str | ReduceOp = "sum", root: int = 0, *, algorithm: str 
         rop = get_op(op)
         x = check_array(x, "reduce")
         rop.check_dtype(x.dtype, "reduce")
+        check_finite(x, c.rank, "reduce")
         root = check_root(root, c, "reduce")
         at_root = c.rank == root
         out = check_out(out, x.shape, x.dtype, x, "reduce") if at_root else None

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..backend import device_of, is_array, is_cupy, xp_of
 from ..config import config
-from ..errors import ArgumentError, DtypeError, UnsupportedError
+from ..errors import ArgumentError, DtypeError, NonFiniteError, UnsupportedError
 from ..transport import Comm
 
 
@@ -40,6 +40,20 @@ def check_array(x: Any, where: str, name: str = "x") -> Any:
                                f"CUDA-aware MPI. If yours is, set MPICOLL_CUDA_AWARE=1; otherwise copy to the "
                                f"host first (host staging is not implemented yet)")
     return x
+
+
+def check_finite(x: Any, rank: int, where: str) -> None:
+    """With ``config.check_finite``: raise :class:`NonFiniteError` at the first NaN or infinity of ``x``."""
+    if not config.get("check_finite") or x.dtype.kind not in "fc":
+        return
+    xp = xp_of(x)
+    bad = xp.flatnonzero(~xp.isfinite(x.reshape(-1)))  # synchronize! (device arrays)
+    if bad.size:
+        index = int(bad[0])
+        value = x.reshape(-1)[index]
+        raise NonFiniteError(f"{where}: rank {rank}'s input holds {value} at flat index {index} "
+                             f"({int(bad.size)} non-finite values in all); fix the data or the step that made it, "
+                             f"or set MPICOLL_CHECK_FINITE=0 to skip this check")
 
 
 def check_out(out: Any, shape: tuple[int, ...], dtype: Any, x: Any, where: str, in_place: bool = True) -> Any:

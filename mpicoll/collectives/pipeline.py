@@ -64,7 +64,7 @@ class RecvWindow:
     def __init__(self, comm: Comm, tag: int, count: int, depth: int,
                  describe: Callable[[int], tuple[Any, int]]) -> None:
         self._comm, self._tag, self._count, self._describe = comm, tag, count, describe
-        self._posted: deque[tuple[Any, Any]] = deque()
+        self._posted: deque[tuple[Any, Any, int, int]] = deque()
         self._next = 0
         self._taken: Any = None
         for _ in range(min(depth, count)):
@@ -72,13 +72,13 @@ class RecvWindow:
 
     def _post(self) -> None:
         buf, source = self._describe(self._next)
-        self._posted.append((irecv(self._comm, buf, source, self._tag), buf))
+        self._posted.append((irecv(self._comm, buf, source, self._tag), buf, source, self._next))
         self._next += 1
 
     def take(self) -> Any:
         """Wait for the oldest posted item and return its buffer."""
-        request, buf = self._posted.popleft()
-        wait(request)
+        request, buf, source, index = self._posted.popleft()
+        wait(request, source, f"receive {index + 1} of {self._count}")
         self._taken = buf
         return buf
 
@@ -121,10 +121,10 @@ def exchange_combine(comm: Comm, sendbuf: Any, keepbuf: Any, peer: int, op: Redu
     for i, (lo, hi) in enumerate(recv_segs):
         theirs = window.take()
         if aliased:
-            wait(sends[i])
+            wait(sends[i], peer, "send")
         _fold(op, theirs, keepbuf[lo:hi], peer_first)
         window.release()
-    waitall(sends)
+    waitall(sends, peer, "sends")
 
 
 def _fold(op: ReduceOp, theirs: Any, mine: Any, peer_first: bool) -> None:

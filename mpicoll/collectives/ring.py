@@ -73,7 +73,7 @@ def run_ring(comm: Comm, src: Any, dst: Any, op: ReduceOp | None, counts: Sequen
         block = recv_block(t)
         pending = in_flight.pop((block, lo), None)
         if pending is not None:
-            wait(pending)
+            wait(pending, right, "send to the right neighbour")
         return target(block, lo, hi), left
 
     window = RecvWindow(comm, tag, len(items), pipe.depth, describe)
@@ -88,9 +88,9 @@ def run_ring(comm: Comm, src: Any, dst: Any, op: ReduceOp | None, counts: Sequen
         if t + 1 < steps.stop:
             previous = in_flight.pop((block, lo), None)
             if previous is not None:
-                wait(previous)
+                wait(previous, right, "send to the right neighbour")
             in_flight[(block, lo)] = isend(comm, out, right, tag)
-    waitall(list(in_flight.values()))
+    waitall(list(in_flight.values()), right, "sends to the right neighbour")
 
 
 @register("allreduce", "ring")

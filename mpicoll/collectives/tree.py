@@ -45,7 +45,7 @@ def tree_reduce(comm: Comm, sendbuf: Any, accbuf: Any, op: ReduceOp, root: int) 
     segs = segments(sendbuf.size, pipe.segment_elems)
     if not children:
         if parent is not None:
-            waitall([isend(comm, sendbuf[lo:hi], parent, tag) for lo, hi in segs])
+            waitall([isend(comm, sendbuf[lo:hi], parent, tag) for lo, hi in segs], parent, "reduce: sends up")
         elif accbuf is not sendbuf:
             accbuf[...] = sendbuf
         return
@@ -65,7 +65,7 @@ def tree_reduce(comm: Comm, sendbuf: Any, accbuf: Any, op: ReduceOp, root: int) 
             window.release()
         if parent is not None:
             sends.append(isend(comm, acc, parent, tag))
-    waitall(sends)
+    waitall(sends, parent, "reduce: sends up")
 
 
 def tree_broadcast(comm: Comm, buf: Any, root: int) -> None:
@@ -75,15 +75,15 @@ def tree_broadcast(comm: Comm, buf: Any, root: int) -> None:
     pipe = Pipeline.for_dtype(buf.dtype)
     segs = segments(buf.size, pipe.segment_elems)
     if parent is None:
-        waitall([isend(comm, buf[lo:hi], c, tag) for lo, hi in segs for c in children])
+        waitall([isend(comm, buf[lo:hi], c, tag) for lo, hi in segs for c in children], None, "broadcast: sends down")
         return
     # Receives land in place, so all of them can be posted at once.
     recvs = [irecv(comm, buf[lo:hi], parent, tag) for lo, hi in segs]
     sends = []
     for request, (lo, hi) in zip(recvs, segs, strict=True):
-        wait(request)
+        wait(request, parent, "broadcast: receive from the parent")
         sends.extend(isend(comm, buf[lo:hi], c, tag) for c in children)
-    waitall(sends)
+    waitall(sends, None, "broadcast: sends down")
 
 
 @register("allreduce", "tree")

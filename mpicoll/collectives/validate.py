@@ -27,6 +27,7 @@ import numpy as np
 from ..config import config
 from ..errors import MismatchError, MpicollError, PeerError
 from ..transport import Comm
+from ..transport.watchdog import waiting_on
 from .ops import op_names
 from .registry import COLLECTIVES, algorithm_names
 
@@ -121,6 +122,7 @@ def exchange(comm: Comm, collective: str, error: BaseException | None, *, count:
         -1 if compressor is None else zlib.crc32(compressor.encode()),
     ], dtype=np.int64)
     table = comm.scratch.get("validate.table", comm.size * signature.size, np.int64).reshape(comm.size, -1)
+    waiting_on(None, "the argument check, which every rank must reach")
     comm.mpi.Allgather(signature, table)
     if (table == signature).all():  # the common case: one vectorized comparison
         return

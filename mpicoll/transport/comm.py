@@ -49,6 +49,9 @@ class Comm:
         self._tag_span = max(1, min(int(tag_ub), 1 << 22) - _FIRST_TAG)
         self._tags = itertools.count()  # next() on a count is atomic under the GIL: no lock needed
         self.scratch = ScratchPool()
+        from .watchdog import install_abort_hook
+
+        install_abort_hook(MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size())
         #: per-communicator memo of schedules (e.g. recursive-doubling partners), keyed by algorithm
         self.cache: dict[str, Any] = {}
 

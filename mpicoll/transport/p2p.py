@@ -15,6 +15,7 @@ from mpi4py import MPI
 
 from ..backend import synchronize
 from .comm import Comm
+from .watchdog import waiting_on
 
 
 def isend(comm: Comm, buf: Any, dest: int, tag: int) -> MPI.Request:
@@ -28,19 +29,22 @@ def irecv(comm: Comm, buf: Any, source: int, tag: int) -> MPI.Request:
     return comm.mpi.Irecv([buf, MPI.BYTE], source, tag)
 
 
-def wait(request: MPI.Request) -> None:
-    """Block until ``request`` completes."""
+def wait(request: MPI.Request, peer: int | None = None, step: str = "") -> None:
+    """Block until ``request`` completes (``peer`` and ``step`` tell the watchdog what we wait for)."""
+    waiting_on(peer, step)
     request.Wait()
 
 
-def waitall(requests: Sequence[MPI.Request]) -> None:
+def waitall(requests: Sequence[MPI.Request], peer: int | None = None, step: str = "") -> None:
     """Block until every request completes."""
     if requests:
+        waiting_on(peer, step)
         MPI.Request.Waitall(list(requests))
 
 
 def sendrecv(comm: Comm, sendbuf: Any, dest: int, recvbuf: Any, source: int, tag: int) -> None:
     """Send ``sendbuf`` to ``dest`` while receiving ``recvbuf`` from ``source``; empty sides are skipped."""
+    waiting_on(source if recvbuf.size else dest, "sendrecv")
     if sendbuf.size and recvbuf.size:
         synchronize(sendbuf)
         comm.mpi.Sendrecv([sendbuf, MPI.BYTE], dest, tag, [recvbuf, MPI.BYTE], source, tag)

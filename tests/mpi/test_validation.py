@@ -150,3 +150,23 @@ def test_validation_off_skips_the_exchange(comm, monkeypatch):
     with mpicoll.config.override(validate=False):
         y = mpicoll.allreduce(np.ones(5, dtype=np.int32), comm=comm)
     assert_all(comm.mpi, (y == comm.size).all(), "result with validate=False")
+
+
+def test_non_finite_inputs_are_reported_with_rank_and_index(comm):
+    from mpicoll.errors import NonFiniteError
+
+    x = np.ones(50, dtype=np.float32)
+    if comm.rank == comm.size - 1:
+        x[17] = np.nan
+        x[30] = np.inf
+    with mpicoll.config.override(check_finite=True):
+        bad = comm.size - 1
+        if comm.rank == bad:
+            raises_everywhere(comm, NonFiniteError, lambda: mpicoll.allreduce(x, comm=comm),
+                              f"rank {bad}'s input holds nan at flat index 17", "2 non-finite")
+        else:
+            raises_everywhere(comm, PeerError, lambda: mpicoll.allreduce(x, comm=comm), f"rank {bad}",
+                              "NonFiniteError")
+        clean = np.ones(5, dtype=np.float32)
+        y = mpicoll.allreduce(clean, comm=comm)
+        assert_all(comm.mpi, bool((y == comm.size).all()), "clean input passes the check")

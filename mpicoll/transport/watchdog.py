@@ -1,0 +1,148 @@
+"""Faults that end jobs instead of hanging them: the stall watchdog and the abort-on-error hook.
+
+- :func:`watch` marks the collective a rank is in; :func:`waiting_on` notes the peer and step it
+  is blocked on. With ``config.timeout`` > 0 a daemon thread checks every fraction of a second;
+  a rank stuck longer than the timeout writes one line (which collective, algorithm, step, peer,
+  for how long) and aborts the job through ``MPI_Abort``, so a stalled rank becomes a failure.
+- :func:`install_abort_hook`: with more than one rank, an uncaught exception on one rank would
+  leave the others waiting forever in their next collective (``python script.py`` does not
+  abort them; ``python -m mpi4py script.py`` does). The hook prints the traceback with the rank
+  and calls ``MPI_Abort``. ``config.abort_on_error = False`` leaves ``sys.excepthook`` alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar
+
+from ..config import config
+
+
+@dataclass
+class _Activity:
+    rank: int
+    collective: str
+    algorithm: str
+    since: float
+    peer: int | None = None
+    step: str = ""
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+_current: _Activity | None = None
+_thread: threading.Thread | None = None
+_lock = threading.Lock()
+
+
+@contextmanager
+def watch(rank: int, collective: str, algorithm: str) -> Iterator[None]:
+    """Mark this rank as inside ``collective`` (no-op cost when the watchdog is off)."""
+    global _current
+    timeout = config.get("timeout")
+    if timeout <= 0:
+        yield
+        return
+    _ensure_thread()
+    previous = _current
+    _current = _Activity(rank, collective, algorithm, time.monotonic())
+    try:
+        yield
+    finally:
+        _current = previous
+
+
+def watched(collective: str) -> Callable[[F], F]:
+    """Decorator: run a public collective under :func:`watch` when ``config.timeout`` is set (one lookup
+    otherwise). The rank comes from the call's ``comm=`` argument."""
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            if config.get("timeout") <= 0:
+                return fn(*args, **kwargs)
+            from .comm import as_comm
+
+            with watch(as_comm(kwargs.get("comm")).rank, collective, kwargs.get("algorithm", "auto")):
+                return fn(*args, **kwargs)
+
+        return run  # type: ignore[return-value]
+
+    return decorate
+
+
+def refine(algorithm: str) -> None:
+    """Name the algorithm ``auto`` resolved to, for the watchdog's report."""
+    activity = _current
+    if activity is not None:
+        activity.algorithm = algorithm
+
+
+def waiting_on(peer: int | None, step: str = "") -> None:
+    """Note what the current collective is blocked on (called by the point-to-point waits)."""
+    activity = _current
+    if activity is not None:
+        activity.peer, activity.step = peer, step
+
+
+def _ensure_thread() -> None:
+    global _thread
+    with _lock:
+        if _thread is None or not _thread.is_alive():
+            _thread = threading.Thread(target=_run, name="mpicoll-watchdog", daemon=True)
+            _thread.start()
+
+
+def _run() -> None:
+    while True:
+        timeout = config.get("timeout")
+        time.sleep(min(0.25, max(timeout, 0.05) / 4))
+        activity = _current
+        if timeout > 0 and activity is not None and time.monotonic() - activity.since > timeout:
+            _report_and_abort(activity, timeout)
+
+
+def _report_and_abort(activity: _Activity, timeout: float) -> None:
+    waited = time.monotonic() - activity.since
+    peer = "the other ranks" if activity.peer is None else f"rank {activity.peer}"
+    step = f", {activity.step}" if activity.step else ""
+    sys.stderr.write(f"mpicoll watchdog: rank {activity.rank} has waited {waited:.1f} s (MPICOLL_TIMEOUT={timeout:g}) "
+                     f"in {activity.collective} ({activity.algorithm}{step}) for {peer}; aborting the job. "
+                     f"Look at what {peer} {'is' if activity.peer is not None else 'are'} doing: stalled, dead, or "
+                     f"in a different collective.\n")
+    sys.stderr.flush()
+    from mpi4py import MPI
+
+    MPI.COMM_WORLD.Abort(124)
+
+
+_hook_installed = False
+
+
+def install_abort_hook(rank: int, size: int) -> None:
+    """Abort every rank when this one dies of an uncaught exception (see the module docstring)."""
+    global _hook_installed
+    if _hook_installed or size < 2 or not config.get("abort_on_error"):
+        return
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> Any:
+        if issubclass(kind, KeyboardInterrupt):
+            return previous(kind, error, tb)
+        text = "".join(traceback.format_exception(kind, error, tb))
+        sys.stderr.write(f"mpicoll: rank {rank} of {size} raised an uncaught exception; aborting all ranks "
+                         f"(set MPICOLL_ABORT_ON_ERROR=0 to keep the default behaviour)\n{text}")
+        sys.stderr.flush()
+        from mpi4py import MPI
+
+        MPI.COMM_WORLD.Abort(1)
+        return None
+
+    sys.excepthook = hook
+    _hook_installed = True
