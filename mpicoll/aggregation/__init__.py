@@ -1,5 +1,6 @@
 """Compressed collectives: the path is chosen from the compressor's traits (see :mod:`.api`)."""
 
-from .api import compressed_allreduce
+from .api import compressed_allreduce, compressed_iallreduce
+from .buckets import GradientBuckets
 
-__all__ = ["compressed_allreduce"]
+__all__ = ["GradientBuckets", "compressed_allreduce", "compressed_iallreduce"]

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..collectives import auto
 from ..collectives.buffers import check_array, check_finite
+from ..collectives.nonblocking import Handle, start
 from ..collectives.registry import algorithm_names, get_algorithm
 from ..collectives.validate import Agreement
 from ..compression import Compressor
@@ -118,3 +119,14 @@ def compressed_allreduce(x: Any, compressor: Compressor, *, key: Hashable = None
         result = (result.astype(np.float32) / np.float32(c.size)).astype(x.dtype) if x.dtype == np.float16 else (
             result / result.dtype.type(c.size))
     return result
+
+
+def compressed_iallreduce(x: Any, compressor: Compressor, *, key: Hashable = None, comm: Any = None,
+                          average: bool = True, algorithm: str = "auto") -> Handle:
+    """Non-blocking :func:`compressed_allreduce` (see :mod:`mpicoll.collectives.nonblocking`).
+
+    The compressor is used from the engine's thread: do not use the same compressor object from
+    another thread until ``wait()`` returns.
+    """
+    return start(comm, "compressed_iallreduce",
+                 lambda c: compressed_allreduce(x, compressor, key=key, comm=c, average=average, algorithm=algorithm))

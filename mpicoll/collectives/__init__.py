@@ -5,17 +5,25 @@ Importing this package registers every algorithm (one module each) with :mod:`.r
 
 from . import native, rabenseifner, recursive_doubling, ring, tree  # noqa: F401  (registration)
 from .api import allgather, allreduce, broadcast, reduce, reduce_scatter
+from .nonblocking import Handle, iallgather, iallreduce, ibroadcast, ireduce, ireduce_scatter, wait_all
 from .ops import ReduceOp, op_names
 from .registry import COLLECTIVES, algorithm_names
 
 __all__ = [
     "COLLECTIVES",
+    "Handle",
     "ReduceOp",
     "algorithm_names",
     "allgather",
     "allreduce",
     "broadcast",
+    "iallgather",
+    "iallreduce",
+    "ibroadcast",
+    "ireduce",
+    "ireduce_scatter",
     "op_names",
     "reduce",
     "reduce_scatter",
+    "wait_all",
 ]

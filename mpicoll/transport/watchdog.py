@@ -37,26 +37,28 @@ class _Activity:
 
 
 F = TypeVar("F", bound=Callable[..., Any])
-_current: _Activity | None = None
+_activities: dict[int, _Activity] = {}  # by thread: the caller's and the non-blocking engine's
 _thread: threading.Thread | None = None
 _lock = threading.Lock()
 
 
 @contextmanager
 def watch(rank: int, collective: str, algorithm: str) -> Iterator[None]:
-    """Mark this rank as inside ``collective`` (no-op cost when the watchdog is off)."""
-    global _current
-    timeout = config.get("timeout")
-    if timeout <= 0:
+    """Mark this thread as inside ``collective`` (one configuration lookup when the watchdog is off)."""
+    if config.get("timeout") <= 0:
         yield
         return
     _ensure_thread()
-    previous = _current
-    _current = _Activity(rank, collective, algorithm, time.monotonic())
+    me = threading.get_ident()
+    previous = _activities.get(me)
+    _activities[me] = _Activity(rank, collective, algorithm, time.monotonic())
     try:
         yield
     finally:
-        _current = previous
+        if previous is None:
+            _activities.pop(me, None)
+        else:
+            _activities[me] = previous
 
 
 def watched(collective: str) -> Callable[[F], F]:
@@ -79,14 +81,14 @@ def watched(collective: str) -> Callable[[F], F]:
 
 def refine(algorithm: str) -> None:
     """Name the algorithm ``auto`` resolved to, for the watchdog's report."""
-    activity = _current
+    activity = _activities.get(threading.get_ident())
     if activity is not None:
         activity.algorithm = algorithm
 
 
 def waiting_on(peer: int | None, step: str = "") -> None:
-    """Note what the current collective is blocked on (called by the point-to-point waits)."""
-    activity = _current
+    """Note what this thread's collective is blocked on (called by the point-to-point waits)."""
+    activity = _activities.get(threading.get_ident())
     if activity is not None:
         activity.peer, activity.step = peer, step
 
@@ -103,9 +105,9 @@ def _run() -> None:
     while True:
         timeout = config.get("timeout")
         time.sleep(min(0.25, max(timeout, 0.05) / 4))
-        activity = _current
-        if timeout > 0 and activity is not None and time.monotonic() - activity.since > timeout:
-            _report_and_abort(activity, timeout)
+        for activity in list(_activities.values()):
+            if timeout > 0 and time.monotonic() - activity.since > timeout:
+                _report_and_abort(activity, timeout)
 
 
 def _report_and_abort(activity: _Activity, timeout: float) -> None:

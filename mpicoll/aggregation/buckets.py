@@ -1,0 +1,132 @@
+"""Gradient buckets: many small arrays fused into a few buffers, each reduced as soon as it fills.
+
+Like DDP's ``bucket_cap_mb`` and Horovod's fusion buffer: the arrays are grouped, in *reverse*
+registration order (gradients become ready from the last layer back), into buckets of at most
+``bucket_bytes`` and a single dtype (one bucket per dtype fills at a time).
+:meth:`GradientBuckets.ready` marks an array; when every array of a bucket is marked, the bucket
+is copied into its fusion buffer and its (compressed) all-reduce starts in the background.
+Buckets start strictly in order (0, 1, 2, ...), so every rank starts the same collectives in the
+same order even when arrays become ready in a different order. :meth:`GradientBuckets.wait`
+finishes them all and writes the results back into the arrays. The buckets never change, so
+error-feedback keys (one per bucket) stay valid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..backend import xp_of
+from ..collectives.nonblocking import Handle, iallreduce
+from ..compression import Compressor
+from ..errors import ArgumentError
+from .api import compressed_iallreduce
+
+
+@dataclass
+class Bucket:
+    """Arrays fused into one buffer."""
+
+    index: int
+    names: list[Hashable]
+    buffer: Any
+    offsets: list[int]
+    pending: set[Hashable] = field(default_factory=set)
+    handle: Handle | None = None
+
+
+class GradientBuckets:
+    """Fuse, launch and unpack the all-reduces of many arrays (see the module docstring).
+
+    Args:
+        arrays: ``(name, array)`` pairs in registration (forward) order, or a dict; the arrays
+            are reduced in place (``average=True``: their mean over ranks).
+        bucket_bytes: the fusion buffer size (an array larger than this gets a bucket alone).
+        compressor: ``None`` for a plain all-reduce, or a compressor (error feedback is keyed by
+            ``key_prefix`` and the bucket index).
+        comm, algorithm, average: as for :func:`mpicoll.allreduce` / :func:`compressed_allreduce`.
+    """
+
+    def __init__(self, arrays: Iterable[tuple[Hashable, Any]] | dict[Hashable, Any], *,
+                 bucket_bytes: int = 25 << 20, compressor: Compressor | None = None, comm: Any = None,
+                 algorithm: str = "auto", average: bool = True, key_prefix: str = "bucket") -> None:
+        items = list(arrays.items() if isinstance(arrays, dict) else arrays)
+        if len({name for name, _ in items}) != len(items):
+            raise ArgumentError("GradientBuckets: array names must be unique")
+        self.arrays = dict(items)
+        self.compressor, self.comm, self.algorithm, self.average = compressor, comm, algorithm, average
+        self.key_prefix = key_prefix
+        self.buckets = self._plan(items[::-1], bucket_bytes)
+        self.bucket_of = {name: b for b in self.buckets for name in b.names}
+        self._next = 0
+        self._reset()
+
+    def _plan(self, items: list[tuple[Hashable, Any]], bucket_bytes: int) -> list[Bucket]:
+        groups: list[list[tuple[Hashable, Any]]] = []
+        open_groups: dict[Any, tuple[list[tuple[Hashable, Any]], list[int]]] = {}  # one filling bucket per dtype
+        for name, array in items:
+            kind = (array.dtype, type(array))
+            group, size = open_groups.get(kind, (None, [0]))
+            if group is None or size[0] + array.nbytes > bucket_bytes:
+                group, size = [], [0]
+                groups.append(group)
+                open_groups[kind] = (group, size)
+            group.append((name, array))
+            size[0] += array.nbytes
+        buckets = []
+        for index, group in enumerate(groups):
+            offsets = np.cumsum([0] + [a.size for _, a in group]).tolist()
+            xp = xp_of(group[0][1])
+            buckets.append(Bucket(index, [n for n, _ in group], xp.empty(offsets[-1], group[0][1].dtype), offsets))
+        return buckets
+
+    def _reset(self) -> None:
+        for bucket in self.buckets:
+            bucket.pending = set(bucket.names)
+            bucket.handle = None
+        self._next = 0
+
+    def ready(self, name: Hashable) -> None:
+        """``name``'s array holds its final local value: launch every bucket that is now complete."""
+        bucket = self.bucket_of.get(name)
+        if bucket is None:
+            raise ArgumentError(f"GradientBuckets: no array named {name!r}")
+        if name not in bucket.pending:
+            raise ArgumentError(f"GradientBuckets: {name!r} was marked ready twice in one step")
+        bucket.pending.discard(name)
+        while self._next < len(self.buckets) and not self.buckets[self._next].pending:
+            self._launch(self.buckets[self._next])
+            self._next += 1
+
+    def _launch(self, bucket: Bucket) -> None:
+        for name, start, stop in zip(bucket.names, bucket.offsets, bucket.offsets[1:], strict=False):
+            bucket.buffer[start:stop] = self.arrays[name].reshape(-1)
+        if self.compressor is None:
+            op = "avg" if self.average else "sum"
+            bucket.handle = iallreduce(bucket.buffer, op, algorithm=self.algorithm, comm=self.comm, out=bucket.buffer)
+        else:
+            key = f"{self.key_prefix}{bucket.index}"
+            bucket.handle = compressed_iallreduce(bucket.buffer, self.compressor, key=key, comm=self.comm,
+                                                  average=self.average, algorithm=self.algorithm)
+
+    def wait(self) -> None:
+        """Finish every bucket's all-reduce and write the results into the arrays; ready for the next step."""
+        missing = [name for b in self.buckets for name in b.names if name in b.pending]
+        if missing:
+            raise ArgumentError(f"GradientBuckets: {len(missing)} array(s) never marked ready this step, e.g. "
+                                f"{missing[:5]}; call ready() for every array before wait()")
+        for bucket in self.buckets:
+            result = bucket.handle.wait()
+            for name, start, stop in zip(bucket.names, bucket.offsets, bucket.offsets[1:], strict=False):
+                target = self.arrays[name]
+                target[...] = result[start:stop].reshape(target.shape)
+        self._reset()
+
+    def allreduce_all(self) -> None:
+        """Mark every array ready (in reverse order) and wait: one call for the whole set."""
+        for name in reversed(list(self.arrays)):
+            self.ready(name)
+        self.wait()

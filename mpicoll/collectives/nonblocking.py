@@ -1,0 +1,165 @@
+"""Non-blocking collectives: start now, wait later, overlap with compute.
+
+``h = mpicoll.iallreduce(x)`` queues the collective and returns at once; ``h.wait()`` returns
+the result (``h.test()`` / ``h.done`` ask without blocking). A background *progress engine* (one
+thread per communicator) runs the queued collectives in submission order on a private
+``Dup()`` of the communicator, so progress never depends on the caller polling, and blocking
+collectives issued meanwhile on the caller's communicator cannot be confused with them.
+Many handles may be in flight; they can be waited for in any order.
+
+Every rank must start the same non-blocking collectives in the same order (as with MPI's). Each
+runs with the usual argument checks inside the engine, so bad input surfaces at ``wait()`` on
+every rank, as the same error the blocking call would raise. The engine needs
+``MPI_THREAD_MULTIPLE`` (mpi4py asks for it by default); with a lower thread level the
+collectives run at once, inside the ``i*`` call, and a warning says so once.
+
+The input arrays must not be modified, and ``out`` not read, until ``wait()`` returns.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from ..transport import Comm, as_comm
+from .api import allgather, allreduce, broadcast, reduce, reduce_scatter
+
+
+class Handle:
+    """A started collective: ``wait()``, ``test()``, ``done``."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self._event = threading.Event()
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+    def _finish(self, result: Any = None, error: BaseException | None = None) -> None:
+        self._result, self._error = result, error
+        self._event.set()
+
+    @property
+    def done(self) -> bool:
+        """Whether the collective has finished (successfully or not)."""
+        return self._event.is_set()
+
+    def test(self) -> bool:
+        """The same as :attr:`done`; never blocks."""
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Block until the collective finishes and return its result (re-raising its error).
+
+        Raises:
+            TimeoutError: not finished within ``timeout`` seconds (the collective goes on).
+        """
+        if not self._event.wait(timeout):
+            raise TimeoutError(f"{self.description} did not finish within {timeout} s")
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def __repr__(self) -> str:
+        return f"<Handle {self.description} {'done' if self.done else 'in flight'}>"
+
+
+class Engine:
+    """Runs queued collectives, in order, on a background thread and a private communicator."""
+
+    def __init__(self, comm: Comm) -> None:
+        self.comm = Comm(comm.mpi)  # a Dup (collective): the engine's messages never meet the caller's
+        self._queue: queue.SimpleQueue[tuple[Handle, Callable[[Comm], Any]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=f"mpicoll-engine-{comm.rank}", daemon=True)
+        self._thread.start()
+
+    def submit(self, description: str, work: Callable[[Comm], Any]) -> Handle:
+        handle = Handle(description)
+        self._queue.put((handle, work))
+        return handle
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            handle, work = item
+            try:
+                handle._finish(result=work(self.comm))
+            except BaseException as exc:  # handed to wait(): the engine itself keeps going
+                handle._finish(error=exc)
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the thread."""
+        self._queue.put(None)
+        self._thread.join()
+
+
+_warned_thread_level = False
+
+
+def engine_of(comm: Any) -> Engine | None:
+    """The progress engine of ``comm`` (made on first use), or ``None`` without MPI_THREAD_MULTIPLE."""
+    global _warned_thread_level
+    from mpi4py import MPI
+
+    if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
+        if not _warned_thread_level:
+            _warned_thread_level = True
+            warnings.warn("MPI provides less than MPI_THREAD_MULTIPLE, so mpicoll's non-blocking collectives "
+                          "run at once inside the i* call (no overlap); initialize MPI with THREAD_MULTIPLE "
+                          "(mpi4py's default) to get the background engine", stacklevel=3)
+        return None
+    c = as_comm(comm)
+    engine = c.cache.get("engine")
+    if engine is None:
+        engine = c.cache["engine"] = Engine(c)
+    return engine
+
+
+def start(comm: Any, description: str, work: Callable[[Comm], Any]) -> Handle:
+    """Queue ``work(engine_comm)`` on ``comm``'s engine (or run it now without one)."""
+    engine = engine_of(comm)
+    if engine is not None:
+        return engine.submit(description, work)
+    handle = Handle(description)
+    try:
+        handle._finish(result=work(as_comm(comm)))
+    except BaseException as exc:
+        handle._finish(error=exc)
+    return handle
+
+
+def wait_all(handles: list[Handle], timeout: float | None = None) -> list[Any]:
+    """Wait for every handle; results in the same order."""
+    return [h.wait(timeout) for h in handles]
+
+
+def iallreduce(x: Any, op: str = "sum", *, algorithm: str = "auto", comm: Any = None, out: Any = None) -> Handle:
+    """Non-blocking :func:`~mpicoll.allreduce`; ``wait()`` returns the result."""
+    return start(comm, "iallreduce", lambda c: allreduce(x, op, algorithm=algorithm, comm=c, out=out))
+
+
+def ireduce_scatter(x: Any, op: str = "sum", *, counts: Any = None, algorithm: str = "auto", comm: Any = None,
+                    out: Any = None) -> Handle:
+    """Non-blocking :func:`~mpicoll.reduce_scatter`."""
+    return start(comm, "ireduce_scatter",
+                 lambda c: reduce_scatter(x, op, counts=counts, algorithm=algorithm, comm=c, out=out))
+
+
+def iallgather(x: Any, *, counts: Any = None, algorithm: str = "auto", comm: Any = None, out: Any = None) -> Handle:
+    """Non-blocking :func:`~mpicoll.allgather`."""
+    return start(comm, "iallgather", lambda c: allgather(x, counts=counts, algorithm=algorithm, comm=c, out=out))
+
+
+def ibroadcast(x: Any, root: int = 0, *, algorithm: str = "auto", comm: Any = None, out: Any = None) -> Handle:
+    """Non-blocking :func:`~mpicoll.broadcast`."""
+    return start(comm, "ibroadcast", lambda c: broadcast(x, root, algorithm=algorithm, comm=c, out=out))
+
+
+def ireduce(x: Any, op: str = "sum", root: int = 0, *, algorithm: str = "auto", comm: Any = None,
+            out: Any = None) -> Handle:
+    """Non-blocking :func:`~mpicoll.reduce`; ``wait()`` returns ``None`` off the root."""
+    return start(comm, "ireduce", lambda c: reduce(x, op, root, algorithm=algorithm, comm=c, out=out))
