@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="table path (default: the user table, see `mpicoll info`)")
     from .compress import add_parser as add_compress
     from .compressed import add_parser as add_compressed
+    from .overlap import add_parser as add_overlap
     from .plot import add_parser as add_plot
     from .report import add_parser as add_report
     from .soak import add_parser as add_soak
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_plot(sub)
     add_compress(sub)
     add_compressed(sub)
+    add_overlap(sub)
     return parser
 
 
@@ -197,6 +199,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .soak import run_soak
 
             return run_soak(args, comm)
+        if args.command == "overlap":
+            from .overlap import run_overlap
+
+            return run_overlap(args, comm)
         if args.command == "compressed-allreduce":
             from .compressed import run_compressed
 

@@ -208,11 +208,19 @@ exact = mpicoll.allreduce(x)
 try:
     import cupy
     gx = cupy.asarray(x)
-    staged = cupy.asarray(mpicoll.allreduce(gx.get()))  # host staging done by hand (mpicoll has none yet)
-    results.append(("allreduce staged by hand", bool((staged.get() == exact).all())))
-    if os.environ.get("MPICOLL_CUDA_AWARE") == "1":
-        direct = mpicoll.allreduce(gx, algorithm="ring")
-        results.append(("allreduce direct (CUDA-aware)", bool((direct.get() == exact).all())))
+    aware = os.environ.get("MPICOLL_CUDA_AWARE") == "1"
+    for algorithm in ("ring", "tree", "recursive_doubling", "rabenseifner", "native"):
+        with mpicoll.config.override(cuda_aware="0"):  # staged through pinned host buffers
+            got = mpicoll.allreduce(gx, algorithm=algorithm)
+            results.append((f"allreduce {algorithm} staged", bool((got.get() == exact).all())))
+        if aware:
+            got = mpicoll.allreduce(gx, algorithm=algorithm)
+            results.append((f"allreduce {algorithm} direct (CUDA-aware)", bool((got.get() == exact).all())))
+    with mpicoll.config.override(cuda_aware="0"):
+        handle = mpicoll.iallreduce(gx)
+        results.append(("iallreduce staged", bool((handle.wait().get() == exact).all())))
+        fp16 = mpicoll.compressed_allreduce(gx, compression.get("fp16"), average=False)
+        results.append(("compressed_allreduce fp16 staged", float(abs(fp16.get() - exact).max())))
 except Exception as exc:
     results.append(("GPU collectives", f"{type(exc).__name__}: {exc}"))
 codec = compression.ErrorFeedback(compression.get("topk", ratio=0.01))

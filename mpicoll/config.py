@@ -129,7 +129,7 @@ SETTINGS: dict[str, Setting] = {
         Setting(
             "cuda_aware", "unset", str.strip, _choice("unset", "0", "1"),
             "Whether the MPI library may be handed GPU buffers directly: '1' yes; '0' or 'unset' no "
-            "(GPU arrays are refused with a clear error until host staging exists).",
+            "(GPU buffers are then staged through pinned host memory; 'unset' warns once).",
         ),
         Setting(
             "kernel_providers", "cupy,numba-cuda,numba-cpu,numpy", str.strip, _str,
@@ -144,6 +144,12 @@ SETTINGS: dict[str, Setting] = {
             "check_finite", False, _parse_bool, _bool,
             "Check the inputs of reducing collectives for NaN and infinity; the rank and index of the first "
             "bad value are reported on every rank.",
+        ),
+        Setting(
+            "engine_poll_us", 200.0, float, _float_range(0.0, 100000.0),
+            "The non-blocking engine waits by polling with sleeps that grow up to this many microseconds, "
+            "so its thread leaves the cores to the caller's compute (0 = spin inside MPI, as a blocking "
+            "call does).",
         ),
         Setting(
             "abort_on_error", True, _parse_bool, _bool,

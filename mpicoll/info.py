@@ -65,9 +65,10 @@ def collect() -> dict[str, Any]:
         "cuda_aware": {
             "setting": mpicoll.config.get("cuda_aware"),
             "meaning": {"1": "GPU buffers go to MPI directly",
-                        "0": "GPU buffers are refused (host staging is not implemented yet)",
-                        "unset": "GPU buffers are refused; set MPICOLL_CUDA_AWARE=1 if your MPI is CUDA-aware "
-                                 "(mpi4py cannot query it)"}[mpicoll.config.get("cuda_aware")],
+                        "0": "GPU buffers are staged through pinned host memory",
+                        "unset": "GPU buffers are staged through pinned host memory (with a warning); set "
+                                 "MPICOLL_CUDA_AWARE=1 if your MPI is CUDA-aware (mpi4py cannot query it)",
+                        }[mpicoll.config.get("cuda_aware")],
         },
         "kernel_providers": [
             {"name": s.name, "device": s.device, "available": s.available, "reason": s.reason}

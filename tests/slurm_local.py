@@ -54,10 +54,17 @@ def available() -> tuple[bool, str]:
     return True, ""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports: the sockets are held open together, so the kernel cannot hand
+    out the same port twice (which made slurmd take the controller's port once)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 class LocalSlurm:
@@ -73,8 +80,9 @@ class LocalSlurm:
     def start(self, timeout: float = 60) -> LocalSlurm:
         for sub in ("state", "spool"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(CONFIG.format(host=self.host, dir=self.dir, ctld_port=_free_port(),
-                                           slurmd_port=_free_port(), cpus=os.cpu_count() or 1))
+        ctld_port, slurmd_port = _free_ports(2)
+        self.conf.write_text(CONFIG.format(host=self.host, dir=self.dir, ctld_port=ctld_port,
+                                           slurmd_port=slurmd_port, cpus=os.cpu_count() or 1))
         self.daemons.append(subprocess.Popen(["slurmctld", "-D", "-i"], env=self.env, stdout=subprocess.DEVNULL,
                                              stderr=subprocess.DEVNULL))
         self.daemons.append(subprocess.Popen(["slurmd", "-D", "-N", self.host], env=self.env,

@@ -12,6 +12,11 @@ import os, sys, time, numpy as np, mpicoll
 mode = sys.argv[1]
 x = np.ones(100000, np.float32)
 for step in range(100000):
+    if mode == "inflight" and step == 5:  # every rank starts non-blocking collectives; rank 1 fails
+        handles = [mpicoll.iallreduce(np.full(n, 1.0, np.float32)) for n in (10, 100000, 3000000, 7)]
+        if mpicoll.rank() == 1:
+            raise RuntimeError("injected failure with handles in flight")
+        [h.wait() for h in handles]
     if mpicoll.rank() == 1 and step == 5:
         if mode == "raise":
             raise RuntimeError("injected failure at step 5")
@@ -40,6 +45,13 @@ def test_a_rank_that_raises_ends_the_job(tmp_path, runner):
     assert "injected failure at step 5" in out
     if runner == "plain":  # mpicoll's own hook; mpi4py's runner prints the traceback itself
         assert "mpicoll: rank 1 of 3 raised an uncaught exception; aborting all ranks" in out
+
+
+@pytest.mark.parametrize("runner", ["plain", "mpicoll.run"])
+def test_a_rank_that_raises_with_handles_in_flight_ends_the_job(tmp_path, runner):
+    out, seconds, code = launch(tmp_path, "inflight", runner)
+    assert code != 0 and seconds < 10, (seconds, out)
+    assert "injected failure with handles in flight" in out, out
 
 
 def test_a_rank_that_dies_is_named(tmp_path):

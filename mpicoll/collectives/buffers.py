@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import device_of, is_array, is_cupy, xp_of
+from ..backend import device_of, is_array, xp_of
 from ..config import config
-from ..errors import ArgumentError, DtypeError, NonFiniteError, UnsupportedError
+from ..errors import ArgumentError, DtypeError, NonFiniteError
 from ..transport import Comm
 
 
@@ -35,10 +35,6 @@ def check_array(x: Any, where: str, name: str = "x") -> Any:
         x = x.view(np.ndarray)
     if x.dtype.hasobject:
         raise DtypeError(f"{where}: {name} has dtype object; pass a numeric array")
-    if is_cupy(x) and config.get("cuda_aware") != "1":
-        raise UnsupportedError(f"{where}: {name} is a GPU (CuPy) array, and handing GPU buffers to MPI needs a "
-                               f"CUDA-aware MPI. If yours is, set MPICOLL_CUDA_AWARE=1; otherwise copy to the "
-                               f"host first (host staging is not implemented yet)")
     return x
 
 

@@ -1,22 +1,49 @@
-"""The MPI library's own collectives: the baseline every other algorithm is measured against."""
+"""The MPI library's own collectives: the baseline every other algorithm is measured against.
+
+GPU buffers that MPI may not touch (see :mod:`mpicoll.transport.staging`) go through pinned host
+copies as a whole: MPI's blocking collectives offer no segment to overlap the copies with.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from mpi4py import MPI
 
 from ..backend import synchronize
 from ..transport import Comm
+from ..transport.staging import needs_staging, stager_of
 from .ops import ReduceOp
 from .partition import displacements
 from .registry import register
 
 
+def _staged(comm: Comm, sendbuf: Any, recvbuf: Any | None, call: Callable[[Any, Any], None]) -> bool:
+    """If the buffers must be staged: run ``call(host_send, host_recv)`` on pinned host copies (the
+    same one when in place), queue the result's copy back to the device, and return True."""
+    if not needs_staging(sendbuf):
+        return False
+    stager = stager_of(comm)
+    send = stager.host_copy(sendbuf)
+    if recvbuf is None:
+        call(send.view(sendbuf.dtype), None)
+        stager.release(send)
+        return True
+    recv = send if recvbuf is sendbuf else stager.pool.acquire(recvbuf.nbytes)
+    call(send.view(sendbuf.dtype), recv.view(recvbuf.dtype))
+    stager.copy_back(recv, recvbuf)
+    if recv is not send:
+        stager.release(send)
+    return True
+
+
 @register("allreduce", "native")
 def native_allreduce(comm: Comm, sendbuf: Any, recvbuf: Any, op: ReduceOp) -> None:
     """``MPI_Allreduce``, in place when ``recvbuf`` is ``sendbuf``."""
+    if _staged(comm, sendbuf, recvbuf, lambda s, r: comm.mpi.Allreduce(MPI.IN_PLACE if r is s else s, r,
+                                                                          op.mpi_op())):
+        return
     synchronize(sendbuf)
     comm.mpi.Allreduce(MPI.IN_PLACE if recvbuf is sendbuf else sendbuf, recvbuf, op.mpi_op())
 
@@ -24,6 +51,8 @@ def native_allreduce(comm: Comm, sendbuf: Any, recvbuf: Any, op: ReduceOp) -> No
 @register("reduce_scatter", "native")
 def native_reduce_scatter(comm: Comm, sendbuf: Any, recvbuf: Any, op: ReduceOp, counts: Sequence[int]) -> None:
     """``MPI_Reduce_scatter`` with per-rank counts."""
+    if _staged(comm, sendbuf, recvbuf, lambda s, r: comm.mpi.Reduce_scatter(s, r, list(counts), op.mpi_op())):
+        return
     synchronize(sendbuf)
     comm.mpi.Reduce_scatter(sendbuf, recvbuf, list(counts), op.mpi_op())
 
@@ -31,15 +60,22 @@ def native_reduce_scatter(comm: Comm, sendbuf: Any, recvbuf: Any, op: ReduceOp, 
 @register("allgather", "native")
 def native_allgather(comm: Comm, sendbuf: Any, recvbuf: Any, counts: Sequence[int]) -> None:
     """``MPI_Allgatherv`` on raw bytes (any dtype)."""
-    synchronize(sendbuf)
     item = recvbuf.dtype.itemsize
     byte_counts = [c * item for c in counts]
-    comm.mpi.Allgatherv([sendbuf, MPI.BYTE], [recvbuf, byte_counts, displacements(byte_counts), MPI.BYTE])
+
+    def call(send: Any, recv: Any) -> None:
+        comm.mpi.Allgatherv([send, MPI.BYTE], [recv, byte_counts, displacements(byte_counts), MPI.BYTE])
+
+    if not _staged(comm, sendbuf, recvbuf, call):
+        synchronize(sendbuf)
+        call(sendbuf, recvbuf)
 
 
 @register("broadcast", "native")
 def native_broadcast(comm: Comm, buf: Any, root: int) -> None:
     """``MPI_Bcast`` on raw bytes (any dtype), in place."""
+    if _staged(comm, buf, buf, lambda s, _: comm.mpi.Bcast([s, MPI.BYTE], root)):
+        return
     synchronize(buf)
     comm.mpi.Bcast([buf, MPI.BYTE], root)
 
@@ -47,7 +83,11 @@ def native_broadcast(comm: Comm, buf: Any, root: int) -> None:
 @register("reduce", "native")
 def native_reduce(comm: Comm, sendbuf: Any, recvbuf: Any | None, op: ReduceOp, root: int) -> None:
     """``MPI_Reduce``; ``recvbuf`` is significant at ``root`` only."""
-    synchronize(sendbuf)
     at_root = comm.rank == root
-    send = MPI.IN_PLACE if at_root and recvbuf is sendbuf else sendbuf
-    comm.mpi.Reduce(send, recvbuf if at_root else None, op.mpi_op(), root)
+
+    def call(send: Any, recv: Any) -> None:
+        comm.mpi.Reduce(MPI.IN_PLACE if at_root and recv is send else send, recv, op.mpi_op(), root)
+
+    if not _staged(comm, sendbuf, recvbuf if at_root else None, call):
+        synchronize(sendbuf)
+        call(sendbuf, recvbuf if at_root else None)

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..transport import Comm, as_comm
+from ..transport.p2p import patient_waits
 from .api import allgather, allreduce, broadcast, reduce, reduce_scatter
 
 
@@ -81,6 +82,7 @@ class Engine:
         return handle
 
     def _run(self) -> None:
+        patient_waits()  # leave the cores to the caller's compute while waiting on the network
         while True:
             item = self._queue.get()
             if item is None:

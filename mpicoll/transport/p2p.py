@@ -4,46 +4,95 @@ Buffers travel as raw bytes (``MPI.BYTE``): the algorithms do their own reductio
 CuPy, so MPI never needs to know the element type (float16 included). GPU buffers are
 synchronized before MPI reads them. Every wait in mpicoll goes through :func:`wait` /
 :func:`waitall`, the single place where progress is driven.
+
+MPI libraries wait by spinning, which is right for a blocking call but wrong for a background
+thread: a spinning progress engine takes a core from the compute it is meant to overlap. A
+thread that calls :func:`patient_waits` (the non-blocking engine does) waits instead by testing
+its requests with short sleeps that grow up to ``config.engine_poll_us``.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from mpi4py import MPI
 
 from ..backend import synchronize
+from ..config import config
 from .comm import Comm
+from .staging import StagedRequest, needs_staging, stager_of
 from .watchdog import waiting_on
 
+Request = MPI.Request | StagedRequest
 
-def isend(comm: Comm, buf: Any, dest: int, tag: int) -> MPI.Request:
-    """Start sending the contiguous array ``buf`` to rank ``dest``."""
+
+def isend(comm: Comm, buf: Any, dest: int, tag: int) -> Request:
+    """Start sending the contiguous array ``buf`` to rank ``dest`` (GPU buffers staged if needed)."""
+    if needs_staging(buf):
+        return stager_of(comm).isend(comm.mpi, buf, dest, tag)
     synchronize(buf)
     return comm.mpi.Isend([buf, MPI.BYTE], dest, tag)
 
 
-def irecv(comm: Comm, buf: Any, source: int, tag: int) -> MPI.Request:
-    """Start receiving into the contiguous array ``buf`` from rank ``source``."""
+def irecv(comm: Comm, buf: Any, source: int, tag: int) -> Request:
+    """Start receiving into the contiguous array ``buf`` from rank ``source``.
+
+    The bytes are only guaranteed in ``buf`` after :func:`wait` / :func:`waitall` returns.
+    """
+    if needs_staging(buf):
+        return stager_of(comm).irecv(comm.mpi, buf, source, tag)
     return comm.mpi.Irecv([buf, MPI.BYTE], source, tag)
 
 
-def wait(request: MPI.Request, peer: int | None = None, step: str = "") -> None:
+_style = threading.local()
+_SPINS = 16  # tests before the first sleep: short waits stay fast
+
+
+def patient_waits(enabled: bool = True) -> None:
+    """Make this thread's waits poll with growing sleeps instead of spinning inside MPI."""
+    _style.patient = enabled
+
+
+def _poll(requests: list[MPI.Request]) -> None:
+    limit = config.get("engine_poll_us") * 1e-6
+    tries, pause = 0, 1e-6
+    while not MPI.Request.Testall(requests):
+        tries += 1
+        if tries > _SPINS and limit > 0:
+            time.sleep(pause)
+            pause = min(2 * pause, limit)
+
+
+def wait(request: Request, peer: int | None = None, step: str = "") -> None:
     """Block until ``request`` completes (``peer`` and ``step`` tell the watchdog what we wait for)."""
+    waitall([request], peer, step)
+
+
+def waitall(requests: Sequence[Request], peer: int | None = None, step: str = "") -> None:
+    """Block until every request completes (and staged receives are on their way to the device)."""
+    if not requests:
+        return
     waiting_on(peer, step)
-    request.Wait()
-
-
-def waitall(requests: Sequence[MPI.Request], peer: int | None = None, step: str = "") -> None:
-    """Block until every request completes."""
-    if requests:
-        waiting_on(peer, step)
-        MPI.Request.Waitall(list(requests))
+    plain = [r.request if isinstance(r, StagedRequest) else r for r in requests]
+    if getattr(_style, "patient", False):
+        _poll(plain)
+    else:
+        MPI.Request.Waitall(plain)
+    for r in requests:
+        if isinstance(r, StagedRequest):
+            r.complete()
 
 
 def sendrecv(comm: Comm, sendbuf: Any, dest: int, recvbuf: Any, source: int, tag: int) -> None:
     """Send ``sendbuf`` to ``dest`` while receiving ``recvbuf`` from ``source``; empty sides are skipped."""
+    if getattr(_style, "patient", False) or needs_staging(sendbuf) or needs_staging(recvbuf):
+        requests = [irecv(comm, recvbuf, source, tag)] if recvbuf.size else []
+        requests += [isend(comm, sendbuf, dest, tag)] if sendbuf.size else []
+        waitall(requests, source if recvbuf.size else dest, "sendrecv")
+        return
     waiting_on(source if recvbuf.size else dest, "sendrecv")
     if sendbuf.size and recvbuf.size:
         synchronize(sendbuf)
