@@ -176,3 +176,20 @@ def test_soak_counts_wrong_results_and_memory(tmp_path):
     assert summary["calls"] == 300 and summary["wrong"] == 0
     assert len(summary["rss_start_MiB"]) == 2 and all(m > 10 for m in summary["rss_end_MiB"])
     assert "largest growth" in result.stdout
+
+
+@pytest.mark.parametrize("compressor", [None, "fp16"])
+def test_overlap_reports_osu_columns(tmp_path, compressor):
+    out = tmp_path / "overlap.json"
+    args = ["-m", "mpicoll.bench", "overlap", "-b", "64K", "-e", "256K", "-n", "3", "--json", str(out)]
+    args += ["--compressor", compressor] if compressor else []
+    result = run_ranks(2, args, tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout
+    rows = json.loads(out.read_text())["results"]
+    assert [r["size"] for r in rows] == [65536, 262144]
+    for r in rows:
+        assert r["wrong"] == 0 and r["pure_s"] > 0 and r["overall_s"] > 0
+        assert r["compute_s"] > 0.5 * r["pure_s"]  # the dummy compute is calibrated to the pure time
+        assert 0 <= r["strict_pct"] <= 100 and 0 <= r["overlap_pct"] <= 100
+        assert r["algorithm"] == ("ring" if compressor is None else "auto")
+    assert "overlap(%)" in result.stdout and "out of bounds values : 0 OK" in result.stdout
