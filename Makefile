@@ -12,7 +12,7 @@ BENCH_ARGS ?= allreduce -b 4K -e 256M -f 4 --json bench-allreduce.json
 $(VENV)/.installed: setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[mpich,test,numba,cuda,bench]'
+	$(VENV)/bin/pip install -q -e '.[mpich,test,numba,cuda,bench,torch,examples]'
 	touch $@
 
 $(VENV_OMPI)/.installed: setup.py pyproject.toml

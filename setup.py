@@ -26,6 +26,7 @@ setup(
         "mpicoll.compression",
         "mpicoll.aggregation",
         "mpicoll.transport",
+        "mpicoll.torch",
         "mpicoll.kernels",
         "mpicoll.bench",
     ],
@@ -43,6 +44,7 @@ setup(
         "numba": ["numba>=0.59"],
         "cuda": ["cupy-cuda12x", "numba-cuda"],
         "torch": [TORCH_PIN],
+        "examples": ["scikit-learn>=1.3"],  # the digits data of the training example
         "bench": ["rich>=13", "matplotlib>=3.7"],
         "test": ["pytest>=7", "hypothesis>=6.80", "ruff>=0.5"],
     },

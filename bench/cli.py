@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .plot import add_parser as add_plot
     from .report import add_parser as add_report
     from .soak import add_parser as add_soak
+    from .torch_step import add_parser as add_torch_step
 
     add_report(sub)
     add_soak(sub)
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_compress(sub)
     add_compressed(sub)
     add_overlap(sub)
+    add_torch_step(sub)
     return parser
 
 
@@ -199,6 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .soak import run_soak
 
             return run_soak(args, comm)
+        if args.command == "torch-step":
+            from .torch_step import run_torch_step
+
+            return run_torch_step(args, comm)
         if args.command == "overlap":
             from .overlap import run_overlap
 

@@ -12,14 +12,9 @@ k-th largest magnitude by radix selection on the bit keys (16-bit digits, per-th
 
 from __future__ import annotations
 
-import os
+from . import threads as _threads  # noqa: F401 - sets Numba's thread count and OpenMP wait policy first
 
-# OpenMP worker threads spin between parallel regions by default; with several MPI ranks per
-# node that spinning starves the ranks' own busy-polling (a compressed all-reduce of 1000
-# elements took 0.2 s instead of 1 ms at 3 ranks on 2 cores). Sleep instead, unless told otherwise.
-# This must happen before Numba loads its OpenMP threading layer.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+# isort: split
 import numba
 import numpy as np
 from llvmlite import binding as llvm_binding

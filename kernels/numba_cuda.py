@@ -40,6 +40,9 @@ import operator
 import warnings
 from typing import Any
 
+from . import threads as _threads  # noqa: F401 - Numba's thread settings must precede its first import
+
+# isort: split
 import numba
 import numpy as np
 from numba import cuda

@@ -6,6 +6,8 @@ import importlib
 import importlib.util
 from dataclasses import dataclass
 
+from . import threads as _threads  # noqa: F401 - Numba's thread settings must precede its first import
+
 #: provider name -> the device it runs on
 PROVIDERS: dict[str, str] = {
     "numpy": "cpu",

@@ -89,11 +89,23 @@ class GradientBuckets:
             bucket.handle = None
         self._next = 0
 
-    def ready(self, name: Hashable) -> None:
-        """``name``'s array holds its final local value: launch every bucket that is now complete."""
+    def ready(self, name: Hashable, array: Any = None) -> None:
+        """``name``'s array holds its final local value: launch every bucket that is now complete.
+
+        ``array``: this step's array for ``name`` when it is a new object (a gradient re-allocated
+        after ``zero_grad``); same shape and dtype as the registered one. The result is written
+        back into it.
+        """
         bucket = self.bucket_of.get(name)
         if bucket is None:
             raise ArgumentError(f"GradientBuckets: no array named {name!r}")
+        if array is not None:
+            old = self.arrays[name]
+            if tuple(array.shape) != tuple(old.shape) or array.dtype != old.dtype or type(array) is not type(old):
+                raise ArgumentError(f"GradientBuckets: {name!r} was registered as {type(old).__name__} "
+                                    f"{tuple(old.shape)} {old.dtype}, now {type(array).__name__} "
+                                    f"{tuple(array.shape)} {array.dtype}")
+            self.arrays[name] = array
         if name not in bucket.pending:
             raise ArgumentError(f"GradientBuckets: {name!r} was marked ready twice in one step")
         bucket.pending.discard(name)

@@ -24,8 +24,9 @@ LAYERS = [
     ("mpicoll.__main__", 9),
 ]
 # third-party packages that only these modules may import (at any depth); the GPU check script
-# drives the device itself and compares with torch.topk
-HEAVY = {"torch": ("mpicoll.torch", "mpicoll.bench.gpu_check"), "numba": ("mpicoll.kernels",),
+# drives the device itself and compares with torch.topk; torch-step times training steps against DDP
+HEAVY = {"torch": ("mpicoll.torch", "mpicoll.bench.gpu_check", "mpicoll.bench.torch_step"),
+         "numba": ("mpicoll.kernels",),
          "cupy": ("mpicoll.kernels", "mpicoll.bench.gpu_check")}
 
 

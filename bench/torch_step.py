@@ -1,0 +1,124 @@
+"""``mpicoll-bench torch-step``: time per training step, mpicoll against DDP's own gloo all-reduce.
+
+Every variant trains its own copy of the same MLP on the same batches, in one process, measured
+side by side: rounds interleave the variants, and each reports the median over rounds of its mean
+step time (forward, backward, gradient all-reduce, optimizer step). Variants:
+
+- ``ddp-gloo``: ``DistributedDataParallel`` with its built-in gloo all-reduce (the baseline);
+- ``ddp-mpicoll``: the same DDP with mpicoll's communication hook (``--compressor`` optional);
+- ``optimizer``: no DDP, :class:`mpicoll.torch.DistributedOptimizer` (``--compressor`` optional).
+
+Needs torch (``pip install 'mpicoll[torch]'``); it is the only benchmark that imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mpicoll.transport import Comm
+
+from .harness import meta, say
+
+
+def add_parser(sub: Any) -> None:
+    """Register the ``torch-step`` subcommand."""
+    p = sub.add_parser("torch-step", help="training step time: mpicoll vs DDP's gloo all-reduce (needs torch)")
+    p.add_argument("--hidden", type=int, default=1024, help="MLP width (default 1024)")
+    p.add_argument("--layers", type=int, default=4, help="hidden layers (default 4)")
+    p.add_argument("--batch", type=int, default=32, help="samples per rank and step (default 32)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per variant and round (default 10)")
+    p.add_argument("--rounds", type=int, default=5, help="rounds; each variant reports its median (default 5)")
+    p.add_argument("--compressor", default="none", help="none, fp16, topk (1%% + EF) or sign (+ EF)")
+    p.add_argument("--bucket-mb", type=float, default=25.0, help="DDP bucket_cap_mb and our bucket size")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+
+
+def _compressor(name: str) -> Any:
+    from mpicoll import compression
+
+    return {"none": lambda: None, "fp16": lambda: compression.get("fp16"),
+            "topk": lambda: compression.ErrorFeedback(compression.get("topk", ratio=0.01)),
+            "sign": lambda: compression.ErrorFeedback(compression.get("sign"))}[name]()
+
+
+def _variants(args: argparse.Namespace, torch: Any, mt: Any) -> dict[str, Callable[[Any, Any], None]]:
+    """name -> one training step ``step(x, y)``."""
+    def mlp() -> Any:
+        torch.manual_seed(0)
+        layers: list[Any] = [torch.nn.Linear(64, args.hidden), torch.nn.ReLU()]
+        for _ in range(args.layers - 1):
+            layers += [torch.nn.Linear(args.hidden, args.hidden), torch.nn.ReLU()]
+        return torch.nn.Sequential(*layers, torch.nn.Linear(args.hidden, 10))
+
+    def stepper(net: Any, opt: Any) -> Callable[[Any, Any], None]:
+        def step(x: Any, y: Any) -> None:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+        return step
+
+    ddp = {"bucket_cap_mb": args.bucket_mb}
+    gloo = torch.nn.parallel.DistributedDataParallel(mlp(), **ddp)
+    hooked = torch.nn.parallel.DistributedDataParallel(mlp(), **ddp)
+    hooked.register_comm_hook(mt.HookState(_compressor(args.compressor)), mt.allreduce_hook)
+    plain = mlp()
+    wrapped = mt.DistributedOptimizer(torch.optim.SGD(plain.parameters(), lr=0.01), plain.named_parameters(),
+                                      compressor=_compressor(args.compressor),
+                                      bucket_bytes=int(args.bucket_mb * 2**20))
+    suffix = "" if args.compressor == "none" else f" {args.compressor}"
+    return {"ddp-gloo": stepper(gloo, torch.optim.SGD(gloo.parameters(), lr=0.01)),
+            f"ddp-mpicoll{suffix}": stepper(hooked, torch.optim.SGD(hooked.parameters(), lr=0.01)),
+            f"optimizer{suffix}": stepper(plain, wrapped)}
+
+
+def run_torch_step(args: argparse.Namespace, comm: Comm) -> int:
+    """The subcommand: a table of ms per step and the ratio to ddp-gloo."""
+    import torch
+
+    import mpicoll.torch as mt
+
+    torch.set_num_threads(1)
+    mt.init_process_group()
+    variants = _variants(args, torch, mt)
+    params = sum(p.numel() for p in torch.nn.Linear(64, args.hidden).parameters()) + \
+        (args.layers - 1) * (args.hidden * args.hidden + args.hidden) + args.hidden * 10 + 10
+    g = torch.Generator().manual_seed(comm.rank)
+    x, y = torch.rand(args.batch, 64, generator=g), torch.randint(0, 10, (args.batch,), generator=g)
+    run_meta = meta(comm)
+    say(comm, f"# mpicoll-bench torch-step: MLP 64-{args.hidden}x{args.layers}-10 ({params / 1e6:.2f} M parameters, "
+              f"{4 * params / 2**20:.1f} MiB of gradients), batch {args.batch} per rank, {comm.size} ranks, "
+              f"torch {torch.__version__}, {run_meta['mpi_library']}")
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for step in variants.values():  # warm-up: buckets built, kernels compiled, compression started
+        for _ in range(3):
+            step(x, y)
+    for _ in range(args.rounds):
+        for name, step in variants.items():
+            comm.mpi.Barrier()
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                step(x, y)
+            times[name].append(comm.mpi.allreduce(time.perf_counter() - start, op=_max()) / args.steps)
+    baseline = statistics.median(times["ddp-gloo"])
+    rows = [{"variant": name, "ms_per_step": 1e3 * statistics.median(t), "vs_ddp_gloo": statistics.median(t) / baseline}
+            for name, t in times.items()]
+    say(comm, f"{'variant':>24} {'ms/step':>10} {'vs ddp-gloo':>12}")
+    for r in rows:
+        say(comm, f"{r['variant']:>24} {r['ms_per_step']:10.2f} {r['vs_ddp_gloo']:12.2f}")
+    if args.json and comm.rank == 0:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump({"meta": run_meta, "parameters": params, "results": rows}, fh, indent=1)
+            fh.write("\n")
+    torch.distributed.destroy_process_group()
+    return 0
+
+
+def _max() -> Any:
+    from mpi4py import MPI
+
+    return MPI.MAX

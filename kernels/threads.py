@@ -1,0 +1,36 @@
+"""Thread settings for the Numba CPU kernels, applied before Numba is imported.
+
+Imported for its effect by :mod:`.numba_cpu`; the user's own environment variables always win.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# OpenMP worker threads spin between parallel regions by default; with several MPI ranks per
+# node that spinning starves the ranks' own busy-polling (a compressed all-reduce of 1000
+# elements took 0.2 s instead of 1 ms at 3 ranks on 2 cores). Sleep instead, unless told otherwise.
+# This must happen before Numba loads its OpenMP threading layer.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _local_ranks() -> int:
+    """MPI ranks on this node, from the launcher's environment (1 when not launched by one)."""
+    for name in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "PMI_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"):
+        value = os.environ.get(name, "").split("(")[0].split(",")[0]
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 1
+
+
+def _default_threads() -> int:
+    """A fair share of this process's cores: with several ranks per node, each rank's kernels get
+    cores / ranks threads; more would oversubscribe the node (parallel regions then wait for
+    descheduled threads: a 25K-element fp16 encode took 20 ms instead of 20 us at 4 ranks on 2 cores)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // _local_ranks())
+
+
+if "NUMBA_NUM_THREADS" not in os.environ and "numba" not in sys.modules:  # the user's setting wins
+    os.environ["NUMBA_NUM_THREADS"] = str(_default_threads())

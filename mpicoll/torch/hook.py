@@ -1,0 +1,90 @@
+"""A DDP communication hook on mpicoll: ``ddp.register_comm_hook(HookState(...), allreduce_hook)``.
+
+torch's contract: the hook gets a ``GradBucket`` (one flat gradient buffer per bucket) and returns
+a ``Future`` whose value is the bucket's averaged gradient. Here the bucket goes to mpicoll's
+non-blocking (compressed) all-reduce on a NumPy/CuPy view of the buffer, and the engine thread
+completes the future, so DDP keeps computing gradients while buckets travel.
+
+DDP rebuilds its buckets once, after the first iteration (in the order gradients became ready).
+Error-feedback residuals are kept per bucket, so compression starts only at iteration
+``start_iter`` (default 2), as PyTorch's PowerSGD hook does: before that, buckets are averaged
+uncompressed and no residual can belong to a bucket layout that is about to change.
+"""
+
+# No `from __future__ import annotations` here: DDP checks the hook's annotations as objects.
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..aggregation import compressed_iallreduce
+from ..collectives import iallreduce
+from ..collectives.nonblocking import Handle
+from ..compression import Compressor
+from ..errors import ArgumentError
+from .tensors import as_array, as_tensor
+
+
+class HookState:
+    """What :func:`allreduce_hook` needs: compressor, communicator, iteration count.
+
+    Args:
+        compressor: ``None`` for a plain average, else any mpicoll compressor (wrap it in
+            :class:`~mpicoll.compression.ErrorFeedback` for error feedback).
+        comm: the communicator (default: a private duplicate of ``COMM_WORLD``).
+        algorithm: the all-reduce algorithm (``"auto"``).
+        start_iter: the first iteration that compresses (at least 2, see the module docstring).
+    """
+
+    def __init__(self, compressor: Compressor | None = None, *, comm: Any = None, algorithm: str = "auto",
+                 start_iter: int = 2) -> None:
+        if compressor is not None and not isinstance(compressor, Compressor):
+            raise ArgumentError(f"HookState: compressor must be an mpicoll compressor or None, got {compressor!r}")
+        if start_iter < 2 and compressor is not None:
+            raise ArgumentError(f"HookState: start_iter={start_iter}; it must be at least 2, because DDP "
+                                f"rebuilds its buckets after the first iteration")
+        self.compressor, self.comm, self.algorithm, self.start_iter = compressor, comm, algorithm, start_iter
+        self.iteration = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """The iteration count and the compressor's state (error-feedback residuals), to checkpoint."""
+        return {"iteration": self.iteration,
+                "compressor": None if self.compressor is None else self.compressor.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.iteration = int(state["iteration"])
+        if self.compressor is not None and state.get("compressor") is not None:
+            self.compressor.load_state_dict(state["compressor"])
+
+
+def _complete(future: torch.futures.Future, handle: Handle, buffer: torch.Tensor, array: Any) -> None:
+    """Runs on the engine's thread: hand the result (or the error) to DDP through the future."""
+    try:
+        result = handle.wait()
+        if result is not array:  # the compressed path returns a new array
+            buffer.copy_(as_tensor(result, buffer).view_as(buffer))
+        future.set_result(buffer)
+    except BaseException as exc:  # handed to whoever waits on the future
+        future.set_exception(exc)
+
+
+def allreduce_hook(state: "HookState | None", bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """Average ``bucket``'s gradients over all ranks with mpicoll (DDP communication hook).
+
+    Register with ``ddp_model.register_comm_hook(HookState(compressor), allreduce_hook)``
+    (``None`` as the state: a plain average with default settings).
+    """
+    state = state if state is not None else HookState()
+    buffer = bucket.buffer()
+    array = as_array(buffer)
+    if state.compressor is None or state.iteration < state.start_iter:
+        handle = iallreduce(array, "avg", algorithm=state.algorithm, comm=state.comm, out=array)
+    else:
+        handle = compressed_iallreduce(array, state.compressor, key=("ddp", bucket.index()), comm=state.comm,
+                                       average=True, algorithm=state.algorithm)
+    if bucket.is_last():
+        state.iteration += 1
+    future: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+    handle.add_done_callback(lambda h: _complete(future, h, buffer, array))
+    return future
