@@ -10,7 +10,8 @@ MPI across namespaces: the launcher runs in the first host; a generated "ssh" ru
 command with ``ip netns exec`` in a UTS namespace of its own, whose hostname is the host's name.
 Shared memory must be ruled out or MPI would bypass the links: every host has its own address
 and hostname (so MPI sees different nodes), and TCP is forced
-(``UCX_TLS=tcp,self`` for the MPICH wheel, ``--mca pml ob1 --mca btl tcp,self`` for Open MPI).
+(``UCX_TLS=tcp,self`` for the MPICH wheel, ``--mca pml ob1 --mca btl tcp,self,sm`` for Open MPI;
+ranks on one host still share memory, as on a real node).
 Addresses are ``10.77.<n>.<i>/24``, private and only reachable inside these namespaces.
 """
 
@@ -126,24 +127,28 @@ exec ip netns exec "$ns" unshare --uts /bin/sh -c 'hostname "$0" && eval "$1"' "
             counts.append(int(out.stdout))
         return counts
 
-    def mpiexec(self, command: Sequence[str], ranks_per_host: int = 1) -> list[str]:
-        """The command line that runs ``command`` on every host, one rank per host, over TCP."""
+    def mpiexec(self, command: Sequence[str], ranks_per_host: int | Sequence[int] = 1) -> list[str]:
+        """The command line that runs ``command`` across the hosts over TCP: ``ranks_per_host`` ranks
+        on every host, or ``ranks_per_host[i]`` on host ``i`` (uneven hosts). Ranks on one host
+        talk through shared memory, as on a real node."""
+        per_host = [ranks_per_host] * self.hosts if isinstance(ranks_per_host, int) else list(ranks_per_host)
+        if len(per_host) != self.hosts or min(per_host) < 1:
+            raise ValueError(f"ranks_per_host {ranks_per_host!r} does not fit {self.hosts} hosts")
         mpiexec = str(Path(sys.prefix) / "bin" / "mpiexec")
         version = subprocess.run([mpiexec, "--version"], capture_output=True, text=True).stdout
-        n = str(self.hosts * ranks_per_host)
+        n = str(sum(per_host))
+        hosts = ",".join(f"{a}:{k}" for a, k in zip(self.addresses, per_host, strict=True))
         if "Open MPI" in version or "OpenRTE" in version:
-            hosts = ",".join(f"{a}:{ranks_per_host}" for a in self.addresses)
             launch = [mpiexec, "--allow-run-as-root", "--map-by", "node:OVERSUBSCRIBE", "--prtemca", "plm_ssh_agent",
-                      str(self.workdir / "ssh"), "--mca", "pml", "ob1", "--mca", "btl", "tcp,self",
+                      str(self.workdir / "ssh"), "--mca", "pml", "ob1", "--mca", "btl", "tcp,self,sm",
                       "--mca", "btl_tcp_if_include", "eth0", "--host", hosts, "-n", n]
         else:
-            hosts = ",".join(f"{a}:{ranks_per_host}" for a in self.addresses)
             launch = [mpiexec, "-launcher", "ssh", "-launcher-exec", str(self.workdir / "ssh"), "-hosts", hosts,
                       "-genv", "UCX_TLS", "tcp,self", "-genv", "UCX_NET_DEVICES", "eth0", "-n", n]
         return ["ip", "netns", "exec", self.names[0], "unshare", "--uts", "/bin/sh", "-c", 'hostname "$0" && exec "$@"',
                 self.names[0], *launch, *command]
 
-    def run(self, command: Sequence[str], timeout: float | None = None, ranks_per_host: int = 1,
+    def run(self, command: Sequence[str], timeout: float | None = None, ranks_per_host: int | Sequence[int] = 1,
             **kwargs: object) -> subprocess.CompletedProcess:
         """Run ``command`` under MPI across the hosts (``subprocess.run`` keyword arguments pass through)."""
         return subprocess.run(self.mpiexec(command, ranks_per_host), timeout=timeout, **kwargs)
@@ -161,7 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = sub.add_parser("run", help="bring the bed up, run a command under MPI across it, tear it down")
     run.add_argument("--hosts", type=int, default=3)
     run.add_argument("--rate", default="200mbit", help="tc tbf rate of every host's egress (default 200mbit)")
-    run.add_argument("--ranks-per-host", type=int, default=1)
+    run.add_argument("--ranks-per-host", default="1",
+                     help="ranks on every host, or per host comma-separated, e.g. 2,1 (default 1)")
     run.add_argument("command", nargs=argparse.REMAINDER, help="after --: the command each rank runs")
     args = parser.parse_args(argv)
     ok, why = available()
@@ -171,7 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     with NetBed(args.hosts, args.rate) as bed:
         before = bed.tx_bytes()
-        done = bed.run(command, ranks_per_host=args.ranks_per_host)
+        per_host = [int(k) for k in args.ranks_per_host.split(",")]
+        done = bed.run(command, ranks_per_host=per_host[0] if len(per_host) == 1 else per_host)
         sent = [after - b for after, b in zip(bed.tx_bytes(), before, strict=True)]
         print(f"# netbed: {args.hosts} hosts at {args.rate}; bytes each host sent on its link: {sent}", flush=True)
         return done.returncode

@@ -146,6 +146,11 @@ SETTINGS: dict[str, Setting] = {
             "bad value are reported on every rank.",
         ),
         Setting(
+            "host_layout", "", str.strip, _str,
+            "Ranks per host in rank order, e.g. '2,1', for communicators of that size, instead of asking "
+            "MPI which ranks share memory (for tests and test beds; empty = ask MPI).",
+        ),
+        Setting(
             "engine_poll_us", 200.0, float, _float_range(0.0, 100000.0),
             "The non-blocking engine waits by polling with sleeps that grow up to this many microseconds, "
             "so its thread leaves the cores to the caller's compute (0 = spin inside MPI, as a blocking "

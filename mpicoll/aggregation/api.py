@@ -11,7 +11,8 @@ sparse      sparse_allgather, sparse_rd (SparCML)        sparse_allgather up to 
                                                          sparse_rd beyond
 quantized   two_phase (compressed reduce-scatter +       two_phase
             compressed allgather)
-any         two_phase
+any         two_phase; hierarchical (exact sums inside   hierarchical when the ranks span
+            each host, the path above between hosts)     several hosts, several on some
 ==========  ===========================================  =================================
 
 Other combinations (a dense algorithm with a sparse compressor, say) raise
@@ -34,17 +35,19 @@ from ..compression import Compressor
 from ..errors import ArgumentError, DtypeError, PayloadError, UnsupportedError, accepted
 from ..transport import Comm, as_comm
 from ..transport.watchdog import refine, watched
-from . import sparse, summable, two_phase  # noqa: F401  (registration)
+from . import hierarchical, sparse, summable, two_phase  # noqa: F401  (registration)
 
 _ALLOWED = {
-    "dense": (*summable.DENSE, "two_phase"),
-    "summable": (*summable.DENSE, "two_phase"),
-    "sparse": ("sparse_allgather", "sparse_rd", "two_phase"),
-    "quantized": ("two_phase",),
+    "dense": (*summable.DENSE, "two_phase", "hierarchical"),
+    "summable": (*summable.DENSE, "two_phase", "hierarchical"),
+    "sparse": ("sparse_allgather", "sparse_rd", "two_phase", "hierarchical"),
+    "quantized": ("two_phase", "hierarchical"),
 }
 
 
-def _choose(kind: str, x: Any, comm: Comm) -> str:
+def choose_path(compressor: Compressor, x: Any, comm: Comm) -> str:
+    """The flat path ``auto`` takes for ``compressor`` on ``comm`` (no hierarchy)."""
+    kind = compressor.kind
     if kind == "sparse":
         return "sparse_allgather" if comm.size <= 4 else "sparse_rd"
     if kind == "quantized":
@@ -55,7 +58,10 @@ def _choose(kind: str, x: Any, comm: Comm) -> str:
 
 def _resolve(compressor: Compressor, algorithm: str, x: Any, comm: Comm) -> str:
     kind = compressor.kind
-    name = _choose(kind, x, comm) if algorithm == "auto" else algorithm
+    if algorithm == "auto":
+        name = "hierarchical" if comm.several_ranks_on_several_hosts else choose_path(compressor, x, comm)
+    else:
+        name = algorithm
     if name not in algorithm_names("compressed_allreduce"):
         raise UnsupportedError(f"compressed_allreduce: unknown algorithm {name!r}; accepted: "
                                f"{accepted([*algorithm_names('compressed_allreduce'), 'auto'])}")

@@ -3,7 +3,7 @@
 Importing this package registers every algorithm (one module each) with :mod:`.registry`.
 """
 
-from . import native, rabenseifner, recursive_doubling, ring, tree  # noqa: F401  (registration)
+from . import hierarchical, native, rabenseifner, recursive_doubling, ring, tree  # noqa: F401  (registration)
 from .api import allgather, allreduce, broadcast, reduce, reduce_scatter
 from .nonblocking import Handle, iallgather, iallreduce, ibroadcast, ireduce, ireduce_scatter, wait_all
 from .ops import ReduceOp, op_names

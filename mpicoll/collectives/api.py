@@ -24,7 +24,10 @@ from .validate import Agreement
 
 
 def _resolve(collective: str, algorithm: str, nbytes: int, comm: Comm) -> tuple[str, Any]:
-    name = auto.choose(collective, nbytes, comm.size) if algorithm == "auto" else algorithm
+    if algorithm == "auto" and collective == "allreduce" and comm.several_ranks_on_several_hosts:
+        name = "hierarchical"  # one crossing of the network per host instead of one per rank
+    else:
+        name = auto.choose(collective, nbytes, comm.size) if algorithm == "auto" else algorithm
     refine(name)
     return name, get_algorithm(collective, name)
 
@@ -42,8 +45,10 @@ def allreduce(x: Any, op: str | ReduceOp = "sum", *, algorithm: str = "auto", co
     Args:
         x: this rank's contribution (NumPy or CuPy array, any shape; float16/32/64, int32/64).
         op: ``"sum"``, ``"prod"``, ``"min"``, ``"max"`` or ``"avg"`` (sum / number of ranks, float only).
-        algorithm: ``"auto"``, ``"ring"``, ``"tree"``, ``"recursive_doubling"``, ``"rabenseifner"`` or
-            ``"native"`` (``MPI_Allreduce``).
+        algorithm: ``"auto"``, ``"ring"``, ``"tree"``, ``"recursive_doubling"``, ``"rabenseifner"``,
+            ``"hierarchical"`` (shared memory inside hosts, the network between them) or ``"native"``
+            (``MPI_Allreduce``). ``auto`` picks ``hierarchical`` when the ranks span several hosts
+            with several ranks on some host, else it reads the tuned table.
         comm: an :class:`mpicoll.Comm`, an mpi4py communicator, or ``None`` for the default.
         out: where to write the result (same shape and dtype as ``x``); ``out=x`` works in place.
 

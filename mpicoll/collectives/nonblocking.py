@@ -86,7 +86,7 @@ class Engine:
     """Runs queued collectives, in order, on a background thread and a private communicator."""
 
     def __init__(self, comm: Comm) -> None:
-        self.comm = Comm(comm.mpi)  # a Dup (collective): the engine's messages never meet the caller's
+        self.comm = Comm(comm.mpi, hosts=comm.hosts)  # a Dup (collective): its messages never meet the caller's
         self._queue: queue.SimpleQueue[tuple[Handle, Callable[[Comm], Any]] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"mpicoll-engine-{comm.rank}", daemon=True)
         self._thread.start()
@@ -109,9 +109,10 @@ class Engine:
                 handle._finish(error=exc)
 
     def close(self) -> None:
-        """Finish what is queued, then stop the thread."""
+        """Finish what is queued, stop the thread and free the engine's communicator. Collective."""
         self._queue.put(None)
         self._thread.join()
+        self.comm.free()
 
 
 _warned_thread_level = False

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ArgumentError
 from .scratch import ScratchPool
+from .topology import host_layout
 
 if TYPE_CHECKING:
     from mpi4py import MPI
@@ -35,12 +36,14 @@ class Comm:
         ...     y = mpicoll.allreduce(x, comm=comm)
     """
 
-    def __init__(self, comm: MPI.Comm | None = None, *, dup: bool = True) -> None:
+    def __init__(self, comm: MPI.Comm | None = None, *, dup: bool = True, hosts: tuple[int, ...] | None = None) -> None:
         from mpi4py import MPI
 
         base = MPI.COMM_WORLD if comm is None else comm
         if not isinstance(base, MPI.Intracomm) or base == MPI.COMM_NULL:
             raise ArgumentError(f"Comm() needs an mpi4py intracommunicator, got {type(base).__name__}")
+        if hosts is not None and len(hosts) != base.Get_size():
+            raise ArgumentError(f"Comm(): hosts has {len(hosts)} entries for {base.Get_size()} ranks")
         self.mpi: MPI.Comm = base.Dup() if dup else base
         self._owned = dup
         self.rank: int = self.mpi.Get_rank()
@@ -49,6 +52,8 @@ class Comm:
         self._tag_span = max(1, min(int(tag_ub), 1 << 22) - _FIRST_TAG)
         self._tags = itertools.count()  # next() on a count is atomic under the GIL: no lock needed
         self.scratch = ScratchPool()
+        #: the host index of every rank (collective to find out, so done here, where all ranks are)
+        self.hosts: tuple[int, ...] = host_layout(self.mpi) if hosts is None else hosts
         from .watchdog import install_abort_hook
 
         install_abort_hook(MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size())
@@ -63,8 +68,17 @@ class Comm:
         """
         return _FIRST_TAG + next(self._tags) % self._tag_span
 
+    @property
+    def several_ranks_on_several_hosts(self) -> bool:
+        """Whether the ranks span more than one host and some host runs more than one of them."""
+        return len(set(self.hosts)) > 1 and len(self.hosts) > len(set(self.hosts))
+
     def free(self) -> None:
-        """Free the duplicated communicator and the scratch buffers. Collective."""
+        """Free the duplicated communicator, what was built on it and the scratch buffers. Collective."""
+        for item in list(self.cache.values()):
+            close = getattr(item, "close", None)
+            if close is not None:  # a progress engine, sub-communicators
+                close()
         self.scratch.clear()
         self.cache.clear()
         if self._owned and self.mpi is not None:

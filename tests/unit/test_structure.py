@@ -20,14 +20,16 @@ LAYERS = [
     ("mpicoll.collectives", 5), ("mpicoll.compression", 5),
     ("mpicoll.aggregation", 6),
     ("mpicoll", 7),  # the package facade (it exposes every layer): only the front ends may import it
-    ("mpicoll.bench", 8), ("mpicoll.torch", 8), ("mpicoll.info", 8),
+    ("mpicoll.torch", 7),  # the PyTorch adapter: below the benchmark suite, whose torch-step times it
+    ("mpicoll.bench", 8), ("mpicoll.info", 8),
     ("mpicoll.__main__", 9),
 ]
 # third-party packages that only these modules may import (at any depth); the GPU check script
-# drives the device itself and compares with torch.topk; torch-step times training steps against DDP
+# drives the device itself and compares with torch.topk; torch-step times training steps against DDP;
+# the adapter hands CUDA tensors to mpicoll as CuPy arrays (DLPack)
 HEAVY = {"torch": ("mpicoll.torch", "mpicoll.bench.gpu_check", "mpicoll.bench.torch_step"),
          "numba": ("mpicoll.kernels",),
-         "cupy": ("mpicoll.kernels", "mpicoll.bench.gpu_check")}
+         "cupy": ("mpicoll.kernels", "mpicoll.bench.gpu_check", "mpicoll.torch.tensors")}
 
 
 def module_name(path: Path) -> str:

@@ -1,0 +1,49 @@
+"""Compressed hierarchical all-reduce: exact sums inside each host, compression only between hosts.
+
+The hierarchical schedule of :mod:`mpicoll.collectives.hierarchical` with a compressed cross-host
+step: each shard's owners (one per host) run the compressed all-reduce path that ``auto`` picks for
+the compressor on their communicator, keyed ``(key, "shard", s)`` so that error feedback keeps one
+residual per shard. Inside a host nothing is compressed (shared memory is not the bottleneck),
+and with one host nothing is compressed at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any
+
+import numpy as np
+
+from ..collectives.hierarchical import run_hierarchical
+from ..collectives.ops import get_op
+from ..collectives.registry import get_algorithm, register
+from ..compression import Compressor
+from ..transport import Comm
+from .path import Path, Prepared
+
+
+class HierarchicalPath(Path):
+    """See the module docstring."""
+
+    def prepare(self, comm: Comm, x: Any, compressor: Compressor, key: Hashable) -> Prepared:
+        flat = np.ascontiguousarray(x).reshape(-1)
+        work = flat.astype(np.float32) if flat.dtype == np.float16 else flat  # sums in float32 for float16
+        return Prepared(compressor, None, parts=(x.shape, x.dtype, work, key))
+
+    def run(self, comm: Comm, prepared: Prepared) -> Any:
+        from .api import choose_path  # the api module registers this one: import it late
+
+        shape, dtype, work, key = prepared.parts
+        total = np.empty_like(work)
+
+        def cross(cross_comm: Comm, piece: Any, shard: int) -> None:
+            inner = get_algorithm("compressed_allreduce", choose_path(prepared.compressor, piece, cross_comm))
+            part = inner.prepare(cross_comm, piece, prepared.compressor, (key, "shard", shard))
+            piece[...] = inner.run(cross_comm, part)
+            prepared.errors.extend(part.errors)
+
+        run_hierarchical(comm, work, total, get_op("sum"), cross)
+        return total.astype(dtype, copy=False).reshape(shape)
+
+
+register("compressed_allreduce", "hierarchical")(HierarchicalPath())
