@@ -17,7 +17,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 def _local_ranks() -> int:
     """MPI ranks on this node, from the launcher's environment (1 when not launched by one)."""
-    for name in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "PMI_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"):
+    for name in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "PMI_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE",
+                 "SLURM_TASKS_PER_NODE"):  # the last one reads like "2(x3),1": its first number
         value = os.environ.get(name, "").split("(")[0].split(",")[0]
         if value.isdigit() and int(value) > 0:
             return int(value)
@@ -28,7 +29,10 @@ def _default_threads() -> int:
     """A fair share of this process's cores: with several ranks per node, each rank's kernels get
     cores / ranks threads; more would oversubscribe the node (parallel regions then wait for
     descheduled threads: a 25K-element fp16 encode took 20 ms instead of 20 us at 4 ranks on 2 cores)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    machine = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else machine
+    if cores < machine:  # the launcher bound this rank to its share of the cores already
+        return cores
     return max(1, cores // _local_ranks())
 
 

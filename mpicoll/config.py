@@ -171,6 +171,7 @@ class Config:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values: dict[str, Any] | None = None
+        self._thread = threading.local()
 
     def _load(self) -> dict[str, Any]:
         with self._lock:
@@ -207,7 +208,10 @@ class Config:
             raise ConfigError(f"unknown mpicoll setting {key!r}; accepted: {', '.join(SETTINGS)}") from None
 
     def get(self, key: str) -> Any:
-        """Return the current value of ``key``."""
+        """Return the current value of ``key`` (this thread's :meth:`pinned` values first)."""
+        pinned = getattr(self._thread, "values", None)
+        if pinned is not None and key in pinned:
+            return pinned[key]
         values = self._values
         if values is not None and key in values:  # the hot path: one dict lookup, no lock
             return values[key]
@@ -237,6 +241,18 @@ class Config:
             yield
         finally:
             current.update(saved)
+
+    @contextmanager
+    def pinned(self, values: dict[str, Any]) -> Iterator[None]:
+        """Inside the block, this thread reads ``values`` (from :meth:`as_dict`), whatever other
+        threads set meanwhile: the non-blocking engine runs each collective with the settings in
+        force when it was started, so every rank runs it the same way."""
+        previous = getattr(self._thread, "values", None)
+        self._thread.values = values
+        try:
+            yield
+        finally:
+            self._thread.values = previous
 
     def as_dict(self) -> dict[str, Any]:
         """A copy of every key and its current value."""

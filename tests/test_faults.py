@@ -65,7 +65,7 @@ def test_the_watchdog_names_the_stalled_collective(tmp_path, validate):
     out, seconds, code = launch(tmp_path, "stall", "mpicoll.run",
                                 {"MPICOLL_TIMEOUT": "2", "MPICOLL_VALIDATE": validate})
     assert code != 0 and seconds < 15, (seconds, out)
-    assert "mpicoll watchdog: rank" in out and "in allreduce (ring" in out, out
+    assert "mpicoll watchdog: rank" in out and "in allreduce (ring" in out, (code, seconds, out)
     if validate == "0":
         assert "for rank 1" in out, out  # the ranks next to the stalled one name it
     else:

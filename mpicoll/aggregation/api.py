@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backend import is_cupy
 from ..collectives import auto
 from ..collectives.buffers import check_array, check_finite
 from ..collectives.nonblocking import Handle, start
@@ -65,6 +66,10 @@ def _resolve(compressor: Compressor, algorithm: str, x: Any, comm: Comm) -> str:
     if name not in algorithm_names("compressed_allreduce"):
         raise UnsupportedError(f"compressed_allreduce: unknown algorithm {name!r}; accepted: "
                                f"{accepted([*algorithm_names('compressed_allreduce'), 'auto'])}")
+    if is_cupy(x) and name not in summable.DENSE:
+        raise UnsupportedError(f"compressed_allreduce: GPU arrays work with the summable compressors on "
+                               f"{accepted(list(summable.DENSE))} (fp16, bf16, randomk, none); {name!r} runs on "
+                               f"the host: pass x.get() or use a summable compressor")
     if name not in _ALLOWED[kind]:
         raise UnsupportedError(f"compressed_allreduce: algorithm {name!r} cannot carry {kind} payloads of "
                                f"{compressor.name!r}; for {kind} compressors use {accepted([*_ALLOWED[kind], 'auto'])}")
@@ -135,4 +140,5 @@ def compressed_iallreduce(x: Any, compressor: Compressor, *, key: Hashable = Non
     another thread until ``wait()`` returns.
     """
     return start(comm, "compressed_iallreduce",
-                 lambda c: compressed_allreduce(x, compressor, key=key, comm=c, average=average, algorithm=algorithm))
+                 lambda c: compressed_allreduce(x, compressor, key=key, comm=c, average=average, algorithm=algorithm),
+                 x)

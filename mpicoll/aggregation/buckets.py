@@ -13,6 +13,7 @@ error-feedback keys (one per bucket) stay valid.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,12 +131,18 @@ class GradientBuckets:
         if missing:
             raise ArgumentError(f"GradientBuckets: {len(missing)} array(s) never marked ready this step, e.g. "
                                 f"{missing[:5]}; call ready() for every array before wait()")
-        for bucket in self.buckets:
-            result = bucket.handle.wait()
-            for name, start, stop in zip(bucket.names, bucket.offsets, bucket.offsets[1:], strict=False):
-                target = self.arrays[name]
-                target[...] = result[start:stop].reshape(target.shape)
-        self._reset()
+        try:
+            for bucket in self.buckets:
+                result = bucket.handle.wait()
+                for name, start, stop in zip(bucket.names, bucket.offsets, bucket.offsets[1:], strict=False):
+                    target = self.arrays[name]
+                    target[...] = result[start:stop].reshape(target.shape)
+        finally:  # an error in one step must not leave the next one "marked ready twice"
+            for bucket in self.buckets:
+                if bucket.handle is not None and not bucket.handle.done:
+                    with contextlib.suppress(Exception):  # the first error is the one raised
+                        bucket.handle.wait()
+            self._reset()
 
     def allreduce_all(self) -> None:
         """Mark every array ready (in reverse order) and wait: one call for the whole set."""

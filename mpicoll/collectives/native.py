@@ -21,20 +21,27 @@ from .registry import register
 
 def _staged(comm: Comm, sendbuf: Any, recvbuf: Any | None, call: Callable[[Any, Any], None]) -> bool:
     """If the buffers must be staged: run ``call(host_send, host_recv)`` on pinned host copies (the
-    same one when in place), queue the result's copy back to the device, and return True."""
+    very same array when in place, so ``recv is send`` still tells), queue the result's copy back
+    to the device, and return True. The host buffers go back to the pool whatever happens."""
     if not needs_staging(sendbuf):
         return False
     stager = stager_of(comm)
     send = stager.host_copy(sendbuf)
-    if recvbuf is None:
-        call(send.view(sendbuf.dtype), None)
-        stager.release(send)
-        return True
-    recv = send if recvbuf is sendbuf else stager.pool.acquire(recvbuf.nbytes)
-    call(send.view(sendbuf.dtype), recv.view(recvbuf.dtype))
-    stager.copy_back(recv, recvbuf)
-    if recv is not send:
-        stager.release(send)
+    in_place = recvbuf is sendbuf
+    recv = None if recvbuf is None or in_place else stager.pool.acquire(recvbuf.nbytes)
+    done = False
+    try:
+        send_view = send.view(sendbuf.dtype)
+        call(send_view, None if recvbuf is None else send_view if in_place else recv.view(recvbuf.dtype))
+        done = True
+    finally:
+        result = send if in_place else recv
+        if done and result is not None:
+            stager.copy_back(result, recvbuf)
+        elif result is not None:
+            stager.release(result)
+        if not in_place:
+            stager.release(send)
     return True
 
 

@@ -18,12 +18,15 @@ The input arrays must not be modified, and ``out`` not read, until ``wait()`` re
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
 
+from ..backend import is_cupy, synchronize
+from ..config import config
 from ..transport import Comm, as_comm
 from ..transport.p2p import patient_waits
 from .api import allgather, allreduce, broadcast, reduce, reduce_scatter
@@ -41,21 +44,32 @@ class Handle:
         self._callbacks: list[Callable[[Handle], None]] = []
 
     def _finish(self, result: Any = None, error: BaseException | None = None) -> None:
-        self._result, self._error = result, error
+        """Record the outcome once; then run the callbacks (their failures never change it)."""
         with self._lock:
+            if self._event.is_set():
+                return
+            self._result, self._error = result, error
             self._event.set()
             callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
+            self._call(callback)
+
+    def _call(self, callback: Callable[[Handle], None]) -> None:
+        try:
             callback(self)
+        except BaseException as exc:  # a faulty callback must not take the engine down
+            warnings.warn(f"mpicoll: a done-callback of {self.description} raised {type(exc).__name__}: {exc}",
+                          stacklevel=2)
 
     def add_done_callback(self, callback: Callable[[Handle], None]) -> None:
         """Call ``callback(handle)`` once the collective finishes: at once if it has, else from the
-        engine's thread. The callback may call :meth:`wait` (it returns at once) and must not block."""
+        engine's thread. The callback may call :meth:`wait` (it returns at once) and must not block;
+        an exception it raises is reported as a warning and changes nothing."""
         with self._lock:
             if not self._event.is_set():
                 self._callbacks.append(callback)
                 return
-        callback(self)
+        self._call(callback)
 
     @property
     def done(self) -> bool:
@@ -87,13 +101,15 @@ class Engine:
 
     def __init__(self, comm: Comm) -> None:
         self.comm = Comm(comm.mpi, hosts=comm.hosts)  # a Dup (collective): its messages never meet the caller's
-        self._queue: queue.SimpleQueue[tuple[Handle, Callable[[Comm], Any]] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Handle, Callable[[Comm], Any], dict[str, Any], Any] | None] = \
+            queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"mpicoll-engine-{comm.rank}", daemon=True)
         self._thread.start()
 
-    def submit(self, description: str, work: Callable[[Comm], Any]) -> Handle:
+    def submit(self, description: str, work: Callable[[Comm], Any], like: Any = None) -> Handle:
+        """Queue ``work``; it runs with the configuration of now and on ``like``'s GPU, if any."""
         handle = Handle(description)
-        self._queue.put((handle, work))
+        self._queue.put((handle, work, config.as_dict(), like))
         return handle
 
     def _run(self) -> None:
@@ -102,9 +118,12 @@ class Engine:
             item = self._queue.get()
             if item is None:
                 return
-            handle, work = item
+            handle, work, settings, like = item
             try:
-                handle._finish(result=work(self.comm))
+                with config.pinned(settings), _on_device_of(like):
+                    result = work(self.comm)
+                    synchronize(like)  # GPU results are complete when wait() returns, on any stream
+                handle._finish(result=result)
             except BaseException as exc:  # handed to wait(): the engine itself keeps going
                 handle._finish(error=exc)
 
@@ -137,11 +156,17 @@ def engine_of(comm: Any) -> Engine | None:
     return engine
 
 
-def start(comm: Any, description: str, work: Callable[[Comm], Any]) -> Handle:
-    """Queue ``work(engine_comm)`` on ``comm``'s engine (or run it now without one)."""
+def _on_device_of(array: Any) -> Any:
+    """``with`` this: CuPy work on ``array``'s GPU (the current device is per thread)."""
+    return array.device if is_cupy(array) else contextlib.nullcontext()
+
+
+def start(comm: Any, description: str, work: Callable[[Comm], Any], like: Any = None) -> Handle:
+    """Queue ``work(engine_comm)`` on ``comm``'s engine (or run it now without one); ``like``: the
+    input array, whose GPU the engine then works on."""
     engine = engine_of(comm)
     if engine is not None:
-        return engine.submit(description, work)
+        return engine.submit(description, work, like)
     handle = Handle(description)
     try:
         handle._finish(result=work(as_comm(comm)))
@@ -157,27 +182,27 @@ def wait_all(handles: list[Handle], timeout: float | None = None) -> list[Any]:
 
 def iallreduce(x: Any, op: str = "sum", *, algorithm: str = "auto", comm: Any = None, out: Any = None) -> Handle:
     """Non-blocking :func:`~mpicoll.allreduce`; ``wait()`` returns the result."""
-    return start(comm, "iallreduce", lambda c: allreduce(x, op, algorithm=algorithm, comm=c, out=out))
+    return start(comm, "iallreduce", lambda c: allreduce(x, op, algorithm=algorithm, comm=c, out=out), x)
 
 
 def ireduce_scatter(x: Any, op: str = "sum", *, counts: Any = None, algorithm: str = "auto", comm: Any = None,
                     out: Any = None) -> Handle:
     """Non-blocking :func:`~mpicoll.reduce_scatter`."""
     return start(comm, "ireduce_scatter",
-                 lambda c: reduce_scatter(x, op, counts=counts, algorithm=algorithm, comm=c, out=out))
+                 lambda c: reduce_scatter(x, op, counts=counts, algorithm=algorithm, comm=c, out=out), x)
 
 
 def iallgather(x: Any, *, counts: Any = None, algorithm: str = "auto", comm: Any = None, out: Any = None) -> Handle:
     """Non-blocking :func:`~mpicoll.allgather`."""
-    return start(comm, "iallgather", lambda c: allgather(x, counts=counts, algorithm=algorithm, comm=c, out=out))
+    return start(comm, "iallgather", lambda c: allgather(x, counts=counts, algorithm=algorithm, comm=c, out=out), x)
 
 
 def ibroadcast(x: Any, root: int = 0, *, algorithm: str = "auto", comm: Any = None, out: Any = None) -> Handle:
     """Non-blocking :func:`~mpicoll.broadcast`."""
-    return start(comm, "ibroadcast", lambda c: broadcast(x, root, algorithm=algorithm, comm=c, out=out))
+    return start(comm, "ibroadcast", lambda c: broadcast(x, root, algorithm=algorithm, comm=c, out=out), x)
 
 
 def ireduce(x: Any, op: str = "sum", root: int = 0, *, algorithm: str = "auto", comm: Any = None,
             out: Any = None) -> Handle:
     """Non-blocking :func:`~mpicoll.reduce`; ``wait()`` returns ``None`` off the root."""
-    return start(comm, "ireduce", lambda c: reduce(x, op, root, algorithm=algorithm, comm=c, out=out))
+    return start(comm, "ireduce", lambda c: reduce(x, op, root, algorithm=algorithm, comm=c, out=out), x)

@@ -85,6 +85,8 @@ def allreduce_hook(state: "HookState | None", bucket: dist.GradBucket) -> torch.
                                        average=True, algorithm=state.algorithm)
     if bucket.is_last():
         state.iteration += 1
-    future: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+    # devices=: torch then tracks CUDA streams for the result (the engine synchronized the device)
+    future: torch.futures.Future[torch.Tensor] = torch.futures.Future(
+        devices=[buffer.device] if buffer.is_cuda else None)
     handle.add_done_callback(lambda h: _complete(future, h, buffer, array))
     return future

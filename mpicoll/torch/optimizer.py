@@ -73,14 +73,16 @@ class DistributedOptimizer:
                 raise RuntimeError(f"DistributedOptimizer: {self._passes[name]} backward passes reached "
                                    f"{name!r} since the last step(), more than backward_passes_per_step="
                                    f"{self.backward_passes_per_step}; call step() (or synchronize()) in between")
+            self._started = True
             if self._passes[name] == self.backward_passes_per_step:
-                self._started = True
                 self.buckets.ready(name, as_array(param.grad))
         return hook
 
     def synchronize(self) -> None:
         """Finish every bucket's all-reduce; ``.grad`` then holds the averages. Parameters that got no
-        gradient this step take part with zeros, so that every rank reduces the same buckets."""
+        gradient this step take part with zeros, and gradients of fewer than
+        ``backward_passes_per_step`` passes (a short last accumulation) with what they have, so that
+        every rank reduces the same buckets and no rank steps on local gradients alone."""
         if not self._started:
             return
         for name, param in self._params.items():

@@ -88,8 +88,11 @@ class Comm:
     def __enter__(self) -> Comm:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.free()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.free()
+        # with an exception on its way, leave the communicator be: freeing it means waiting for its
+        # engine, which may wait on peers this rank will never meet; the abort hook ends the job
 
     def __repr__(self) -> str:
         return f"Comm(rank={self.rank}, size={self.size})"

@@ -118,10 +118,17 @@ def _report_and_abort(activity: _Activity, timeout: float) -> None:
                      f"in {activity.collective} ({activity.algorithm}{step}) for {peer}; aborting the job. "
                      f"Look at what {peer} {'is' if activity.peer is not None else 'are'} doing: stalled, dead, or "
                      f"in a different collective.\n")
+    _abort(124)
+
+
+def _abort(code: int) -> None:
+    """``MPI_Abort`` after a moment, so that the launcher forwards the report first (MPICH's hydra
+    can tear its output forwarding down with the job and lose the last lines)."""
     sys.stderr.flush()
+    time.sleep(0.3)
     from mpi4py import MPI
 
-    MPI.COMM_WORLD.Abort(124)
+    MPI.COMM_WORLD.Abort(code)
 
 
 _hook_installed = False
@@ -140,10 +147,7 @@ def install_abort_hook(rank: int, size: int) -> None:
         text = "".join(traceback.format_exception(kind, error, tb))
         sys.stderr.write(f"mpicoll: rank {rank} of {size} raised an uncaught exception; aborting all ranks "
                          f"(set MPICOLL_ABORT_ON_ERROR=0 to keep the default behaviour)\n{text}")
-        sys.stderr.flush()
-        from mpi4py import MPI
-
-        MPI.COMM_WORLD.Abort(1)
+        _abort(1)
         return None
 
     sys.excepthook = hook

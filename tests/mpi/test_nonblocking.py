@@ -97,3 +97,34 @@ def test_bucket_misuse_is_reported(comm):
         buckets.wait()
     buckets.allreduce_all()
     assert_all(comm.mpi, bool((buckets.arrays["a"] == 1).all()), "mean of ones")
+
+
+def test_a_faulty_callback_changes_nothing(comm):
+    x = rank_input(1000, comm.rank, "int64")
+    handle = mpicoll.iallreduce(x, comm=comm)
+    seen = []
+    handle.add_done_callback(lambda h: 1 / 0)
+    handle.add_done_callback(lambda h: seen.append(h.done))
+    with pytest.warns(UserWarning, match="ZeroDivisionError"):
+        result = handle.wait(timeout=120)
+        late = mpicoll.iallreduce(x, comm=comm)  # the engine is alive
+        late.add_done_callback(lambda h: 1 / 0)
+        assert_equal_all(comm.mpi, late.wait(timeout=120), result)
+    assert_equal_all(comm.mpi, result, mpi_allreduce(comm.mpi, x, "sum"))
+    assert seen == [True]
+
+
+def test_queued_collectives_keep_the_settings_they_were_started_with(comm):
+    from mpicoll.collectives.nonblocking import start
+
+    gate = __import__("threading").Event()
+    blocker = start(comm, "blocker", lambda c: gate.wait(60))  # holds the engine
+    with mpicoll.config.override(segment_bytes=12345 * 4, validate=False):
+        probe = start(comm, "probe", lambda c: (mpicoll.config.get("segment_bytes"), mpicoll.config.get("validate")))
+        x = rank_input(100003, comm.rank, "int64")
+        reduced = mpicoll.iallreduce(x, algorithm="ring", comm=comm)
+    gate.set()  # the override is over before either runs
+    blocker.wait(timeout=60)
+    assert probe.wait(timeout=60) == (12345 * 4, False)
+    assert_equal_all(comm.mpi, reduced.wait(timeout=120), mpi_allreduce(comm.mpi, x, "sum"))
+    assert mpicoll.config.get("validate") is True

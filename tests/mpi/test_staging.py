@@ -65,6 +65,24 @@ def test_staged_allreduce_matches_mpi_bitwise(comm, algorithm, staged):
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_staged_in_place(comm, algorithm):
+    for count in (1, 3001):
+        x = rank_input(count, comm.rank, "int64")
+        want = mpi_allreduce(comm.mpi, x, "sum")
+        mpicoll.allreduce(x, algorithm=algorithm, comm=comm, out=x)
+        assert_equal_all(comm.mpi, x, want, f"allreduce out=x, n={count}")
+    if algorithm in ("tree", "native"):
+        x = rank_input(3001, comm.rank, "int64")
+        want = mpi_allreduce(comm.mpi, x, "sum")
+        mpicoll.reduce(x, "sum", 0, algorithm=algorithm, comm=comm, out=x if comm.rank == 0 else None)
+        if comm.rank == 0:
+            np.testing.assert_array_equal(x, want)
+        y = rank_input(3001, comm.rank, "int64")
+        mpicoll.broadcast(y, 0, algorithm=algorithm, comm=comm, out=y)
+        assert_equal_all(comm.mpi, y, rank_input(3001, 0, "int64"), "broadcast out=x")
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_repeated_staged_calls_allocate_no_host_buffers(comm, algorithm, staged):
     x = rank_input(200003, comm.rank, "int64")
     mpicoll.allreduce(x, algorithm=algorithm, comm=comm)

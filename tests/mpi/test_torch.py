@@ -82,6 +82,24 @@ def test_distributed_optimizer_equals_single_process_training(comm, passes):
     assert_matches_reference(comm, net, reference(STEPS, comm.size, passes))
 
 
+def test_a_short_accumulation_is_still_averaged(comm):
+    """backward_passes_per_step=2 but only one pass before step(): the gradient must still be the
+    average over ranks (one micro-batch, loss / 2), not each rank's own."""
+    net = model(seed=0)
+    opt = mt.DistributedOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), net.named_parameters(),
+                                  backward_passes_per_step=2, comm=comm)
+    x, y = mine(global_batch(0, comm.size), comm.rank)
+    (torch.nn.functional.cross_entropy(net(x), y) / 2).backward()
+    opt.step()
+    opt.remove_hooks()
+    ref = model(seed=0)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    xs, ys = global_batch(0, comm.size)
+    (torch.nn.functional.cross_entropy(ref(xs), ys) / 2).backward()
+    ref_opt.step()
+    assert_matches_reference(comm, net, [p.detach() for p in ref.parameters()])
+
+
 def test_ddp_comm_hook_equals_single_process_training(comm, process_group):
     net = model(seed=0)
     ddp = torch.nn.parallel.DistributedDataParallel(net)
