@@ -127,31 +127,40 @@ exec ip netns exec "$ns" unshare --uts /bin/sh -c 'hostname "$0" && eval "$1"' "
             counts.append(int(out.stdout))
         return counts
 
-    def mpiexec(self, command: Sequence[str], ranks_per_host: int | Sequence[int] = 1) -> list[str]:
+    def mpiexec(self, command: Sequence[str], ranks_per_host: int | Sequence[int] = 1,
+                cyclic: bool = False) -> list[str]:
         """The command line that runs ``command`` across the hosts over TCP: ``ranks_per_host`` ranks
         on every host, or ``ranks_per_host[i]`` on host ``i`` (uneven hosts). Ranks on one host
-        talk through shared memory, as on a real node."""
+        talk through shared memory, as on a real node. Ranks are placed in blocks (ranks 0..k-1 on
+        the first host, as Slurm's default distribution does) or, with ``cyclic``, dealt round-robin
+        over the hosts (Slurm's ``--distribution=cyclic``; even ``ranks_per_host`` only)."""
         per_host = [ranks_per_host] * self.hosts if isinstance(ranks_per_host, int) else list(ranks_per_host)
         if len(per_host) != self.hosts or min(per_host) < 1:
             raise ValueError(f"ranks_per_host {ranks_per_host!r} does not fit {self.hosts} hosts")
+        if cyclic and len(set(per_host)) != 1:
+            raise ValueError(f"cyclic placement needs the same ranks on every host, not {per_host}")
         mpiexec = str(Path(sys.prefix) / "bin" / "mpiexec")
         version = subprocess.run([mpiexec, "--version"], capture_output=True, text=True).stdout
         n = str(sum(per_host))
         hosts = ",".join(f"{a}:{k}" for a, k in zip(self.addresses, per_host, strict=True))
         if "Open MPI" in version or "OpenRTE" in version:
-            launch = [mpiexec, "--allow-run-as-root", "--map-by", "node:OVERSUBSCRIBE", "--prtemca", "plm_ssh_agent",
+            placement = "node:OVERSUBSCRIBE" if cyclic else "slot:OVERSUBSCRIBE"
+            launch = [mpiexec, "--allow-run-as-root", "--map-by", placement, "--prtemca", "plm_ssh_agent",
                       str(self.workdir / "ssh"), "--mca", "pml", "ob1", "--mca", "btl", "tcp,self,sm",
                       "--mca", "btl_tcp_if_include", "eth0", "--host", hosts, "-n", n]
         else:
+            if cyclic:  # hydra fills each host's slots in turn and wraps around: one slot each deals ranks
+                hosts = ",".join(f"{a}:1" for a in self.addresses)
             launch = [mpiexec, "-launcher", "ssh", "-launcher-exec", str(self.workdir / "ssh"), "-hosts", hosts,
                       "-genv", "UCX_TLS", "tcp,self", "-genv", "UCX_NET_DEVICES", "eth0", "-n", n]
         return ["ip", "netns", "exec", self.names[0], "unshare", "--uts", "/bin/sh", "-c", 'hostname "$0" && exec "$@"',
                 self.names[0], *launch, *command]
 
     def run(self, command: Sequence[str], timeout: float | None = None, ranks_per_host: int | Sequence[int] = 1,
-            **kwargs: object) -> subprocess.CompletedProcess:
-        """Run ``command`` under MPI across the hosts (``subprocess.run`` keyword arguments pass through)."""
-        return subprocess.run(self.mpiexec(command, ranks_per_host), timeout=timeout, **kwargs)
+            cyclic: bool = False, **kwargs: object) -> subprocess.CompletedProcess:
+        """Run ``command`` under MPI across the hosts (placement as in :meth:`mpiexec`;
+        ``subprocess.run`` keyword arguments pass through)."""
+        return subprocess.run(self.mpiexec(command, ranks_per_host, cyclic), timeout=timeout, **kwargs)
 
     def __enter__(self) -> NetBed:
         return self.up()
@@ -168,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--rate", default="200mbit", help="tc tbf rate of every host's egress (default 200mbit)")
     run.add_argument("--ranks-per-host", default="1",
                      help="ranks on every host, or per host comma-separated, e.g. 2,1 (default 1)")
+    run.add_argument("--cyclic", action="store_true",
+                     help="deal ranks round-robin over the hosts instead of in blocks (even hosts only)")
     run.add_argument("command", nargs=argparse.REMAINDER, help="after --: the command each rank runs")
     args = parser.parse_args(argv)
     ok, why = available()
@@ -178,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with NetBed(args.hosts, args.rate) as bed:
         before = bed.tx_bytes()
         per_host = [int(k) for k in args.ranks_per_host.split(",")]
-        done = bed.run(command, ranks_per_host=per_host[0] if len(per_host) == 1 else per_host)
+        done = bed.run(command, ranks_per_host=per_host[0] if len(per_host) == 1 else per_host, cyclic=args.cyclic)
         sent = [after - b for after, b in zip(bed.tx_bytes(), before, strict=True)]
         print(f"# netbed: {args.hosts} hosts at {args.rate}; bytes each host sent on its link: {sent}", flush=True)
         return done.returncode

@@ -97,14 +97,18 @@ if c.rank == 0:
 """
 
 
-@pytest.mark.parametrize("per_host", [(2, 2), (2, 2, 2), (2, 1)])
-def test_hierarchical_allreduce_across_namespace_hosts(tmp_path, per_host):
+@pytest.mark.parametrize(("per_host", "cyclic"), [((2, 2), False), ((2, 2, 2), False), ((2, 1), False),
+                                                  ((2, 2), True), ((2, 2, 2), True)])
+def test_hierarchical_allreduce_across_namespace_hosts(tmp_path, per_host, cyclic):
     script = tmp_path / "hierarchy.py"
     script.write_text(HIERARCHY)
     with NetBed(len(per_host), rate="1gbit") as bed:
-        done = bed.run([sys.executable, str(script)], timeout=240, ranks_per_host=list(per_host),
+        done = bed.run([sys.executable, str(script)], timeout=240, ranks_per_host=list(per_host), cyclic=cyclic,
                        capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
     line = next(ln for ln in done.stdout.splitlines() if ln.startswith("HOSTS"))
-    hosts = tuple(h for h, k in enumerate(per_host) for _ in range(k))
+    if cyclic:  # ranks dealt round-robin: a host's ranks are not neighbours in rank order
+        hosts = tuple(r % len(per_host) for r in range(sum(per_host)))
+    else:
+        hosts = tuple(h for h, k in enumerate(per_host) for _ in range(k))
     assert line == f"HOSTS {hosts} BAD []", line  # MPI itself sees one node per namespace host
