@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -60,6 +61,9 @@ def cases(n: int) -> dict[str, tuple[tuple, dict]]:
     mat[::3] = 0
     csr = ref.csr_build(mat)
     k = max(1, n // 100)
+    rows = max(1, math.isqrt(n))
+    p_factor = (finite[: rows * 4].reshape(-1, 4) / 10).copy()  # PowerSGD's factors: (rows, 4) and (n / rows, 4)
+    q_factor = np.resize(finite[::-1], (-(-n // rows), 4)).astype(np.float32)
     return {
         "uniform": ((12345, n), {}),
         "stratified_indices": ((12345, n, k), {}),
@@ -79,6 +83,7 @@ def cases(n: int) -> dict[str, tuple[tuple, dict]]:
                          np.ones(len(range(0, n, 7)), np.float32)), {}),
         "csr_build": ((mat,), {}),
         "csr_densify": ((*csr, mat.shape, mat.dtype), {}),
+        "lowrank_reconstruct": ((p_factor, q_factor, n), {}),
     }
 
 

@@ -4,9 +4,10 @@ Same signatures and bitwise identical results as :mod:`.reference` (the parity t
 ``tests/gpu`` check); inputs and outputs are CuPy arrays, scalars are host values. The kernels
 are CUDA C in ``cuda/*.cu`` (package data), one file per family: ``hash`` (counter-hash
 randoms), ``select`` (radix selection, order-preserving compaction), ``quantize`` (block scales,
-quantize + pack, signs), ``halves`` (fp16, bf16, NumPy-exact casts to float32) and ``sparse``
-(scatter-add, CSR). Each family is compiled by NVRTC at its first use, with ``cuda/common.cu``
-(shared device helpers) in front of it; nothing is allocated or compiled at import.
+quantize + pack, signs), ``halves`` (fp16, bf16, NumPy-exact casts to float32), ``sparse``
+(scatter-add, CSR) and ``lowrank`` (PowerSGD's reconstruction). Each family is compiled by NVRTC
+at its first use, with ``cuda/common.cu`` (shared device helpers) in front of it; nothing is
+allocated or compiled at import.
 
 How parity is kept: integer work is exact; float arithmetic uses explicitly rounded intrinsics,
 compiled without FMA contraction; the float64 sums that feed a scale make the additions of
@@ -543,6 +544,28 @@ def csr_densify(indptr: cupy.ndarray, indices: cupy.ndarray, values: cupy.ndarra
     return out.view(dtype)
 
 
+# ---------------------------------------------------------------- low rank (PowerSGD)
+
+
+def lowrank_reconstruct(p: cupy.ndarray, q: cupy.ndarray, size: int, out: Any = None) -> cupy.ndarray:
+    """See :func:`reference.lowrank_reconstruct`; one thread per output element.
+
+    Args:
+        p: ``(n, r)`` float32.
+        q: ``(m, r)`` float32.
+        size: elements wanted (``<= n * m``).
+        out: optional float32 array of ``size`` to write into.
+    """
+    n, m, r = p.shape[0], q.shape[0], p.shape[1]
+    if size > n * m or q.shape[1] != r:
+        raise ValueError(f"lowrank_reconstruct: p {p.shape} and q {q.shape} cannot give {size} elements")
+    result = _output(out, (size,), np.float32)
+    _launch("lowrank.cu", "mpicoll_lowrank_reconstruct", size,
+            cupy.ascontiguousarray(p, dtype=np.float32), cupy.ascontiguousarray(q, dtype=np.float32),
+            np.int64(m), np.int64(r), np.int64(size), result)
+    return _deliver(result, out)
+
+
 OPS = {
     "uniform": uniform,
     "stratified_indices": stratified_indices,
@@ -560,4 +583,5 @@ OPS = {
     "bf16_decode": bf16_decode,
     "csr_build": csr_build,
     "csr_densify": csr_densify,
+    "lowrank_reconstruct": lowrank_reconstruct,
 }

@@ -749,6 +749,44 @@ def csr_densify(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, sha
     return out.view(dtype)
 
 
+# ---------------------------------------------------------------- low rank (PowerSGD)
+
+
+@njit(**_OPTS)
+def _lowrank(p, qt, size, out):
+    n, r = p.shape
+    m = qt.shape[1]
+    for i in prange(n):
+        lo = i * m
+        width = min(m, size - lo)
+        if width <= 0:
+            continue
+        row = out[lo: lo + width]
+        if r == 0:
+            row[:] = 0
+            continue
+        first = p[i, 0]
+        for j in range(width):
+            row[j] = first * qt[0, j]
+        for k in range(1, r):  # the products of column k, each rounded, added in k order
+            pk = p[i, k]
+            for j in range(width):
+                row[j] = row[j] + pk * qt[k, j]
+
+
+def lowrank_reconstruct(p: np.ndarray, q: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """See :func:`reference.lowrank_reconstruct`: rows in parallel, each row built ``r`` times in
+    cache with SIMD over the columns (``q`` transposed so that a row of ``q.T`` is contiguous)."""
+    n, m, r = p.shape[0], q.shape[0], p.shape[1]
+    if size > n * m or q.shape[1] != r:
+        raise ValueError(f"lowrank_reconstruct: p {p.shape} and q {q.shape} cannot give {size} elements")
+    direct = out is not None and out.dtype == np.float32 and out.shape == (size,) and out.flags.c_contiguous
+    result = out if direct else np.empty(size, np.float32)
+    _lowrank(np.ascontiguousarray(p, dtype=np.float32), np.ascontiguousarray(q.T, dtype=np.float32),
+             size, result)
+    return result if direct else reference._into(result, out)
+
+
 OPS = {
     "uniform": uniform,
     "stratified_indices": stratified_indices,
@@ -766,4 +804,5 @@ OPS = {
     "bf16_decode": bf16_decode,
     "csr_build": csr_build,
     "csr_densify": csr_densify,
+    "lowrank_reconstruct": lowrank_reconstruct,
 }

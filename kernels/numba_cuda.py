@@ -967,6 +967,46 @@ def csr_densify(indptr: Array, indices: Array, values: Array, shape: tuple[int, 
     return out.view(dtype)
 
 
+# ---------------------------------------------------------------- low rank (PowerSGD)
+
+
+@cuda.jit
+def _lowrank_kernel(p, q, size, out):
+    r = p.shape[1]
+    m = q.shape[0]
+    for idx in range(cuda.grid(1), size, cuda.gridsize(1)):
+        i = idx // m
+        j = idx - i * m
+        acc = np.float32(0.0)
+        if r > 0:
+            acc = _mul_f32(p[i, 0], q[j, 0])
+        for k in range(1, r):  # each product rounded (mul.rn), then added: never one fused multiply-add
+            acc = acc + _mul_f32(p[i, k], q[j, k])
+        out[idx] = acc
+
+
+def lowrank_reconstruct(p: Array, q: Array, size: int, out: Array | None = None) -> Array:
+    """See :func:`reference.lowrank_reconstruct`; one thread per output element.
+
+    Args:
+        p: ``(n, r)`` float32.
+        q: ``(m, r)`` float32.
+        size: elements wanted (``<= n * m``).
+        out: optional float32 array of ``size`` to write into.
+
+    Returns:
+        ``size`` float32 values (``out`` when given).
+    """
+    n, m, r = p.shape[0], q.shape[0], p.shape[1]
+    if size > n * m or q.shape[1] != r:
+        raise ValueError(f"lowrank_reconstruct: p {p.shape} and q {q.shape} cannot give {size} elements")
+    xp = _xp(p)
+    result = _writable(out, xp, size, np.float32)
+    _launch(_lowrank_kernel, size, xp.ascontiguousarray(p, dtype=np.float32),
+            xp.ascontiguousarray(q, dtype=np.float32), np.int64(size), result)
+    return _deliver(result, out)
+
+
 OPS = {
     "uniform": uniform,
     "stratified_indices": stratified_indices,
@@ -984,4 +1024,5 @@ OPS = {
     "bf16_decode": bf16_decode,
     "csr_build": csr_build,
     "csr_densify": csr_densify,
+    "lowrank_reconstruct": lowrank_reconstruct,
 }

@@ -284,6 +284,28 @@ def csr_densify(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, sha
     return out
 
 
+# ---------------------------------------------------------------- low rank (PowerSGD)
+
+
+def lowrank_reconstruct(p: np.ndarray, q: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """The first ``size`` elements of ``p @ q.T`` in row-major order, as float32.
+
+    ``p`` is ``(n, r)``, ``q`` is ``(m, r)``, both float32 with ``n * m >= size``. Element
+    ``(i, j)`` is ``p[i,0]*q[j,0] + p[i,1]*q[j,1] + ...``: every product rounded to float32 and
+    the products added left to right in float32 (no fused multiply-add, no BLAS blocking), so
+    every provider and machine gives the same bits; ``r == 0`` gives zeros. For finite inputs
+    (which NaN a NaN result is, is not part of the contract).
+    """
+    n, m, r = p.shape[0], q.shape[0], p.shape[1]
+    if size > n * m or q.shape[1] != r:
+        raise ValueError(f"lowrank_reconstruct: p {p.shape} and q {q.shape} cannot give {size} elements")
+    full = np.zeros((n, m), np.float32)
+    for k in range(r):
+        term = np.multiply(p[:, k:k + 1], q[None, :, k], dtype=np.float32)
+        full = term if k == 0 else np.add(full, term, out=full)
+    return _into(full.reshape(-1)[:size], out)
+
+
 OPS = {
     "uniform": uniform,
     "stratified_indices": stratified_indices,
@@ -301,4 +323,5 @@ OPS = {
     "bf16_decode": bf16_decode,
     "csr_build": csr_build,
     "csr_densify": csr_densify,
+    "lowrank_reconstruct": lowrank_reconstruct,
 }

@@ -247,6 +247,18 @@ def test_out_parameters():
         assert OPS[op](*args, out=out) is out and same(out, want), (op, dtype)
 
 
+@pytest.mark.parametrize("n,m,r,size", [(1, 1, 1, 1), (7, 5, 3, 33), (40, 37, 4, 40 * 37 - 9), (9, 9, 0, 81),
+                                         (5, 5, 2, 0)])
+def test_lowrank_reconstruct(n, m, r, size):
+    rng = np.random.default_rng([n, m, r])
+    p = (rng.standard_normal((n, r)) * 10.0 ** rng.integers(-3, 4, (n, r))).astype(np.float32)
+    q = (rng.standard_normal((m, r)) * 10.0 ** rng.integers(-3, 4, (m, r))).astype(np.float32)
+    want = ref.lowrank_reconstruct(p, q, size)
+    assert same(OPS["lowrank_reconstruct"](p, q, size), want)
+    out = np.full(size, np.nan, np.float32)
+    assert OPS["lowrank_reconstruct"](p, q, size, out=out) is out and same(out, want)
+
+
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_csr(dtype):
     rng = np.random.default_rng(5)

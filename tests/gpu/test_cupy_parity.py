@@ -309,6 +309,21 @@ def test_csr(ops, rng, dtype, shape):
           reference.csr_densify(*want, shape, dtype), "csr_densify")
 
 
+# ---------------------------------------------------------------- low rank (PowerSGD)
+
+
+@pytest.mark.parametrize(("n", "m", "r", "size"), [(1, 1, 1, 1), (7, 5, 3, 33), (300, 257, 4, 300 * 257 - 100),
+                                                   (64, 64, 0, 4096), (2048, 2048, 8, 2048 * 2048), (5, 5, 2, 0)])
+def test_lowrank_reconstruct(ops, rng, n, m, r, size):
+    p = (rng.standard_normal((n, r)) * 10.0 ** rng.integers(-3, 4, (n, r))).astype(np.float32)
+    q = (rng.standard_normal((m, r)) * 10.0 ** rng.integers(-3, 4, (m, r))).astype(np.float32)
+    want = reference.lowrank_reconstruct(p, q, size)
+    check(ops["lowrank_reconstruct"](dev(p), dev(q), size), want, "lowrank_reconstruct")
+    out = cupy.full(size, np.nan, np.float32)
+    assert ops["lowrank_reconstruct"](dev(p), dev(q), size, out=out) is out
+    check(out, want, "lowrank_reconstruct into out")
+
+
 # ---------------------------------------------------------------- x86-64 NaN rules
 
 

@@ -142,6 +142,23 @@ def test_scatter_add_and_csr(ops, dtype):
     assert same(ops["csr_build"](empty), ref.csr_build(empty))
 
 
+@pytest.mark.parametrize("n,m,r,size", [(1, 1, 1, 1), (7, 5, 3, 33), (300, 257, 4, 300 * 257 - 100),
+                                         (64, 64, 0, 4096), (100, 80, 1, 8000), (40, 3000, 8, 120000), (5, 5, 2, 0)])
+def test_lowrank_reconstruct(ops, n, m, r, size):
+    rng = np.random.default_rng([n, m, r])
+    p = (rng.standard_normal((n, r)) * 10.0 ** rng.integers(-3, 4, (n, r))).astype(np.float32)
+    q = (rng.standard_normal((m, r)) * 10.0 ** rng.integers(-3, 4, (m, r))).astype(np.float32)
+    want = ref.lowrank_reconstruct(p, q, size)
+    assert same(ops["lowrank_reconstruct"](p, q, size), want)
+    out = np.full(size, np.nan, np.float32)
+    assert ops["lowrank_reconstruct"](p, q, size, out=out) is out and same(out, want)
+    exact = (p.astype(np.float64) @ q.T.astype(np.float64)).reshape(-1)[:size]
+    scale = (np.abs(p).astype(np.float64) @ np.abs(q).T).reshape(-1)[:size]
+    assert np.all(np.abs(want - exact) <= 1e-6 * r * scale)  # a float32 sum of r rounded products
+    with pytest.raises(ValueError, match="cannot give"):
+        ops["lowrank_reconstruct"](p, q, n * m + 1)
+
+
 def test_registry_resolves_and_falls_back(monkeypatch):
     from mpicoll.kernels import registry
     from mpicoll.kernels.providers import ProviderStatus
