@@ -36,7 +36,7 @@ setup(
         "mpicoll.bench": "bench",
     },
     package_data={"mpicoll.collectives": ["auto_table.json"], "mpicoll.kernels": ["cuda/*.cu"]},
-    install_requires=["numpy>=1.24", "mpi4py>=4"],
+    install_requires=["numpy>=1.24", "mpi4py>=4", "threadpoolctl>=3.1"],
     extras_require={
         # Self-contained MPI from PyPI wheels (no system MPI needed). Pick exactly one.
         "mpich": ["mpich"],

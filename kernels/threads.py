@@ -1,12 +1,16 @@
-"""Thread settings for the Numba CPU kernels, applied before Numba is imported.
+"""Thread settings for the Numba CPU kernels (applied before Numba is imported) and for the BLAS
+matrix products mpicoll runs (:func:`blas_share`).
 
 Imported for its effect by :mod:`.numba_cpu`; the user's own environment variables always win.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import sys
+from collections.abc import Iterator
 
 # OpenMP worker threads spin between parallel regions by default; with several MPI ranks per
 # node that spinning starves the ranks' own busy-polling (a compressed all-reduce of 1000
@@ -38,3 +42,33 @@ def _default_threads() -> int:
 
 if "NUMBA_NUM_THREADS" not in os.environ and "numba" not in sys.modules:  # the user's setting wins
     os.environ["NUMBA_NUM_THREADS"] = str(_default_threads())
+
+
+_BLAS_SETTINGS = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS", "BLIS_NUM_THREADS")
+
+
+@functools.cache
+def _blas_controller() -> object | None:
+    if any(name in os.environ for name in _BLAS_SETTINGS):
+        return None  # the user chose: leave BLAS alone
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+@contextlib.contextmanager
+def blas_share() -> Iterator[None]:
+    """Within the block, BLAS (NumPy's ``@``) uses this rank's fair share of the cores.
+
+    BLAS libraries start one spinning thread per core in every process: with two ranks on two
+    cores, PowerSGD's thin products made a training step 3x slower (94 ms against 31 ms). Only
+    mpicoll's own products are limited (the setting is restored after the block), and not at all
+    when the user set ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS``, ``OMP_NUM_THREADS`` or
+    ``BLIS_NUM_THREADS``. Costs about 10 us.
+    """
+    controller = _blas_controller()
+    if controller is None:
+        yield
+        return
+    with controller.limit(limits=_default_threads(), user_api="blas"):  # type: ignore[attr-defined]
+        yield

@@ -12,7 +12,8 @@ pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
 
-@pytest.mark.parametrize(("mode", "compressors"), [("optimizer", "none,fp16,topk,sign"), ("ddp", "none,sign")])
+@pytest.mark.parametrize(("mode", "compressors"), [("optimizer", "none,fp16,topk,sign,powersgd"),
+                                                      ("ddp", "none,sign,powersgd")])
 def test_compressed_training_reaches_uncompressed_accuracy(tmp_path, mode, compressors):
     out = tmp_path / "history.json"
     args = ["examples/train_digits.py", "--mode", mode, "--compressor", compressors, "--epochs", "12",

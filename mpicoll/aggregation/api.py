@@ -11,6 +11,7 @@ sparse      sparse_allgather, sparse_rd (SparCML)        sparse_allgather up to 
                                                          sparse_rd beyond
 quantized   two_phase (compressed reduce-scatter +       two_phase
             compressed allgather)
+lowrank     powersgd (all-reduce P, then Q)              powersgd
 any         two_phase; hierarchical (exact sums inside   hierarchical when the ranks span
             each host, the path above between hosts)     several hosts, several on some
 ==========  ===========================================  =================================
@@ -27,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from ..backend import is_cupy
-from ..collectives import auto
 from ..collectives.buffers import check_array, check_finite
 from ..collectives.nonblocking import Handle, start
 from ..collectives.registry import algorithm_names, get_algorithm
@@ -36,13 +36,15 @@ from ..compression import Compressor
 from ..errors import ArgumentError, DtypeError, PayloadError, UnsupportedError, accepted
 from ..transport import Comm, as_comm
 from ..transport.watchdog import refine, watched
-from . import hierarchical, sparse, summable, two_phase  # noqa: F401  (registration)
+from . import hierarchical, lowrank, sparse, summable, two_phase  # noqa: F401  (registration)
+from .path import Parts
 
 _ALLOWED = {
     "dense": (*summable.DENSE, "two_phase", "hierarchical"),
     "summable": (*summable.DENSE, "two_phase", "hierarchical"),
     "sparse": ("sparse_allgather", "sparse_rd", "two_phase", "hierarchical"),
     "quantized": ("two_phase", "hierarchical"),
+    "lowrank": ("powersgd", "two_phase", "hierarchical"),
 }
 
 
@@ -53,8 +55,9 @@ def choose_path(compressor: Compressor, x: Any, comm: Comm) -> str:
         return "sparse_allgather" if comm.size <= 4 else "sparse_rd"
     if kind == "quantized":
         return "two_phase"
-    name = auto.choose("allreduce", x.nbytes, comm.size)
-    return name if name in summable.DENSE else "ring"
+    if kind == "lowrank":
+        return "powersgd"
+    return summable.dense_algorithm(x.nbytes, comm.size)
 
 
 def _resolve(compressor: Compressor, algorithm: str, x: Any, comm: Comm) -> str:
@@ -76,6 +79,14 @@ def _resolve(compressor: Compressor, algorithm: str, x: Any, comm: Comm) -> str:
     return name
 
 
+def _shapes(parts: Parts) -> list[tuple[int, ...]] | None:
+    try:
+        return None if parts is None else [tuple(int(d) for d in shape) for shape in parts]
+    except (TypeError, ValueError):
+        raise ArgumentError(f"compressed_allreduce: parts must be a sequence of shapes (tuples of ints), "
+                            f"got {parts!r}") from None
+
+
 def _agree_on_payload_errors(comm: Comm, errors: list[str]) -> None:
     """Raise the same PayloadError on every rank if any rank met a malformed payload."""
     reports = comm.mpi.allgather("; ".join(errors) if errors else None)
@@ -88,7 +99,7 @@ def _agree_on_payload_errors(comm: Comm, errors: list[str]) -> None:
 
 @watched("compressed_allreduce")
 def compressed_allreduce(x: Any, compressor: Compressor, *, key: Hashable = None, comm: Any = None,
-                         average: bool = True, algorithm: str = "auto") -> Any:
+                         average: bool = True, algorithm: str = "auto", parts: Parts = None) -> Any:
     """All-reduce ``x`` with compressed messages; returns an array like ``x`` (a new one).
 
     Args:
@@ -101,6 +112,9 @@ def compressed_allreduce(x: Any, compressor: Compressor, *, key: Hashable = None
         comm: an :class:`mpicoll.Comm`, an mpi4py communicator, or ``None`` for the default.
         average: divide the sum by the number of ranks (the gradient mean).
         algorithm: ``"auto"`` or one of the algorithms above.
+        parts: when ``x`` packs several tensors one after another (a gradient bucket), their
+            shapes in order. PowerSGD then compresses each as its own matrix (and sends the ones
+            low rank would not shrink, such as biases, exactly); the other paths ignore it.
 
     Returns:
         The (approximate) sum or mean, bitwise identical on every rank. With ``none`` it equals
@@ -121,24 +135,30 @@ def compressed_allreduce(x: Any, compressor: Compressor, *, key: Hashable = None
         check_finite(x, c.rank, "compressed_allreduce")
         name = _resolve(compressor, algorithm, x, c)
         refine(name)
-        agree.set(count=x.size, dtype=x.dtype, algorithm=name, compressor=repr(compressor))
+        parts = _shapes(parts)
+        agree.set(count=x.size, dtype=x.dtype, algorithm=name, compressor=repr(compressor), parts=parts)
         path = get_algorithm("compressed_allreduce", name)
-        prepared = path.prepare(c, x, compressor, key)  # local: a failure here is reported on every rank
+        prepared = path.prepare(c, x, compressor, key, parts)  # local: a failure here is reported on every rank
     result = path.run(c, prepared)
     _agree_on_payload_errors(c, prepared.errors)
     if average:
-        result = (result.astype(np.float32) / np.float32(c.size)).astype(x.dtype) if x.dtype == np.float16 else (
-            result / result.dtype.type(c.size))
+        if x.dtype == np.float16:
+            result = (result.astype(np.float32) / np.float32(c.size)).astype(x.dtype)
+        elif isinstance(result, np.ndarray) and not np.shares_memory(result, x):  # every path returns a new array
+            result /= result.dtype.type(c.size)  # in place: no second array of x's size to allocate and touch
+        else:
+            result = result / result.dtype.type(c.size)
     return result
 
 
 def compressed_iallreduce(x: Any, compressor: Compressor, *, key: Hashable = None, comm: Any = None,
-                          average: bool = True, algorithm: str = "auto") -> Handle:
+                          average: bool = True, algorithm: str = "auto", parts: Parts = None) -> Handle:
     """Non-blocking :func:`compressed_allreduce` (see :mod:`mpicoll.collectives.nonblocking`).
 
     The compressor is used from the engine's thread: do not use the same compressor object from
     another thread until ``wait()`` returns.
     """
     return start(comm, "compressed_iallreduce",
-                 lambda c: compressed_allreduce(x, compressor, key=key, comm=c, average=average, algorithm=algorithm),
+                 lambda c: compressed_allreduce(x, compressor, key=key, comm=c, average=average, algorithm=algorithm,
+                                                parts=parts),
                  x)

@@ -122,8 +122,9 @@ class GradientBuckets:
             bucket.handle = iallreduce(bucket.buffer, op, algorithm=self.algorithm, comm=self.comm, out=bucket.buffer)
         else:
             key = f"{self.key_prefix}{bucket.index}"
+            parts = [tuple(self.arrays[name].shape) for name in bucket.names]
             bucket.handle = compressed_iallreduce(bucket.buffer, self.compressor, key=key, comm=self.comm,
-                                                  average=self.average, algorithm=self.algorithm)
+                                                  average=self.average, algorithm=self.algorithm, parts=parts)
 
     def wait(self) -> None:
         """Finish every bucket's all-reduce and write the results into the arrays; ready for the next step."""

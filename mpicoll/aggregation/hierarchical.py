@@ -19,13 +19,13 @@ from ..collectives.ops import get_op
 from ..collectives.registry import get_algorithm, register
 from ..compression import Compressor
 from ..transport import Comm
-from .path import Path, Prepared
+from .path import Parts, Path, Prepared
 
 
 class HierarchicalPath(Path):
     """See the module docstring."""
 
-    def prepare(self, comm: Comm, x: Any, compressor: Compressor, key: Hashable) -> Prepared:
+    def prepare(self, comm: Comm, x: Any, compressor: Compressor, key: Hashable, parts: Parts = None) -> Prepared:
         flat = np.ascontiguousarray(x).reshape(-1)
         work = flat.astype(np.float32) if flat.dtype == np.float16 else flat  # sums in float32 for float16
         return Prepared(compressor, None, parts=(x.shape, x.dtype, work, key))

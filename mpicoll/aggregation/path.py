@@ -10,13 +10,18 @@ raises it on every rank afterwards. Nothing hangs and no rank returns garbage.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..compression import Compressor, Ctx
 from ..errors import PayloadError
 from ..transport import Comm
+
+Parts = Sequence[tuple[int, ...]] | None
+"""The shapes of the tensors packed one after another in a flat array (a gradient bucket), or
+``None``. Paths that can use the structure (PowerSGD: one matrix per tensor) do; the others
+reduce the flat array and ignore it."""
 
 
 @dataclass
@@ -41,8 +46,8 @@ class Prepared:
 class Path:
     """Base class of the compressed all-reduce algorithms."""
 
-    def prepare(self, comm: Comm, x: Any, compressor: Compressor, key: Hashable) -> Prepared:
-        """Compress and check this rank's data; no communication."""
+    def prepare(self, comm: Comm, x: Any, compressor: Compressor, key: Hashable, parts: Parts = None) -> Prepared:
+        """Compress and check this rank's data; no communication. ``parts``: see :data:`Parts`."""
         raise NotImplementedError
 
     def run(self, comm: Comm, prepared: Prepared) -> Any:

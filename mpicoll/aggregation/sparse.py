@@ -27,7 +27,7 @@ from ..collectives.registry import register
 from ..compression import Compressor
 from ..transport import Comm
 from ..transport.p2p import sendrecv
-from .path import Path, Prepared
+from .path import Parts, Path, Prepared
 
 DENSE_SWITCH = 0.25  # a merged vector denser than this continues as a dense array
 
@@ -39,7 +39,7 @@ def _acc_dtype(dtype: np.dtype) -> np.dtype:
 class SparsePath(Path):
     """Common ``prepare``: compress, and check this rank's own (index, value) pairs."""
 
-    def prepare(self, comm: Comm, x: Any, compressor: Compressor, key: Hashable) -> Prepared:
+    def prepare(self, comm: Comm, x: Any, compressor: Compressor, key: Hashable, parts: Parts = None) -> Prepared:
         payload, ctx = compressor.compress(x, key)
         idx, values = compressor.sparse_parts(payload, ctx)
         return Prepared(compressor, ctx, payload=payload, parts=(idx, values))

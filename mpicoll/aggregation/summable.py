@@ -11,13 +11,21 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any
 
+from ..collectives import auto
 from ..collectives.registry import get_algorithm, register
 from ..compression import Compressor
 from ..transport import Comm
-from .path import Path, Prepared
+from .path import Parts, Path, Prepared
 from .wire import WireSum
 
 DENSE = ("ring", "tree", "recursive_doubling", "rabenseifner")
+
+
+def dense_algorithm(nbytes: int, size: int) -> str:
+    """The all-reduce table's choice for ``nbytes`` on ``size`` ranks among :data:`DENSE` (our own
+    algorithms, whose results are bitwise identical on every rank), else ``ring``."""
+    name = auto.choose("allreduce", nbytes, size)
+    return name if name in DENSE else "ring"
 
 
 class SummablePath(Path):
@@ -26,7 +34,7 @@ class SummablePath(Path):
     def __init__(self, algorithm: str) -> None:
         self.algorithm = algorithm
 
-    def prepare(self, comm: Comm, x: Any, compressor: Compressor, key: Hashable) -> Prepared:
+    def prepare(self, comm: Comm, x: Any, compressor: Compressor, key: Hashable, parts: Parts = None) -> Prepared:
         payload, ctx = compressor.compress(x, key)
         section, encoding = compressor.summable_section(payload, ctx)
         return Prepared(compressor, ctx, payload=payload, parts=(section, encoding))

@@ -26,7 +26,7 @@ from ..collectives.partition import displacements, even_counts
 from ..collectives.registry import register
 from ..compression import Compressor, Ctx
 from ..transport import Comm
-from .path import Path, Prepared
+from .path import Parts, Path, Prepared
 
 
 def _compress_chunks(compressor: Compressor, flat: Any, counts: list[int], key: Hashable) -> tuple[list, list]:
@@ -56,7 +56,7 @@ def _alltoall_bytes(comm: Comm, payloads: list[Any]) -> list[Any]:
 class TwoPhase(Path):
     """Compressed reduce-scatter to chunk owners, re-compression, compressed allgather."""
 
-    def prepare(self, comm: Comm, x: Any, compressor: Compressor, key: Hashable) -> Prepared:
+    def prepare(self, comm: Comm, x: Any, compressor: Compressor, key: Hashable, parts: Parts = None) -> Prepared:
         flat = np.ascontiguousarray(x).reshape(-1)
         counts = even_counts(flat.size, comm.size)
         payloads, chunk_ctxs = _compress_chunks(compressor, flat, counts, key)

@@ -36,7 +36,7 @@ _DTYPES = [np.dtype(t) for t in (
     "float16", "float32", "float64", "complex64", "complex128",
 )]
 _FIELDS = ("failed", "collective", "count", "dtype", "op", "root", "algorithm", "counts", "segment_bytes",
-           "compressor")
+           "compressor", "parts")
 _COLLECTIVE_CODES = {name: i for i, name in enumerate(COLLECTIVES)}
 _OP_CODES = {name: i for i, name in enumerate(op_names())}
 _DTYPE_CODES = {dtype: i for i, dtype in enumerate(_DTYPES)}
@@ -73,6 +73,8 @@ def _describe(field: str, collective: str, code: int) -> str:
         return "(none)" if code == -1 else f"list with checksum {code:#x}"
     if field == "compressor":
         return "(none)" if code == -1 else f"a compressor with fingerprint {code:#x}"
+    if field == "parts":
+        return "(none)" if code == -1 else f"tensor shapes with checksum {code:#x}"
     return str(code)
 
 
@@ -90,7 +92,7 @@ class Agreement:
         self.fields: dict[str, Any] = {}
 
     def set(self, **fields: Any) -> None:
-        """Record this rank's arguments: count, dtype, op, root, algorithm, counts, compressor."""
+        """Record this rank's arguments: count, dtype, op, root, algorithm, counts, compressor, parts."""
         self.fields.update(fields)
 
     def __enter__(self) -> Agreement:
@@ -107,7 +109,8 @@ class Agreement:
 
 def exchange(comm: Comm, collective: str, error: BaseException | None, *, count: int = -1, dtype: Any = None,
              algorithm: str | None = None, op: str | None = None, root: int = -1,
-             counts: Sequence[int] | None = None, compressor: str | None = None) -> None:
+             counts: Sequence[int] | None = None, compressor: str | None = None,
+             parts: Sequence[tuple[int, ...]] | None = None) -> None:
     """The collective part of :class:`Agreement`; raises on every rank if anything disagrees."""
     signature = np.array([
         0 if error is None else 1,
@@ -120,6 +123,7 @@ def exchange(comm: Comm, collective: str, error: BaseException | None, *, count:
         _counts_code(counts),
         config.get("segment_bytes"),
         -1 if compressor is None else zlib.crc32(compressor.encode()),
+        -1 if parts is None else zlib.crc32(repr([tuple(s) for s in parts]).encode()),
     ], dtype=np.int64)
     table = comm.scratch.get("validate.table", comm.size * signature.size, np.int64).reshape(comm.size, -1)
     waiting_on(None, "the argument check, which every rank must reach")

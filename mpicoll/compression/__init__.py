@@ -17,10 +17,11 @@ coo, csr        sparse     all nonzeros (lossless), 1-D / 2-D
 int8, int4      quantized  8- / 4-bit codes, one scale per block
 qsgd            quantized  unbiased stochastic codes of the block's L2 norm
 sign            quantized  1 bit per element, one scale per block
+powersgd        lowrank    two thin float32 matrices P (n x r), Q (m x r) of the n x m view
 ==============  =========  ==============================================================
 """
 
-from . import coo, csr, halfprec, none, qsgd, randomk, sign, threshold, topk, topk_approx, uniform  # noqa: F401
+from . import coo, csr, halfprec, none, powersgd, qsgd, randomk, sign, threshold, topk, topk_approx, uniform  # noqa: F401
 from .base import Compressor, Ctx
 from .error_feedback import ErrorFeedback
 from .registry import get, names

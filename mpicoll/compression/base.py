@@ -12,6 +12,8 @@ Traits (class attributes) tell a collective how payloads may be combined:
 - ``kind = "sparse"``: (index, value) pairs, combined by scatter-add (top-k, threshold, COO, CSR);
 - ``kind = "quantized"``: codes plus scales, which must be decoded before adding (int8, int4,
   QSGD, sign);
+- ``kind = "lowrank"``: factors of a low-rank approximation (PowerSGD), all-reduced one after
+  the other by their own path;
 - ``kind = "dense"``: the array itself (``none``).
 
 Compressors never touch MPI and never choose a kernel backend by string: they ask
@@ -72,11 +74,15 @@ class Compressor:
             raise ArgumentError(f"{self.name}: compress needs a NumPy or CuPy array, got {type(x).__name__}")
         if x.dtype not in FLOATS:
             raise DtypeError(f"{self.name}: cannot compress dtype {x.dtype}; accepted: float16, float32, float64")
-        step = self._steps.get(key, 0)
-        self._steps[key] = step + 1
-        ctx = Ctx(tuple(x.shape), x.dtype, key, step, device_of(x))
+        ctx = Ctx(tuple(x.shape), x.dtype, key, self.next_step(key), device_of(x))
         flat = xp_of(x).ascontiguousarray(x).reshape(-1)
         return self._encode(flat, ctx, out), ctx
+
+    def next_step(self, key: Hashable) -> int:
+        """This call's step for ``key``, advancing the counter (random choices depend on it)."""
+        step = self._steps.get(key, 0)
+        self._steps[key] = step + 1
+        return step
 
     def decompress(self, payload: Any, ctx: Ctx, *, out: Any = None) -> Any:
         """Decode ``payload`` (this rank's or a peer's) into an array of ``ctx.shape`` and ``ctx.dtype``.

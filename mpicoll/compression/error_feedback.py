@@ -46,17 +46,22 @@ class ErrorFeedback(Compressor):
         return self.inner.lossless
 
     def compress(self, x: Any, key: Hashable = None, *, out: Any = None) -> tuple[Any, Ctx]:
+        corrected = self.corrected(x, key)
+        payload, ctx = self.inner.compress(corrected, key, out=out)
+        decoded = self.inner.decompress(payload, ctx)
+        self.residuals[key] = corrected - decoded
+        return payload, ctx
+
+    def corrected(self, x: Any, key: Hashable = None) -> Any:
+        """``x`` plus the residual of ``key`` (``x`` itself before the first step). Paths that
+        compress in several collective steps (PowerSGD) call this, then store the residual."""
         residual = self.residuals.get(key)
         if residual is not None and device_of(residual) != device_of(x):  # e.g. restored from a checkpoint
             residual = xp_of(x).asarray(residual)
         if residual is not None and residual.shape != x.shape:
             raise ArgumentError(f"ErrorFeedback: key {key!r} had shape {residual.shape}, now {x.shape}; "
                                 f"use a new key for a new tensor")
-        corrected = x if residual is None else x + residual.astype(x.dtype, copy=False)
-        payload, ctx = self.inner.compress(corrected, key, out=out)
-        decoded = self.inner.decompress(payload, ctx)
-        self.residuals[key] = corrected - decoded
-        return payload, ctx
+        return x if residual is None else x + residual.astype(x.dtype, copy=False)
 
     def decompress(self, payload: Any, ctx: Ctx, *, out: Any = None) -> Any:
         return self.inner.decompress(payload, ctx, out=out)

@@ -12,6 +12,7 @@ uncompressed and no residual can belong to a bucket layout that is about to chan
 """
 
 # No `from __future__ import annotations` here: DDP checks the hook's annotations as objects.
+import math
 from typing import Any
 
 import torch
@@ -81,8 +82,11 @@ def allreduce_hook(state: "HookState | None", bucket: dist.GradBucket) -> torch.
     if state.compressor is None or state.iteration < state.start_iter:
         handle = iallreduce(array, "avg", algorithm=state.algorithm, comm=state.comm, out=array)
     else:
+        parts = [tuple(g.shape) for g in bucket.gradients()]  # PowerSGD: one matrix per parameter
+        if sum(math.prod(shape) for shape in parts) != array.size:
+            parts = None
         handle = compressed_iallreduce(array, state.compressor, key=("ddp", bucket.index()), comm=state.comm,
-                                       average=True, algorithm=state.algorithm)
+                                       average=True, algorithm=state.algorithm, parts=parts)
     if bucket.is_last():
         state.iteration += 1
     # devices=: torch then tracks CUDA streams for the result (the engine synchronized the device)

@@ -9,7 +9,7 @@ from mpitools import assert_all, assert_close_all, assert_equal_all, assert_same
 import mpicoll
 from mpicoll import compression
 from mpicoll.compression import ErrorFeedback
-from mpicoll.errors import MismatchError, PayloadError, PeerError, UnsupportedError
+from mpicoll.errors import ArgumentError, MismatchError, PayloadError, PeerError, UnsupportedError
 
 PATHS = {
     "none": ["ring", "tree", "recursive_doubling", "rabenseifner", "two_phase", "auto"],
@@ -23,6 +23,7 @@ PATHS = {
     "int4": ["two_phase"],
     "qsgd": ["two_phase"],
     "sign": ["two_phase", "auto"],
+    "powersgd": ["powersgd", "two_phase", "auto"],
 }
 CASES = [(name, algo) for name, algos in PATHS.items() for algo in algos]
 
@@ -76,7 +77,7 @@ def test_sparse_rd_switches_to_dense_and_stays_exact(comm):
 
 @pytest.mark.parametrize("name,algorithm,atol", [
     ("topk", "sparse_allgather", 1e-3), ("topk", "sparse_rd", 1e-3), ("sign", "two_phase", 1e-3),
-    ("randomk", "ring", 1e-3), ("int4", "two_phase", 1e-3),
+    ("randomk", "ring", 1e-3), ("int4", "two_phase", 1e-3), ("powersgd", "powersgd", 1e-3),
     # fp16 partial sums are rounded to fp16 on the wire: error feedback keeps what each rank's own
     # compression drops, not the rounding of the sums in transit (about 2**-11 of |sum| per step)
     ("fp16", "ring", 0.1)])
@@ -101,6 +102,62 @@ def test_error_feedback_conserves_the_sum_across_ranks(comm, name, algorithm, at
     assert_close_all(comm.mpi, conserved, in_total, rtol=1e-4, atol=atol)
 
 
+def test_powersgd_equals_compressing_the_exact_sum(comm):
+    """PowerSGD is linear in the matrix: all-reducing P, then Q, gives what one rank compressing the
+    exact sum would give, step after step of warm start."""
+    shared = compression.get("powersgd", rank=2, seed=7)
+    alone = compression.get("powersgd", rank=2, seed=7)
+    for step in range(4):
+        x = rank_input(60 * 45, comm.rank, "float32", "float", seed=300 + step).reshape(60, 45)
+        got = mpicoll.compressed_allreduce(x, shared, key="w", comm=comm, average=False)
+        payload, ctx = alone.compress(mpi_allreduce(comm.mpi, x.astype(np.float64), "sum").astype(np.float32),
+                                      key="w")
+        assert_close_all(comm.mpi, got, alone.decompress(payload, ctx), rtol=1e-3, atol=1e-3, what=f"step {step}")
+        assert_same_on_all_ranks(comm.mpi, got, f"step {step}")
+
+
+def test_powersgd_of_a_low_rank_sum_is_exact(comm):
+    rng = np.random.default_rng(11)
+    left = rng.standard_normal((80, 3))  # every rank's matrix shares the column space: the sum has rank 3
+    x = (left @ np.random.default_rng([12, comm.rank]).standard_normal((3, 50))).astype(np.float32)
+    got = mpicoll.compressed_allreduce(x, compression.get("powersgd", rank=3), comm=comm, average=False)
+    assert_close_all(comm.mpi, got, mpi_allreduce(comm.mpi, x.astype(np.float64), "sum"), rtol=1e-4, atol=1e-3)
+
+
+def test_powersgd_compresses_each_packed_tensor_on_its_own(comm):
+    """A bucket packing a weight matrix, a bias and a 3-D kernel (``parts``): the matrices are each
+    compressed as if all-reduced alone, the bias (low rank would not shrink it) arrives exact."""
+    weight = rank_input(60 * 45, comm.rank, "float32", "float", seed=400).reshape(60, 45)
+    bias = rank_input(45, comm.rank, "float32", "int", seed=401)  # integers: any order of addition is exact
+    kernel = rank_input(12 * 3 * 5, comm.rank, "float32", "float", seed=402).reshape(12, 3, 5)
+    packed = np.concatenate([weight.ravel(), bias, kernel.ravel()])
+    ef = ErrorFeedback(compression.get("powersgd", rank=2))
+    got = mpicoll.compressed_allreduce(packed, ef, key="b", comm=comm, average=False,
+                                       parts=[weight.shape, bias.shape, kernel.shape])
+    assert_equal_all(comm.mpi, got[2700:2745], mpi_allreduce(comm.mpi, bias, "sum"), "the bias, exact")
+    for part, (start, tensor) in enumerate([(0, weight), (2745, kernel)]):
+        alone = compression.get("powersgd", rank=2)
+        exact = mpi_allreduce(comm.mpi, tensor.astype(np.float64), "sum").astype(np.float32)
+        payload, ctx = alone.compress(exact, key=("b", "part", 2 * part))
+        assert_close_all(comm.mpi, got[start: start + tensor.size], alone.decompress(payload, ctx).ravel(),
+                         rtol=1e-3, atol=1e-3, what=f"part {2 * part}")
+    conserved = got + mpi_allreduce(comm.mpi, ef.residual("b").astype(np.float64), "sum")
+    assert_close_all(comm.mpi, conserved, mpi_allreduce(comm.mpi, packed.astype(np.float64), "sum"),
+                     rtol=1e-4, atol=1e-3, what="result + residuals = exact sum")
+    with pytest.raises(ArgumentError, match="parts"):
+        mpicoll.compressed_allreduce(packed, ef, key="c", comm=comm, parts=[weight.shape])
+
+
+def test_gradient_buckets_give_powersgd_the_tensor_shapes(comm):
+    arrays = {"w": rank_input(40 * 30, comm.rank, "float32", "float", seed=500).reshape(40, 30),
+              "b": rank_input(30, comm.rank, "float32", "int", seed=501)}
+    want = mpi_allreduce(comm.mpi, arrays["b"], "sum")
+    buckets = mpicoll.GradientBuckets(arrays, compressor=compression.get("powersgd", rank=2), comm=comm,
+                                      average=False)
+    buckets.allreduce_all()
+    assert_equal_all(comm.mpi, arrays["b"], want, "the bias travels exactly")
+
+
 def _chunk(n: int, p: int, j: int) -> slice:
     from mpicoll.collectives.partition import displacements, even_counts
 
@@ -121,6 +178,9 @@ def test_impossible_combinations_and_mismatches(comm):
         codec = compression.get("int8" if comm.rank else "int4")
         with pytest.raises(MismatchError, match="compressor"):
             mpicoll.compressed_allreduce(x, codec, comm=comm)
+        with pytest.raises(MismatchError, match="different parts"):
+            mpicoll.compressed_allreduce(x, compression.get("powersgd"), comm=comm,
+                                         parts=[(10, 10)] if comm.rank else [(100,)])
 
 
 @pytest.mark.skipif(mpicoll.size() < 2, reason="needs a second rank to send a bad payload")

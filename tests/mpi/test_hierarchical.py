@@ -67,12 +67,13 @@ def test_auto_picks_hierarchical_only_across_hosts_with_several_ranks(comm):
     assert_all(comm.mpi, (name == "hierarchical") == comm.several_ranks_on_several_hosts, f"auto chose {name}")
 
 
-def test_compressed_hierarchical(comm):
+@pytest.mark.parametrize(("name", "params"), [("topk", {"ratio": 0.1}), ("powersgd", {"rank": 2})])
+def test_compressed_hierarchical(comm, name, params):
     x = rank_input(3001, comm.rank, "float32", "int")
     exact = mpicoll.allreduce(x, comm=comm) / np.float32(comm.size)
     got = mpicoll.compressed_allreduce(x, compression.get("none"), comm=comm, algorithm="hierarchical")
     assert_equal_all(comm.mpi, got, exact, "lossless compressor: exact mean")
-    codec = compression.ErrorFeedback(compression.get("topk", ratio=0.1))
+    codec = compression.ErrorFeedback(compression.get(name, **params))
     got = mpicoll.compressed_allreduce(x, codec, key="w", comm=comm, algorithm="hierarchical")
     assert_equal_all(comm.mpi, got, comm.mpi.bcast(got, root=0), "identical on every rank")
     hosts = len(set(comm.hosts))

@@ -31,7 +31,7 @@ def roundtrip(codec, x, key="t"):
 
 def test_registry_and_parameter_errors():
     assert sorted(["none", "fp16", "bf16", "topk", "topk_approx", "randomk", "threshold", "int8", "int4",
-                          "qsgd", "sign", "csr", "coo"]) == ALL
+                          "qsgd", "sign", "csr", "coo", "powersgd"]) == ALL
     with pytest.raises(UnsupportedError, match=r"unknown compressor 'zip'.*'bf16'"):
         compression.get("zip")
     with pytest.raises(UnsupportedError, match="unexpected keyword"):
@@ -218,7 +218,7 @@ def test_corrupted_indices_raise(name):
         codec.decompress(forged, ctx)
 
 
-@pytest.mark.parametrize("name", ["topk", "sign", "int4", "randomk", "qsgd", "topk_approx", "fp16", "bf16"])
+@pytest.mark.parametrize("name", ["topk", "sign", "int4", "randomk", "qsgd", "topk_approx", "fp16", "bf16", "powersgd"])
 def test_error_feedback_conserves_the_sum(name):
     ef = ErrorFeedback(compression.get(name))
     assert ef.name == name and ef.kind == compression.get(name).kind
@@ -263,7 +263,7 @@ def test_providers_give_identical_payloads(name):
     assert np.array_equal(payloads[0], payloads[1])
 
 
-@pytest.mark.parametrize("name", ["none", "fp16", "bf16", "randomk", "int8", "int4", "qsgd", "sign"])
+@pytest.mark.parametrize("name", ["none", "fp16", "bf16", "randomk", "int8", "int4", "qsgd", "sign", "powersgd"])
 def test_fixed_size_payloads_reuse_buffers(name):
     x = gaussian(10001)
     a, b = compression.get(name), compression.get(name)

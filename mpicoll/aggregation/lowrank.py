@@ -1,0 +1,190 @@
+"""PowerSGD's all-reduce: two small all-reduces instead of one big one (Vogels et al., 2019).
+
+For a :class:`~mpicoll.compression.powersgd.PowerSGD` compressor, optionally inside
+:class:`~mpicoll.compression.ErrorFeedback`, on an array that packs one or more tensors
+(``parts``, e.g. a gradient bucket; without it, the whole array is one tensor):
+
+1. (``prepare``, local) every tensor ``t`` of this rank, plus its residual, as an ``n x m``
+   matrix ``M_t``; ``P_t = M_t Q_t`` with the warm-start ``Q_t`` that every rank holds identically;
+2. all-reduce every ``P_t`` at once (one buffer, sum); every rank orthonormalizes the same
+   ``P_t`` into ``P^_t``;
+3. ``Q_t = M_t^T P^_t`` (local); with error feedback the rank keeps ``M_t - P^_t Q_t^T``, what the
+   projection dropped from its own tensor (the residuals and the result add up to the exact sum);
+4. all-reduce every ``Q_t`` at once; the result is ``P^_t Q_t^T`` and ``Q_t`` the next warm
+   start, the same on every rank because it is an all-reduced value.
+
+A packed 1-D tensor (a bias) and a tensor that low rank would not shrink (``(n + m) r >= n m``)
+travel exactly, in the second buffer, as in torch's PowerSGD hook; an array passed alone (no
+``parts``), even 1-D, is compressed as one matrix. Everything is float32 on the wire
+and goes through one of our dense algorithms, so results are bitwise identical on every rank.
+Wire per rank: that algorithm's cost on ``sum (n_t + m_t) r`` values instead of ``sum n_t m_t``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..collectives.ops import get_op
+from ..collectives.registry import get_algorithm, register
+from ..compression import Compressor, ErrorFeedback
+from ..compression.powersgd import WIRE, PowerSGD, as_matrix, orthonormalize, reconstruct
+from ..errors import ArgumentError, UnsupportedError
+from ..kernels.threads import blas_share
+from ..transport import Comm
+from .path import Parts, Path, Prepared
+from .summable import dense_algorithm
+
+
+@dataclass
+class Segment:
+    """One tensor of the packed array: where it lies, its matrix, and where its factors go.
+
+    ``rank == 0``: sent exactly, at ``q_start`` in the second buffer."""
+
+    start: int
+    size: int
+    key: Hashable
+    n: int = 0
+    m: int = 0
+    rank: int = 0
+    p_start: int = 0
+    q_start: int = 0
+
+
+def plan(power: PowerSGD, shape: tuple[int, ...], parts: Parts, key: Hashable) -> tuple[list[Segment], int, int]:
+    """The segments of an array of ``shape`` packing ``parts``, and the sizes of the P and Q buffers."""
+    shapes = [tuple(shape)] if parts is None else [tuple(int(d) for d in s) for s in parts]
+    sizes = [math.prod(s) for s in shapes]
+    if sum(sizes) != math.prod(shape):
+        raise ArgumentError(f"compressed_allreduce: parts {shapes} hold {sum(sizes)} elements, the array has "
+                            f"{math.prod(shape)}; pass the shapes of the tensors packed in it, in order")
+    segments, start, p_total, q_total = [], 0, 0, 0
+    for i, (part, size) in enumerate(zip(shapes, sizes, strict=True)):
+        seg = Segment(start, size, key if len(shapes) == 1 else (key, "part", i))
+        n, m, r = power.layout(part)
+        is_matrix = parts is None or len(part) >= 2  # a packed 1-D tensor is a bias: exact, as in torch
+        if is_matrix and (n + m) * r < size:
+            seg.n, seg.m, seg.rank, seg.p_start, seg.q_start = n, m, r, p_total, q_total
+            p_total, q_total = p_total + n * r, q_total + m * r
+        segments.append(seg)
+        start += size
+    for seg in segments:  # exact tensors ride after the Q factors
+        if not seg.rank:
+            seg.q_start, q_total = q_total, q_total + seg.size
+    return segments, p_total, q_total
+
+
+@dataclass
+class _Work:
+    power: PowerSGD
+    feedback: ErrorFeedback | None
+    key: Hashable
+    step: int
+    corrected: Any
+    flat: Any
+    segments: list[Segment]
+    matrices: list[Any]
+    p: Any
+    q_size: int
+
+
+def _corrected(feedback: ErrorFeedback, x: Any, key: Hashable) -> Any:
+    """``x`` plus its residual; in the residual's own buffer when it has ``x``'s shape and dtype
+    (no new array of the gradient's size per step; :meth:`LowRankPath.run` then turns that buffer
+    into the new residual)."""
+    residual = feedback.residuals.get(key)
+    if (isinstance(residual, np.ndarray) and residual.shape == x.shape and residual.dtype == x.dtype
+            and residual.flags.writeable and residual.flags.c_contiguous and not np.shares_memory(residual, x)):
+        return np.add(x, residual, out=residual)
+    return feedback.corrected(x, key)
+
+
+def _allreduce_sum(comm: Comm, a: Any) -> None:
+    """Sum the flat ``a`` over the ranks, in place."""
+    if a.size:
+        get_algorithm("allreduce", dense_algorithm(a.nbytes, comm.size))(comm, a, a, get_op("sum"))
+
+
+def _p_of(w: _Work, seg: Segment) -> Any:
+    return w.p[seg.p_start: seg.p_start + seg.n * seg.rank].reshape(seg.n, seg.rank)
+
+
+def _q_of(q: Any, seg: Segment) -> Any:
+    return q[seg.q_start: seg.q_start + seg.m * seg.rank].reshape(seg.m, seg.rank)
+
+
+class LowRankPath(Path):
+    """See the module docstring."""
+
+    def prepare(self, comm: Comm, x: Any, compressor: Compressor, key: Hashable, parts: Parts = None) -> Prepared:
+        feedback = compressor if isinstance(compressor, ErrorFeedback) else None
+        power = feedback.inner if feedback is not None else compressor
+        if not isinstance(power, PowerSGD):
+            raise UnsupportedError(f"compressed_allreduce: the powersgd path needs the powersgd compressor, "
+                                   f"got {compressor!r}")
+        segments, p_size, q_size = plan(power, tuple(x.shape), parts, key)
+        corrected = _corrected(feedback, x, key) if feedback is not None else x
+        flat = np.ascontiguousarray(corrected).reshape(-1)
+        step = power.next_step(key)
+        p = np.empty(p_size, WIRE)
+        matrices = []
+        with blas_share():
+            self._project(power, segments, flat, p, step, matrices)
+        work = _Work(power, feedback, key, step, corrected, flat, segments, matrices, p, q_size)
+        return Prepared(compressor, None, parts=work)
+
+    @staticmethod
+    def _project(power: PowerSGD, segments: list[Segment], flat: Any, p: Any, step: int, matrices: list) -> None:
+        """``P_t = M_t Q_t`` of every compressed segment, into ``p``; the matrices into ``matrices``."""
+        for seg in segments:
+            if seg.rank:
+                matrix = as_matrix(flat[seg.start: seg.start + seg.size], seg.n, seg.m)
+                np.matmul(matrix, power.start_q(seg.key, seg.m, seg.rank, step),
+                          out=p[seg.p_start: seg.p_start + seg.n * seg.rank].reshape(seg.n, seg.rank))
+                matrices.append(matrix)
+            else:
+                matrices.append(None)
+
+    def run(self, comm: Comm, prepared: Prepared) -> Any:
+        w: _Work = prepared.parts
+        _allreduce_sum(comm, w.p)
+        q = np.empty(w.q_size, WIRE)
+        with blas_share():
+            for seg, matrix in zip(w.segments, w.matrices, strict=True):
+                if seg.rank:
+                    p = orthonormalize(_p_of(w, seg))
+                    np.matmul(matrix.T, p, out=_q_of(q, seg))
+                else:
+                    q[seg.q_start: seg.q_start + seg.size] = w.flat[seg.start: seg.start + seg.size]
+        if w.feedback is not None:  # keep what the projection dropped from this rank's own array
+            scratch = comm.scratch.get("lowrank.mine", w.flat.size, WIRE)  # no fresh pages to touch each step
+            mine = self._assemble(w, q, scratch).reshape(w.corrected.shape)
+            if w.corrected is w.feedback.residuals.get(w.key):  # the residual's buffer, reused in place
+                np.subtract(w.corrected, mine, out=w.corrected, casting="unsafe")
+            else:
+                w.feedback.residuals[w.key] = w.corrected - mine.astype(w.corrected.dtype, copy=False)
+        _allreduce_sum(comm, q)
+        for seg in w.segments:
+            if seg.rank:
+                w.power.remember(seg.key, _q_of(q, seg), w.step)
+        return self._assemble(w, q).astype(w.corrected.dtype, copy=False).reshape(w.corrected.shape)
+
+    @staticmethod
+    def _assemble(w: _Work, q: Any, out: Any = None) -> Any:
+        """The flat float32 array the factors in ``w.p`` and ``q`` stand for (into ``out`` if given)."""
+        out = np.empty(w.flat.size, WIRE) if out is None else out
+        for seg in w.segments:
+            piece = out[seg.start: seg.start + seg.size]
+            if seg.rank:
+                reconstruct(_p_of(w, seg), _q_of(q, seg), seg.size, piece)
+            else:
+                piece[...] = q[seg.q_start: seg.q_start + seg.size]
+        return out
+
+
+register("compressed_allreduce", "powersgd")(LowRankPath())
