@@ -33,7 +33,7 @@ from mpicoll.transport import Comm
 
 from .harness import format_size, meta, parse_size, say
 
-DEFAULT = "fp16,randomk,topk,topk_approx,int8,int4,qsgd,sign"
+DEFAULT = "fp16,randomk,topk,topk_approx,int8,int4,qsgd,sign,powersgd"
 _TX = Path("/sys/class/net/eth0/statistics/tx_bytes")
 
 

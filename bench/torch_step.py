@@ -33,7 +33,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--batch", type=int, default=32, help="samples per rank and step (default 32)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant and round (default 10)")
     p.add_argument("--rounds", type=int, default=5, help="rounds; each variant reports its median (default 5)")
-    p.add_argument("--compressor", default="none", help="none, fp16, topk (1%% + EF) or sign (+ EF)")
+    p.add_argument("--compressor", default="none",
+                   help="none, fp16, topk (1%% + EF), sign (+ EF) or powersgd (rank 4 + EF)")
     p.add_argument("--bucket-mb", type=float, default=25.0, help="DDP bucket_cap_mb and our bucket size")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
 
@@ -43,7 +44,8 @@ def _compressor(name: str) -> Any:
 
     return {"none": lambda: None, "fp16": lambda: compression.get("fp16"),
             "topk": lambda: compression.ErrorFeedback(compression.get("topk", ratio=0.01)),
-            "sign": lambda: compression.ErrorFeedback(compression.get("sign"))}[name]()
+            "sign": lambda: compression.ErrorFeedback(compression.get("sign")),
+            "powersgd": lambda: compression.ErrorFeedback(compression.get("powersgd", rank=4))}[name]()
 
 
 def _variants(args: argparse.Namespace, torch: Any, mt: Any) -> dict[str, Callable[[Any, Any], None]]:

@@ -7,10 +7,10 @@ through DDP with mpicoll's communication hook (``--mode ddp``). Run::
 
     mpiexec -n 4 python -m mpicoll.run examples/train_digits.py --compressor topk --epochs 30
 
-``--compressor`` is ``none``, ``fp16``, ``topk`` (1%, error feedback) or ``sign`` (error
-feedback), or a comma-separated list to train one model per compressor in the same job. Rank 0
-prints test accuracy per epoch; ``--json`` writes the history. At the end every rank checks that
-all ranks hold bit-identical parameters.
+``--compressor`` is ``none``, ``fp16``, ``topk`` (1%, error feedback), ``sign`` (error
+feedback) or ``powersgd`` (rank 4, error feedback), or a comma-separated list to train one model
+per compressor in the same job. Rank 0 prints test accuracy per epoch; ``--json`` writes the
+history. At the end every rank checks that all ranks hold bit-identical parameters.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ def compressor_named(name: str) -> compression.Compressor | None:
     return {"none": lambda: None,
             "fp16": lambda: compression.get("fp16"),
             "topk": lambda: compression.ErrorFeedback(compression.get("topk", ratio=0.01)),
-            "sign": lambda: compression.ErrorFeedback(compression.get("sign"))}[name]()
+            "sign": lambda: compression.ErrorFeedback(compression.get("sign")),
+            "powersgd": lambda: compression.ErrorFeedback(compression.get("powersgd", rank=4))}[name]()
 
 
 def data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
