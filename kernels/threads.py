@@ -10,7 +10,9 @@ import contextlib
 import functools
 import os
 import sys
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 # OpenMP worker threads spin between parallel regions by default; with several MPI ranks per
 # node that spinning starves the ranks' own busy-polling (a compressed all-reduce of 1000
@@ -56,19 +58,37 @@ def _blas_controller() -> object | None:
     return ThreadpoolController()
 
 
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limiter: Any = None
+
+
 @contextlib.contextmanager
 def blas_share() -> Iterator[None]:
-    """Within the block, BLAS (NumPy's ``@``) uses this rank's fair share of the cores.
+    """While any thread is within such a block, BLAS (NumPy's ``@``) uses this rank's fair share of
+    the cores (cores / ranks on this node).
 
     BLAS libraries start one spinning thread per core in every process: with two ranks on two
-    cores, PowerSGD's thin products made a training step 3x slower (94 ms against 31 ms). Only
-    mpicoll's own products are limited (the setting is restored after the block), and not at all
+    cores, PowerSGD's thin products made a training step 3x slower (94 ms against 31 ms). The
+    limit is process-wide (BLAS has one setting), so other threads' products are capped too while
+    a block is active; the original setting returns when the last block ends. Nothing is changed
     when the user set ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS``, ``OMP_NUM_THREADS`` or
     ``BLIS_NUM_THREADS``. Costs about 10 us.
     """
+    global _blas_users, _blas_limiter
     controller = _blas_controller()
     if controller is None:
         yield
         return
-    with controller.limit(limits=_default_threads(), user_api="blas"):  # type: ignore[attr-defined]
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_limiter = controller.limit(limits=_default_threads(), user_api="blas")  # type: ignore[attr-defined]
+        _blas_users += 1
+    try:
         yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limiter.restore_original_limits()
+                _blas_limiter = None

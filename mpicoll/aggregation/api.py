@@ -11,7 +11,8 @@ sparse      sparse_allgather, sparse_rd (SparCML)        sparse_allgather up to 
                                                          sparse_rd beyond
 quantized   two_phase (compressed reduce-scatter +       two_phase
             compressed allgather)
-lowrank     powersgd (all-reduce P, then Q)              powersgd
+lowrank     powersgd (all-reduce P, then Q; hierarchical  powersgd
+            sums across hosts), two_phase, hierarchical
 any         two_phase; hierarchical (exact sums inside   hierarchical when the ranks span
             each host, the path above between hosts)     several hosts, several on some
 ==========  ===========================================  =================================
@@ -22,6 +23,8 @@ Other combinations (a dense algorithm with a sparse compressor, say) raise
 
 from __future__ import annotations
 
+import math
+import operator
 from collections.abc import Hashable
 from typing import Any
 
@@ -60,10 +63,12 @@ def choose_path(compressor: Compressor, x: Any, comm: Comm) -> str:
     return summable.dense_algorithm(x.nbytes, comm.size)
 
 
-def _resolve(compressor: Compressor, algorithm: str, x: Any, comm: Comm) -> str:
+def _resolve(compressor: Compressor, algorithm: str, x: Any, comm: Comm, parts: Parts) -> str:
     kind = compressor.kind
-    if algorithm == "auto":
+    if algorithm == "auto" and kind != "lowrank":  # powersgd's own small sums follow the hosts
         name = "hierarchical" if comm.several_ranks_on_several_hosts else choose_path(compressor, x, comm)
+    elif algorithm == "auto":
+        name = choose_path(compressor, x, comm)
     else:
         name = algorithm
     if name not in algorithm_names("compressed_allreduce"):
@@ -76,15 +81,30 @@ def _resolve(compressor: Compressor, algorithm: str, x: Any, comm: Comm) -> str:
     if name not in _ALLOWED[kind]:
         raise UnsupportedError(f"compressed_allreduce: algorithm {name!r} cannot carry {kind} payloads of "
                                f"{compressor.name!r}; for {kind} compressors use {accepted([*_ALLOWED[kind], 'auto'])}")
+    if kind == "lowrank" and parts is not None and name != "powersgd":
+        raise UnsupportedError(f"compressed_allreduce: {name!r} cuts the array into chunks across the packed "
+                               f"tensors, so it cannot use parts=; use algorithm='powersgd' (or 'auto', which "
+                               f"picks it and sums P and Q hierarchically across hosts)")
     return name
 
 
-def _shapes(parts: Parts) -> list[tuple[int, ...]] | None:
+def _shapes(parts: Parts, size: int) -> list[tuple[int, ...]] | None:
+    """``parts`` as a list of int tuples, checked: dimensions are integers >= 0 and the shapes hold
+    exactly ``size`` elements."""
+    if parts is None:
+        return None
     try:
-        return None if parts is None else [tuple(int(d) for d in shape) for shape in parts]
-    except (TypeError, ValueError):
-        raise ArgumentError(f"compressed_allreduce: parts must be a sequence of shapes (tuples of ints), "
+        shapes = [tuple(operator.index(d) for d in shape) for shape in parts]
+    except TypeError:
+        raise ArgumentError(f"compressed_allreduce: parts must be a sequence of shapes (tuples of integers), "
                             f"got {parts!r}") from None
+    if any(d < 0 for shape in shapes for d in shape):
+        raise ArgumentError(f"compressed_allreduce: parts {shapes} has a negative dimension")
+    total = sum(math.prod(shape) for shape in shapes)
+    if total != size:
+        raise ArgumentError(f"compressed_allreduce: parts {shapes} hold {total} elements, the array has {size}; "
+                            f"pass the shapes of the tensors packed in it, in order")
+    return shapes
 
 
 def _agree_on_payload_errors(comm: Comm, errors: list[str]) -> None:
@@ -133,9 +153,9 @@ def compressed_allreduce(x: Any, compressor: Compressor, *, key: Hashable = None
         if x.dtype.kind != "f":
             raise DtypeError(f"compressed_allreduce: needs a floating array, got {x.dtype}")
         check_finite(x, c.rank, "compressed_allreduce")
-        name = _resolve(compressor, algorithm, x, c)
+        parts = _shapes(parts, x.size)
+        name = _resolve(compressor, algorithm, x, c, parts)
         refine(name)
-        parts = _shapes(parts)
         agree.set(count=x.size, dtype=x.dtype, algorithm=name, compressor=repr(compressor), parts=parts)
         path = get_algorithm("compressed_allreduce", name)
         prepared = path.prepare(c, x, compressor, key, parts)  # local: a failure here is reported on every rank

@@ -4,7 +4,8 @@ The hierarchical schedule of :mod:`mpicoll.collectives.hierarchical` with a comp
 step: each shard's owners (one per host) run the compressed all-reduce path that ``auto`` picks for
 the compressor on their communicator, keyed ``(key, "shard", s)`` so that error feedback keeps one
 residual per shard. Inside a host nothing is compressed (shared memory is not the bottleneck),
-and with one host nothing is compressed at all.
+and with one host nothing is compressed at all. Shards cut across packed tensors, so ``parts``
+is not used here (PowerSGD with ``parts`` takes its own path, whose sums are hierarchical).
 """
 
 from __future__ import annotations

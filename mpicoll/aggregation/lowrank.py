@@ -14,8 +14,10 @@ For a :class:`~mpicoll.compression.powersgd.PowerSGD` compressor, optionally ins
    start, the same on every rank because it is an all-reduced value.
 
 A packed 1-D tensor (a bias) and a tensor that low rank would not shrink (``(n + m) r >= n m``)
-travel exactly, in the second buffer, as in torch's PowerSGD hook; an array passed alone (no
-``parts``), even 1-D, is compressed as one matrix. Everything is float32 on the wire
+travel exactly, in the second buffer, as in torch's PowerSGD hook; an array that is one tensor
+(no ``parts``, or one part), even 1-D, is compressed as one matrix. When the ranks span several
+hosts with several ranks on some, the sums of ``P`` and ``Q`` are hierarchical all-reduces
+(exact inside each host), which keeps ``parts`` meaningful there too. Everything is float32 on the wire
 and goes through one of our dense algorithms, so results are bitwise identical on every rank.
 Wire per rank: that algorithm's cost on ``sum (n_t + m_t) r`` values instead of ``sum n_t m_t``.
 """
@@ -67,7 +69,7 @@ def plan(power: PowerSGD, shape: tuple[int, ...], parts: Parts, key: Hashable) -
     for i, (part, size) in enumerate(zip(shapes, sizes, strict=True)):
         seg = Segment(start, size, key if len(shapes) == 1 else (key, "part", i))
         n, m, r = power.layout(part)
-        is_matrix = parts is None or len(part) >= 2  # a packed 1-D tensor is a bias: exact, as in torch
+        is_matrix = len(shapes) == 1 or len(part) >= 2  # a packed 1-D tensor is a bias: exact, as in torch
         if is_matrix and (n + m) * r < size:
             seg.n, seg.m, seg.rank, seg.p_start, seg.q_start = n, m, r, p_total, q_total
             p_total, q_total = p_total + n * r, q_total + m * r
@@ -93,21 +95,25 @@ class _Work:
     q_size: int
 
 
-def _corrected(feedback: ErrorFeedback, x: Any, key: Hashable) -> Any:
-    """``x`` plus its residual; in the residual's own buffer when it has ``x``'s shape and dtype
-    (no new array of the gradient's size per step; :meth:`LowRankPath.run` then turns that buffer
-    into the new residual)."""
+def _corrected(comm: Comm, feedback: ErrorFeedback, x: Any, key: Hashable) -> Any:
+    """``x`` plus its residual, in a scratch buffer of the communicator (no fresh array of the
+    gradient's size to allocate and touch each step). The residual itself is only rewritten in
+    :meth:`LowRankPath.run`, so a call that fails before (a peer's bad arguments) leaves it as it was."""
     residual = feedback.residuals.get(key)
-    if (isinstance(residual, np.ndarray) and residual.shape == x.shape and residual.dtype == x.dtype
-            and residual.flags.writeable and residual.flags.c_contiguous and not np.shares_memory(residual, x)):
-        return np.add(x, residual, out=residual)
-    return feedback.corrected(x, key)
+    if residual is None:
+        return x
+    if not (isinstance(residual, np.ndarray) and residual.shape == x.shape):
+        return feedback.corrected(x, key)  # checks the shape, moves a restored residual
+    out = comm.scratch.get("lowrank.corrected", x.size, x.dtype).reshape(x.shape)
+    return np.add(x, residual, out=out, casting="unsafe")
 
 
 def _allreduce_sum(comm: Comm, a: Any) -> None:
-    """Sum the flat ``a`` over the ranks, in place."""
+    """Sum the flat ``a`` over the ranks, in place: hierarchically when the ranks span several hosts
+    with several ranks on some (exact sums inside each host), else the table's dense choice."""
     if a.size:
-        get_algorithm("allreduce", dense_algorithm(a.nbytes, comm.size))(comm, a, a, get_op("sum"))
+        name = "hierarchical" if comm.several_ranks_on_several_hosts else dense_algorithm(a.nbytes, comm.size)
+        get_algorithm("allreduce", name)(comm, a, a, get_op("sum"))
 
 
 def _p_of(w: _Work, seg: Segment) -> Any:
@@ -128,7 +134,7 @@ class LowRankPath(Path):
             raise UnsupportedError(f"compressed_allreduce: the powersgd path needs the powersgd compressor, "
                                    f"got {compressor!r}")
         segments, p_size, q_size = plan(power, tuple(x.shape), parts, key)
-        corrected = _corrected(feedback, x, key) if feedback is not None else x
+        corrected = _corrected(comm, feedback, x, key) if feedback is not None else x
         flat = np.ascontiguousarray(corrected).reshape(-1)
         step = power.next_step(key)
         p = np.empty(p_size, WIRE)
@@ -164,8 +170,10 @@ class LowRankPath(Path):
         if w.feedback is not None:  # keep what the projection dropped from this rank's own array
             scratch = comm.scratch.get("lowrank.mine", w.flat.size, WIRE)  # no fresh pages to touch each step
             mine = self._assemble(w, q, scratch).reshape(w.corrected.shape)
-            if w.corrected is w.feedback.residuals.get(w.key):  # the residual's buffer, reused in place
-                np.subtract(w.corrected, mine, out=w.corrected, casting="unsafe")
+            residual = w.feedback.residuals.get(w.key)
+            if (isinstance(residual, np.ndarray) and residual.shape == w.corrected.shape
+                    and residual.dtype == w.corrected.dtype and residual.flags.writeable):  # reuse its buffer
+                np.subtract(w.corrected, mine, out=residual, casting="unsafe")
             else:
                 w.feedback.residuals[w.key] = w.corrected - mine.astype(w.corrected.dtype, copy=False)
         _allreduce_sum(comm, q)

@@ -148,6 +148,24 @@ def test_powersgd_compresses_each_packed_tensor_on_its_own(comm):
         mpicoll.compressed_allreduce(packed, ef, key="c", comm=comm, parts=[weight.shape])
 
 
+def test_powersgd_parts_are_checked_and_a_refused_call_keeps_the_residual(comm):
+    x = rank_input(400, comm.rank, "float32", "float", seed=600)
+    ef = ErrorFeedback(compression.get("powersgd", rank=2))
+    mpicoll.compressed_allreduce(x, ef, key="r", comm=comm, parts=[(20, 20)])
+    before = ef.residual("r").copy()
+    for bad in ([(20, -20)], [(20.5, 20)], [(10, 10)], ["ab"]):
+        with pytest.raises(ArgumentError, match="parts"):
+            mpicoll.compressed_allreduce(x, ef, key="r", comm=comm, parts=bad)
+    if comm.size > 1:  # the other ranks' arguments are fine: they are refused by the agreement
+        with pytest.raises((MismatchError, PeerError)):
+            mpicoll.compressed_allreduce(x, ef, key="r", comm=comm, parts=[(20, 20)] if comm.rank else [(400,)])
+    assert_equal_all(comm.mpi, ef.residual("r"), before, "the residual after refused calls")
+    one = mpicoll.compressed_allreduce(x, ErrorFeedback(compression.get("powersgd", rank=2)), key="s", comm=comm,
+                                       parts=[(400,)])
+    none = mpicoll.compressed_allreduce(x, ErrorFeedback(compression.get("powersgd", rank=2)), key="s", comm=comm)
+    assert_equal_all(comm.mpi, one, none, "a single 1-D part is compressed like the array alone")
+
+
 def test_gradient_buckets_give_powersgd_the_tensor_shapes(comm):
     arrays = {"w": rank_input(40 * 30, comm.rank, "float32", "float", seed=500).reshape(40, 30),
               "b": rank_input(30, comm.rank, "float32", "int", seed=501)}

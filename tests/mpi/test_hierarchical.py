@@ -83,6 +83,23 @@ def test_compressed_hierarchical(comm, name, params):
         assert_all(comm.mpi, bool(codec.residuals) == (comm.rank in _shard_owners(comm)), "residuals per shard")
 
 
+def test_powersgd_keeps_the_tensor_shapes_across_hosts(comm):
+    """``auto`` runs powersgd with hierarchical sums of P and Q, so ``parts`` still holds: the bias
+    arrives exact on any layout; the hierarchical compressed path cannot use parts and says so."""
+    from mpicoll.errors import UnsupportedError
+
+    weight = rank_input(40 * 30, comm.rank, "float32", "float", seed=700)
+    bias = rank_input(30, comm.rank, "float32", "int", seed=701)
+    packed = np.concatenate([weight, bias])
+    codec = compression.ErrorFeedback(compression.get("powersgd", rank=2))
+    got = mpicoll.compressed_allreduce(packed, codec, key="b", comm=comm, average=False, parts=[(40, 30), (30,)])
+    assert_equal_all(comm.mpi, got[1200:], mpicoll.allreduce(bias, comm=comm, algorithm="native"), "bias")
+    assert_equal_all(comm.mpi, got, comm.mpi.bcast(got, root=0), "identical on every rank")
+    with pytest.raises(UnsupportedError, match="parts"):
+        mpicoll.compressed_allreduce(packed, codec, key="c", comm=comm, algorithm="hierarchical",
+                                     parts=[(40, 30), (30,)])
+
+
 def _shard_owners(comm) -> set[int]:
     from mpicoll.collectives.hierarchical import hierarchy
 
