@@ -556,9 +556,7 @@ def lowrank_reconstruct(p: cupy.ndarray, q: cupy.ndarray, size: int, out: Any = 
         size: elements wanted (``<= n * m``).
         out: optional float32 array of ``size`` to write into.
     """
-    n, m, r = p.shape[0], q.shape[0], p.shape[1]
-    if size > n * m or q.shape[1] != r:
-        raise ValueError(f"lowrank_reconstruct: p {p.shape} and q {q.shape} cannot give {size} elements")
+    m, r = reference.lowrank_shape(p, q, size)[1:]
     result = _output(out, (size,), np.float32)
     _launch("lowrank.cu", "mpicoll_lowrank_reconstruct", size,
             cupy.ascontiguousarray(p, dtype=np.float32), cupy.ascontiguousarray(q, dtype=np.float32),

@@ -777,9 +777,7 @@ def _lowrank(p, qt, size, out):
 def lowrank_reconstruct(p: np.ndarray, q: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
     """See :func:`reference.lowrank_reconstruct`: rows in parallel, each row built ``r`` times in
     cache with SIMD over the columns (``q`` transposed so that a row of ``q.T`` is contiguous)."""
-    n, m, r = p.shape[0], q.shape[0], p.shape[1]
-    if size > n * m or q.shape[1] != r:
-        raise ValueError(f"lowrank_reconstruct: p {p.shape} and q {q.shape} cannot give {size} elements")
+    reference.lowrank_shape(p, q, size)  # refuses factors that cannot give size elements
     direct = out is not None and out.dtype == np.float32 and out.shape == (size,) and out.flags.c_contiguous
     result = out if direct else np.empty(size, np.float32)
     _lowrank(np.ascontiguousarray(p, dtype=np.float32), np.ascontiguousarray(q.T, dtype=np.float32),

@@ -997,9 +997,7 @@ def lowrank_reconstruct(p: Array, q: Array, size: int, out: Array | None = None)
     Returns:
         ``size`` float32 values (``out`` when given).
     """
-    n, m, r = p.shape[0], q.shape[0], p.shape[1]
-    if size > n * m or q.shape[1] != r:
-        raise ValueError(f"lowrank_reconstruct: p {p.shape} and q {q.shape} cannot give {size} elements")
+    reference.lowrank_shape(p, q, size)  # refuses factors that cannot give size elements
     xp = _xp(p)
     result = _writable(out, xp, size, np.float32)
     _launch(_lowrank_kernel, size, xp.ascontiguousarray(p, dtype=np.float32),

@@ -15,6 +15,8 @@ lanes and many threads on one block and still produce the same bits.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .hashing import mix64_array, uniform24
@@ -287,6 +289,15 @@ def csr_densify(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, sha
 # ---------------------------------------------------------------- low rank (PowerSGD)
 
 
+def lowrank_shape(p: Any, q: Any, size: int) -> tuple[int, int, int]:
+    """``(n, m, r)`` of :func:`lowrank_reconstruct`'s factors (every provider checks with this);
+    raises ``ValueError`` when they cannot give ``size`` elements."""
+    n, m, r = p.shape[0], q.shape[0], p.shape[1]
+    if size > n * m or q.shape[1] != r:
+        raise ValueError(f"lowrank_reconstruct: p {p.shape} and q {q.shape} cannot give {size} elements")
+    return n, m, r
+
+
 def lowrank_reconstruct(p: np.ndarray, q: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
     """The first ``size`` elements of ``p @ q.T`` in row-major order, as float32.
 
@@ -296,9 +307,7 @@ def lowrank_reconstruct(p: np.ndarray, q: np.ndarray, size: int, out: np.ndarray
     every provider and machine gives the same bits; ``r == 0`` gives zeros. For finite inputs
     (which NaN a NaN result is, is not part of the contract).
     """
-    n, m, r = p.shape[0], q.shape[0], p.shape[1]
-    if size > n * m or q.shape[1] != r:
-        raise ValueError(f"lowrank_reconstruct: p {p.shape} and q {q.shape} cannot give {size} elements")
+    n, m, r = lowrank_shape(p, q, size)
     full = np.zeros((n, m), np.float32)
     for k in range(r):
         term = np.multiply(p[:, k:k + 1], q[None, :, k], dtype=np.float32)
