@@ -65,10 +65,9 @@ def choose_path(compressor: Compressor, x: Any, comm: Comm) -> str:
 
 def _resolve(compressor: Compressor, algorithm: str, x: Any, comm: Comm, parts: Parts) -> str:
     kind = compressor.kind
-    if algorithm == "auto" and kind != "lowrank":  # powersgd's own small sums follow the hosts
-        name = "hierarchical" if comm.several_ranks_on_several_hosts else choose_path(compressor, x, comm)
-    elif algorithm == "auto":
-        name = choose_path(compressor, x, comm)
+    if algorithm == "auto":  # powersgd's own small sums follow the hosts: it stays flat here
+        hierarchy = comm.several_ranks_on_several_hosts and kind != "lowrank"
+        name = "hierarchical" if hierarchy else choose_path(compressor, x, comm)
     else:
         name = algorithm
     if name not in algorithm_names("compressed_allreduce"):

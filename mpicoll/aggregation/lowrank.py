@@ -35,7 +35,7 @@ from ..collectives.ops import get_op
 from ..collectives.registry import get_algorithm, register
 from ..compression import Compressor, ErrorFeedback
 from ..compression.powersgd import WIRE, PowerSGD, as_matrix, orthonormalize, reconstruct
-from ..errors import ArgumentError, UnsupportedError
+from ..errors import UnsupportedError
 from ..kernels.threads import blas_share
 from ..transport import Comm
 from .path import Parts, Path, Prepared
@@ -59,12 +59,10 @@ class Segment:
 
 
 def plan(power: PowerSGD, shape: tuple[int, ...], parts: Parts, key: Hashable) -> tuple[list[Segment], int, int]:
-    """The segments of an array of ``shape`` packing ``parts``, and the sizes of the P and Q buffers."""
-    shapes = [tuple(shape)] if parts is None else [tuple(int(d) for d in s) for s in parts]
+    """The segments of an array of ``shape`` packing ``parts`` (checked by the API: they hold exactly
+    its elements), and the sizes of the P and Q buffers."""
+    shapes = [tuple(shape)] if parts is None else [tuple(s) for s in parts]
     sizes = [math.prod(s) for s in shapes]
-    if sum(sizes) != math.prod(shape):
-        raise ArgumentError(f"compressed_allreduce: parts {shapes} hold {sum(sizes)} elements, the array has "
-                            f"{math.prod(shape)}; pass the shapes of the tensors packed in it, in order")
     segments, start, p_total, q_total = [], 0, 0, 0
     for i, (part, size) in enumerate(zip(shapes, sizes, strict=True)):
         seg = Segment(start, size, key if len(shapes) == 1 else (key, "part", i))
