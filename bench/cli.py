@@ -18,6 +18,7 @@ from typing import Any
 
 from .harness import (
     HEADER,
+    STATS_HEADER,
     Case,
     Options,
     Record,
@@ -67,6 +68,9 @@ def _add_sweep_options(p: argparse.ArgumentParser) -> None:
                         "for large messages")
     p.add_argument("--validate", action="store_true",
                    help="keep the cross-rank argument check on inside the timed loop (off by default)")
+    p.add_argument("--stats", action="store_true",
+                   help="also report min/p50/p95/p99/max over the timed iterations (us, each iteration's "
+                        "slowest rank) and the per-rank spread; JSON carries them")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
 
 
@@ -91,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .plot import add_parser as add_plot
     from .report import add_parser as add_report
     from .soak import add_parser as add_soak
+    from .timeline import add_parser as add_timeline
     from .torch_step import add_parser as add_torch_step
 
     add_report(sub)
@@ -100,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_compressed(sub)
     add_overlap(sub)
     add_torch_step(sub)
+    add_timeline(sub)
     return parser
 
 
@@ -116,7 +122,7 @@ def _options(args: argparse.Namespace, algorithms: Sequence[str]) -> Options:
     return Options(
         sizes=_sizes(args), algorithms=list(algorithms), dtype=args.datatype, op=args.op, root=args.root,
         warmup=args.warmup_iters, iters=args.iters, budget_s=args.budget, repeats=args.repeats,
-        validate=args.validate, timing=args.timing,
+        validate=args.validate, timing=args.timing, stats=getattr(args, "stats", False),
     )
 
 
@@ -148,7 +154,7 @@ def run_collective(args: argparse.Namespace, comm: Any) -> list[Record]:
     ceiling = cases["sendrecv"] if args.ceiling and case.collective != "sendrecv" else None
     emit = (lambda r: None) if args.osu else (lambda r: say(comm, format_row(r)))
     if not args.osu:
-        say(comm, HEADER)
+        say(comm, HEADER + (STATS_HEADER if opts.stats else ""))
     records: list[Record] = []
     steps = len(opts.sizes) * opts.repeats * (len(opts.algorithms) + (1 if ceiling else 0))
     with progress_bar(comm, steps, case.collective, args.quiet) as advance:
@@ -182,6 +188,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .plot import run_plot
 
         return run_plot(args)
+    if args.command == "timeline" and args.action != "overhead":  # reads files only: no MPI
+        from .timeline import run_timeline
+
+        return run_timeline(args)
     if args.command == "compress":  # one process, no MPI
         from .compress import run_compress
 
@@ -205,6 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .torch_step import run_torch_step
 
             return run_torch_step(args, comm)
+        if args.command == "timeline":
+            from .timeline import run_overhead
+
+            return run_overhead(args, comm)
         if args.command == "overlap":
             from .overlap import run_overlap
 

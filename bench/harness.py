@@ -104,6 +104,10 @@ class Record:
     max_us: float = 0.0  # slowest rank (= time_us)
     timing: str = "back-to-back"
     compressor: str = "none"
+    #: with ``--stats``: min/p50/p95/p99/max over every timed iteration (each the slowest rank's), in us
+    iter_us: dict[str, float] = field(default_factory=dict)
+    #: slowest minus fastest rank's mean time, in % of the mean over ranks (the per-rank spread)
+    spread_pct: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -124,32 +128,51 @@ class Timing:
     max_s: float
     avg_s: float
     min_s: float
+    #: with ``stats``: every iteration's time on the slowest rank for that iteration (seconds)
+    per_iter_s: np.ndarray | None = None
 
 
-def time_loop(comm: Comm, body: Callable[[], Any], iterations: int, method: str = "back-to-back") -> Timing:
+def time_loop(comm: Comm, body: Callable[[], Any], iterations: int, method: str = "back-to-back",
+              stats: bool = False) -> Timing:
     """Time ``iterations`` calls of ``body`` on every rank.
 
     ``back-to-back`` (nccl-tests): one barrier, then the calls in a row, total / iterations; calls
     may overlap across ranks, as they do in an application. ``barrier`` (OSU's latency tests):
     a barrier before every call, each call timed alone, so no call starts before all finished
-    the previous one.
+    the previous one. ``stats``: also read the clock around every call (two clock reads per
+    iteration) and keep each iteration's time on its slowest rank, for percentiles.
     """
+    clock = time.perf_counter
+    samples = np.empty(iterations) if stats else None
     if method == "barrier":
         elapsed = 0.0
-        for _ in range(iterations):
+        for i in range(iterations):
             comm.mpi.Barrier()
-            start = time.perf_counter()
+            start = clock()
             body()
-            elapsed += time.perf_counter() - start
+            took = clock() - start
+            elapsed += took
+            if samples is not None:
+                samples[i] = took
         elapsed /= iterations
     else:
         comm.mpi.Barrier()
-        start = time.perf_counter()
-        for _ in range(iterations):
-            body()
-        elapsed = (time.perf_counter() - start) / iterations
+        start = clock()
+        if samples is None:
+            for _ in range(iterations):
+                body()
+        else:
+            for i in range(iterations):
+                t0 = clock()
+                body()
+                samples[i] = clock() - t0
+        elapsed = (clock() - start) / iterations
     per_rank = comm.mpi.allgather(elapsed)
-    return Timing(max(per_rank), sum(per_rank) / len(per_rank), min(per_rank))
+    if samples is not None:
+        from mpi4py import MPI
+
+        comm.mpi.Allreduce(MPI.IN_PLACE, samples, op=MPI.MAX)
+    return Timing(max(per_rank), sum(per_rank) / len(per_rank), min(per_rank), samples)
 
 
 def choose_iterations(comm: Comm, body: Callable[[], Any], warmup: int, max_iters: int, budget_s: float) -> int:
@@ -173,6 +196,7 @@ class Options:
     repeats: int = 3
     validate: bool = False
     timing: str = "back-to-back"
+    stats: bool = False
 
 
 def run_case(case: Case, comm: Comm, opts: Options, emit: Callable[[Record], None],
@@ -200,7 +224,7 @@ def run_case(case: Case, comm: Comm, opts: Options, emit: Callable[[Record], Non
                     prepared.poison()  # the check below then sees only what this algorithm wrote
                     if algo not in iters:
                         iters[algo] = choose_iterations(comm, body, opts.warmup, opts.iters, opts.budget_s)
-                    times[algo].append(time_loop(comm, body, iters[algo], opts.timing))
+                    times[algo].append(time_loop(comm, body, iters[algo], opts.timing, opts.stats))
                     wrong[algo] = wrong.get(algo, 0) + prepared.wrong()
                     if progress is not None:
                         progress()
@@ -213,11 +237,24 @@ def run_case(case: Case, comm: Comm, opts: Options, emit: Callable[[Record], Non
                             iters[algo], library,
                             avg_us=float(np.median([t.avg_s for t in times[algo]])) * 1e6,
                             min_us=float(np.median([t.min_s for t in times[algo]])) * 1e6,
-                            max_us=seconds * 1e6, timing=opts.timing)
+                            max_us=seconds * 1e6, timing=opts.timing, iter_us=_iteration_stats(times[algo]))
+            record.spread_pct = 100.0 * (record.max_us - record.min_us) / record.avg_us if record.avg_us > 0 else 0.0
             records.append(record)
             emit(record)
     return records
 
+
+def _iteration_stats(timings: Sequence[Timing]) -> dict[str, float]:
+    """min/p50/p95/p99/max (us) over the iterations of every round, when they were kept."""
+    kept = [t.per_iter_s for t in timings if t.per_iter_s is not None]
+    if not kept:
+        return {}
+    us = np.concatenate(kept) * 1e6
+    values = np.percentile(us, [0, 50, 95, 99, 100])
+    return dict(zip(("min", "p50", "p95", "p99", "max"), map(float, values), strict=True))
+
+
+STATS_HEADER = f" {'min':>9} {'p50':>9} {'p95':>9} {'p99':>9} {'max':>9} {'spread':>7}"
 
 HEADER = (f"{'size':>12} {'count':>12} {'type':>8} {'redop':>6} {'root':>5} {'algo':>19} "
           f"{'time(us)':>11} {'algbw':>7} {'busbw':>7} {'#wrong':>7}")
@@ -225,8 +262,12 @@ HEADER = (f"{'size':>12} {'count':>12} {'type':>8} {'redop':>6} {'root':>5} {'al
 
 def format_row(r: Record) -> str:
     """One nccl-tests style line."""
-    return (f"{r.size_bytes:>12} {r.count:>12} {r.dtype:>8} {r.op:>6} {r.root:>5} {r.algorithm:>19} "
+    line = (f"{r.size_bytes:>12} {r.count:>12} {r.dtype:>8} {r.op:>6} {r.root:>5} {r.algorithm:>19} "
             f"{r.time_us:>11.1f} {r.algbw_GBps:>7.2f} {r.busbw_GBps:>7.2f} {r.wrong:>7}")
+    if r.iter_us:  # --stats: per-iteration percentiles (us) and the per-rank spread
+        line += "".join(f" {r.iter_us[k]:>9.1f}" for k in ("min", "p50", "p95", "p99", "max"))
+        line += f" {r.spread_pct:>6.1f}%"
+    return line
 
 
 def format_osu(records: Sequence[Record], collective: str) -> str:

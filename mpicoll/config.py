@@ -157,6 +157,11 @@ SETTINGS: dict[str, Setting] = {
             "call does).",
         ),
         Setting(
+            "timeline", "", str.strip, _str,
+            "Record a timeline of every collective and its phases on every rank into this Chrome-trace "
+            "JSON file (rank 0 merges all ranks at exit; empty = off). See mpicoll.timeline.",
+        ),
+        Setting(
             "abort_on_error", True, _parse_bool, _bool,
             "With more than one rank, an uncaught exception aborts every rank (MPI_Abort) instead of leaving "
             "the others waiting forever.",

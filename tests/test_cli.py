@@ -57,6 +57,19 @@ def test_allreduce_bench_json(tmp_path):
             assert r["busbw_GBps"] == pytest.approx(r["algbw_GBps"] * 4 / 3)
 
 
+def test_stats_columns_and_json(tmp_path):
+    out = tmp_path / "out.json"
+    result = run_ranks(2, ["-m", "mpicoll.bench", "allreduce", "-b", "4K", "-e", "4K", "-n", "20", "-w", "1",
+                           "--repeats", "2", "--algo", "ring", "--no-ceiling", "--stats", "--json", str(out)],
+                       tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout
+    assert "p95" in result.stdout and "spread" in result.stdout
+    (row,) = json.loads(out.read_text())["results"]
+    stats = row["iter_us"]
+    assert set(stats) == {"min", "p50", "p95", "p99", "max"} and row["spread_pct"] >= 0
+    assert stats["min"] <= stats["p50"] <= stats["p95"] <= stats["p99"] <= stats["max"]  # order, not values
+
+
 @pytest.mark.parametrize("collective", ["reduce_scatter", "allgather", "broadcast", "reduce"])
 def test_other_collective_benches(tmp_path, collective):
     result = run_ranks(2, ["-m", "mpicoll.bench", collective, "-b", "4K", "-e", "16K", "-n", "2", "-w", "1",

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import timeline
 from ..backend import is_cupy
 from ..collectives.buffers import check_array, check_finite
 from ..collectives.nonblocking import Handle, start
@@ -157,8 +158,10 @@ def compressed_allreduce(x: Any, compressor: Compressor, *, key: Hashable = None
         refine(name)
         agree.set(count=x.size, dtype=x.dtype, algorithm=name, compressor=repr(compressor), parts=parts)
         path = get_algorithm("compressed_allreduce", name)
-        prepared = path.prepare(c, x, compressor, key, parts)  # local: a failure here is reported on every rank
-    result = path.run(c, prepared)
+        with timeline.span("compress", path=name):
+            prepared = path.prepare(c, x, compressor, key, parts)  # local: a failure here is reported on every rank
+    with timeline.span("exchange", path=name):
+        result = path.run(c, prepared)
     _agree_on_payload_errors(c, prepared.errors)
     if average:
         if x.dtype == np.float16:

@@ -14,12 +14,14 @@ error-feedback keys (one per bucket) stay valid.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .. import timeline
 from ..backend import xp_of
 from ..collectives.nonblocking import Handle, iallreduce
 from ..compression import Compressor
@@ -63,6 +65,8 @@ class GradientBuckets:
         self.buckets = self._plan(items[::-1], bucket_bytes)
         self.bucket_of = {name: b for b in self.buckets for name in b.names}
         self._next = 0
+        #: completed steps (calls of :meth:`wait`)
+        self.step = 0
         self._reset()
 
     def _plan(self, items: list[tuple[Hashable, Any]], bucket_bytes: int) -> list[Bucket]:
@@ -125,6 +129,11 @@ class GradientBuckets:
             parts = [tuple(self.arrays[name].shape) for name in bucket.names]
             bucket.handle = compressed_iallreduce(bucket.buffer, self.compressor, key=key, comm=self.comm,
                                                   average=self.average, algorithm=self.algorithm, parts=parts)
+        if timeline.recording():  # from launch to done, on the launching thread's row
+            launched, tid, step = timeline.now_ns(), threading.get_native_id(), self.step
+            bucket.handle.add_done_callback(lambda h, b=bucket: timeline.complete(
+                f"bucket {b.index}", "bucket", launched, timeline.now_ns(), tid=tid, bucket=b.index, step=step,
+                bytes=int(b.buffer.nbytes), arrays=len(b.names)))
 
     def wait(self) -> None:
         """Finish every bucket's all-reduce and write the results into the arrays; ready for the next step."""
@@ -144,6 +153,7 @@ class GradientBuckets:
                     with contextlib.suppress(Exception):  # the first error is the one raised
                         bucket.handle.wait()
             self._reset()
+            self.step += 1
 
     def allreduce_all(self) -> None:
         """Mark every array ready (in reverse order) and wait: one call for the whole set."""

@@ -14,6 +14,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import timeline
 from ..compression import Compressor, Ctx
 from ..errors import PayloadError
 from ..transport import Comm
@@ -37,7 +38,8 @@ class Prepared:
     def decode(self, what: str, decode: Any, *args: Any) -> Any:
         """``decode(*args)``, or ``None`` (recorded) if the payload is malformed."""
         try:
-            return decode(*args)
+            with timeline.span("decode", payload=what):
+                return decode(*args)
         except PayloadError as exc:
             self.errors.append(f"{what}: {exc}")
             return None

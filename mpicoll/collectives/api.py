@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from .. import timeline
 from ..backend import synchronize, xp_of
 from ..errors import ArgumentError
 from ..transport import Comm, as_comm
@@ -32,9 +33,21 @@ def _resolve(collective: str, algorithm: str, nbytes: int, comm: Comm) -> tuple[
     return name, get_algorithm(collective, name)
 
 
+def _wire(algo: Any, *args: Any) -> None:
+    """Run the algorithm: the messages and reductions (the timeline's ``wire`` phase)."""
+    with timeline.span("wire"):
+        algo(*args)
+
+
 def _average(work: Any, rop: ReduceOp, size: int) -> None:
     if rop.average:
-        xp_of(work).divide(work, size, out=work)
+        with timeline.span("average"):
+            xp_of(work).divide(work, size, out=work)
+
+
+def _copy_out(work: Any, out: Any, direct: bool) -> Any:
+    with timeline.span("copy out"):
+        return finish(work, out, direct)
 
 
 @watched("allreduce")
@@ -76,9 +89,9 @@ def allreduce(x: Any, op: str | ReduceOp = "sum", *, algorithm: str = "auto", co
         return out
     synchronize(x)
     send, recv, direct = in_out(c, x, out, work_dtype(x.dtype))
-    algo(c, send, recv, rop)
+    _wire(algo, c, send, recv, rop)
     _average(recv, rop, c.size)
-    return finish(recv, out, direct)
+    return _copy_out(recv, out, direct)
 
 
 @watched("reduce_scatter")
@@ -116,9 +129,9 @@ def reduce_scatter(x: Any, op: str | ReduceOp = "sum", *, counts: Sequence[int] 
     dtype = work_dtype(x.dtype)
     send = flat_input(c, x, dtype, "api.send")
     recv, direct = flat_output(c, out, dtype, "api.recv")
-    algo(c, send, recv, rop, counts)
+    _wire(algo, c, send, recv, rop, counts)
     _average(recv, rop, c.size)
-    return finish(recv, out, direct)
+    return _copy_out(recv, out, direct)
 
 
 @watched("allgather")
@@ -156,8 +169,8 @@ def allgather(x: Any, *, counts: Sequence[int] | None = None, algorithm: str = "
     synchronize(x)
     send = flat_input(c, x, x.dtype, "api.send")
     recv, direct = flat_output(c, out, x.dtype, "api.recv")
-    algo(c, send, recv, block_counts)
-    return finish(recv, out, direct)
+    _wire(algo, c, send, recv, block_counts)
+    return _copy_out(recv, out, direct)
 
 
 @watched("broadcast")
@@ -188,8 +201,8 @@ def broadcast(x: Any, root: int = 0, *, algorithm: str = "auto", comm: Any = Non
     if c.rank == root and not (out is x and direct):
         synchronize(x)
         buf.reshape(x.shape)[...] = x
-    algo(c, buf, root)
-    return finish(buf, out, direct)
+    _wire(algo, c, buf, root)
+    return _copy_out(buf, out, direct)
 
 
 @watched("reduce")
@@ -224,8 +237,8 @@ def reduce(x: Any, op: str | ReduceOp = "sum", root: int = 0, *, algorithm: str 
         send, recv, direct = in_out(c, x, out, dtype)
     else:
         send, recv, direct = flat_input(c, x, dtype, "api.send"), None, False
-    algo(c, send, recv, rop, root)
+    _wire(algo, c, send, recv, rop, root)
     if not at_root:
         return None
     _average(recv, rop, c.size)
-    return finish(recv, out, direct)
+    return _copy_out(recv, out, direct)

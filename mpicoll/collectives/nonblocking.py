@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from .. import timeline
 from ..backend import is_cupy, synchronize
 from ..config import config
 from ..transport import Comm, as_comm
@@ -101,7 +102,7 @@ class Engine:
 
     def __init__(self, comm: Comm) -> None:
         self.comm = Comm(comm.mpi, hosts=comm.hosts)  # a Dup (collective): its messages never meet the caller's
-        self._queue: queue.SimpleQueue[tuple[Handle, Callable[[Comm], Any], dict[str, Any], Any] | None] = \
+        self._queue: queue.SimpleQueue[tuple[Handle, Callable[[Comm], Any], dict[str, Any], Any, int] | None] = \
             queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"mpicoll-engine-{comm.rank}", daemon=True)
         self._thread.start()
@@ -109,7 +110,7 @@ class Engine:
     def submit(self, description: str, work: Callable[[Comm], Any], like: Any = None) -> Handle:
         """Queue ``work``; it runs with the configuration of now and on ``like``'s GPU, if any."""
         handle = Handle(description)
-        self._queue.put((handle, work, config.as_dict(), like))
+        self._queue.put((handle, work, config.as_dict(), like, timeline.now_ns()))
         return handle
 
     def _run(self) -> None:
@@ -118,7 +119,8 @@ class Engine:
             item = self._queue.get()
             if item is None:
                 return
-            handle, work, settings, like = item
+            handle, work, settings, like, queued_ns = item
+            timeline.complete("queue", "queue", queued_ns, timeline.now_ns(), handle=handle.description)
             try:
                 with config.pinned(settings), _on_device_of(like):
                     result = work(self.comm)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import timeline
 from ..config import config
 from ..errors import MismatchError, MpicollError, PeerError
 from ..transport import Comm
@@ -103,7 +104,8 @@ class Agreement:
         if error is not None and not isinstance(error, MpicollError):
             return False  # a bug, not bad input: let it surface as it is
         if config.get("validate"):
-            exchange(self.comm, self.collective, error, **self.fields)
+            with timeline.span("agreement"):
+                exchange(self.comm, self.collective, error, **self.fields)
         return False
 
 

@@ -6,6 +6,7 @@ import itertools
 import threading
 from typing import TYPE_CHECKING, Any
 
+from .. import timeline
 from ..errors import ArgumentError
 from .scratch import ScratchPool
 from .topology import host_layout
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
 # Tags below this are left to the application on the duplicated communicator (they cannot
 # collide anyway: a Dup() has its own matching context).
 _FIRST_TAG = 100
+_serials = itertools.count()  # Comm() is collective, so the n-th Comm of a process is the n-th on its peers
 
 
 class Comm:
@@ -57,6 +59,9 @@ class Comm:
         from .watchdog import install_abort_hook
 
         install_abort_hook(MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size())
+        #: the same number on every rank for the same communicator (timeline events name it)
+        self.serial: int = next(_serials)
+        timeline.autostart(base)  # MPICOLL_TIMELINE: start recording where the first communicator is made
         #: per-communicator memo of schedules (e.g. recursive-doubling partners), keyed by algorithm
         self.cache: dict[str, Any] = {}
 

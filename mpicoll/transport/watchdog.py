@@ -18,11 +18,12 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
+from .. import timeline
 from ..config import config
 
 
@@ -40,6 +41,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _activities: dict[int, _Activity] = {}  # by thread: the caller's and the non-blocking engine's
 _thread: threading.Thread | None = None
 _lock = threading.Lock()
+_NO_WATCH = nullcontext()
 
 
 @contextmanager
@@ -67,11 +69,14 @@ def watched(collective: str) -> Callable[[F], F]:
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
-            if config.get("timeout") <= 0:
+            timed = config.get("timeout") > 0
+            if not timed and not timeline.wanted():
                 return fn(*args, **kwargs)
             from .comm import as_comm
 
-            with watch(as_comm(kwargs.get("comm")).rank, collective, kwargs.get("algorithm", "auto")):
+            c = as_comm(kwargs.get("comm"))
+            with watch(c.rank, collective, kwargs.get("algorithm", "auto")) if timed else _NO_WATCH, \
+                    timeline.collective(collective, c.serial, **_describe(args, kwargs)):
                 return fn(*args, **kwargs)
 
         return run  # type: ignore[return-value]
@@ -79,8 +84,16 @@ def watched(collective: str) -> Callable[[F], F]:
     return decorate
 
 
+def _describe(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The timeline's arguments of a collective call: its input's size and type, the algorithm asked for."""
+    x = args[0] if args else kwargs.get("x")
+    return {"bytes": int(getattr(x, "nbytes", 0)), "count": int(getattr(x, "size", 0)),
+            "dtype": str(getattr(x, "dtype", "")), "algorithm": kwargs.get("algorithm", "auto")}
+
+
 def refine(algorithm: str) -> None:
-    """Name the algorithm ``auto`` resolved to, for the watchdog's report."""
+    """Name the algorithm ``auto`` resolved to, for the watchdog's report and the timeline."""
+    timeline.annotate(algorithm=algorithm)
     activity = _activities.get(threading.get_ident())
     if activity is not None:
         activity.algorithm = algorithm
@@ -125,6 +138,7 @@ def _abort(code: int) -> None:
     """``MPI_Abort`` after a moment, so that the launcher forwards the report first (MPICH's hydra
     can tear its output forwarding down with the job and lose the last lines)."""
     sys.stderr.flush()
+    timeline.dump_local()  # the job is ending: keep this rank's events in its own file
     time.sleep(0.3)
     from mpi4py import MPI
 

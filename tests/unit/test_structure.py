@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = {"mpicoll": ROOT / "mpicoll", "mpicoll.kernels": ROOT / "kernels", "mpicoll.bench": ROOT / "bench"}
 LAYERS = [
     ("mpicoll.errors", 0), ("mpicoll.config", 1),
+    ("mpicoll.timeline", 2),  # stdlib only (mpi4py when started): every layer above records into it
     ("mpicoll.backend", 2),
     ("mpicoll.kernels", 3),
     ("mpicoll.transport", 4),

@@ -1,0 +1,325 @@
+"""The timeline: where the time of every collective goes, on every rank, as Chrome trace events.
+
+``MPICOLL_TIMELINE=trace.json`` (or :func:`start` / :func:`stop` around a window of steps)
+records, on every rank:
+
+- each collective (``cat="collective"``: name, algorithm, bytes, count, dtype, communicator and
+  a per-communicator call number ``seq``, the same on every rank for the same call);
+- its phases nested inside it (``cat="phase"``): ``agreement`` (the cross-rank argument check),
+  ``wire`` (the algorithm's messages and reductions, or the MPI call), ``average``, ``copy out``;
+  for compressed all-reduces ``compress``, ``exchange`` (with the inner collectives nested in it)
+  and ``decode`` per peer payload;
+- the progress engine's queue wait per handle (``cat="queue"``), and gradient buckets
+  (``cat="bucket"``: from launch to done, with the bucket index and the step).
+
+Events carry the rank as ``pid`` and the thread as ``tid``. Clocks are aligned at :func:`start`
+against rank 0 (the offset of each rank's clock, measured with ping-pongs of minimal round trip),
+so a late rank shows as a later start of the same collective. :func:`stop` (called at exit if
+the program does not) gathers every rank's events and rank 0 writes one file that Perfetto and
+``chrome://tracing`` open. If the job dies (an uncaught exception or the watchdog aborts it),
+each rank writes its own events to ``<path>.rank<R>.json`` first.
+
+Off, the cost is one module-global check per collective. Read a trace with
+``mpicoll-bench timeline summarize trace.json`` and ``mpicoll-bench timeline plot``.
+
+This module uses the standard library only (mpi4py is imported by :func:`start`), so every layer
+may record into it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import threading
+import time
+from typing import Any
+
+from .config import config
+
+#: events kept per rank before further ones are dropped (and counted): bounds the memory
+MAX_EVENTS = 2_000_000
+_PINGS = 8
+
+
+class _Recorder:
+    """One rank's events; appended from any thread (list.append is atomic under the GIL)."""
+
+    def __init__(self, path: str, mpi_comm: Any, offset_ns: int, origin_ns: int) -> None:
+        self.path, self.mpi = path, mpi_comm
+        self.rank, self.size = mpi_comm.Get_rank(), mpi_comm.Get_size()
+        self.offset_ns, self.origin_ns = offset_ns, origin_ns  # local clock + offset = rank 0's clock
+        self.events: list[dict[str, Any]] = []
+        self.dropped = 0
+        self.seq: dict[int, int] = {}  # per communicator serial: collectives started on it
+        self.local = threading.local()  # the stack of open spans of this thread
+        self.lock = threading.Lock()
+        self.threads: dict[int, str] = {}
+
+    def us(self, t_ns: int) -> float:
+        """A local ``perf_counter_ns`` reading as microseconds on rank 0's clock, from the start."""
+        return (t_ns + self.offset_ns - self.origin_ns) / 1000.0
+
+    def add(self, event: dict[str, Any]) -> None:
+        if len(self.events) >= MAX_EVENTS:
+            self.dropped += 1
+            return
+        tid = event["tid"]
+        if tid not in self.threads:
+            self.threads[tid] = threading.current_thread().name
+        self.events.append(event)
+
+    def next_seq(self, serial: int) -> int:
+        with self.lock:
+            n = self.seq.get(serial, 0)
+            self.seq[serial] = n + 1
+            return n
+
+    def stack(self) -> list[Span]:
+        stack = getattr(self.local, "stack", None)
+        if stack is None:
+            stack = self.local.stack = []
+        return stack
+
+    def document(self, events: list[dict[str, Any]], offsets_us: list[float], dropped: int) -> dict[str, Any]:
+        return {"traceEvents": events, "displayTimeUnit": "ms",
+                "otherData": {"producer": "mpicoll.timeline", "ranks": self.size, "clock_offsets_us": offsets_us,
+                              "dropped_events": dropped}}
+
+    def metadata(self) -> list[dict[str, Any]]:
+        meta = [{"name": "process_name", "ph": "M", "pid": self.rank, "tid": 0, "args": {"name": f"rank {self.rank}"}},
+                {"name": "process_sort_index", "ph": "M", "pid": self.rank, "tid": 0,
+                 "args": {"sort_index": self.rank}}]
+        meta += [{"name": "thread_name", "ph": "M", "pid": self.rank, "tid": tid, "args": {"name": name}}
+                 for tid, name in self.threads.items()]
+        return meta
+
+
+_recorder: _Recorder | None = None
+_atexit_registered = False
+
+
+class Span:
+    """A timed region, written as one complete (``ph="X"``) event when it ends."""
+
+    __slots__ = ("args", "cat", "name", "recorder", "t0")
+
+    def __init__(self, recorder: _Recorder, name: str, cat: str, args: dict[str, Any]) -> None:
+        self.recorder, self.name, self.cat, self.args = recorder, name, cat, args
+        self.t0 = 0
+
+    def __enter__(self) -> Span:
+        stack = self.recorder.stack()
+        if stack and self.cat != "collective":
+            self.args.setdefault("in", stack[-1].name)
+        stack.append(self)
+        self.t0 = time.perf_counter_ns()
+        return self
+
+    def __exit__(self, kind: object, error: object, tb: object) -> None:
+        t1 = time.perf_counter_ns()
+        r = self.recorder
+        stack = r.stack()
+        if stack and stack[-1] is self:
+            stack.pop()
+        if kind is not None:
+            self.args["error"] = getattr(kind, "__name__", str(kind))
+        r.add({"name": self.name, "cat": self.cat, "ph": "X", "ts": r.us(self.t0), "dur": (t1 - self.t0) / 1000.0,
+               "pid": r.rank, "tid": threading.get_native_id(), "args": self.args})
+
+
+class _Null:
+    """What :func:`span` returns when nothing is recorded."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NULL = _Null()
+
+
+def recording() -> bool:
+    """Whether a timeline is being recorded in this process."""
+    return _recorder is not None
+
+
+def wanted() -> bool:
+    """Recording, or about to start (``MPICOLL_TIMELINE`` set and no communicator made yet)."""
+    return _recorder is not None or (not _autostarted.is_set() and bool(config.get("timeline")))
+
+
+def span(name: str, cat: str = "phase", **args: Any) -> Span | _Null:
+    """``with timeline.span("compress"):`` records the block inside the current collective (a no-op
+    when not recording, or outside any collective)."""
+    r = _recorder
+    if r is None or not r.stack():  # phases belong to a collective (e.g. not to one begun before start())
+        return _NULL
+    return Span(r, name, cat, args)
+
+
+def collective(name: str, comm_serial: int, **args: Any) -> Span | _Null:
+    """A collective's span, numbered per communicator so that ranks' spans of one call match."""
+    r = _recorder
+    if r is None:
+        return _NULL
+    stack = r.stack()
+    return Span(r, name, "collective", {"comm": comm_serial, "seq": r.next_seq(comm_serial),
+                                         "nested": bool(stack), **args})
+
+
+def annotate(**args: Any) -> None:
+    """Add ``args`` to the innermost open collective span of this thread (e.g. the resolved algorithm)."""
+    r = _recorder
+    if r is None:
+        return
+    for s in reversed(r.stack()):
+        if s.cat == "collective":
+            s.args.update(args)
+            return
+
+
+def complete(name: str, cat: str, t0_ns: int, t1_ns: int, *, tid: int | None = None, **args: Any) -> None:
+    """Record a region measured elsewhere (:func:`now_ns` readings), e.g. a queue wait; on thread
+    ``tid`` (a native thread id; default: this thread)."""
+    r = _recorder
+    if r is None:
+        return
+    r.add({"name": name, "cat": cat, "ph": "X", "ts": r.us(t0_ns), "dur": (t1_ns - t0_ns) / 1000.0, "pid": r.rank,
+           "tid": threading.get_native_id() if tid is None else tid, "args": args})
+
+
+def now_ns() -> int:
+    """The clock the timeline reads (for :func:`complete`)."""
+    return time.perf_counter_ns()
+
+
+def _clock_offset(mpi: Any) -> int:
+    """This rank's clock offset to rank 0 (ns): rank 0's reading minus ours at the same instant.
+
+    Rank 0 answers pings from each rank in turn; the ping with the smallest round trip wins and
+    the answer is taken to be read halfway through it (error at most half that round trip)."""
+    rank, size = mpi.Get_rank(), mpi.Get_size()
+    offset = 0
+    for peer in range(1, size):
+        if rank == 0:
+            for _ in range(_PINGS):
+                mpi.recv(source=peer, tag=77)
+                mpi.send(time.perf_counter_ns(), dest=peer, tag=78)
+        elif rank == peer:
+            best = None
+            for _ in range(_PINGS):
+                t_send = time.perf_counter_ns()
+                mpi.send(None, dest=0, tag=77)
+                remote = mpi.recv(source=0, tag=78)
+                t_recv = time.perf_counter_ns()
+                if best is None or t_recv - t_send < best[0]:
+                    best = (t_recv - t_send, remote - (t_send + t_recv) // 2)
+            offset = best[1]
+    return offset
+
+
+def start(path: str | None = None, *, comm: Any = None) -> None:
+    """Start recording. Collective over ``comm`` (an mpi4py communicator or :class:`mpicoll.Comm`;
+    default ``MPI.COMM_WORLD``): it aligns the clocks, and :func:`stop` gathers over the same ranks.
+
+    Args:
+        path: the merged trace's file (rank 0 writes it); default ``config.timeline``.
+
+    Raises:
+        ArgumentError: no path, or a timeline is already being recorded.
+    """
+    global _recorder, _atexit_registered
+    from .errors import ArgumentError
+
+    path = path or config.get("timeline")
+    if not path:
+        raise ArgumentError("timeline.start: give a path, or set MPICOLL_TIMELINE")
+    if _recorder is not None:
+        raise ArgumentError(f"timeline.start: already recording to {_recorder.path}; stop() it first")
+    from mpi4py import MPI
+
+    base = getattr(comm, "mpi", comm) or MPI.COMM_WORLD
+    mpi = base.Dup()
+    offset = _clock_offset(mpi)
+    origin = mpi.bcast(time.perf_counter_ns() if mpi.Get_rank() == 0 else None, root=0)
+    _recorder = _Recorder(os.fspath(path), mpi, offset, origin)
+    if not _atexit_registered:
+        atexit.register(_stop_at_exit)
+        _atexit_registered = True
+
+
+def stop() -> str | None:
+    """Stop recording; rank 0 writes the merged trace. Collective over the ranks of :func:`start`.
+
+    Returns:
+        The trace's path on rank 0, ``None`` elsewhere (and when nothing was being recorded).
+    """
+    global _recorder
+    r = _recorder
+    if r is None:
+        return None
+    _recorder = None
+    mine = r.metadata() + r.events
+    gathered = r.mpi.gather((mine, r.offset_ns / 1000.0, r.dropped), root=0)
+    r.mpi.Free()
+    if r.rank != 0:
+        return None
+    events = [e for part in gathered for e in part[0]]
+    document = r.document(events, [part[1] for part in gathered], sum(part[2] for part in gathered))
+    _write(r.path, document)
+    return r.path
+
+
+def dump_local() -> str | None:
+    """Write this rank's events alone to ``<path>.rank<R>.json`` (when the job is dying: no
+    collective is possible). Returns that path, or ``None`` when nothing is recorded."""
+    global _recorder
+    r = _recorder
+    if r is None:
+        return None
+    _recorder = None
+    path = f"{r.path}.rank{r.rank}.json"
+    _write(path, r.document(r.metadata() + r.events, [r.offset_ns / 1000.0], r.dropped))
+    return path
+
+
+def _write(path: str, document: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(document, f, separators=(",", ":"))
+    os.replace(tmp, path)
+
+
+def _stop_at_exit() -> None:
+    """At interpreter exit: merge if MPI still runs, else keep this rank's events in its own file."""
+    if _recorder is None:
+        return
+    try:
+        from mpi4py import MPI
+
+        if MPI.Is_finalized():
+            dump_local()
+            return
+        stop()
+    except Exception:  # exiting: keep what we can rather than lose the trace
+        dump_local()
+
+
+def autostart(mpi_comm: Any) -> None:
+    """Start recording over ``mpi_comm`` if ``MPICOLL_TIMELINE`` is set and nothing records yet
+    (called once, where mpicoll makes its first communicator)."""
+    if _recorder is None and config.get("timeline") and not _autostarted.is_set():
+        _autostarted.set()
+        start(config.get("timeline"), comm=mpi_comm)
+
+
+_autostarted = threading.Event()
+
+__all__ = ["annotate", "collective", "complete", "dump_local", "now_ns", "recording", "span", "start", "stop",
+           "wanted"]
+
