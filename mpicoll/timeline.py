@@ -150,7 +150,7 @@ def recording() -> bool:
 
 def wanted() -> bool:
     """Recording, or about to start (``MPICOLL_TIMELINE`` set and no communicator made yet)."""
-    return _recorder is not None or (not _autostarted.is_set() and bool(config.get("timeline")))
+    return _recorder is not None or (_pending and bool(config.get("timeline")))
 
 
 def span(name: str, cat: str = "phase", **args: Any) -> Span | _Null:
@@ -313,12 +313,15 @@ def _stop_at_exit() -> None:
 def autostart(mpi_comm: Any) -> None:
     """Start recording over ``mpi_comm`` if ``MPICOLL_TIMELINE`` is set and nothing records yet
     (called once, where mpicoll makes its first communicator)."""
-    if _recorder is None and config.get("timeline") and not _autostarted.is_set():
-        _autostarted.set()
+    global _pending
+    if not _pending:
+        return
+    _pending = False  # from now on an idle timeline costs one global check per collective
+    if _recorder is None and config.get("timeline"):
         start(config.get("timeline"), comm=mpi_comm)
 
 
-_autostarted = threading.Event()
+_pending = True  # no communicator made yet: MPICOLL_TIMELINE may still start a recording
 
 __all__ = ["annotate", "collective", "complete", "dump_local", "now_ns", "recording", "span", "start", "stop",
            "wanted"]
