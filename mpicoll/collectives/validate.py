@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..config import config
-from ..errors import MismatchError, MpicollError, PeerError
+from ..errors import MismatchError, PeerError
 from ..transport import Comm
 from ..transport.watchdog import waiting_on
 from .ops import op_names
@@ -100,8 +100,9 @@ class Agreement:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  tb: TracebackType | None) -> bool:
-        if error is not None and not isinstance(error, MpicollError):
-            return False  # a bug, not bad input: let it surface as it is
+        if error is not None and not isinstance(error, Exception):
+            return False  # KeyboardInterrupt, SystemExit: the process is going away
+        # any exception, a bug included: the peers must hear of it, or they wait here forever
         if config.get("validate"):
             exchange(self.comm, self.collective, error, **self.fields)
         return False
