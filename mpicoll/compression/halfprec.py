@@ -48,6 +48,7 @@ class Fp16(_Half):
 
     name = "fp16"
     codec = 2
+    narrow_range = True
     encode_op, decode_op = "fp16_encode", "fp16_decode"
 
 

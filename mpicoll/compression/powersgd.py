@@ -165,6 +165,13 @@ class PowerSGD(Compressor):
         values = reconstruct(p_flat.reshape(n, r), q_flat.reshape(m, r), ctx.numel, direct)
         return values.astype(ctx.dtype, copy=False)
 
+    def snapshot(self) -> Any:
+        return super().snapshot(), dict(self.q)
+
+    def restore(self, snapshot: Any) -> None:
+        steps, self.q = snapshot
+        super().restore(steps)
+
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Step counters and the warm-start ``Q`` of every key (host arrays)."""

@@ -44,6 +44,10 @@ class RandomK(Compressor):
         idx = self.kernel("stratified_indices", ctx.device)(base, ctx.numel, k_of(self.ratio, ctx.numel))
         return idx, base
 
+    def stream(self, ctx: Ctx) -> int | None:
+        """The stream base of this call (seed, step, key): ranks that disagree would mix different indices."""
+        return stream_base(self.seed, ctx.step, ctx.key, _SALT) & ((1 << 63) - 1)
+
     def payload_nbytes(self, x: Any) -> int | None:
         return self._size([(x.dtype, k_of(self.ratio, x.size))])
 
