@@ -13,7 +13,7 @@ import numpy as np
 
 from ..backend import xp_of
 from .base import Compressor, Ctx
-from .payload import Header, parse
+from .payload import Header, expect, parse
 from .registry import register
 
 
@@ -36,6 +36,7 @@ class _Half(Compressor):
         return bits, self.name
 
     def _decode(self, payload: Any, header: Header, ctx: Ctx, out: Any) -> Any:
+        expect(header, self.name, flags=0, aux0=0, aux1=0)
         (bits,) = self._sections(payload, header, [(np.uint16, ctx.numel)])
         direct = out if out is not None and ctx.dtype == np.float32 else None
         values = self.kernel(self.decode_op, ctx.device)(bits, out=direct)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Compressor, Ctx
-from .payload import Header, parse
+from .payload import Header, expect, parse
 from .registry import register
 
 
@@ -29,6 +29,7 @@ class NoCompression(Compressor):
         return self._payload(ctx, [flat], out=out)
 
     def _decode(self, payload: Any, header: Header, ctx: Ctx, out: Any) -> Any:
+        expect(header, self.name, flags=0, aux0=0, aux1=0)
         (values,) = self._sections(payload, header, [(ctx.dtype, ctx.numel)])
         if out is None:
             return values.copy()

@@ -52,5 +52,5 @@ class Qsgd(Compressor):
         return payload
 
     def _decode(self, payload: Any, header: Header, ctx: Ctx, out: Any) -> Any:
-        expect(header, self.name, aux0=self.block, aux1=self.levels)
+        expect(header, self.name, flags=0, aux0=self.block, aux1=self.levels)
         return decode_blocks(self, payload, header, ctx, self.block, self.bits, out)

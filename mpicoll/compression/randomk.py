@@ -15,7 +15,7 @@ from ..backend import xp_of
 from ..errors import PayloadError
 from ..kernels.hashing import stream_base
 from .base import Compressor, Ctx, check_range
-from .payload import Header, parse
+from .payload import Header, expect, parse
 from .registry import register
 from .topk import k_of
 
@@ -65,6 +65,7 @@ class RandomK(Compressor):
 
     def _decode(self, payload: Any, header: Header, ctx: Ctx, out: Any) -> Any:
         idx, base = self.indices(ctx)
+        expect(header, self.name, flags=0)
         if header.aux1 != base or header.aux0 != idx.size:
             raise PayloadError(f"{self.name}: payload was drawn from another random stream (key {ctx.key!r}, step "
                                f"{ctx.step}); every rank must use the same seed and compress each key equally often")

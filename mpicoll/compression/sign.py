@@ -48,7 +48,7 @@ class Sign(Compressor):
 
     def _decode(self, payload: Any, header: Header, ctx: Ctx, out: Any) -> Any:
         block = self._block(ctx.numel)
-        expect(header, self.name, aux0=block, aux1=0)
+        expect(header, self.name, flags=0, aux0=block, aux1=0)
         scales, packed = self._sections(payload, header, block_spec(ctx.numel, block, 1))
         direct = out if out is not None and ctx.dtype == np.float32 else None
         values = self.kernel("sign_unpack", ctx.device)(packed, scales, ctx.numel, block, out=direct)

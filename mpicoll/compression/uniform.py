@@ -56,7 +56,7 @@ class UniformQuantizer(Compressor):
         return payload
 
     def _decode(self, payload: Any, header: Header, ctx: Ctx, out: Any) -> Any:
-        expect(header, self.name, aux0=self.block, aux1=self.bits)
+        expect(header, self.name, flags=0, aux0=self.block, aux1=self.bits)
         return decode_blocks(self, payload, header, ctx, self.block, self.bits, out)
 
 
