@@ -25,6 +25,7 @@ import sys
 import time
 import tracemalloc
 from collections import Counter
+from itertools import pairwise
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -96,21 +97,71 @@ def mutate(payload: np.ndarray, how: tuple, itemsize: int) -> np.ndarray:
 def decode_all(codec: compression.Compressor, payload: np.ndarray, ctx: compression.Ctx, budget: int) -> list:
     """Each provider's decode (and sparse parts): ``None`` for PayloadError; anything else raises."""
     results = []
-    for provider in PROVIDERS:
-        with mpicoll.config.override(kernel_providers=provider):
-            for step in (codec.decompress, codec.sparse_parts if codec.kind == "sparse" else None):
-                if step is None:
-                    continue
-                tracemalloc.reset_peak()
-                start = tracemalloc.get_traced_memory()[0]
-                try:
-                    got = step(payload, ctx)
-                except PayloadError:
-                    got = None
-                peak = tracemalloc.get_traced_memory()[1] - start
-                assert peak <= budget, f"{codec.name} {provider} {step.__name__} allocated {peak} bytes > {budget}"
-                results.append(got)
+    tracemalloc.start()  # only around the decodes: tracing everything would slow hypothesis down
+    try:
+        for provider in PROVIDERS:
+            results.extend(decode_with(provider, codec, payload, ctx, budget))
+    finally:
+        tracemalloc.stop()
     return results
+
+
+def decode_with(provider: str, codec: compression.Compressor, payload: np.ndarray, ctx: compression.Ctx,
+                budget: int) -> list:
+    """Decode (and, for sparse codecs, split into parts) with one provider, allocations traced."""
+    results = []
+    steps = [codec.decompress] + ([codec.sparse_parts] if codec.kind == "sparse" else [])
+    with mpicoll.config.override(kernel_providers=provider):
+        for step in steps:
+            tracemalloc.reset_peak()
+            start = tracemalloc.get_traced_memory()[0]
+            try:
+                got = step(payload, ctx)
+            except PayloadError:
+                got = None
+            peak = tracemalloc.get_traced_memory()[1] - start
+            assert peak <= budget, f"{codec.name} {provider} {step.__name__} allocated {peak} bytes > {budget}"
+            results.append(got)
+    return results
+
+
+SPARSE = ("topk", "topk_approx", "threshold", "coo")
+
+
+def read_sections(raw: np.ndarray, spec: list[tuple[str, int]]) -> list[np.ndarray]:
+    """The sections ``spec`` of a payload, read plainly (8-byte aligned, after the header)."""
+    views, offset = [], HEADER_BYTES
+    for dtype, count in spec:
+        nbytes = np.dtype(dtype).itemsize * count
+        views.append(raw[offset: offset + nbytes].view(dtype))
+        offset = (offset + nbytes + 7) & ~7
+    return views
+
+
+def direct_decode(name: str, raw: np.ndarray, ctx: compression.Ctx) -> np.ndarray | None:
+    """What a decode of an (index, value) payload must give, read with plain loops, independently of
+    the codecs' own checks; ``None`` when the payload is invalid (so a decode must have refused)."""
+    _, _, _, _, flags, _, nnz, _, _ = HEADER.unpack(bytes(raw[:HEADER_BYTES]))
+    itype = np.uint32 if flags & 1 else np.int64
+    if name in SPARSE:
+        idx, values = read_sections(raw, [(itype, nnz), (ctx.dtype, nnz)])
+        idx = [int(i) for i in idx]
+        if any(not 0 <= i < ctx.numel for i in idx) or any(b <= a for a, b in pairwise(idx)):
+            return None
+        dense = np.zeros(ctx.numel, ctx.dtype)
+        for i, v in zip(idx, values, strict=True):
+            dense[i] = v
+        return dense.reshape(ctx.shape)
+    rows, cols = ctx.shape
+    indptr, indices, values = read_sections(raw, [(itype, rows + 1), (itype, nnz), (ctx.dtype, nnz)])
+    dense = np.zeros(ctx.shape, ctx.dtype)
+    for r in range(rows):
+        columns = [int(c) for c in indices[int(indptr[r]): int(indptr[r + 1])]]
+        if any(not 0 <= c < cols for c in columns) or any(b <= a for a, b in pairwise(columns)):
+            return None
+        for c, v in zip(columns, values[int(indptr[r]): int(indptr[r + 1])], strict=True):
+            dense[r, c] = v
+    return dense
 
 
 def same_bits(a, b) -> bool:
@@ -151,6 +202,12 @@ def check_one(name: str, size: int, cols: int, dtype: str, seed: int, how: tuple
     if accepted:
         dense = accepted[0]
         assert dense.shape == x.shape and dense.dtype == x.dtype, (name, dense.shape, dense.dtype)
+        changed = how[0] == "field" and bytes(bad[:HEADER_BYTES]) != bytes(payload[:HEADER_BYTES])
+        assert not changed, f"{name}: decoded a payload whose header {how[1]} differs from what this receiver writes"
+        if name in (*SPARSE, "csr"):
+            expected = direct_decode(name, bad, ctx)
+            assert expected is not None, f"{name}: decoded a payload with indices outside the tensor ({how})"
+            assert same_bits(dense, expected), f"{name}: decode differs from a plain reading of the payload ({how})"
         step_count = 2 if codec.kind == "sparse" else 1
         for i in range(step_count, len(accepted), step_count):  # provider against provider, step by step
             for j in range(step_count):
@@ -192,12 +249,13 @@ def main(argv: list[str]) -> int:
     HANG_SECONDS = args.hang_seconds
     start = time.monotonic()
     limit = cap_address_space(args.headroom_mib)
-    tracemalloc.start()
+    warm = time.monotonic() - start
     run = settings(max_examples=args.examples, derandomize=not args.random, database=None, deadline=None,
                    suppress_health_check=list(HealthCheck), print_blob=True)(check_one)
     run()
     print(f"fuzz_decoders: {sum(outcomes.values())} cases x {len(PROVIDERS)} providers in "
-          f"{time.monotonic() - start:.0f} s, address space capped at {limit >> 20} MiB: "
+          f"{time.monotonic() - start - warm:.0f} s (+{warm:.0f} s warm-up), address space capped at "
+          f"{limit >> 20} MiB: "
           f"{outcomes['decoded']} exact decodes, {outcomes['PayloadError']} PayloadError, nothing else", flush=True)
     return 0
 

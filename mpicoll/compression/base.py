@@ -92,12 +92,7 @@ class Compressor:
 
         ``out``: a contiguous array of that shape and dtype to decode into.
         """
-        header = parse(payload, self.codec, self.name)
-        if header.numel != ctx.numel:
-            raise PayloadError(f"{self.name}: payload holds {header.numel} elements but this tensor has {ctx.numel}; "
-                               f"ranks must compress tensors of the same shape under the same key")
-        if header.dtype != ctx.dtype:
-            raise PayloadError(f"{self.name}: payload was made from {header.dtype}, this tensor is {ctx.dtype}")
+        header = self.header_of(payload, ctx)
         if out is None:
             return self._decode(payload, header, ctx, None).reshape(ctx.shape)
         if tuple(out.shape) != ctx.shape or out.dtype != ctx.dtype or not out.flags.c_contiguous:
@@ -108,6 +103,17 @@ class Compressor:
         if result is not flat_out:
             flat_out[...] = result
         return out
+
+    def header_of(self, payload: Any, ctx: Ctx) -> Header:
+        """The checked header of ``payload`` (this rank's or a peer's), which must describe a tensor
+        like ``ctx``: every reader of a payload starts here."""
+        header = parse(payload, self.codec, self.name)
+        if header.numel != ctx.numel:
+            raise PayloadError(f"{self.name}: payload holds {header.numel} elements but this tensor has {ctx.numel}; "
+                               f"ranks must compress tensors of the same shape under the same key")
+        if header.dtype != ctx.dtype:
+            raise PayloadError(f"{self.name}: payload was made from {header.dtype}, this tensor is {ctx.dtype}")
+        return header
 
     def payload_nbytes(self, x: Any) -> int | None:
         """The payload size for an array like ``x`` if it does not depend on the values, else ``None``."""

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..backend import xp_of
 from .base import Compressor, Ctx
-from .payload import Header, expect, parse
+from .payload import Header, expect
 from .registry import register
 
 
@@ -31,7 +31,7 @@ class _Half(Compressor):
         return payload
 
     def summable_section(self, payload: Any, ctx: Ctx) -> tuple[Any, str]:
-        header = parse(payload, self.codec, self.name)
+        header = self.header_of(payload, ctx)
         (bits,) = self._sections(payload, header, [(np.uint16, ctx.numel)])
         return bits, self.name
 

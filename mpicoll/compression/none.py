@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Compressor, Ctx
-from .payload import Header, expect, parse
+from .payload import Header, expect
 from .registry import register
 
 
@@ -22,7 +22,7 @@ class NoCompression(Compressor):
         return self._size([(x.dtype, x.size)])
 
     def summable_section(self, payload: Any, ctx: Ctx) -> tuple[Any, str]:
-        (values,) = self._sections(payload, parse(payload, self.codec, self.name), [(ctx.dtype, ctx.numel)])
+        (values,) = self._sections(payload, self.header_of(payload, ctx), [(ctx.dtype, ctx.numel)])
         return values, "values"
 
     def _encode(self, flat: Any, ctx: Ctx, out: Any) -> Any:

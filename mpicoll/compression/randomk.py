@@ -15,7 +15,7 @@ from ..backend import xp_of
 from ..errors import PayloadError
 from ..kernels.hashing import stream_base
 from .base import Compressor, Ctx, check_range
-from .payload import Header, expect, parse
+from .payload import Header, expect
 from .registry import register
 from .topk import k_of
 
@@ -59,7 +59,7 @@ class RandomK(Compressor):
         return payload
 
     def summable_section(self, payload: Any, ctx: Ctx) -> tuple[Any, str]:
-        header = parse(payload, self.codec, self.name)
+        header = self.header_of(payload, ctx)
         (values,) = self._sections(payload, header, [(ctx.dtype, header.aux0)])
         return values, "values"
 

@@ -12,7 +12,7 @@ from typing import Any
 from ..backend import xp_of
 from ..errors import PayloadError
 from .base import Compressor, Ctx
-from .payload import Header, expect, index_dtype, parse
+from .payload import Header, expect, index_dtype
 
 
 def encode(codec: Compressor, ctx: Ctx, flat: Any, idx: Any, out: Any = None) -> Any:
@@ -36,7 +36,7 @@ def decode(codec: Compressor, payload: Any, header: Header, ctx: Ctx, out: Any =
 
 def parts(codec: Compressor, payload: Any, ctx: Ctx) -> tuple[Any, Any]:
     """Checked ``(indices, values)`` of a whole sparse payload (header included)."""
-    return sections(codec, payload, parse(payload, codec.codec, codec.name), ctx)
+    return sections(codec, payload, codec.header_of(payload, ctx), ctx)
 
 
 def sections(codec: Compressor, payload: Any, header: Header, ctx: Ctx) -> tuple[Any, Any]:
