@@ -77,6 +77,7 @@ def test_the_watchdog_names_the_stalled_collective(tmp_path, validate):
 
 FIRST = """
 import os, signal, sys, time, numpy as np, mpicoll
+from mpicoll import compression
 mode, rank = sys.argv[1], int(os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0")))
 comm = None
 if rank == 1 and mode == "raise-first":
@@ -86,7 +87,7 @@ if rank == 1 and mode == "stall-first":
 if rank == 1 and mode == "other-comm":
     from mpi4py import MPI
     comm = MPI.COMM_SELF
-codec = mpicoll.compression.get("int8")
+codec = compression.get("int8")
 if rank == 1 and mode == "stall-decode":  # stalls inside compressed_allreduce, after every wait so far
     real = codec.decompress
     codec.decompress = lambda payload, ctx, **kw: (time.sleep(600), real(payload, ctx, **kw))[1]
