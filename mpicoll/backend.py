@@ -15,9 +15,12 @@ import numpy as np
 
 
 def is_cupy(array: Any) -> bool:
-    """True if ``array`` is a CuPy array. Does not import CuPy."""
-    kind = type(array)
-    return kind is not np.ndarray and kind.__module__.startswith("cupy")
+    """True if ``array`` is a CuPy array. Does not import CuPy (a CuPy array implies it is imported),
+    and an object whose type merely claims a ``cupy`` module is not one."""
+    if type(array) is np.ndarray:
+        return False
+    cupy = sys.modules.get("cupy")
+    return cupy is not None and isinstance(array, cupy.ndarray)
 
 
 def xp_of(array: Any) -> ModuleType:

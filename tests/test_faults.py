@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from launch import run_ranks
@@ -70,3 +71,136 @@ def test_the_watchdog_names_the_stalled_collective(tmp_path, validate):
         assert "for rank 1" in out, out  # the ranks next to the stalled one name it
     else:
         assert "argument check" in out, out  # everyone waits in the check for whoever is missing
+
+
+# ---------------------------------------------------------------- issue 13: hangs the watchdog missed
+
+FIRST = """
+import os, signal, sys, time, numpy as np, mpicoll
+from mpicoll import compression
+mode, rank = sys.argv[1], int(os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0")))
+comm = None
+if rank == 1 and mode == "raise-first":
+    raise RuntimeError("rank 1 fails before its first collective")
+if rank == 1 and mode == "stall-first":
+    time.sleep(40)
+if rank == 1 and mode == "other-comm":
+    from mpi4py import MPI
+    comm = MPI.COMM_SELF
+codec = compression.get("int8")
+if rank == 1 and mode == "stall-decode":  # stalls inside compressed_allreduce, after every wait so far
+    real = codec.decompress
+    codec.decompress = lambda payload, ctx, **kw: (time.sleep(600), real(payload, ctx, **kw))[1]
+if mode == "pids":
+    with open(sys.argv[2] + f"/pids-{rank}", "w") as f:
+        f.write(f"{os.getpid()} {os.getppid()}")
+x = np.ones(100000, np.float32)
+for step in range(1000000):
+    if rank == 1 and mode == "stop" and step == 5:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    if mode == "stall-decode":
+        mpicoll.compressed_allreduce(x, codec, algorithm="two_phase")
+    else:
+        mpicoll.allreduce(x, algorithm="ring", comm=comm)
+"""
+
+
+def launch_first(tmp_path, mode: str, runner: str = "plain", timeout: float = 60) -> tuple[str, float, int]:
+    script = tmp_path / "first.py"
+    script.write_text(FIRST)
+    args = [str(script), mode] if runner == "plain" else ["-m", "mpicoll.run", str(script), mode]
+    start = time.monotonic()
+    result = run_ranks(3, args, tmp_path, timeout=timeout, extra_env={"MPICOLL_TIMEOUT": "3"}, mpi4py_runner=False)
+    return result.stdout, time.monotonic() - start, result.returncode
+
+
+@pytest.mark.parametrize("mode", ["raise-first", "stall-first", "other-comm"])
+def test_the_watchdog_covers_the_first_collective(tmp_path, mode):
+    """Break 11: a rank that raised before its first collective, stalled, or passed another
+    communicator on its first call left the others waiting (in the collective Dup() that makes the
+    default communicator) even with MPICOLL_TIMEOUT set."""
+    out, seconds, code = launch_first(tmp_path, mode)
+    assert code != 0 and seconds < 30, (code, seconds, out)
+    assert "mpicoll watchdog: rank" in out or "rank 1 fails before its first collective" in out, out
+
+
+def test_the_stalled_rank_says_it_is_computing(tmp_path):
+    """Break 15: the stalled rank's own watchdog line named a step it had long finished (the
+    argument check) and said it waited for the other ranks."""
+    out, seconds, code = launch_first(tmp_path, "stall-decode")
+    assert code != 0 and seconds < 30, (code, seconds, out)
+    assert "rank 1 has spent" in out and "without waiting on any rank" in out, out
+
+
+def test_a_stopped_rank_is_named(tmp_path):
+    """Break 15: a frozen (SIGSTOP) rank was named by no message."""
+    out, seconds, code = launch_first(tmp_path, "stop", runner="mpicoll.run")
+    assert code != 0 and seconds < 30, (code, seconds, out)
+    assert "mpicoll.run: rank 1 (pid" in out and "was stopped by SIGSTOP" in out, out
+
+
+def test_a_rank_dies_with_its_killed_mpicoll_run(tmp_path):
+    """Break 15: after mpicoll.run itself was SIGKILLed, its child rank lived on and held the
+    launcher's pipes (mpiexec once ignored SIGTERM for over 10 minutes)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from launch import MPIEXEC, mpi_env
+
+    script = tmp_path / "first.py"
+    script.write_text(FIRST)
+    env = {**mpi_env(tmp_path), "MPICOLL_TIMEOUT": "0"}
+    proc = subprocess.Popen([str(MPIEXEC), "-n", "2", sys.executable, "-m", "mpicoll.run", str(script), "pids",
+                             str(tmp_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "pids-1").exists() or not (tmp_path / "pids-1").read_text().strip():
+            assert time.monotonic() < deadline and proc.poll() is None, "the ranks never started"
+            time.sleep(0.2)
+        child, parent = (int(v) for v in (tmp_path / "pids-1").read_text().split())
+        os.kill(parent, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        status = Path(f"/proc/{child}/status")
+        while status.exists() and "zombie" not in status.read_text(errors="replace"):
+            assert time.monotonic() < deadline, "the rank outlived its mpicoll.run"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)  # the launcher ends: nothing holds its pipes
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+
+
+ABORT_RETURNS = """
+import sys, time, types
+import mpi4py
+fake = types.ModuleType("mpi4py.MPI")
+class World:
+    def Abort(self, code):  # behind a cut link MPI_Abort returned (or never returned)
+        if sys.argv[1] == "hangs":
+            time.sleep(60)
+fake.COMM_WORLD = World()
+sys.modules["mpi4py.MPI"] = mpi4py.MPI = fake
+from mpicoll.transport import watchdog
+watchdog.ABORT_GRACE = 2.0
+watchdog._abort(124)
+print("still alive after the abort")
+"""
+
+
+@pytest.mark.parametrize("behaviour", ["returns", "hangs"])
+def test_the_watchdog_exits_for_sure_after_mpi_abort(behaviour):
+    """Break 14: behind a cut link MPI_Abort returned and the watchdog retried it every 0.55 s forever,
+    the rank staying alive at 100% CPU."""
+    import subprocess
+    import sys
+
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", ABORT_RETURNS, behaviour], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 124 and "still alive" not in result.stdout, result
+    assert time.monotonic() - start < 15

@@ -28,8 +28,6 @@ import operator
 from collections.abc import Hashable
 from typing import Any
 
-import numpy as np
-
 from .. import timeline
 from ..backend import is_cupy
 from ..collectives.buffers import check_array, check_finite
@@ -37,9 +35,9 @@ from ..collectives.nonblocking import Handle, start
 from ..collectives.registry import algorithm_names, get_algorithm
 from ..collectives.validate import Agreement
 from ..compression import Compressor
-from ..errors import ArgumentError, DtypeError, PayloadError, UnsupportedError, accepted
+from ..errors import ArgumentError, DtypeError, PayloadError, PeerError, UnsupportedError, accepted
 from ..transport import Comm, as_comm
-from ..transport.watchdog import refine, watched
+from ..transport.watchdog import refine, waiting_on, watched
 from . import hierarchical, lowrank, sparse, summable, two_phase  # noqa: F401  (registration)
 from .path import Parts
 
@@ -107,14 +105,20 @@ def _shapes(parts: Parts, size: int) -> list[tuple[int, ...]] | None:
     return shapes
 
 
-def _agree_on_payload_errors(comm: Comm, errors: list[str]) -> None:
-    """Raise the same PayloadError on every rank if any rank met a malformed payload."""
-    reports = comm.mpi.allgather("; ".join(errors) if errors else None)
-    bad = {rank: text for rank, text in enumerate(reports) if text}
-    if bad:
-        listing = " | ".join(f"rank {rank} found: {text}" for rank, text in bad.items())
+def _agree_on_errors(comm: Comm, errors: list[tuple[str, str]]) -> None:
+    """Raise the same error on every rank if any step failed on any rank: :class:`PayloadError` when
+    all failures were malformed payloads, :class:`PeerError` naming the ranks otherwise."""
+    waiting_on(None, "the check for failed steps")
+    reports = comm.mpi.allgather(errors or None)
+    bad = {rank: found for rank, found in enumerate(reports) if found}
+    if not bad:
+        return
+    listing = " | ".join(f"rank {rank} found: {'; '.join(text for _, text in found)}" for rank, found in bad.items())
+    if all(kind == "PayloadError" for found in bad.values() for kind, _ in found):
         raise PayloadError(f"compressed_allreduce: malformed payloads, result discarded on every rank. {listing}. "
                            f"Check that every rank runs the same mpicoll version and compressor.")
+    raise PeerError(f"compressed_allreduce: a step failed mid-protocol; every rank completed the protocol, "
+                    f"discarded the result and restored its compressor. {listing}", rank=min(bad))
 
 
 @watched("compressed_allreduce")
@@ -130,7 +134,9 @@ def compressed_allreduce(x: Any, compressor: Compressor, *, key: Hashable = None
         key: names the tensor (random choices and residuals are kept per key); use one key per
             tensor and call in the same order on every rank.
         comm: an :class:`mpicoll.Comm`, an mpi4py communicator, or ``None`` for the default.
-        average: divide the sum by the number of ranks (the gradient mean).
+        average: divide the sum by the number of ranks (the gradient mean). float16 is divided in
+            float32, before its single rounding (fp16 on the wire: each contribution is divided
+            before compression, so partial sums stay in range).
         algorithm: ``"auto"`` or one of the algorithms above.
         parts: when ``x`` packs several tensors one after another (a gradient bucket), their
             shapes in order. PowerSGD then compresses each as its own matrix (and sends the ones
@@ -138,39 +144,49 @@ def compressed_allreduce(x: Any, compressor: Compressor, *, key: Hashable = None
 
     Returns:
         The (approximate) sum or mean, bitwise identical on every rank. With ``none`` it equals
-        :func:`mpicoll.allreduce` (sum, or sum / p).
+        :func:`mpicoll.allreduce` (sum, or sum / p), float16 included.
 
     Raises:
         UnsupportedError: an algorithm that cannot carry this compressor's payloads.
-        MismatchError / PeerError: ranks disagree on the arguments (validation on).
+        MismatchError / PeerError: ranks disagree on the arguments, the tensor's shape where the
+            path depends on it, or random-k's stream (validation on).
+        PayloadError / PeerError: a malformed payload, or a step that failed on some rank: raised
+            on every rank after the protocol completed.
+
+    A call that raises leaves the compressor (step counters, residuals, warm starts) as it was, on
+    every rank.
     """
     c = as_comm(comm)
-    with Agreement(c, "compressed_allreduce") as agree:
-        if not isinstance(compressor, Compressor):
-            raise ArgumentError(f"compressed_allreduce: compressor must come from mpicoll.compression.get, got "
-                                f"{type(compressor).__name__}")
-        x = check_array(x, "compressed_allreduce")
-        if x.dtype.kind != "f":
-            raise DtypeError(f"compressed_allreduce: needs a floating array, got {x.dtype}")
-        check_finite(x, c.rank, "compressed_allreduce")
-        parts = _shapes(parts, x.size)
-        name = _resolve(compressor, algorithm, x, c, parts)
-        refine(name)
-        agree.set(count=x.size, dtype=x.dtype, algorithm=name, compressor=repr(compressor), parts=parts)
-        path = get_algorithm("compressed_allreduce", name)
-        with timeline.span("compress", path=name):
-            prepared = path.prepare(c, x, compressor, key, parts)  # local: a failure here is reported on every rank
-    with timeline.span("exchange", path=name):
-        result = path.run(c, prepared)
-    _agree_on_payload_errors(c, prepared.errors)
-    if average:
-        if x.dtype == np.float16:
-            result = (result.astype(np.float32) / np.float32(c.size)).astype(x.dtype)
-        elif isinstance(result, np.ndarray) and not np.shares_memory(result, x):  # every path returns a new array
-            result /= result.dtype.type(c.size)  # in place: no second array of x's size to allocate and touch
-        else:
-            result = result / result.dtype.type(c.size)
-    return result
+    snapshot = compressor.snapshot() if isinstance(compressor, Compressor) else None
+    try:
+        with Agreement(c, "compressed_allreduce") as agree:
+            if not isinstance(compressor, Compressor):
+                raise ArgumentError(f"compressed_allreduce: compressor must come from mpicoll.compression.get, got "
+                                    f"{type(compressor).__name__}")
+            x = check_array(x, "compressed_allreduce")
+            if x.dtype.kind != "f":
+                raise DtypeError(f"compressed_allreduce: needs a floating array, got {x.dtype}")
+            check_finite(x, c.rank, "compressed_allreduce")
+            parts = _shapes(parts, x.size)
+            name = _resolve(compressor, algorithm, x, c, parts)
+            refine(name)
+            path = get_algorithm("compressed_allreduce", name)
+            shapes = [tuple(x.shape)] if parts is None and path.uses_shape else parts
+            agree.set(count=x.size, dtype=x.dtype, algorithm=name, compressor=repr(compressor), parts=shapes)
+            compressor.bind(key, tuple(x.shape), c.size)
+            with timeline.span("compress", path=name):
+                prepared = path.prepare(c, x, compressor, key, parts, average)  # local: failures reach every rank
+            agree.set(stream=prepared.stream)
+        with timeline.span("exchange", path=name):
+            result = path.run(c, prepared)
+        _agree_on_errors(c, prepared.errors)
+        if prepared.commit is not None:
+            prepared.commit()
+    except BaseException:
+        if snapshot is not None:  # refused or failed: nothing changes, on any rank
+            compressor.restore(snapshot)
+        raise
+    return result.astype(x.dtype, copy=False)
 
 
 def compressed_iallreduce(x: Any, compressor: Compressor, *, key: Hashable = None, comm: Any = None,

@@ -20,31 +20,36 @@ from ..collectives.ops import get_op
 from ..collectives.registry import get_algorithm, register
 from ..compression import Compressor
 from ..transport import Comm
-from .path import Parts, Path, Prepared
+from .path import Parts, Path, Prepared, acc_dtype
 
 
 class HierarchicalPath(Path):
     """See the module docstring."""
 
-    def prepare(self, comm: Comm, x: Any, compressor: Compressor, key: Hashable, parts: Parts = None) -> Prepared:
+    def prepare(self, comm: Comm, x: Any, compressor: Compressor, key: Hashable, parts: Parts = None,
+                average: bool = False) -> Prepared:
         flat = np.ascontiguousarray(x).reshape(-1)
-        work = flat.astype(np.float32) if flat.dtype == np.float16 else flat  # sums in float32 for float16
-        return Prepared(compressor, None, parts=(x.shape, x.dtype, work, key))
+        work = flat.astype(acc_dtype(flat.dtype), copy=False)  # sums of float16 in float32
+        return Prepared(compressor, None, parts=(x.shape, work, key), average=average)
 
     def run(self, comm: Comm, prepared: Prepared) -> Any:
         from .api import choose_path  # the api module registers this one: import it late
 
-        shape, dtype, work, key = prepared.parts
+        shape, work, key = prepared.parts
         total = np.empty_like(work)
 
         def cross(cross_comm: Comm, piece: Any, shard: int) -> None:
             inner = get_algorithm("compressed_allreduce", choose_path(prepared.compressor, piece, cross_comm))
-            part = inner.prepare(cross_comm, piece, prepared.compressor, (key, "shard", shard))
+            shard_key = (key, "shard", shard)
+            part = prepared.guard(f"compressing shard {shard}", inner.prepare, cross_comm, piece, prepared.compressor,
+                                  shard_key)
+            if part is None:  # the peers already run the protocol: take part with nothing to add
+                part = inner.prepare(cross_comm, np.zeros_like(piece), prepared.compressor, shard_key)
             piece[...] = inner.run(cross_comm, part)
             prepared.errors.extend(part.errors)
 
         run_hierarchical(comm, work, total, get_op("sum"), cross)
-        return total.astype(dtype, copy=False).reshape(shape)
+        return prepared.mean(total, comm.size).reshape(shape)
 
 
 register("compressed_allreduce", "hierarchical")(HierarchicalPath())

@@ -125,7 +125,10 @@ def _q_of(q: Any, seg: Segment) -> Any:
 class LowRankPath(Path):
     """See the module docstring."""
 
-    def prepare(self, comm: Comm, x: Any, compressor: Compressor, key: Hashable, parts: Parts = None) -> Prepared:
+    uses_shape = True  # the matrices follow the tensor's shape, not only its element count
+
+    def prepare(self, comm: Comm, x: Any, compressor: Compressor, key: Hashable, parts: Parts = None,
+                average: bool = False) -> Prepared:
         feedback = compressor if isinstance(compressor, ErrorFeedback) else None
         power = feedback.inner if feedback is not None else compressor
         if not isinstance(power, PowerSGD):
@@ -140,7 +143,7 @@ class LowRankPath(Path):
         with blas_share():
             self._project(power, segments, flat, p, step, matrices)
         work = _Work(power, feedback, key, step, corrected, flat, segments, matrices, p, q_size)
-        return Prepared(compressor, None, parts=work)
+        return Prepared(compressor, None, parts=work, average=average)
 
     @staticmethod
     def _project(power: PowerSGD, segments: list[Segment], flat: Any, p: Any, step: int, matrices: list) -> None:
@@ -165,20 +168,15 @@ class LowRankPath(Path):
                     np.matmul(matrix.T, p, out=_q_of(q, seg))
                 else:
                     q[seg.q_start: seg.q_start + seg.size] = w.flat[seg.start: seg.start + seg.size]
-        if w.feedback is not None:  # keep what the projection dropped from this rank's own array
+        if w.feedback is not None:  # keep what the projection dropped from this rank's own array ...
             scratch = comm.scratch.get("lowrank.mine", w.flat.size, WIRE)  # no fresh pages to touch each step
             mine = self._assemble(w, q, scratch).reshape(w.corrected.shape)
-            residual = w.feedback.residuals.get(w.key)
-            if (isinstance(residual, np.ndarray) and residual.shape == w.corrected.shape
-                    and residual.dtype == w.corrected.dtype and residual.flags.writeable):  # reuse its buffer
-                np.subtract(w.corrected, mine, out=residual, casting="unsafe")
-            else:
-                w.feedback.residuals[w.key] = w.corrected - mine.astype(w.corrected.dtype, copy=False)
+            prepared.commit = lambda: _keep_residual(w, mine)  # ... once every rank has succeeded
         _allreduce_sum(comm, q)
         for seg in w.segments:
             if seg.rank:
                 w.power.remember(seg.key, _q_of(q, seg), w.step)
-        return self._assemble(w, q).astype(w.corrected.dtype, copy=False).reshape(w.corrected.shape)
+        return prepared.mean(self._assemble(w, q), comm.size).reshape(w.corrected.shape)
 
     @staticmethod
     def _assemble(w: _Work, q: Any, out: Any = None) -> Any:
@@ -191,6 +189,17 @@ class LowRankPath(Path):
             else:
                 piece[...] = q[seg.q_start: seg.q_start + seg.size]
         return out
+
+
+def _keep_residual(w: _Work, mine: Any) -> None:
+    """``residual = corrected - mine``, in the residual's own buffer where it can (written only after
+    the call has succeeded everywhere: a failed call must leave it as it was)."""
+    residual = w.feedback.residuals.get(w.key)
+    if (isinstance(residual, np.ndarray) and residual.shape == w.corrected.shape
+            and residual.dtype == w.corrected.dtype and residual.flags.writeable):  # reuse its buffer
+        np.subtract(w.corrected, mine, out=residual, casting="unsafe")
+    else:
+        w.feedback.residuals[w.key] = w.corrected - mine.astype(w.corrected.dtype, copy=False)
 
 
 register("compressed_allreduce", "powersgd")(LowRankPath())

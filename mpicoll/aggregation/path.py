@@ -3,20 +3,26 @@
 ``prepare`` compresses and checks this rank's own data without communicating, so the API can
 run it inside the cross-rank :class:`~mpicoll.collectives.validate.Agreement`: a local failure
 is then reported on every rank before any rank starts communicating. ``run`` must complete its
-communication even when a *peer's* payload turns out malformed: it records the
-:class:`~mpicoll.errors.PayloadError` in :class:`Prepared` and goes on (with zeros), and the API
-raises it on every rank afterwards. Nothing hangs and no rank returns garbage.
+communication whatever happens on the way: a *peer's* payload that turns out malformed, or any
+local step that raises (a decoder, a re-compression), is recorded in :class:`Prepared` by
+:meth:`Prepared.guard` and the protocol goes on (with zeros); the API then raises on every rank.
+Nothing hangs and no rank returns garbage.
+
+``run`` returns the sum, or with ``prepared.average`` the mean, in :func:`acc_dtype` (float32 for
+float16 input): a path divides before anything is rounded to float16, so a mean that float16
+can hold never overflows on the way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from .. import timeline
 from ..compression import Compressor, Ctx
-from ..errors import PayloadError
 from ..transport import Comm
 
 Parts = Sequence[tuple[int, ...]] | None
@@ -25,33 +31,60 @@ Parts = Sequence[tuple[int, ...]] | None
 reduce the flat array and ignore it."""
 
 
+def acc_dtype(dtype: Any) -> np.dtype:
+    """Where sums of ``dtype`` are kept: float32 for float16, else the dtype itself."""
+    return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
+
+
+def _phase(what: str) -> str:
+    """The timeline's name for a guarded step: compressing, adding a peer's values, or decoding."""
+    return "compress" if what.startswith("compress") else "reduce" if what.startswith("adding") else "decode"
+
+
 @dataclass
 class Prepared:
     """This rank's compressed data, ready for the collective part."""
 
     compressor: Compressor
-    ctx: Ctx
+    ctx: Ctx | None
     payload: Any = None
     parts: Any = None
-    errors: list[str] = field(default_factory=list)
+    average: bool = False
+    #: the compressor's :meth:`~mpicoll.compression.Compressor.stream` for this call, agreed across ranks
+    stream: int | None = None
+    #: ``(exception type, text)`` of every step that failed here; the API raises them on every rank
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    #: run by the API once every rank has succeeded: state updates that cannot be undone cheaply
+    commit: Callable[[], None] | None = None
 
-    def decode(self, what: str, decode: Any, *args: Any) -> Any:
-        """``decode(*args)``, or ``None`` (recorded) if the payload is malformed."""
+    def guard(self, what: str, step: Any, *args: Any) -> Any:
+        """``step(*args)``, or ``None`` (recorded) if it raises anything: the protocol must go on."""
         try:
-            with timeline.span("decode", payload=what):
-                return decode(*args)
-        except PayloadError as exc:
-            self.errors.append(f"{what}: {exc}")
+            with timeline.span(_phase(what), what=what):
+                return step(*args)
+        except Exception as exc:  # any: a peer stranded mid-protocol would wait forever
+            self.errors.append((type(exc).__name__, f"{what}: {exc}"))
             return None
+
+    def mean(self, total: Any, size: int) -> Any:
+        """``total`` divided by ``size`` in place when averaging (``total`` is in :func:`acc_dtype`)."""
+        if self.average:
+            total /= total.dtype.type(size)
+        return total
 
 
 class Path:
     """Base class of the compressed all-reduce algorithms."""
 
-    def prepare(self, comm: Comm, x: Any, compressor: Compressor, key: Hashable, parts: Parts = None) -> Prepared:
+    #: whether the tensor's shape (not only its element count) shapes the messages: then the
+    #: API agrees on it across ranks
+    uses_shape = False
+
+    def prepare(self, comm: Comm, x: Any, compressor: Compressor, key: Hashable, parts: Parts = None,
+                average: bool = False) -> Prepared:
         """Compress and check this rank's data; no communication. ``parts``: see :data:`Parts`."""
         raise NotImplementedError
 
     def run(self, comm: Comm, prepared: Prepared) -> Any:
-        """The collective part; returns the sum (not averaged)."""
+        """The collective part; returns the sum or mean (``prepared.average``) in :func:`acc_dtype`."""
         raise NotImplementedError

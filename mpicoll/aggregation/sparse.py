@@ -25,24 +25,23 @@ from ..collectives.partition import displacements
 from ..collectives.pof2 import Pof2
 from ..collectives.registry import register
 from ..compression import Compressor
+from ..compression.sparse import check_indices
+from ..errors import PayloadError
 from ..transport import Comm
-from ..transport.p2p import sendrecv
-from .path import Parts, Path, Prepared
+from ..transport.p2p import sendrecv, sendrecv_bounded
+from .path import Parts, Path, Prepared, acc_dtype
 
 DENSE_SWITCH = 0.25  # a merged vector denser than this continues as a dense array
-
-
-def _acc_dtype(dtype: np.dtype) -> np.dtype:
-    return np.dtype(np.float32) if dtype == np.float16 else dtype
 
 
 class SparsePath(Path):
     """Common ``prepare``: compress, and check this rank's own (index, value) pairs."""
 
-    def prepare(self, comm: Comm, x: Any, compressor: Compressor, key: Hashable, parts: Parts = None) -> Prepared:
+    def prepare(self, comm: Comm, x: Any, compressor: Compressor, key: Hashable, parts: Parts = None,
+                average: bool = False) -> Prepared:
         payload, ctx = compressor.compress(x, key)
         idx, values = compressor.sparse_parts(payload, ctx)
-        return Prepared(compressor, ctx, payload=payload, parts=(idx, values))
+        return Prepared(compressor, ctx, payload=payload, parts=(idx, values), average=average)
 
 
 class SparseAllgather(SparsePath):
@@ -51,15 +50,22 @@ class SparseAllgather(SparsePath):
     def run(self, comm: Comm, prepared: Prepared) -> Any:
         ctx, compressor, payload = prepared.ctx, prepared.compressor, prepared.payload
         sizes = allgather(np.array([payload.size], dtype=np.int64), comm=comm).reshape(-1)
+        dense = np.zeros(ctx.numel, dtype=acc_dtype(ctx.dtype))
+        bound = compressor.payload_bound(ctx)
+        if (sizes > bound).any():  # every rank sees the same sizes: all skip the gather together
+            prepared.errors.append(("PayloadError", f"ranks {np.flatnonzero(sizes > bound).tolist()} announced "
+                                    f"payloads of {sizes.max()} bytes, more than any {compressor.name} payload of "
+                                    f"this tensor ({bound} bytes)"))
+            return dense.reshape(ctx.shape)
         gathered = allgather(payload, counts=sizes, comm=comm)
-        dense = np.zeros(ctx.numel, dtype=_acc_dtype(ctx.dtype))
         scatter_add = kernels.get("scatter_add", ctx.device)
         for rank, (start, size) in enumerate(zip(displacements(sizes), sizes, strict=True)):
-            parts = prepared.decode(f"rank {rank}'s payload", compressor.sparse_parts, gathered[start: start + size],
-                                    ctx)
+            parts = prepared.guard(f"rank {rank}'s payload", compressor.sparse_parts, gathered[start: start + size],
+                                   ctx)
             if parts is not None:
-                scatter_add(dense, parts[0], parts[1].astype(dense.dtype, copy=False))
-        return dense.astype(ctx.dtype, copy=False).reshape(ctx.shape)
+                prepared.guard(f"adding rank {rank}'s payload", scatter_add, dense, parts[0],
+                               parts[1].astype(dense.dtype, copy=False))
+        return prepared.mean(dense, comm.size).reshape(ctx.shape)
 
 
 register("compressed_allreduce", "sparse_allgather")(SparseAllgather())
@@ -92,22 +98,33 @@ def _pack(state: tuple[Any, Any] | Any) -> tuple[Any, int]:
 
 
 def _unpack(raw: Any, nnz: int, numel: int, dtype: np.dtype) -> tuple[Any, Any] | Any:
+    """A peer's state, checked: the sizes its message really has, indices strictly increasing inside
+    the tensor (as every merged vector is). Anything else is a :class:`PayloadError`."""
+    expected = numel * dtype.itemsize if nnz == -1 else nnz * (8 + dtype.itemsize)
+    if raw is None or not -1 <= nnz <= numel or raw.size != expected:
+        got = "more bytes than any vector of this tensor" if raw is None else f"{raw.size} bytes"
+        raise PayloadError(f"sparse_rd: a vector announced with {nnz} nonzeros came as {got}")
     if nnz < 0:
         return raw.view(dtype)
     cut = 8 * nnz
-    return raw[:cut].view(np.int64), raw[cut:].view(dtype)
+    idx = raw[:cut].view(np.int64)
+    check_indices("sparse_rd", idx, numel)
+    return idx, raw[cut:].view(dtype)
 
 
-def _transfer(comm: Comm, state: Any, peer: int, tag: int, numel: int, dtype: np.dtype, send: bool = True,
-              receive: bool = True) -> Any:
-    """Send our state to ``peer`` and/or receive theirs: first the sizes, then the data."""
-    empty = np.empty(0, dtype=np.uint8)
-    raw, nnz = _pack(state) if send else (empty, 0)
-    theirs = np.zeros(2 if receive else 0, dtype=np.int64)
-    sendrecv(comm, np.array([raw.size, nnz], dtype=np.int64) if send else theirs[:0], peer, theirs, peer, tag)
-    incoming = np.empty(int(theirs[0]) if receive else 0, dtype=np.uint8)
-    sendrecv(comm, raw, peer, incoming, peer, tag)
-    return _unpack(incoming, int(theirs[1]), numel, dtype) if receive else None
+def _transfer(comm: Comm, prepared: Prepared, state: Any, peer: int, tag: int, numel: int, dtype: np.dtype,
+              send: bool = True, receive: bool = True) -> Any:
+    """Send our state to ``peer`` and/or receive theirs (its element count first, then the data,
+    whose size MPI reports). A malformed vector is recorded and counts as empty."""
+    raw, nnz = _pack(state) if send else (None, 0)
+    theirs = np.zeros(1 if receive else 0, dtype=np.int64)
+    sendrecv(comm, np.array([nnz], dtype=np.int64) if send else theirs[:0], peer, theirs, peer, tag)
+    incoming = sendrecv_bounded(comm, raw, peer if send else None, peer if receive else None, tag,
+                                numel * (8 + dtype.itemsize))
+    if not receive:
+        return None
+    checked = prepared.guard(f"rank {peer}'s vector", _unpack, incoming, int(theirs[0]), numel, dtype)
+    return (np.empty(0, np.int64), np.empty(0, dtype)) if checked is None else checked
 
 
 def _combine(lower: Any, upper: Any, numel: int, dtype: np.dtype) -> Any:
@@ -128,28 +145,29 @@ class SparseRecursiveDoubling(SparsePath):
 
     def run(self, comm: Comm, prepared: Prepared) -> Any:
         ctx = prepared.ctx
-        dtype = _acc_dtype(ctx.dtype)
+        dtype = acc_dtype(ctx.dtype)
         idx, values = prepared.parts
-        return _recursive_doubling(comm, (np.asarray(idx, dtype=np.int64), np.asarray(values, dtype=dtype)),
-                                   ctx.numel, dtype).astype(ctx.dtype, copy=False).reshape(ctx.shape)
+        total = _recursive_doubling(comm, prepared, (np.asarray(idx, dtype=np.int64), np.asarray(values, dtype=dtype)),
+                                    ctx.numel, dtype)
+        return prepared.mean(total, comm.size).reshape(ctx.shape)
 
 
 register("compressed_allreduce", "sparse_rd")(SparseRecursiveDoubling())
 
 
-def _recursive_doubling(comm: Comm, state: Any, n: int, dtype: np.dtype) -> Any:
+def _recursive_doubling(comm: Comm, prepared: Prepared, state: Any, n: int, dtype: np.dtype) -> Any:
     """Recursive doubling (folding the extra ranks of a non-power of two) over sparse/dense states."""
     tag, group, r = comm.new_tag(), Pof2.of(comm), comm.rank
     folded = r < 2 * group.rem
     if folded and r % 2 == 0:  # fold: even ranks hand their vector to r + 1 ...
-        _transfer(comm, state, r + 1, tag, n, dtype, receive=False)
+        _transfer(comm, prepared, state, r + 1, tag, n, dtype, receive=False)
     elif folded:
-        state = _combine(_transfer(comm, state, r - 1, tag, n, dtype, send=False), state, n, dtype)
+        state = _combine(_transfer(comm, prepared, state, r - 1, tag, n, dtype, send=False), state, n, dtype)
     for partner, peer_first in group.partners:  # empty for the ranks that sat out
-        theirs = _transfer(comm, state, partner, tag, n, dtype)
+        theirs = _transfer(comm, prepared, state, partner, tag, n, dtype)
         state = _combine(theirs, state, n, dtype) if peer_first else _combine(state, theirs, n, dtype)
     if folded and r % 2 == 0:  # ... and get the result back
-        state = _transfer(comm, state, r + 1, tag, n, dtype, send=False)
+        state = _transfer(comm, prepared, state, r + 1, tag, n, dtype, send=False)
     elif folded:
-        _transfer(comm, state, r - 1, tag, n, dtype, receive=False)
-    return _to_dense(state, n, dtype)
+        _transfer(comm, prepared, state, r - 1, tag, n, dtype, receive=False)
+    return _to_dense(state, n, dtype)  # a new array in every case (the caller divides it in place)

@@ -1,9 +1,16 @@
 """Summable compressors (fp16, bf16, random-k, and ``none``): reduce the wire section itself.
 
 Every rank's payload has the same layout, so the dense all-reduce algorithms run directly on the
-summable section, in place, with :class:`~.wire.WireSum` as their op; the reduced payload then
-decodes to the sum. Cost: the algorithm's cost on the *wire* bytes (fp16: half of float32;
-random-k: ``k`` values).
+summable section, in place; the reduced payload then decodes to the sum. Cost: the algorithm's
+cost on the *wire* bytes (fp16: half of float32; random-k: ``k`` values).
+
+- 16-bit wire floats (fp16, bf16) are added with :class:`~.wire.WireSum` (decoded, added in
+  float32, encoded again at every step). fp16 overflows above 65504, so when averaging, each
+  rank's contribution is divided by the number of ranks *before* it is compressed (as torch's
+  fp16 hook does): the partial sums then stay within the range of the inputs.
+- Plain values (``none``, random-k) are reduced exactly as :func:`mpicoll.allreduce` reduces them
+  (float16 carried in float32, divided before the single rounding), so ``none`` gives the same
+  bits as :func:`mpicoll.allreduce` with the same algorithm.
 """
 
 from __future__ import annotations
@@ -11,11 +18,14 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any
 
+import numpy as np
+
 from ..collectives import auto
+from ..collectives.ops import get_op
 from ..collectives.registry import get_algorithm, register
 from ..compression import Compressor
 from ..transport import Comm
-from .path import Parts, Path, Prepared
+from .path import Parts, Path, Prepared, acc_dtype
 from .wire import WireSum
 
 DENSE = ("ring", "tree", "recursive_doubling", "rabenseifner")
@@ -34,16 +44,31 @@ class SummablePath(Path):
     def __init__(self, algorithm: str) -> None:
         self.algorithm = algorithm
 
-    def prepare(self, comm: Comm, x: Any, compressor: Compressor, key: Hashable, parts: Parts = None) -> Prepared:
+    def prepare(self, comm: Comm, x: Any, compressor: Compressor, key: Hashable, parts: Parts = None,
+                average: bool = False) -> Prepared:
+        divided = average and compressor.narrow_range and comm.size > 1
+        if divided:  # the mean of each contribution: partial sums stay in the wire's range
+            x = x.astype(acc_dtype(x.dtype)) / acc_dtype(x.dtype).type(comm.size)
         payload, ctx = compressor.compress(x, key)
         section, encoding = compressor.summable_section(payload, ctx)
-        return Prepared(compressor, ctx, payload=payload, parts=(section, encoding))
+        return Prepared(compressor, ctx, payload=payload, parts=(section, encoding, divided), average=average,
+                        stream=compressor.stream(ctx))
 
     def run(self, comm: Comm, prepared: Prepared) -> Any:
-        section, encoding = prepared.parts
+        section, encoding, divided = prepared.parts
+        algorithm = get_algorithm("allreduce", self.algorithm)
+        if encoding == "values":
+            work = section.astype(np.float32) if section.dtype == np.float16 else section
+            if work.size:
+                algorithm(comm, work, work, get_op("sum"))
+            section[...] = prepared.mean(work, comm.size)  # float16: rounded once, after the division
+            return prepared.guard("the reduced payload", prepared.compressor.decompress, prepared.payload,
+                                  prepared.ctx)
+        wire = WireSum(encoding)
         if section.size:
-            get_algorithm("allreduce", self.algorithm)(comm, section, section, WireSum(encoding, prepared.ctx.dtype))
-        return prepared.compressor.decompress(prepared.payload, prepared.ctx)
+            algorithm(comm, section, section, wire)
+        total = wire.decode(section).reshape(prepared.ctx.shape)  # float32
+        return total if divided else prepared.mean(total, comm.size)
 
 
 for _name in DENSE:

@@ -20,13 +20,15 @@ from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
+from mpi4py import MPI
 
 from ..collectives.api import allgather
 from ..collectives.partition import displacements, even_counts
 from ..collectives.registry import register
 from ..compression import Compressor, Ctx
 from ..transport import Comm
-from .path import Parts, Path, Prepared
+from ..transport.watchdog import waited, waiting_on
+from .path import Parts, Path, Prepared, acc_dtype
 
 
 def _compress_chunks(compressor: Compressor, flat: Any, counts: list[int], key: Hashable) -> tuple[list, list]:
@@ -38,17 +40,29 @@ def _compress_chunks(compressor: Compressor, flat: Any, counts: list[int], key: 
     return payloads, ctxs
 
 
-def _alltoall_bytes(comm: Comm, payloads: list[Any]) -> list[Any]:
-    """Send ``payloads[j]`` to rank ``j``; return what every rank sent us, in rank order."""
+def _alltoall_bytes(comm: Comm, prepared: Prepared, payloads: list[Any]) -> list[Any] | None:
+    """Send ``payloads[j]`` to rank ``j``; return what every rank sent us, in rank order. ``None`` on
+    every rank (recorded) when any rank was announced a payload larger than it can expect: the sizes
+    are checked before anything is allocated, and the verdict is agreed so that all skip together."""
     send_sizes = np.array([p.size for p in payloads], dtype=np.int64)
     recv_sizes = np.empty(comm.size, dtype=np.int64)
+    waiting_on(None, "the exchange of chunk sizes")
     comm.mpi.Alltoall(send_sizes, recv_sizes)
+    bound = prepared.compressor.payload_bound(prepared.ctx)
+    too_large = [rank for rank, size in enumerate(recv_sizes) if not 0 <= size <= bound]
+    verdict = np.array([len(too_large)], dtype=np.int64)
+    comm.mpi.Allreduce(MPI.IN_PLACE, verdict, op=MPI.MAX)
+    if verdict[0]:
+        if too_large:
+            prepared.errors.append(("PayloadError", f"ranks {too_large} announced chunk payloads larger than any "
+                                    f"{prepared.compressor.name} payload of this chunk ({bound} bytes)"))
+        return None
     sendbuf = np.concatenate(payloads) if payloads else np.empty(0, np.uint8)
     recvbuf = np.empty(int(recv_sizes.sum()), dtype=np.uint8)
-    from mpi4py import MPI
-
+    waiting_on(None, "the exchange of chunks")
     comm.mpi.Alltoallv([sendbuf, (send_sizes, displacements(send_sizes)), MPI.BYTE],
                        [recvbuf, (recv_sizes, displacements(recv_sizes)), MPI.BYTE])
+    waited()
     starts = displacements(recv_sizes)
     return [recvbuf[s: s + n] for s, n in zip(starts, recv_sizes, strict=True)]
 
@@ -56,44 +70,55 @@ def _alltoall_bytes(comm: Comm, payloads: list[Any]) -> list[Any]:
 class TwoPhase(Path):
     """Compressed reduce-scatter to chunk owners, re-compression, compressed allgather."""
 
-    def prepare(self, comm: Comm, x: Any, compressor: Compressor, key: Hashable, parts: Parts = None) -> Prepared:
+    def prepare(self, comm: Comm, x: Any, compressor: Compressor, key: Hashable, parts: Parts = None,
+                average: bool = False) -> Prepared:
         flat = np.ascontiguousarray(x).reshape(-1)
         counts = even_counts(flat.size, comm.size)
         payloads, chunk_ctxs = _compress_chunks(compressor, flat, counts, key)
-        return Prepared(compressor, chunk_ctxs[comm.rank], payload=payloads, parts=(x.shape, x.dtype, counts, key))
+        return Prepared(compressor, chunk_ctxs[comm.rank], payload=payloads, parts=(x.shape, counts, key),
+                        average=average)
 
     def run(self, comm: Comm, prepared: Prepared) -> Any:
-        shape, dtype, counts, key = prepared.parts
-        total = _owner_sum(comm, prepared, prepared.payload, prepared.ctx)
-        return _owner_allgather(comm, prepared, total.astype(dtype, copy=False), counts, key).reshape(shape)
+        shape, counts, key = prepared.parts
+        total = prepared.mean(_owner_sum(comm, prepared, prepared.payload, prepared.ctx), comm.size)
+        return _owner_allgather(comm, prepared, total, counts, key).reshape(shape)
 
 
 register("compressed_allreduce", "two_phase")(TwoPhase())
 
 
 def _owner_sum(comm: Comm, prepared: Prepared, payloads: list[Any], mine: Ctx) -> Any:
-    """Phases 1-2: send chunk j to rank j; add the p copies of our chunk, in rank order (float32)."""
-    received = _alltoall_bytes(comm, payloads)
-    total = np.zeros(mine.numel, dtype=np.float32)
+    """Phases 1-2: send chunk j to rank j; add the p copies of our chunk, in rank order (in
+    :func:`acc_dtype`: float32 for float16)."""
+    received = _alltoall_bytes(comm, prepared, payloads) or []
+    total = np.zeros(mine.numel, dtype=acc_dtype(mine.dtype))
     for rank, theirs in enumerate(received):  # rank order: the same additions on every rank
-        decoded = prepared.decode(f"rank {rank}'s chunk {comm.rank}", prepared.compressor.decompress, theirs, mine)
+        decoded = prepared.guard(f"rank {rank}'s chunk {comm.rank}", prepared.compressor.decompress, theirs, mine)
         if decoded is not None:
-            total += decoded.astype(np.float32, copy=False)
+            total += decoded.astype(total.dtype, copy=False)
     return total
 
 
 def _owner_allgather(comm: Comm, prepared: Prepared, total: Any, counts: list[int], key: Hashable) -> Any:
-    """Phases 3-4: compress the owned chunk again, allgather the owners' payloads, decode all."""
+    """Phases 3-4: compress the owned chunk again (the sum, or already the mean, so that float16
+    input never overflows on the way), allgather the owners' payloads, decode all."""
     compressor = prepared.compressor
     # ErrorFeedback keeps an owner-side residual under this key
-    owner_payload, owner = compressor.compress(total, key=(key, "owner"))
+    owned = prepared.guard("compressing the owned chunk", compressor.compress, total, (key, "owner"))
+    owner_payload = np.empty(0, np.uint8) if owned is None else owned[0]  # an empty payload fails every decode
+    step = -1 if owned is None else owned[1].step  # the same on every rank (every owner compresses this key)
     sizes = allgather(np.array([owner_payload.size], dtype=np.int64), comm=comm).reshape(-1)
-    gathered = allgather(owner_payload, counts=sizes, comm=comm)
     out = np.zeros(sum(counts), dtype=total.dtype)
+    bounds = [compressor.payload_bound(Ctx((count,), total.dtype, (key, "owner"), step, "cpu")) for count in counts]
+    if any(size > bound for size, bound in zip(sizes, bounds, strict=True)):  # the same sizes everywhere
+        prepared.errors.append(("PayloadError", f"an owner announced a reduced chunk of {sizes.max()} bytes, more "
+                                f"than any {compressor.name} payload of it"))
+        return out
+    gathered = allgather(owner_payload, counts=sizes, comm=comm)
     for j, (start, count, at) in enumerate(zip(displacements(counts), counts, displacements(sizes), strict=True)):
-        chunk_ctx = Ctx((count,), total.dtype, owner.key, owner.step, owner.device)  # the same step on every rank
-        decoded = prepared.decode(f"rank {j}'s reduced chunk", compressor.decompress, gathered[at: at + sizes[j]],
-                                  chunk_ctx)
+        chunk_ctx = Ctx((count,), total.dtype, (key, "owner"), step, "cpu")
+        decoded = prepared.guard(f"rank {j}'s reduced chunk", compressor.decompress, gathered[at: at + sizes[j]],
+                                 chunk_ctx)
         if decoded is not None:
             out[start: start + count] = decoded
     return out

@@ -10,37 +10,29 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from .. import kernels
-from ..backend import device_of, xp_of
+from ..backend import device_of
 from ..errors import UnsupportedError
 
 
 class WireSum:
-    """``combine(a, b, out)`` for sections encoded as ``"fp16"``, ``"bf16"`` or plain ``"values"``."""
+    """``combine(a, b, out)`` for sections of 16-bit wire floats, ``"fp16"`` or ``"bf16"`` bits.
+
+    (Sections of plain values are reduced by the ordinary ``sum`` op, float16 in float32, exactly
+    as :func:`mpicoll.allreduce` does: see :mod:`.summable`.)"""
 
     name = "sum"
 
-    def __init__(self, encoding: str, dtype: Any) -> None:
+    def __init__(self, encoding: str) -> None:
         self.encoding = encoding
-        self.dtype = np.dtype(dtype)
 
-    def _decode(self, a: Any) -> Any:
-        if self.encoding == "values":
-            return a.astype(np.float32) if self.dtype == np.float16 else a
+    def decode(self, a: Any) -> Any:
+        """The float32 values of the wire section ``a``."""
         return kernels.get(f"{self.encoding}_decode", device_of(a))(a)
 
     def combine(self, a: Any, b: Any, out: Any) -> None:
         """``out = a + b`` in the wire format (out may alias a or b)."""
-        if self.encoding == "values" and self.dtype != np.float16:
-            xp_of(out).add(a, b, out=out)
-            return
-        total = self._decode(a) + self._decode(b)  # float32
-        if self.encoding == "values":
-            out[...] = total.astype(np.float16)
-        else:
-            kernels.get(f"{self.encoding}_encode", device_of(out))(total, out=out)
+        kernels.get(f"{self.encoding}_encode", device_of(out))(self.decode(a) + self.decode(b), out=out)
 
     def mpi_op(self) -> Any:
         raise UnsupportedError("MPI cannot add compressed payloads: use one of mpicoll's own algorithms "

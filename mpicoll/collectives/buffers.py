@@ -71,6 +71,8 @@ def check_out(out: Any, shape: tuple[int, ...], dtype: Any, x: Any, where: str, 
         raise DtypeError(f"{where}: out has dtype {out.dtype}, expected {dtype}")
     if tuple(out.shape) != tuple(shape):
         raise ArgumentError(f"{where}: out has shape {tuple(out.shape)}, expected {tuple(shape)}")
+    if not getattr(out.flags, "writeable", True):  # found here, not mid-ring where the peers would wait
+        raise ArgumentError(f"{where}: {'x (in place)' if out is x else 'out'} is read-only; pass a writeable array")
     return out
 
 

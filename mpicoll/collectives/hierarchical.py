@@ -28,6 +28,7 @@ from typing import Any
 
 from ..backend import xp_of
 from ..transport import Comm
+from ..transport.watchdog import waiting_on
 from . import auto
 from .ops import ReduceOp
 from .partition import displacements, even_counts
@@ -64,6 +65,7 @@ def hierarchy(comm: Comm) -> Hierarchy:
         return found
     from mpi4py import MPI
 
+    waiting_on(None, "building the host hierarchy")
     host = comm.hosts[comm.rank]
     per_host = [comm.hosts.count(h) for h in range(max(comm.hosts) + 1)]
     shards = max(per_host)

@@ -14,6 +14,7 @@ from mpi4py import MPI
 from ..backend import synchronize
 from ..transport import Comm
 from ..transport.staging import needs_staging, stager_of
+from ..transport.watchdog import waiting_on
 from .ops import ReduceOp
 from .partition import displacements
 from .registry import register
@@ -48,6 +49,7 @@ def _staged(comm: Comm, sendbuf: Any, recvbuf: Any | None, call: Callable[[Any, 
 @register("allreduce", "native")
 def native_allreduce(comm: Comm, sendbuf: Any, recvbuf: Any, op: ReduceOp) -> None:
     """``MPI_Allreduce``, in place when ``recvbuf`` is ``sendbuf``."""
+    waiting_on(None, "MPI's own collective")
     if _staged(comm, sendbuf, recvbuf, lambda s, r: comm.mpi.Allreduce(MPI.IN_PLACE if r is s else s, r,
                                                                           op.mpi_op())):
         return
@@ -58,6 +60,7 @@ def native_allreduce(comm: Comm, sendbuf: Any, recvbuf: Any, op: ReduceOp) -> No
 @register("reduce_scatter", "native")
 def native_reduce_scatter(comm: Comm, sendbuf: Any, recvbuf: Any, op: ReduceOp, counts: Sequence[int]) -> None:
     """``MPI_Reduce_scatter`` with per-rank counts."""
+    waiting_on(None, "MPI's own collective")
     if _staged(comm, sendbuf, recvbuf, lambda s, r: comm.mpi.Reduce_scatter(s, r, list(counts), op.mpi_op())):
         return
     synchronize(sendbuf)
@@ -67,6 +70,7 @@ def native_reduce_scatter(comm: Comm, sendbuf: Any, recvbuf: Any, op: ReduceOp, 
 @register("allgather", "native")
 def native_allgather(comm: Comm, sendbuf: Any, recvbuf: Any, counts: Sequence[int]) -> None:
     """``MPI_Allgatherv`` on raw bytes (any dtype)."""
+    waiting_on(None, "MPI's own collective")
     item = recvbuf.dtype.itemsize
     byte_counts = [c * item for c in counts]
 
@@ -81,6 +85,7 @@ def native_allgather(comm: Comm, sendbuf: Any, recvbuf: Any, counts: Sequence[in
 @register("broadcast", "native")
 def native_broadcast(comm: Comm, buf: Any, root: int) -> None:
     """``MPI_Bcast`` on raw bytes (any dtype), in place."""
+    waiting_on(None, "MPI's own collective")
     if _staged(comm, buf, buf, lambda s, _: comm.mpi.Bcast([s, MPI.BYTE], root)):
         return
     synchronize(buf)
@@ -90,6 +95,7 @@ def native_broadcast(comm: Comm, buf: Any, root: int) -> None:
 @register("reduce", "native")
 def native_reduce(comm: Comm, sendbuf: Any, recvbuf: Any | None, op: ReduceOp, root: int) -> None:
     """``MPI_Reduce``; ``recvbuf`` is significant at ``root`` only."""
+    waiting_on(None, "MPI's own collective")
     at_root = comm.rank == root
 
     def call(send: Any, recv: Any) -> None:

@@ -26,9 +26,9 @@ import numpy as np
 
 from .. import timeline
 from ..config import config
-from ..errors import MismatchError, MpicollError, PeerError
+from ..errors import MismatchError, PeerError
 from ..transport import Comm
-from ..transport.watchdog import waiting_on
+from ..transport.watchdog import waited, waiting_on
 from .ops import op_names
 from .registry import COLLECTIVES, algorithm_names
 
@@ -37,7 +37,7 @@ _DTYPES = [np.dtype(t) for t in (
     "float16", "float32", "float64", "complex64", "complex128",
 )]
 _FIELDS = ("failed", "collective", "count", "dtype", "op", "root", "algorithm", "counts", "segment_bytes",
-           "compressor", "parts")
+           "compressor", "parts", "stream")
 _COLLECTIVE_CODES = {name: i for i, name in enumerate(COLLECTIVES)}
 _OP_CODES = {name: i for i, name in enumerate(op_names())}
 _DTYPE_CODES = {dtype: i for i, dtype in enumerate(_DTYPES)}
@@ -76,6 +76,8 @@ def _describe(field: str, collective: str, code: int) -> str:
         return "(none)" if code == -1 else f"a compressor with fingerprint {code:#x}"
     if field == "parts":
         return "(none)" if code == -1 else f"tensor shapes with checksum {code:#x}"
+    if field == "stream":
+        return "(none)" if code == -1 else f"random stream {code:#x}"
     return str(code)
 
 
@@ -93,7 +95,7 @@ class Agreement:
         self.fields: dict[str, Any] = {}
 
     def set(self, **fields: Any) -> None:
-        """Record this rank's arguments: count, dtype, op, root, algorithm, counts, compressor, parts."""
+        """Record this rank's arguments: count, dtype, op, root, algorithm, counts, compressor, parts, stream."""
         self.fields.update(fields)
 
     def __enter__(self) -> Agreement:
@@ -101,8 +103,9 @@ class Agreement:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  tb: TracebackType | None) -> bool:
-        if error is not None and not isinstance(error, MpicollError):
-            return False  # a bug, not bad input: let it surface as it is
+        if error is not None and not isinstance(error, Exception):
+            return False  # KeyboardInterrupt, SystemExit: the process is going away
+        # any exception, a bug included: the peers must hear of it, or they wait here forever
         if config.get("validate"):
             with timeline.span("agreement"):
                 exchange(self.comm, self.collective, error, **self.fields)
@@ -112,7 +115,7 @@ class Agreement:
 def exchange(comm: Comm, collective: str, error: BaseException | None, *, count: int = -1, dtype: Any = None,
              algorithm: str | None = None, op: str | None = None, root: int = -1,
              counts: Sequence[int] | None = None, compressor: str | None = None,
-             parts: Sequence[tuple[int, ...]] | None = None) -> None:
+             parts: Sequence[tuple[int, ...]] | None = None, stream: int | None = None) -> None:
     """The collective part of :class:`Agreement`; raises on every rank if anything disagrees."""
     signature = np.array([
         0 if error is None else 1,
@@ -126,10 +129,12 @@ def exchange(comm: Comm, collective: str, error: BaseException | None, *, count:
         config.get("segment_bytes"),
         -1 if compressor is None else zlib.crc32(compressor.encode()),
         -1 if parts is None else zlib.crc32(repr([tuple(s) for s in parts]).encode()),
+        -1 if stream is None else stream,
     ], dtype=np.int64)
     table = comm.scratch.get("validate.table", comm.size * signature.size, np.int64).reshape(comm.size, -1)
     waiting_on(None, "the argument check, which every rank must reach")
     comm.mpi.Allgather(signature, table)
+    waited()
     if (table == signature).all():  # the common case: one vectorized comparison
         return
     if table[:, 0].any():
@@ -140,6 +145,7 @@ def exchange(comm: Comm, collective: str, error: BaseException | None, *, count:
 
 
 def _peer_failures(comm: Comm, collective: str, error: BaseException | None, failed: np.ndarray) -> None:
+    waiting_on(None, "the exchange of error messages")
     messages = comm.mpi.allgather(None if error is None else f"{type(error).__name__}: {error}")
     if error is not None:
         return
@@ -172,6 +178,9 @@ def _mismatch(collective: str, table: np.ndarray, column: int) -> MismatchError:
     if field == "collective":
         message = (f"ranks called different collectives at the same point: {listing}. Every rank must call "
                    f"the same collectives in the same order.")
+    elif field == "stream":
+        message = (f"{collective}: ranks would draw different random indices: {listing}. Every rank must use the "
+                   f"same seed and key and compress each key equally often (check restored step counters).")
     elif field == "segment_bytes":
         message = (f"{collective}: ranks use different pipeline segment sizes: {listing}. Set segment_bytes "
                    f"(MPICOLL_SEGMENT_BYTES) to the same value on every rank.")

@@ -58,6 +58,9 @@ class Compressor:
     codec: ClassVar[int] = 0
     kind: ClassVar[str] = "dense"
     lossless: ClassVar[bool] = False
+    #: whether the wire format overflows far below the inputs' range (fp16): averaging collectives
+    #: then divide each contribution before compressing it
+    narrow_range: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._steps: dict[Hashable, int] = {}
@@ -89,12 +92,7 @@ class Compressor:
 
         ``out``: a contiguous array of that shape and dtype to decode into.
         """
-        header = parse(payload, self.codec, self.name)
-        if header.numel != ctx.numel:
-            raise PayloadError(f"{self.name}: payload holds {header.numel} elements but this tensor has {ctx.numel}; "
-                               f"ranks must compress tensors of the same shape under the same key")
-        if header.dtype != ctx.dtype:
-            raise PayloadError(f"{self.name}: payload was made from {header.dtype}, this tensor is {ctx.dtype}")
+        header = self.header_of(payload, ctx)
         if out is None:
             return self._decode(payload, header, ctx, None).reshape(ctx.shape)
         if tuple(out.shape) != ctx.shape or out.dtype != ctx.dtype or not out.flags.c_contiguous:
@@ -106,9 +104,48 @@ class Compressor:
             flat_out[...] = result
         return out
 
+    def header_of(self, payload: Any, ctx: Ctx) -> Header:
+        """The checked header of ``payload`` (this rank's or a peer's), which must describe a tensor
+        like ``ctx``: every reader of a payload starts here."""
+        header = parse(payload, self.codec, self.name)
+        if header.numel != ctx.numel:
+            raise PayloadError(f"{self.name}: payload holds {header.numel} elements but this tensor has {ctx.numel}; "
+                               f"ranks must compress tensors of the same shape under the same key")
+        if header.dtype != ctx.dtype:
+            raise PayloadError(f"{self.name}: payload was made from {header.dtype}, this tensor is {ctx.dtype}")
+        return header
+
     def payload_nbytes(self, x: Any) -> int | None:
         """The payload size for an array like ``x`` if it does not depend on the values, else ``None``."""
         return None
+
+    def payload_bound(self, ctx: Ctx) -> int:
+        """The most bytes a well-formed payload of a tensor like ``ctx`` can have: what a receiver is
+        willing to allocate for a peer's payload. Exact for fixed-size codecs; for the others, every
+        element sent as an int64 index plus a value."""
+        fixed = self.payload_nbytes(np.broadcast_to(np.zeros((), ctx.dtype), ctx.shape))  # no memory
+        if fixed is not None:
+            return fixed
+        return HEADER_BYTES + 16 + ctx.numel * (8 + ctx.dtype.itemsize)
+
+    def stream(self, ctx: Ctx) -> int | None:
+        """A fingerprint of the random choices every rank must share for this call (``None``: none).
+        Compressed collectives compare it across ranks before any payload is combined."""
+        return None
+
+    def bind(self, key: Hashable, shape: tuple[int, ...], world_size: int) -> None:
+        """Note that ``key`` is being all-reduced as ``shape`` over ``world_size`` ranks (state that
+        depends on them, error-feedback residuals, refuses a change)."""
+
+    def snapshot(self) -> Any:
+        """A cheap copy of the mutable state (step counters, ...) that :meth:`restore` puts back: a
+        compressed collective that is refused or fails restores it, so it changes nothing on any rank.
+        State is replaced, never modified in place, between the two."""
+        return dict(self._steps)
+
+    def restore(self, snapshot: Any) -> None:
+        """Undo everything since :meth:`snapshot`."""
+        self._steps = snapshot
 
     def summable_section(self, payload: Any, ctx: Ctx) -> tuple[Any, str]:
         """For ``kind == "summable"``: the view of ``payload`` that ranks add element by element, and its

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import ArgumentError, PayloadError
 from .base import Compressor, Ctx
-from .payload import FLAG_INDEX32, Header, index_dtype
+from .payload import Header, expect, index_dtype
 from .registry import register
 from .sparse import check_indices
 
@@ -48,12 +48,16 @@ class Csr(Compressor):
         if header.aux1 != rows or header.aux0 > ctx.numel:
             raise PayloadError(f"csr: payload describes {header.aux1} rows / {header.aux0} nonzeros, this tensor has "
                                f"shape {ctx.shape}")
-        itype = np.uint32 if header.flags & FLAG_INDEX32 else np.int64
+        itype, flag = index_dtype(max(cols, header.aux0))
+        expect(header, self.name, flags=flag)
         indptr, indices, values = self._sections(payload, header, [(itype, rows + 1), (itype, header.aux0),
                                                                    (ctx.dtype, header.aux0)])
         indptr, indices = indptr.astype(np.int64), indices.astype(np.int64)
-        if rows and (int(indptr[0]) != 0 or int(indptr[-1]) != header.aux0 or bool((indptr[1:] < indptr[:-1]).any())):
+        if int(indptr[0]) != 0 or int(indptr[-1]) != header.aux0 or bool((indptr[1:] < indptr[:-1]).any()):
             raise PayloadError("csr: row pointers are not a non-decreasing run from 0 to nnz: malformed payload")
+        if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= cols):
+            raise PayloadError(f"csr: a column index lies outside [0, {cols}): corrupted payload")
+        # columns in range: strictly increasing flat positions <=> strictly increasing columns in each row
         check_indices("csr", indices + indptr_rows(indptr, rows) * cols, ctx.numel)
         return self.kernel("csr_densify", ctx.device)(indptr, indices, values, (rows, cols), ctx.dtype).reshape(-1)
 

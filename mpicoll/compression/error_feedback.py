@@ -28,6 +28,8 @@ class ErrorFeedback(Compressor):
         super().__init__()
         self.inner = inner
         self.residuals: dict[Hashable, Any] = {}
+        #: key -> (shape, world size) of the compressed all-reduces its residuals come from
+        self.bindings: dict[Hashable, tuple[tuple[int, ...], int]] = {}
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -44,6 +46,10 @@ class ErrorFeedback(Compressor):
     @property
     def lossless(self) -> bool:  # type: ignore[override]
         return self.inner.lossless
+
+    @property
+    def narrow_range(self) -> bool:  # type: ignore[override]
+        return self.inner.narrow_range
 
     def compress(self, x: Any, key: Hashable = None, *, out: Any = None) -> tuple[Any, Ctx]:
         corrected = self.corrected(x, key)
@@ -69,11 +75,39 @@ class ErrorFeedback(Compressor):
     def payload_nbytes(self, x: Any) -> int | None:
         return self.inner.payload_nbytes(x)
 
+    def stream(self, ctx: Ctx) -> int | None:
+        return self.inner.stream(ctx)
+
     def summable_section(self, payload: Any, ctx: Ctx) -> tuple[Any, str]:
         return self.inner.summable_section(payload, ctx)
 
     def sparse_parts(self, payload: Any, ctx: Ctx) -> tuple[Any, Any]:
         return self.inner.sparse_parts(payload, ctx)
+
+    def bind(self, key: Hashable, shape: tuple[int, ...], world_size: int) -> None:
+        """Refuse to go on with residuals kept for another tensor shape or number of ranks.
+
+        A residual is this rank's share of what compression has not delivered yet: restored in a
+        job of another size, the missing ranks' shares are silently lost (or doubled); kept for a
+        reshaped tensor, it is added to the wrong elements. Compressed collectives call this
+        before compressing, inside their cross-rank agreement, so every rank refuses together.
+        """
+        now = (tuple(int(d) for d in shape), int(world_size))
+        bound = self.bindings.get(key)
+        if bound is not None and bound != now:
+            raise ArgumentError(f"ErrorFeedback: key {key!r} holds residuals of a tensor of shape {bound[0]} "
+                                f"all-reduced over {bound[1]} ranks; this call is shape {now[0]} over {now[1]} "
+                                f"ranks. Use a new key for a new tensor, resume a checkpoint with the number of "
+                                f"ranks that saved it, or drop the residuals (load_state_dict({{}})).")
+        self.bindings[key] = now
+
+    def snapshot(self) -> Any:
+        return super().snapshot(), dict(self.residuals), dict(self.bindings), self.inner.snapshot()
+
+    def restore(self, snapshot: Any) -> None:
+        steps, self.residuals, self.bindings, inner = snapshot
+        super().restore(steps)
+        self.inner.restore(inner)
 
     def residual(self, key: Hashable = None) -> Any:
         """The current residual of ``key`` (``None`` before its first compression)."""
@@ -83,13 +117,28 @@ class ErrorFeedback(Compressor):
         return {"inner": self.inner}
 
     def state_dict(self) -> dict[str, Any]:
-        """Residuals (as host arrays) and the inner compressor's state."""
+        """Residuals (as host arrays), the shape and number of ranks each was made with, and the
+        inner compressor's state."""
         return {"residuals": {k: np.array(to_host(v)) for k, v in self.residuals.items()},
+                "bindings": {k: {"shape": list(shape), "world_size": size}
+                             for k, (shape, size) in self.bindings.items()},
                 "inner": self.inner.state_dict()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; residuals go to the device of the first array compressed later."""
+    def load_state_dict(self, state: dict[str, Any], *, world_size: int | None = None) -> None:
+        """Restore :meth:`state_dict`; residuals go to the device of the first array compressed later.
+
+        Residuals saved by a job of another number of ranks are refused: here when ``world_size``
+        is given, else by the first compressed all-reduce of their key (on every rank at once).
+        """
+        bindings = {k: (tuple(int(d) for d in v["shape"]), int(v["world_size"]))
+                    for k, v in state.get("bindings", {}).items()}
+        others = sorted({size for _, size in bindings.values() if world_size is not None and size != world_size})
+        if others:
+            raise ArgumentError(f"ErrorFeedback: these residuals were saved by a job of {others[0]} ranks, this one "
+                                f"has {world_size}: restoring them would lose or double the other ranks' shares. "
+                                f"Resume with {others[0]} ranks, or start without residuals.")
         self.residuals = {k: np.array(v) for k, v in state.get("residuals", {}).items()}
+        self.bindings = bindings
         self.inner.load_state_dict(state.get("inner", {}))
 
     def __repr__(self) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..backend import xp_of
 from .base import Compressor, Ctx
-from .payload import Header, parse
+from .payload import Header, expect
 from .registry import register
 
 
@@ -31,11 +31,12 @@ class _Half(Compressor):
         return payload
 
     def summable_section(self, payload: Any, ctx: Ctx) -> tuple[Any, str]:
-        header = parse(payload, self.codec, self.name)
+        header = self.header_of(payload, ctx)
         (bits,) = self._sections(payload, header, [(np.uint16, ctx.numel)])
         return bits, self.name
 
     def _decode(self, payload: Any, header: Header, ctx: Ctx, out: Any) -> Any:
+        expect(header, self.name, flags=0, aux0=0, aux1=0)
         (bits,) = self._sections(payload, header, [(np.uint16, ctx.numel)])
         direct = out if out is not None and ctx.dtype == np.float32 else None
         values = self.kernel(self.decode_op, ctx.device)(bits, out=direct)
@@ -48,6 +49,7 @@ class Fp16(_Half):
 
     name = "fp16"
     codec = 2
+    narrow_range = True
     encode_op, decode_op = "fp16_encode", "fp16_decode"
 
 

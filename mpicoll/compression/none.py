@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Compressor, Ctx
-from .payload import Header, parse
+from .payload import Header, expect
 from .registry import register
 
 
@@ -22,13 +22,14 @@ class NoCompression(Compressor):
         return self._size([(x.dtype, x.size)])
 
     def summable_section(self, payload: Any, ctx: Ctx) -> tuple[Any, str]:
-        (values,) = self._sections(payload, parse(payload, self.codec, self.name), [(ctx.dtype, ctx.numel)])
+        (values,) = self._sections(payload, self.header_of(payload, ctx), [(ctx.dtype, ctx.numel)])
         return values, "values"
 
     def _encode(self, flat: Any, ctx: Ctx, out: Any) -> Any:
         return self._payload(ctx, [flat], out=out)
 
     def _decode(self, payload: Any, header: Header, ctx: Ctx, out: Any) -> Any:
+        expect(header, self.name, flags=0, aux0=0, aux1=0)
         (values,) = self._sections(payload, header, [(ctx.dtype, ctx.numel)])
         if out is None:
             return values.copy()

@@ -127,8 +127,8 @@ def assemble(header: Header, arrays: Sequence[Any], out: Any = None) -> Any:
 
 def parse(payload: Any, codec: int, codec_name: str) -> Header:
     """Read and check the header of ``payload`` (a 1-D uint8 array, host or device)."""
-    if getattr(payload, "dtype", None) != np.uint8 or payload.ndim != 1:
-        raise PayloadError(f"{codec_name}: a payload must be a 1-D uint8 array, got "
+    if getattr(payload, "dtype", None) != np.uint8 or payload.ndim != 1 or not payload.flags.c_contiguous:
+        raise PayloadError(f"{codec_name}: a payload must be a contiguous 1-D uint8 array, got "
                            f"{type(payload).__name__} {getattr(payload, 'dtype', '')}")
     if payload.size < HEADER_BYTES:
         raise PayloadError(f"{codec_name}: payload of {payload.size} bytes is shorter than the {HEADER_BYTES}-byte "
@@ -150,6 +150,18 @@ def parse(payload: Any, codec: int, codec_name: str) -> Header:
         raise PayloadError(f"{codec_name}: header announces {body} body bytes but the payload has "
                            f"{payload.size - HEADER_BYTES} (truncated or padded in transit)")
     return Header(got_codec, DTYPES[dcode], flags, numel, aux0, aux1, body)
+
+
+def expect(header: Header, codec_name: str, **fields: int) -> None:
+    """Refuse a payload whose header ``fields`` (``aux0=...``, ``aux1=...``, ``flags=...``) differ from
+    what this receiver's own configuration says: a decoder never sizes a loop or an allocation by
+    a value it could have known itself."""
+    for name, want in fields.items():
+        got = getattr(header, name)
+        if got != want:
+            raise PayloadError(f"{codec_name}: payload header has {name}={got} but this receiver expects {want}: "
+                               f"corrupted, or written by a compressor configured differently (every rank must "
+                               f"use the same compressor parameters)")
 
 
 def sections(payload: Any, header: Header, spec: Sequence[tuple[Any, int]], codec_name: str) -> list[Any]:

@@ -40,7 +40,7 @@ from ..errors import ArgumentError, PayloadError
 from ..kernels.hashing import stream_base, uniform24
 from ..kernels.threads import blas_share
 from .base import Compressor, Ctx, check_range
-from .payload import Header
+from .payload import Header, expect
 from .registry import register
 
 _SALT = 0x504F57455253  # "POWERS": the warm-start stream never reuses another compressor's
@@ -157,6 +157,7 @@ class PowerSGD(Compressor):
 
     def _decode(self, payload: Any, header: Header, ctx: Ctx, out: Any) -> Any:
         n, m, r = self.layout(ctx.shape)
+        expect(header, self.name, flags=0)
         if (header.aux0, header.aux1) != (r, n):
             raise PayloadError(f"{self.name}: payload is rank {header.aux0} with {header.aux1} rows, this tensor "
                                f"needs rank {r} with {n} rows; ranks must use the same rank and tensor shape")
@@ -164,6 +165,13 @@ class PowerSGD(Compressor):
         direct = out if out is not None and ctx.dtype == WIRE else None
         values = reconstruct(p_flat.reshape(n, r), q_flat.reshape(m, r), ctx.numel, direct)
         return values.astype(ctx.dtype, copy=False)
+
+    def snapshot(self) -> Any:
+        return super().snapshot(), dict(self.q)
+
+    def restore(self, snapshot: Any) -> None:
+        steps, self.q = snapshot
+        super().restore(steps)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:

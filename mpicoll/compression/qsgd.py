@@ -15,7 +15,7 @@ import numpy as np
 from ..backend import xp_of
 from ..kernels.hashing import stream_base
 from .base import Compressor, Ctx, check_range
-from .payload import Header
+from .payload import Header, expect
 from .registry import register
 from .uniform import block_spec, decode_blocks
 
@@ -52,4 +52,5 @@ class Qsgd(Compressor):
         return payload
 
     def _decode(self, payload: Any, header: Header, ctx: Ctx, out: Any) -> Any:
-        return decode_blocks(self, payload, header, ctx, 4 if header.aux1 <= 7 else 8, out)
+        expect(header, self.name, flags=0, aux0=self.block, aux1=self.levels)
+        return decode_blocks(self, payload, header, ctx, self.block, self.bits, out)

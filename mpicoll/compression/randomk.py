@@ -15,7 +15,7 @@ from ..backend import xp_of
 from ..errors import PayloadError
 from ..kernels.hashing import stream_base
 from .base import Compressor, Ctx, check_range
-from .payload import Header, parse
+from .payload import Header, expect
 from .registry import register
 from .topk import k_of
 
@@ -44,6 +44,10 @@ class RandomK(Compressor):
         idx = self.kernel("stratified_indices", ctx.device)(base, ctx.numel, k_of(self.ratio, ctx.numel))
         return idx, base
 
+    def stream(self, ctx: Ctx) -> int | None:
+        """The stream base of this call (seed, step, key): ranks that disagree would mix different indices."""
+        return stream_base(self.seed, ctx.step, ctx.key, _SALT) & ((1 << 63) - 1)
+
     def payload_nbytes(self, x: Any) -> int | None:
         return self._size([(x.dtype, k_of(self.ratio, x.size))])
 
@@ -55,12 +59,13 @@ class RandomK(Compressor):
         return payload
 
     def summable_section(self, payload: Any, ctx: Ctx) -> tuple[Any, str]:
-        header = parse(payload, self.codec, self.name)
+        header = self.header_of(payload, ctx)
         (values,) = self._sections(payload, header, [(ctx.dtype, header.aux0)])
         return values, "values"
 
     def _decode(self, payload: Any, header: Header, ctx: Ctx, out: Any) -> Any:
         idx, base = self.indices(ctx)
+        expect(header, self.name, flags=0)
         if header.aux1 != base or header.aux0 != idx.size:
             raise PayloadError(f"{self.name}: payload was drawn from another random stream (key {ctx.key!r}, step "
                                f"{ctx.step}); every rank must use the same seed and compress each key equally often")

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..backend import xp_of
 from .base import Compressor, Ctx, check_range
-from .payload import Header
+from .payload import Header, expect
 from .registry import register
 from .uniform import block_spec
 
@@ -47,7 +47,8 @@ class Sign(Compressor):
         return payload
 
     def _decode(self, payload: Any, header: Header, ctx: Ctx, out: Any) -> Any:
-        block = max(1, header.aux0)
+        block = self._block(ctx.numel)
+        expect(header, self.name, flags=0, aux0=block, aux1=0)
         scales, packed = self._sections(payload, header, block_spec(ctx.numel, block, 1))
         direct = out if out is not None and ctx.dtype == np.float32 else None
         values = self.kernel("sign_unpack", ctx.device)(packed, scales, ctx.numel, block, out=direct)

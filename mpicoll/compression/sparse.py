@@ -12,7 +12,7 @@ from typing import Any
 from ..backend import xp_of
 from ..errors import PayloadError
 from .base import Compressor, Ctx
-from .payload import FLAG_INDEX32, Header, index_dtype, parse
+from .payload import Header, expect, index_dtype
 
 
 def encode(codec: Compressor, ctx: Ctx, flat: Any, idx: Any, out: Any = None) -> Any:
@@ -36,12 +36,13 @@ def decode(codec: Compressor, payload: Any, header: Header, ctx: Ctx, out: Any =
 
 def parts(codec: Compressor, payload: Any, ctx: Ctx) -> tuple[Any, Any]:
     """Checked ``(indices, values)`` of a whole sparse payload (header included)."""
-    return sections(codec, payload, parse(payload, codec.codec, codec.name), ctx)
+    return sections(codec, payload, codec.header_of(payload, ctx), ctx)
 
 
 def sections(codec: Compressor, payload: Any, header: Header, ctx: Ctx) -> tuple[Any, Any]:
     """Checked ``(indices as int64, values)`` views of a sparse payload."""
-    itype = index_dtype(ctx.numel)[0] if header.flags & FLAG_INDEX32 else index_dtype(1 << 40)[0]
+    itype, flag = index_dtype(ctx.numel)
+    expect(header, codec.name, flags=flag, aux1=0)
     nnz = header.aux0
     if nnz > ctx.numel:
         raise PayloadError(f"{codec.name}: payload claims {nnz} nonzeros in a tensor of {ctx.numel} elements")

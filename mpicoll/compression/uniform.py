@@ -17,7 +17,7 @@ from ..backend import xp_of
 from ..errors import ArgumentError
 from ..kernels.hashing import stream_base
 from .base import Compressor, Ctx, check_range
-from .payload import Header
+from .payload import Header, expect
 from .registry import register
 
 _SALT = 0x51554E54  # "QUNT"
@@ -56,7 +56,8 @@ class UniformQuantizer(Compressor):
         return payload
 
     def _decode(self, payload: Any, header: Header, ctx: Ctx, out: Any) -> Any:
-        return decode_blocks(self, payload, header, ctx, self.bits, out)
+        expect(header, self.name, flags=0, aux0=self.block, aux1=self.bits)
+        return decode_blocks(self, payload, header, ctx, self.block, self.bits, out)
 
 
 def block_spec(numel: int, block: int, bits: int) -> list[tuple[Any, int]]:
@@ -64,9 +65,10 @@ def block_spec(numel: int, block: int, bits: int) -> list[tuple[Any, int]]:
     return [(np.float32, -(-numel // block)), (np.uint8, -(-numel * bits // 8))]
 
 
-def decode_blocks(codec: Compressor, payload: Any, header: Header, ctx: Ctx, bits: int, out: Any) -> Any:
-    """Decode ``[scales, packed codes]`` whose block size is ``header.aux0``."""
-    block = max(1, header.aux0)
+def decode_blocks(codec: Compressor, payload: Any, header: Header, ctx: Ctx, block: int, bits: int,
+                  out: Any) -> Any:
+    """Decode ``[scales, packed codes]`` with the receiver's own ``block`` and ``bits`` (the caller has
+    checked that the header agrees)."""
     scales, packed = codec._sections(payload, header, block_spec(ctx.numel, block, bits))
     direct = out if out is not None and ctx.dtype == np.float32 else None
     values = codec.kernel("dequantize", ctx.device)(packed, scales, ctx.numel, bits, block, out=direct)

@@ -10,6 +10,7 @@ from .. import timeline
 from ..errors import ArgumentError
 from .scratch import ScratchPool
 from .topology import host_layout
+from .watchdog import install_abort_hook, waiting_on
 
 if TYPE_CHECKING:
     from mpi4py import MPI
@@ -46,6 +47,7 @@ class Comm:
             raise ArgumentError(f"Comm() needs an mpi4py intracommunicator, got {type(base).__name__}")
         if hosts is not None and len(hosts) != base.Get_size():
             raise ArgumentError(f"Comm(): hosts has {len(hosts)} entries for {base.Get_size()} ranks")
+        waiting_on(None, "creating the communicator (Dup, host detection)")
         self.mpi: MPI.Comm = base.Dup() if dup else base
         self._owned = dup
         self.rank: int = self.mpi.Get_rank()
@@ -56,8 +58,6 @@ class Comm:
         self.scratch = ScratchPool()
         #: the host index of every rank (collective to find out, so done here, where all ranks are)
         self.hosts: tuple[int, ...] = host_layout(self.mpi) if hosts is None else hosts
-        from .watchdog import install_abort_hook
-
         install_abort_hook(MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size())
         #: the same number on every rank for the same communicator (timeline events name it)
         self.serial: int = next(_serials)

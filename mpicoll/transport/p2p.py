@@ -13,18 +13,20 @@ its requests with short sleeps that grow up to ``config.engine_poll_us``.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from mpi4py import MPI
 
 from ..backend import synchronize
 from ..config import config
 from .comm import Comm
 from .staging import StagedRequest, needs_staging, stager_of
-from .watchdog import waiting_on
+from .watchdog import waited, waiting_on
 
 Request = MPI.Request | StagedRequest
 
@@ -81,6 +83,7 @@ def waitall(requests: Sequence[Request], peer: int | None = None, step: str = ""
         _poll(plain)
     else:
         MPI.Request.Waitall(plain)
+    waited()
     for r in requests:
         if isinstance(r, StagedRequest):
             r.complete()
@@ -102,3 +105,47 @@ def sendrecv(comm: Comm, sendbuf: Any, dest: int, recvbuf: Any, source: int, tag
         comm.mpi.Send([sendbuf, MPI.BYTE], dest, tag)
     elif recvbuf.size:
         comm.mpi.Recv([recvbuf, MPI.BYTE], source, tag)
+    waited()
+
+
+def _probe(comm: Comm, source: int, tag: int) -> tuple[MPI.Message, MPI.Status]:
+    status = MPI.Status()
+    if not getattr(_style, "patient", False):
+        return comm.mpi.Mprobe(source, tag, status), status
+    limit, tries, pause = config.get("engine_poll_us") * 1e-6, 0, 1e-6
+    while (message := comm.mpi.Improbe(source, tag, status)) is None:
+        tries += 1
+        if tries > _SPINS and limit > 0:
+            time.sleep(pause)
+            pause = min(2 * pause, limit)
+    return message, status
+
+
+def sendrecv_bounded(comm: Comm, sendbuf: Any, dest: int | None, source: int | None, tag: int,
+                     limit_bytes: int) -> Any:
+    """Send the host array ``sendbuf`` to ``dest`` while receiving a message of a size the peer chose.
+
+    The size is read from the message itself (``MPI_Mprobe``), never from what the peer announced,
+    and a message longer than ``limit_bytes`` (the most the receiver can legitimately expect) is
+    received into nothing and dropped instead of allocated. ``None`` for ``dest`` / ``source`` skips
+    that side.
+
+    Returns:
+        The bytes received (a new uint8 array), ``None`` when the message was too long or nothing
+        was received.
+    """
+    requests = [isend(comm, sendbuf, dest, tag)] if dest is not None else []
+    received = None
+    if source is not None:
+        waiting_on(source, "sendrecv")
+        message, status = _probe(comm, source, tag)
+        waited()
+        nbytes = status.Get_count(MPI.BYTE)
+        if 0 <= nbytes <= limit_bytes:
+            received = np.empty(nbytes, dtype=np.uint8)
+            message.Recv([received, MPI.BYTE])
+        else:
+            with contextlib.suppress(MPI.Exception):  # consumes the message: MPI reports the truncation
+                message.Recv([np.empty(0, dtype=np.uint8), MPI.BYTE])
+    waitall(requests, dest, "sendrecv")
+    return received

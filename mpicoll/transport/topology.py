@@ -26,20 +26,26 @@ def parse_layout(text: str) -> list[int]:
 
 
 def host_layout(mpi_comm: Any) -> tuple[int, ...]:
-    """The host index of every rank of ``mpi_comm``. Collective."""
+    """The host index of every rank of ``mpi_comm``. Collective: every rank makes the same calls
+    whatever its settings, and the override must be the same on every rank (``ConfigError`` on
+    every rank otherwise: ranks that saw different hosts would run different algorithms)."""
     from mpi4py import MPI
 
     size = mpi_comm.Get_size()
-    override = config.get("host_layout")
-    if override:
-        sizes = parse_layout(override)
-        if sum(sizes) == size:
-            return tuple(host for host, n in enumerate(sizes) for _ in range(n))
     local = mpi_comm.Split_type(MPI.COMM_TYPE_SHARED)
     try:
         leader = local.allreduce(mpi_comm.Get_rank(), op=MPI.MIN)
     finally:
         local.Free()
-    leaders = mpi_comm.allgather(leader)
+    override = config.get("host_layout")
+    leaders, overrides = zip(*mpi_comm.allgather((leader, override)), strict=True)
+    if len(set(overrides)) > 1:
+        listing = "; ".join(f"rank {rank}: {value!r}" for rank, value in enumerate(overrides))
+        raise ConfigError(f"host_layout (MPICOLL_HOST_LAYOUT) differs between ranks ({listing}); set the same value "
+                          f"on every rank, or leave it unset")
+    if override:
+        sizes = parse_layout(override)
+        if sum(sizes) == size:
+            return tuple(host for host, n in enumerate(sizes) for _ in range(n))
     numbering = {rank: index for index, rank in enumerate(sorted(set(leaders)))}
     return tuple(numbering[rank] for rank in leaders)

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import threading
 import time
@@ -29,12 +30,13 @@ from ..config import config
 
 @dataclass
 class _Activity:
-    rank: int
+    rank: int | None  # None: the world rank, found when reporting
     collective: str
     algorithm: str
     since: float
     peer: int | None = None
     step: str = ""
+    waiting: bool = True  # in a wait now (else computing between waits; ``step`` is the last one)
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -45,7 +47,7 @@ _NO_WATCH = nullcontext()
 
 
 @contextmanager
-def watch(rank: int, collective: str, algorithm: str) -> Iterator[None]:
+def watch(rank: int | None, collective: str, algorithm: str) -> Iterator[None]:
     """Mark this thread as inside ``collective`` (one configuration lookup when the watchdog is off)."""
     if config.get("timeout") <= 0:
         yield
@@ -65,19 +67,23 @@ def watch(rank: int, collective: str, algorithm: str) -> Iterator[None]:
 
 def watched(collective: str) -> Callable[[F], F]:
     """Decorator: run a public collective under :func:`watch` when ``config.timeout`` is set (one lookup
-    otherwise). The rank comes from the call's ``comm=`` argument."""
+    otherwise). The watch starts before anything else, the communicator's creation included (the
+    ``Dup()`` and host detection of a first call are collective, and a rank that never arrives
+    must not leave this one waiting unwatched); the report names the world rank."""
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
             timed = config.get("timeout") > 0
             if not timed and not timeline.wanted():
                 return fn(*args, **kwargs)
-            from .comm import as_comm
+            with watch(None, collective, kwargs.get("algorithm", "auto")) if timed else _NO_WATCH:
+                if not timeline.wanted():
+                    return fn(*args, **kwargs)
+                from .comm import as_comm
 
-            c = as_comm(kwargs.get("comm"))
-            with watch(c.rank, collective, kwargs.get("algorithm", "auto")) if timed else _NO_WATCH, \
-                    timeline.collective(collective, c.serial, **_describe(args, kwargs)):
-                return fn(*args, **kwargs)
+                c = as_comm(kwargs.get("comm"))  # with the timeline on: its serial names the call's communicator
+                with timeline.collective(collective, c.serial, **_describe(args, kwargs)):
+                    return fn(*args, **kwargs)
 
         return run  # type: ignore[return-value]
 
@@ -103,7 +109,14 @@ def waiting_on(peer: int | None, step: str = "") -> None:
     """Note what this thread's collective is blocked on (called by the point-to-point waits)."""
     activity = _activities.get(threading.get_ident())
     if activity is not None:
-        activity.peer, activity.step = peer, step
+        activity.peer, activity.step, activity.waiting = peer, step, True
+
+
+def waited() -> None:
+    """The wait noted by :func:`waiting_on` is over: until the next one, this thread computes."""
+    activity = _activities.get(threading.get_ident())
+    if activity is not None:
+        activity.waiting = False
 
 
 def _ensure_thread() -> None:
@@ -123,26 +136,56 @@ def _run() -> None:
                 _report_and_abort(activity, timeout)
 
 
+def _world_rank() -> int | str:
+    try:
+        from mpi4py import MPI
+
+        return MPI.COMM_WORLD.Get_rank()
+    except Exception:  # MPI not usable from here: say so rather than fail to report
+        return "?"
+
+
 def _report_and_abort(activity: _Activity, timeout: float) -> None:
-    waited = time.monotonic() - activity.since
+    spent = time.monotonic() - activity.since
+    rank = _world_rank() if activity.rank is None else activity.rank
+    if not activity.waiting:  # this rank is the slow one: it waits on nobody
+        after = f" (last wait done: {activity.step})" if activity.step else ""
+        sys.stderr.write(f"mpicoll watchdog: rank {rank} has spent {spent:.1f} s (MPICOLL_TIMEOUT={timeout:g}) in "
+                         f"{activity.collective} ({activity.algorithm}) without waiting on any rank: it is computing "
+                         f"or stalled itself{after}; aborting the job.\n")
+        _abort(124)
     peer = "the other ranks" if activity.peer is None else f"rank {activity.peer}"
     step = f", {activity.step}" if activity.step else ""
-    sys.stderr.write(f"mpicoll watchdog: rank {activity.rank} has waited {waited:.1f} s (MPICOLL_TIMEOUT={timeout:g}) "
+    hint = ("" if activity.peer is not None else " A rank that names itself in no watchdog line is frozen (stopped, "
+            "e.g. SIGSTOP, or swapping): mpicoll.run names a stopped rank.")
+    sys.stderr.write(f"mpicoll watchdog: rank {rank} has waited {spent:.1f} s (MPICOLL_TIMEOUT={timeout:g}) "
                      f"in {activity.collective} ({activity.algorithm}{step}) for {peer}; aborting the job. "
                      f"Look at what {peer} {'is' if activity.peer is not None else 'are'} doing: stalled, dead, or "
-                     f"in a different collective.\n")
+                     f"in a different collective.{hint}\n")
     _abort(124)
+
+
+ABORT_GRACE = 5.0  # seconds MPI_Abort may take before this process ends itself
 
 
 def _abort(code: int) -> None:
     """``MPI_Abort`` after a moment, so that the launcher forwards the report first (MPICH's hydra
-    can tear its output forwarding down with the job and lose the last lines)."""
+    can tear its output forwarding down with the job and lose the last lines). This process ends
+    for sure: if ``MPI_Abort`` returns, raises or hangs (a launcher it cannot reach behind a cut
+    link), ``os._exit`` follows."""
     sys.stderr.flush()
     timeline.dump_local()  # the job is ending: keep this rank's events in its own file
     time.sleep(0.3)
-    from mpi4py import MPI
+    deadline = threading.Timer(ABORT_GRACE, os._exit, (code,))
+    deadline.daemon = True
+    deadline.start()
+    try:
+        from mpi4py import MPI
 
-    MPI.COMM_WORLD.Abort(code)
+        MPI.COMM_WORLD.Abort(code)
+    finally:
+        sys.stderr.flush()
+        os._exit(code)
 
 
 _hook_installed = False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -17,6 +19,15 @@ class FakeCupyArray:
 
 
 FakeCupyArray.__module__ = "cupy._core.core"
+
+
+@pytest.fixture(autouse=True)
+def fake_cupy(monkeypatch):
+    """A stand-in ``cupy`` module whose ``ndarray`` is the fake: mpicoll takes an object for a CuPy array
+    only if it is an instance of ``cupy.ndarray`` (a type that merely claims a cupy module is refused)."""
+    import types
+
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(ndarray=FakeCupyArray))
 
 
 def test_gpu_arrays_are_accepted_whatever_the_cuda_awareness():  # staged unless MPI is CUDA-aware
@@ -42,3 +53,19 @@ def test_out_checks():
         check_out(np.ones((4, 3), np.float32), (3, 4), x.dtype, x, "f")
     with pytest.raises(DtypeError, match="float64, expected float32"):
         check_out(np.ones((3, 4)), (3, 4), x.dtype, x, "f")
+
+
+def test_a_type_that_only_claims_a_cupy_module_is_not_an_array(monkeypatch):
+    monkeypatch.delitem(sys.modules, "cupy", raising=False)
+    with pytest.raises(ArgumentError, match="NumPy or CuPy array"):
+        check_array(FakeCupyArray(), "allreduce")
+
+
+def test_read_only_out_is_refused_locally():  # issue 13, break 12: refused in the agreement, not mid-ring
+    x = np.ones(8, np.float32)
+    frozen = np.ones(8, np.float32)
+    frozen.flags.writeable = False
+    with pytest.raises(ArgumentError, match="read-only"):
+        check_out(frozen, (8,), x.dtype, x, "allreduce")
+    with pytest.raises(ArgumentError, match="read-only"):
+        check_out(frozen, (8,), x.dtype, frozen, "allreduce")

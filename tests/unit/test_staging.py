@@ -26,6 +26,15 @@ class FakeCupyArray:
 FakeCupyArray.__module__ = "cupy._core.core"
 
 
+@pytest.fixture(autouse=True)
+def fake_cupy(monkeypatch):
+    """A stand-in ``cupy`` module whose ``ndarray`` is the fake: mpicoll takes an object for a CuPy array
+    only if it is an instance of ``cupy.ndarray`` (a type that merely claims a cupy module is refused)."""
+    import types
+
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(ndarray=FakeCupyArray))
+
+
 def test_gpu_buffers_are_staged_unless_mpi_is_cuda_aware(monkeypatch):
     monkeypatch.setattr(staging, "_warned_unset", False)
     with mpicoll.config.override(cuda_aware="unset"), pytest.warns(UserWarning, match="MPICOLL_CUDA_AWARE is unset"):
