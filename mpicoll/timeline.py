@@ -193,6 +193,15 @@ def complete(name: str, cat: str, t0_ns: int, t1_ns: int, *, tid: int | None = N
            "tid": threading.get_native_id() if tid is None else tid, "args": args})
 
 
+def instant(name: str, cat: str, **args: Any) -> None:
+    """Record a moment (``ph="i"``, thread scope), e.g. a gradient bucket becoming ready."""
+    r = _recorder
+    if r is None:
+        return
+    r.add({"name": name, "cat": cat, "ph": "i", "s": "t", "ts": r.us(time.perf_counter_ns()), "pid": r.rank,
+           "tid": threading.get_native_id(), "args": args})
+
+
 def now_ns() -> int:
     """The clock the timeline reads (for :func:`complete`)."""
     return time.perf_counter_ns()
@@ -323,6 +332,6 @@ def autostart(mpi_comm: Any) -> None:
 
 _pending = True  # no communicator made yet: MPICOLL_TIMELINE may still start a recording
 
-__all__ = ["annotate", "collective", "complete", "dump_local", "now_ns", "recording", "span", "start", "stop",
-           "wanted"]
+__all__ = ["annotate", "collective", "complete", "dump_local", "instant", "now_ns", "recording", "span", "start",
+           "stop", "wanted"]
 

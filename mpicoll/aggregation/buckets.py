@@ -114,6 +114,8 @@ class GradientBuckets:
         if name not in bucket.pending:
             raise ArgumentError(f"GradientBuckets: {name!r} was marked ready twice in one step")
         bucket.pending.discard(name)
+        if not bucket.pending:  # its launch may still wait for earlier buckets (they start in order)
+            timeline.instant(f"bucket {bucket.index} ready", "bucket", bucket=bucket.index, step=self.step)
         while self._next < len(self.buckets) and not self.buckets[self._next].pending:
             self._launch(self.buckets[self._next])
             self._next += 1
