@@ -87,7 +87,7 @@ if rank == 1 and mode == "stall-first":
 if rank == 1 and mode == "other-comm":
     from mpi4py import MPI
     comm = MPI.COMM_SELF
-codec = compression.get("int8")
+codec = compression.get("none")  # no kernels to compile: the first call is quick
 if mode == "pids":
     with open(sys.argv[2] + f"/pids-{rank}", "w") as f:
         f.write(f"{os.getpid()} {os.getppid()}")
