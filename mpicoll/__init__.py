@@ -59,6 +59,9 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'mpicoll' has no attribute {name!r}")
+    from .transport.watchdog import start_mpi
+
+    start_mpi()  # these modules import mpi4py: MPI_Init, which waits for every rank, under the watchdog's timer
     value = getattr(import_module(module), name)
     globals()[name] = value
     return value
@@ -70,12 +73,16 @@ def __dir__() -> list[str]:
 
 def rank() -> int:
     """This process's rank in ``MPI.COMM_WORLD`` (initializes MPI; not collective)."""
-    return import_module("mpi4py.MPI").COMM_WORLD.Get_rank()
+    from .transport.watchdog import start_mpi
+
+    return start_mpi().COMM_WORLD.Get_rank()
 
 
 def size() -> int:
     """The number of ranks in ``MPI.COMM_WORLD`` (initializes MPI; not collective)."""
-    return import_module("mpi4py.MPI").COMM_WORLD.Get_size()
+    from .transport.watchdog import start_mpi
+
+    return start_mpi().COMM_WORLD.Get_size()
 
 
 __all__ = [

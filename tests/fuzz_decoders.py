@@ -150,7 +150,7 @@ def direct_decode(name: str, raw: np.ndarray, ctx: compression.Ctx) -> np.ndarra
             return None
         dense = np.zeros(ctx.numel, ctx.dtype)
         for i, v in zip(idx, values, strict=True):
-            dense[i] = v
+            dense[i] += v  # scatter-add into zeros: -0.0 arrives as +0.0
         return dense.reshape(ctx.shape)
     rows, cols = ctx.shape
     indptr, indices, values = read_sections(raw, [(itype, rows + 1), (itype, nnz), (ctx.dtype, nnz)])

@@ -10,7 +10,7 @@ from .. import timeline
 from ..errors import ArgumentError
 from .scratch import ScratchPool
 from .topology import host_layout
-from .watchdog import install_abort_hook, waiting_on
+from .watchdog import install_abort_hook, start_mpi, waiting_on
 
 if TYPE_CHECKING:
     from mpi4py import MPI
@@ -40,14 +40,13 @@ class Comm:
     """
 
     def __init__(self, comm: MPI.Comm | None = None, *, dup: bool = True, hosts: tuple[int, ...] | None = None) -> None:
-        from mpi4py import MPI
-
+        waiting_on(None, "starting MPI and creating the communicator (Dup, host detection)")
+        MPI = start_mpi()
         base = MPI.COMM_WORLD if comm is None else comm
         if not isinstance(base, MPI.Intracomm) or base == MPI.COMM_NULL:
             raise ArgumentError(f"Comm() needs an mpi4py intracommunicator, got {type(base).__name__}")
         if hosts is not None and len(hosts) != base.Get_size():
             raise ArgumentError(f"Comm(): hosts has {len(hosts)} entries for {base.Get_size()} ranks")
-        waiting_on(None, "creating the communicator (Dup, host detection)")
         self.mpi: MPI.Comm = base.Dup() if dup else base
         self._owned = dup
         self.rank: int = self.mpi.Get_rank()

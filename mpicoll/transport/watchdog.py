@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import functools
 import os
 import sys
@@ -136,13 +137,42 @@ def _run() -> None:
                 _report_and_abort(activity, timeout)
 
 
-def _world_rank() -> int | str:
+_mpi_ready = False
+_LAUNCHER_RANKS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
+
+
+def mpi_ready() -> None:
+    """Note that ``MPI_Init`` has returned. Until then a rank may be blocked *in* it (it waits for
+    every rank): the watchdog must not touch MPI then (the import of ``mpi4py.MPI`` is in progress
+    on the main thread, and ``MPI_Abort`` is not available before ``MPI_Init``)."""
+    global _mpi_ready
+    _mpi_ready = True
+
+
+def start_mpi() -> Any:
+    """``mpi4py.MPI``, initializing MPI if nobody has: ``MPI_Init`` waits for every rank while it
+    holds the GIL, so the watchdog thread cannot run then; with ``config.timeout`` set, a C-level
+    timer (``faulthandler``) stands in for it and ends the process with every thread's stack
+    instead. It replaces any ``faulthandler.dump_traceback_later`` timer armed before."""
+    timeout = config.get("timeout")
+    armed = timeout > 0 and "mpi4py.MPI" not in sys.modules
+    if armed:
+        faulthandler.dump_traceback_later(timeout, exit=True)
     try:
+        from mpi4py import MPI
+    finally:
+        if armed:
+            faulthandler.cancel_dump_traceback_later()
+    mpi_ready()
+    return MPI
+
+
+def _world_rank() -> int | str:
+    if _mpi_ready:
         from mpi4py import MPI
 
         return MPI.COMM_WORLD.Get_rank()
-    except Exception:  # MPI not usable from here: say so rather than fail to report
-        return "?"
+    return next((os.environ[v] for v in _LAUNCHER_RANKS if v in os.environ), "?")
 
 
 def _report_and_abort(activity: _Activity, timeout: float) -> None:
@@ -180,9 +210,10 @@ def _abort(code: int) -> None:
     deadline.daemon = True
     deadline.start()
     try:
-        from mpi4py import MPI
+        if _mpi_ready:  # else stuck in MPI_Init: exiting is all this rank can do
+            from mpi4py import MPI
 
-        MPI.COMM_WORLD.Abort(code)
+            MPI.COMM_WORLD.Abort(code)
     finally:
         sys.stderr.flush()
         os._exit(code)
