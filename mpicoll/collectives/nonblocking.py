@@ -29,6 +29,7 @@ from ..backend import is_cupy, synchronize
 from ..config import config
 from ..transport import Comm, as_comm
 from ..transport.p2p import patient_waits
+from .alltoall import alltoall
 from .api import allgather, allreduce, broadcast, reduce, reduce_scatter
 
 
@@ -206,3 +207,10 @@ def ireduce(x: Any, op: str = "sum", root: int = 0, *, algorithm: str = "auto", 
             out: Any = None) -> Handle:
     """Non-blocking :func:`~mpicoll.reduce`; ``wait()`` returns ``None`` off the root."""
     return start(comm, "ireduce", lambda c: reduce(x, op, root, algorithm=algorithm, comm=c, out=out), x)
+
+
+def ialltoall(x: Any, *, sendcounts: Any = None, recvcounts: Any = None, algorithm: str = "auto", comm: Any = None,
+              out: Any = None) -> Handle:
+    """Non-blocking :func:`~mpicoll.alltoall`."""
+    return start(comm, "ialltoall", lambda c: alltoall(x, sendcounts=sendcounts, recvcounts=recvcounts,
+                                                       algorithm=algorithm, comm=c, out=out), x)
