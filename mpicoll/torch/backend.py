@@ -54,10 +54,26 @@ class ProcessGroup(dist.ProcessGroup):
         super().__init__(self.comm.rank, self.comm.size)
         self.timeout = timeout
         self._closed = False
+        self._name, self._desc = "", ""
 
-    def getBackendName(self) -> str:  # noqa: N802  (torch's C++ name)
+    def getBackendName(self) -> str:
         """``"mpicoll"``."""
         return NAME
+
+    # torch keeps a group's name and description in its C++ backends, which a Python group has none of
+    def getGroupName(self) -> str:
+        """The name torch gave the group (its key in torch's registry of groups)."""
+        return self._name
+
+    def setGroupName(self, name: str) -> None:
+        self._name = name
+
+    def getGroupDesc(self) -> str:
+        """torch's description of the group (``"default_pg"``, ``"undefined"``, ...)."""
+        return self._desc
+
+    def setGroupDesc(self, desc: str) -> None:
+        self._desc = desc
 
     def allreduce(self, tensors: list[torch.Tensor], opts: Any = None) -> Work:
         """``all_reduce``: sum, avg, product, min, max, band, bor, bxor."""
@@ -80,7 +96,7 @@ class ProcessGroup(dist.ProcessGroup):
         """``all_gather`` into a list of tensors (sizes may differ by rank)."""
         return coll.allgather(self.comm, output_tensors, input_tensors, coll.options(opts))
 
-    def all_gather_single(self, output: torch.Tensor, input: torch.Tensor, opts: Any = None) -> Work:  # noqa: A002
+    def all_gather_single(self, output: torch.Tensor, input: torch.Tensor, opts: Any = None) -> Work:
         """``all_gather_into_tensor``: the ranks' inputs, concatenated in rank order."""
         return coll.allgather_into(self.comm, output, input, coll.options(opts))
 
@@ -106,7 +122,7 @@ class ProcessGroup(dist.ProcessGroup):
         return coll.reduce_scatter(self.comm, output_tensors, input_tensors,
                                    coll.options(opts))
 
-    def reduce_scatter_single(self, output: torch.Tensor, input: torch.Tensor, opts: Any = None) -> Work:  # noqa: A002
+    def reduce_scatter_single(self, output: torch.Tensor, input: torch.Tensor, opts: Any = None) -> Work:
         """``reduce_scatter_tensor``: block ``r`` of the reduced input to rank ``r``."""
         return coll.reduce_scatter_into(self.comm, output, input, coll.options(opts))
 
@@ -130,7 +146,7 @@ class ProcessGroup(dist.ProcessGroup):
         """``scatter`` from ``opts.rootRank`` (an :func:`mpicoll.alltoall` with counts)."""
         return coll.scatter(self.comm, output_tensors, input_tensors, coll.options(opts))
 
-    def all_to_all_single(self, output: torch.Tensor, input: torch.Tensor, output_split_sizes: list[int],  # noqa: A002
+    def all_to_all_single(self, output: torch.Tensor, input: torch.Tensor, output_split_sizes: list[int],
                           input_split_sizes: list[int], opts: Any = None) -> Work:
         """``all_to_all_single``, with or without split sizes (rows of dimension 0)."""
         return coll.alltoall_single(self.comm, output, input, list(output_split_sizes), list(input_split_sizes),
@@ -146,11 +162,6 @@ class ProcessGroup(dist.ProcessGroup):
     def barrier(self, opts: Any = None) -> Work:
         """``barrier``: returns once every rank of the group has reached it."""
         return coll.barrier(self.comm, coll.options(opts))
-
-    def monitored_barrier(self, timeout: timedelta | None = None, wait_all_ranks: bool = False) -> None:
-        """``monitored_barrier`` (gloo's debugging barrier): a blocking barrier here; a stalled rank
-        is named by mpicoll's watchdog (``MPICOLL_TIMEOUT``) instead."""
-        coll.barrier(self.comm, coll.options(None)).wait()
 
     def send(self, tensors: list[torch.Tensor], dst: int, tag: int = 0) -> Work:
         """``send`` / ``isend`` to group rank ``dst``."""

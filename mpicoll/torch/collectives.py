@@ -12,6 +12,7 @@ Data-moving collectives see tensors as bytes (any dtype); reductions use
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -31,7 +32,22 @@ from ..errors import ArgumentError, UnsupportedError
 from ..transport import Comm
 from .buffers import Buffer, bytes_of, for_bytes, for_reduction, nbytes, reduction_dtype
 from .tensors import as_array
-from .work import Work, run
+from .work import Job, Work, launch, run
+
+Prepared = tuple[Job, Any]
+
+
+def collective(description: str, mpicoll_name: str) -> Callable[[Callable[..., Prepared]], Callable[..., Work]]:
+    """Decorator: ``prepare(comm, *args, opts) -> (job, like)`` becomes a function that returns a
+    :class:`Work` (blocking unless ``opts.asyncOp``), with argument errors announced to the peers
+    (see :func:`~mpicoll.torch.work.launch`); ``mpicoll_name`` is the collective the job runs."""
+    def decorate(prepare: Callable[..., Prepared]) -> Callable[..., Work]:
+        @functools.wraps(prepare)
+        def start(comm: Comm, *args: Any) -> Work:
+            opts = args[-1]
+            return launch(comm, description, mpicoll_name, not opts.asyncOp, lambda: prepare(comm, *args))
+        return start
+    return decorate
 
 _RED = dist.ReduceOp.RedOpType
 _OPS = {_RED.SUM: "sum", _RED.AVG: "avg", _RED.PRODUCT: "prod", _RED.MIN: "min", _RED.MAX: "max",
@@ -74,7 +90,8 @@ def _apart(src: Any, dst: Any) -> Any:
     return src.copy() if src.size and dst.size and xp_of(dst).may_share_memory(src, dst) else src
 
 
-def allreduce(comm: Comm, tensors: Sequence[torch.Tensor], opts: Any) -> Work:
+@collective("all_reduce", "allreduce")
+def allreduce(comm: Comm, tensors: Sequence[torch.Tensor], opts: Any) -> Prepared:
     """``all_reduce`` of one tensor, in place."""
     op = _op(opts, "all_reduce")
     buf = for_reduction(_one(tensors, "all_reduce"), "all_reduce")
@@ -84,10 +101,11 @@ def allreduce(comm: Comm, tensors: Sequence[torch.Tensor], opts: Any) -> Work:
         buf.finish()
         return [buf.tensor]
 
-    return run(comm, "all_reduce", job, not opts.asyncOp, buf.array)
+    return job, buf.array
 
 
-def allreduce_coalesced(comm: Comm, tensors: Sequence[torch.Tensor], opts: Any) -> Work:
+@collective("all_reduce_coalesced", "allreduce")
+def allreduce_coalesced(comm: Comm, tensors: Sequence[torch.Tensor], opts: Any) -> Prepared:
     """Every tensor all-reduced; tensors of one dtype fused into one all-reduce, dtypes in a fixed order."""
     op = _op(opts, "all_reduce_coalesced")
     groups: dict[torch.dtype, list[torch.Tensor]] = {}
@@ -109,10 +127,11 @@ def allreduce_coalesced(comm: Comm, tensors: Sequence[torch.Tensor], opts: Any) 
                     offset += t.numel()
         return list(tensors)
 
-    return run(comm, "all_reduce_coalesced", job, not opts.asyncOp)
+    return job, None
 
 
-def broadcast(comm: Comm, tensors: Sequence[torch.Tensor], opts: Any) -> Work:
+@collective("broadcast", "broadcast")
+def broadcast(comm: Comm, tensors: Sequence[torch.Tensor], opts: Any) -> Prepared:
     """``broadcast`` of one tensor from ``opts.rootRank``, in place."""
     root = opts.rootRank
     buf = for_bytes(_one(tensors, "broadcast"), copy_in=comm.rank == root)
@@ -122,10 +141,11 @@ def broadcast(comm: Comm, tensors: Sequence[torch.Tensor], opts: Any) -> Work:
         buf.finish()
         return [buf.tensor]
 
-    return run(comm, "broadcast", job, not opts.asyncOp, buf.array)
+    return job, buf.array
 
 
-def reduce(comm: Comm, tensors: Sequence[torch.Tensor], opts: Any) -> Work:
+@collective("reduce", "reduce")
+def reduce(comm: Comm, tensors: Sequence[torch.Tensor], opts: Any) -> Prepared:
     """``reduce`` to ``opts.rootRank``; other ranks' tensors are left as they are."""
     op, root = _op(opts, "reduce"), opts.rootRank
     buf = for_reduction(_one(tensors, "reduce"), "reduce")
@@ -136,7 +156,7 @@ def reduce(comm: Comm, tensors: Sequence[torch.Tensor], opts: Any) -> Work:
             buf.finish()
         return [buf.tensor]
 
-    return run(comm, "reduce", job, not opts.asyncOp, buf.array)
+    return job, buf.array
 
 
 def _unpack(flat: Any, outputs: Sequence[torch.Tensor]) -> None:
@@ -154,8 +174,9 @@ def _unpack(flat: Any, outputs: Sequence[torch.Tensor]) -> None:
             offset += size
 
 
+@collective("all_gather", "allgather")
 def allgather(comm: Comm, output_tensors: Sequence[Sequence[torch.Tensor]], input_tensors: Sequence[torch.Tensor],
-              opts: Any) -> Work:
+              opts: Any) -> Prepared:
     """``all_gather`` into one tensor per rank (sizes may differ by rank)."""
     src = for_bytes(_one(input_tensors, "all_gather"))
     outputs = _per_rank(_one(output_tensors, "all_gather"), comm.size, "all_gather")
@@ -172,10 +193,11 @@ def allgather(comm: Comm, output_tensors: Sequence[Sequence[torch.Tensor]], inpu
         _unpack(out, outputs)
         return list(outputs)
 
-    return run(comm, "all_gather", job, not opts.asyncOp, src.array)
+    return job, src.array
 
 
-def allgather_into(comm: Comm, output: torch.Tensor, input: torch.Tensor, opts: Any) -> Work:  # noqa: A002
+@collective("all_gather_into_tensor", "allgather")
+def allgather_into(comm: Comm, output: torch.Tensor, input: torch.Tensor, opts: Any) -> Prepared:
     """``all_gather_into_tensor``: output holds the inputs of ranks 0 .. p-1, in order."""
     if nbytes(output) != comm.size * nbytes(input) or output.dtype != input.dtype:
         raise ArgumentError(f"all_gather_into_tensor: the output must hold {comm.size} inputs of "
@@ -189,11 +211,12 @@ def allgather_into(comm: Comm, output: torch.Tensor, input: torch.Tensor, opts: 
         out.finish()
         return [output]
 
-    return run(comm, "all_gather_into_tensor", job, not opts.asyncOp, src.array)
+    return job, src.array
 
 
+@collective("reduce_scatter", "reduce_scatter")
 def reduce_scatter(comm: Comm, output_tensors: Sequence[torch.Tensor],
-                   input_tensors: Sequence[Sequence[torch.Tensor]], opts: Any) -> Work:
+                   input_tensors: Sequence[Sequence[torch.Tensor]], opts: Any) -> Prepared:
     """``reduce_scatter``: rank ``r`` gets the reduction of every rank's ``input_list[r]``."""
     op = _op(opts, "reduce_scatter")
     out = for_reduction(_one(output_tensors, "reduce_scatter"), "reduce_scatter", copy_in=False)
@@ -210,10 +233,11 @@ def reduce_scatter(comm: Comm, output_tensors: Sequence[torch.Tensor],
         out.finish()
         return [out.tensor]
 
-    return run(comm, "reduce_scatter", job, not opts.asyncOp, array)
+    return job, array
 
 
-def reduce_scatter_into(comm: Comm, output: torch.Tensor, input: torch.Tensor, opts: Any) -> Work:  # noqa: A002
+@collective("reduce_scatter_tensor", "reduce_scatter")
+def reduce_scatter_into(comm: Comm, output: torch.Tensor, input: torch.Tensor, opts: Any) -> Prepared:
     """``reduce_scatter_tensor``: block ``r`` (of ``p`` equal blocks) of the reduced input to rank ``r``."""
     op = _op(opts, "reduce_scatter_tensor")
     if input.numel() != comm.size * output.numel():
@@ -228,7 +252,7 @@ def reduce_scatter_into(comm: Comm, output: torch.Tensor, input: torch.Tensor, o
         out.finish()
         return [output]
 
-    return run(comm, "reduce_scatter_tensor", job, not opts.asyncOp, src.array)
+    return job, src.array
 
 
 def coalesced(comm: Comm, one: Callable[..., Work], outputs: Sequence[Any], inputs: Sequence[Any],
@@ -246,10 +270,10 @@ def coalesced(comm: Comm, one: Callable[..., Work], outputs: Sequence[Any], inpu
     return run(comm, "coalesced", job, not opts.asyncOp)
 
 
-def _exchange(comm: Comm, description: str, send: Buffer | None, sendcounts: list[int], recvcounts: list[int],
-              outputs: Sequence[torch.Tensor], opts: Any) -> Work:
+def _exchange(send: Buffer, sendcounts: list[int], recvcounts: list[int],
+              outputs: Sequence[torch.Tensor]) -> Prepared:
     """One :func:`mpicoll.alltoall` of bytes with counts; the received blocks go to ``outputs``."""
-    array = send.array if send is not None else np.empty(0, dtype=np.uint8)
+    array = send.array
 
     def job(c: Comm) -> list[torch.Tensor]:
         out = c.scratch.get("torch.exchange", sum(recvcounts), np.uint8, xp_of(array))
@@ -257,7 +281,7 @@ def _exchange(comm: Comm, description: str, send: Buffer | None, sendcounts: lis
         _unpack(out, outputs)
         return list(outputs)
 
-    return run(comm, description, job, not opts.asyncOp, array)
+    return job, array
 
 
 def _concat_bytes(tensors: Sequence[torch.Tensor]) -> Buffer:
@@ -266,24 +290,26 @@ def _concat_bytes(tensors: Sequence[torch.Tensor]) -> Buffer:
     return Buffer(flat, flat, as_array(flat))
 
 
+@collective("gather", "alltoall")
 def gather(comm: Comm, output_tensors: Sequence[Sequence[torch.Tensor]], input_tensors: Sequence[torch.Tensor],
-           opts: Any) -> Work:
+           opts: Any) -> Prepared:
     """``gather`` to ``opts.rootRank``: the root sends nothing, receives every rank's bytes."""
     root, src = opts.rootRank, for_bytes(_one(input_tensors, "gather"))
     outputs = _per_rank(_one(output_tensors, "gather"), comm.size, "gather") if comm.rank == root else []
     sendcounts = [src.array.size if r == root else 0 for r in range(comm.size)]
     recvcounts = [nbytes(o) for o in outputs] if comm.rank == root else [0] * comm.size
-    return _exchange(comm, "gather", src, sendcounts, recvcounts, outputs, opts)
+    return _exchange(src, sendcounts, recvcounts, outputs)
 
 
+@collective("scatter", "alltoall")
 def scatter(comm: Comm, output_tensors: Sequence[torch.Tensor], input_tensors: Sequence[Sequence[torch.Tensor]],
-            opts: Any) -> Work:
+            opts: Any) -> Prepared:
     """``scatter`` from ``opts.rootRank``: tensor ``r`` of the root's list to rank ``r``."""
     root, output = opts.rootRank, _one(output_tensors, "scatter")
     inputs = _per_rank(_one(input_tensors, "scatter"), comm.size, "scatter") if comm.rank == root else []
     sendcounts = [nbytes(t) for t in inputs] if comm.rank == root else [0] * comm.size
     recvcounts = [nbytes(output) if r == root else 0 for r in range(comm.size)]
-    return _exchange(comm, "scatter", _concat_bytes(inputs), sendcounts, recvcounts, [output], opts)
+    return _exchange(_concat_bytes(inputs), sendcounts, recvcounts, [output])
 
 
 def _splits(tensor: torch.Tensor, splits: list[int], size: int, where: str) -> list[int]:
@@ -300,8 +326,9 @@ def _splits(tensor: torch.Tensor, splits: list[int], size: int, where: str) -> l
     return [s * row_bytes for s in splits]
 
 
-def alltoall_single(comm: Comm, output: torch.Tensor, input: torch.Tensor, output_splits: list[int],  # noqa: A002
-                    input_splits: list[int], opts: Any) -> Work:
+@collective("all_to_all_single", "alltoall")
+def alltoall_single(comm: Comm, output: torch.Tensor, input: torch.Tensor, output_splits: list[int],
+                    input_splits: list[int], opts: Any) -> Prepared:
     """``all_to_all_single``: rows of dimension 0, split evenly or by the given sizes."""
     if output.dtype != input.dtype:
         raise ArgumentError(f"all_to_all_single: output dtype {output.dtype} differs from input dtype {input.dtype}")
@@ -318,19 +345,20 @@ def alltoall_single(comm: Comm, output: torch.Tensor, input: torch.Tensor, outpu
         out.finish()
         return [output]
 
-    return run(comm, "all_to_all_single", job, not opts.asyncOp, src.array)
+    return job, src.array
 
 
+@collective("all_to_all", "alltoall")
 def alltoall_list(comm: Comm, output_tensors: Sequence[torch.Tensor], input_tensors: Sequence[torch.Tensor],
-                  opts: Any) -> Work:
+                  opts: Any) -> Prepared:
     """``all_to_all``: input ``j`` to rank ``j``, output ``j`` from rank ``j`` (any sizes)."""
     inputs = _per_rank(input_tensors, comm.size, "all_to_all")
     outputs = _per_rank(output_tensors, comm.size, "all_to_all")
-    return _exchange(comm, "all_to_all", _concat_bytes(inputs), [nbytes(t) for t in inputs],
-                     [nbytes(t) for t in outputs], outputs, opts)
+    return _exchange(_concat_bytes(inputs), [nbytes(t) for t in inputs], [nbytes(t) for t in outputs], outputs)
 
 
-def barrier(comm: Comm, opts: Any) -> Work:
+@collective("barrier", "allreduce")
+def barrier(comm: Comm, opts: Any) -> Prepared:
     """Every rank reaches it before any leaves (a one-element all-reduce; with validation on, a rank
     that is in another collective is named instead of hanging)."""
     def job(c: Comm) -> list[torch.Tensor]:
@@ -338,4 +366,4 @@ def barrier(comm: Comm, opts: Any) -> Work:
         _allreduce(token, comm=c, out=token)
         return []
 
-    return run(comm, "barrier", job, not opts.asyncOp)
+    return job, None

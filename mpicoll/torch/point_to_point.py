@@ -59,7 +59,7 @@ class RequestWork(Work):
             self._finish(error=exc)
             return
         if self._status is not None:
-            self._source_rank = self._status.Get_source()
+            self._source = self._status.Get_source()
         self._finish([self._buffer.tensor])
 
     def _poll(self, deadline: float | None) -> bool:
@@ -121,7 +121,7 @@ def recv(comm: Comm, tensors: list[torch.Tensor], src: int, tag: int) -> Request
     """Start receiving into ``tensors[0]`` from group rank ``src``."""
     buffer = for_bytes(_check(comm, tensors, src, tag, "recv"), copy_in=False)
     work = RequestWork("recv", irecv(comm, buffer.array, src, tag), buffer)
-    work._source_rank = src
+    work._source = src
     return work
 
 

@@ -22,6 +22,9 @@ import torch
 import torch.distributed as dist
 
 from ..collectives.nonblocking import Handle, start
+from ..collectives.validate import exchange
+from ..config import config
+from ..errors import MpicollError
 
 #: what a collective does on a communicator: run, write the outputs, return them
 Job = Callable[[Any], list[torch.Tensor]]
@@ -37,7 +40,7 @@ class Work(dist.Work):
         self._done = threading.Event()
         self._outputs: list[torch.Tensor] = []
         self._error: BaseException | None = None
-        self._source_rank = source_rank
+        self._source = source_rank
         self._completing: int | None = None
 
     def _finish(self, outputs: list[torch.Tensor] | None = None, error: BaseException | None = None) -> None:
@@ -88,7 +91,10 @@ class Work(dist.Work):
     def source_rank(self) -> int:
         """For ``recv`` from any source: the rank the message came from."""
         self.wait()
-        return self._source_rank
+        return self._source
+
+    def _source_rank(self) -> int:  # the name torch.distributed.recv calls
+        return self.source_rank()
 
     def synchronize(self) -> None:
         """CPU and engine work: the same as :meth:`wait`."""
@@ -110,6 +116,30 @@ def run(comm: Any, description: str, job: Job, blocking: bool, like: Any = None)
     handle = start(comm, description, job, like)
     handle.add_done_callback(lambda h: _complete(work, h))
     return work
+
+
+def launch(comm: Any, description: str, collective: str, blocking: bool,
+           prepare: Callable[[], tuple[Job, Any]]) -> Work:
+    """``prepare()`` checks torch's arguments and returns ``(job, like)``; then :func:`run`.
+
+    A check that fails on some ranks only must not leave the others waiting in ``collective``
+    (the mpicoll collective the job runs): with validation on, the failing rank takes part in
+    that collective's argument exchange with its error, so every other rank raises
+    :class:`~mpicoll.PeerError` naming it, as mpicoll's own checks do. A blocking call raises
+    the error here; an asynchronous one at ``wait()``.
+    """
+    try:
+        job, like = prepare()
+    except MpicollError as error:
+        failure = error
+
+        def announce(c: Any) -> list[torch.Tensor]:
+            if config.get("validate"):
+                exchange(c, collective, failure)
+            raise failure
+
+        return run(comm, description, announce, blocking)
+    return run(comm, description, job, blocking, like)
 
 
 def _complete(work: Work, handle: Handle) -> None:
