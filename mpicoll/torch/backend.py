@@ -8,8 +8,9 @@
 :class:`ProcessGroup` is a pure-Python ``torch.distributed.ProcessGroup``: torch's Python API
 and its C++ users (DDP's reducer, ``_broadcast_coalesced``) call its methods, which run
 mpicoll's collectives (``algorithm="auto"``, argument checks across ranks included) on an MPI
-communicator of the group's ranks. A blocking call (``async_op=False``) runs on the caller's
-thread; an asynchronous one (``async_op=True``, and every call from DDP's C++ side) runs on
+communicator of the group's ranks, all in the order they are made. A blocking call
+(``async_op=False``) runs on the caller's thread (unless asynchronous ones are still queued); an
+asynchronous one (``async_op=True``, and every call from DDP's C++ side) runs on
 mpicoll's progress engine and returns a :class:`~mpicoll.torch.work.Work` whose future completes
 when the collective does, so DDP overlaps its bucket all-reduces with the backward pass.
 ``new_group`` and ``new_subgroups`` get MPI sub-communicators (``MPI_Comm_create_group``: only

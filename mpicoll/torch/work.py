@@ -5,7 +5,10 @@ torch's contract: ``wait()`` blocks until the collective is done (and raises its
 completed when the collective is. DDP chains its bucket processing on that future, and C++
 callers reach both methods through torch's ``PyWork`` trampoline.
 
-A blocking call (``async_op=False``) runs on the caller's thread and returns a finished
+Every call of a group, blocking or not, runs on one communicator in the order it was made
+(a blocking call on one rank must meet the asynchronous call of another: torch's ``Join`` does
+exactly that). A blocking call (``async_op=False``) runs on the caller's thread when nothing is
+queued (:func:`~mpicoll.collectives.nonblocking.run_in_order`) and returns a finished
 :class:`Work`. An asynchronous one runs on mpicoll's progress engine; the engine's thread runs
 the collective, then the copy-backs (casts, non-contiguous outputs), then completes the future,
 so a ``wait()`` that returns has every output tensor in place.
@@ -21,7 +24,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..collectives.nonblocking import Handle, start
+from ..collectives.nonblocking import Handle, run_in_order, start
 from ..collectives.validate import exchange
 from ..config import config
 from ..errors import MpicollError
@@ -110,8 +113,8 @@ def run(comm: Any, description: str, job: Job, blocking: bool, like: Any = None)
     A blocking job's error is raised here, as gloo raises a failed blocking collective.
     """
     work = Work(description)
-    if blocking:
-        work._finish(job(comm))
+    if blocking:  # in order with the asynchronous calls before it, on their communicator
+        work._finish(run_in_order(comm, description, job))
         return work
     handle = start(comm, description, job, like)
     handle.add_done_callback(lambda h: _complete(work, h))

@@ -348,3 +348,32 @@ def test_a_mismatch_raises_on_every_rank_instead_of_hanging(groups):
     dist.all_reduce(x, group=world)
     same(x, sum(data(3, torch.float32, r) for r in range(WORLD.Get_size())), "in step afterwards")
     assert_equal_all(WORLD, np.zeros(1), np.zeros(1))
+
+
+def test_ddp_with_join_and_uneven_inputs_finishes_like_gloo(groups):
+    """Rank 0 runs out of batches first; torch's Join shadows its peers' collectives until all are
+    done: every rank finishes, with the parameters DDP on gloo gets from the same batches."""
+    from torch.distributed.algorithms import Join
+
+    rank = WORLD.Get_rank()
+
+    def train(group):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+        ddp = torch.nn.parallel.DistributedDataParallel(net, process_group=group, bucket_cap_mb=0.0001)
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+        g = torch.Generator().manual_seed(rank)
+        batches = [(torch.randn(4, 6, generator=g), torch.randint(0, 3, (4,), generator=g))
+                   for _ in range(2 if rank == 0 else 4)]
+        with Join([ddp]):
+            for x, y in batches:
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(ddp(x), y).backward()
+                opt.step()
+        return torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+
+    ours, gloo = both(groups, train)
+    assert_all(WORLD, bool(torch.allclose(ours, gloo, rtol=1e-5, atol=1e-6)),
+               f"differs from gloo by {float((ours - gloo).abs().max()):.3g}")
+    copies = WORLD.allgather(ours.numpy())
+    assert_all(WORLD, all(np.array_equal(c, copies[0]) for c in copies), "the same on every rank")
