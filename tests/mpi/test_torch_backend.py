@@ -377,3 +377,31 @@ def test_ddp_with_join_and_uneven_inputs_finishes_like_gloo(groups):
                f"differs from gloo by {float((ours - gloo).abs().max()):.3g}")
     copies = WORLD.allgather(ours.numpy())
     assert_all(WORLD, all(np.array_equal(c, copies[0]) for c in copies), "the same on every rank")
+
+
+def test_fsdp_fully_shard_on_cpu_equals_gloo(groups):
+    """FSDP2 (``fully_shard``) on CPU: its all-gathers and reduce-scatters on the mpicoll backend
+    give the parameters they give on gloo."""
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.fsdp import fully_shard
+
+    rank = WORLD.Get_rank()
+
+    def train(group):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5))
+        mesh = DeviceMesh.from_group(group, "cpu")
+        for layer in (net[0], net[2], net):
+            fully_shard(layer, mesh=mesh)
+        opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+        g = torch.Generator().manual_seed(rank)
+        for _ in range(3):
+            x, y = torch.randn(4, 8, generator=g), torch.randint(0, 5, (4,), generator=g)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+        return torch.cat([p.full_tensor().detach().reshape(-1) for p in net.parameters()])
+
+    ours, gloo = both(groups, train)
+    assert_all(WORLD, bool(torch.allclose(ours, gloo, rtol=1e-5, atol=1e-6)),
+               f"differs from gloo by {float((ours - gloo).abs().max()):.3g}")
