@@ -34,6 +34,7 @@ __version__ = "0.1.0"
 # Public names that live in modules importing mpi4py: loaded on first attribute access (PEP 562).
 _LAZY = {
     "allreduce": "mpicoll.collectives",
+    "alltoall": "mpicoll.collectives",
     "reduce_scatter": "mpicoll.collectives",
     "allgather": "mpicoll.collectives",
     "broadcast": "mpicoll.collectives",
@@ -44,6 +45,7 @@ _LAZY = {
     "compressed_iallreduce": "mpicoll.aggregation",
     "GradientBuckets": "mpicoll.aggregation",
     "iallreduce": "mpicoll.collectives",
+    "ialltoall": "mpicoll.collectives",
     "ireduce_scatter": "mpicoll.collectives",
     "iallgather": "mpicoll.collectives",
     "ibroadcast": "mpicoll.collectives",
@@ -102,6 +104,7 @@ __all__ = [
     "algorithm_names",
     "allgather",
     "allreduce",
+    "alltoall",
     "broadcast",
     "compressed_allreduce",
     "compressed_iallreduce",
@@ -109,6 +112,7 @@ __all__ = [
     "default_comm",
     "iallgather",
     "iallreduce",
+    "ialltoall",
     "ibroadcast",
     "ireduce",
     "ireduce_scatter",

@@ -4,8 +4,18 @@ Importing this package registers every algorithm (one module each) with :mod:`.r
 """
 
 from . import hierarchical, native, rabenseifner, recursive_doubling, ring, tree  # noqa: F401  (registration)
+from .alltoall import alltoall
 from .api import allgather, allreduce, broadcast, reduce, reduce_scatter
-from .nonblocking import Handle, iallgather, iallreduce, ibroadcast, ireduce, ireduce_scatter, wait_all
+from .nonblocking import (
+    Handle,
+    iallgather,
+    iallreduce,
+    ialltoall,
+    ibroadcast,
+    ireduce,
+    ireduce_scatter,
+    wait_all,
+)
 from .ops import ReduceOp, op_names
 from .registry import COLLECTIVES, algorithm_names
 
@@ -16,9 +26,11 @@ __all__ = [
     "algorithm_names",
     "allgather",
     "allreduce",
+    "alltoall",
     "broadcast",
     "iallgather",
     "iallreduce",
+    "ialltoall",
     "ibroadcast",
     "ireduce",
     "ireduce_scatter",

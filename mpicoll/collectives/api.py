@@ -57,7 +57,8 @@ def allreduce(x: Any, op: str | ReduceOp = "sum", *, algorithm: str = "auto", co
 
     Args:
         x: this rank's contribution (NumPy or CuPy array, any shape; float16/32/64, int32/64).
-        op: ``"sum"``, ``"prod"``, ``"min"``, ``"max"`` or ``"avg"`` (sum / number of ranks, float only).
+        op: ``"sum"``, ``"prod"``, ``"min"``, ``"max"``, ``"avg"`` (sum / number of ranks, float only),
+            or the bitwise ``"band"``, ``"bor"``, ``"bxor"`` (integers only).
         algorithm: ``"auto"``, ``"ring"``, ``"tree"``, ``"recursive_doubling"``, ``"rabenseifner"``,
             ``"hierarchical"`` (shared memory inside hosts, the network between them) or ``"native"``
             (``MPI_Allreduce``). ``auto`` picks ``hierarchical`` when the ranks span several hosts

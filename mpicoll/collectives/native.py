@@ -104,3 +104,20 @@ def native_reduce(comm: Comm, sendbuf: Any, recvbuf: Any | None, op: ReduceOp, r
     if not _staged(comm, sendbuf, recvbuf if at_root else None, call):
         synchronize(sendbuf)
         call(sendbuf, recvbuf if at_root else None)
+
+
+@register("alltoall", "native")
+def native_alltoall(comm: Comm, sendbuf: Any, sendcounts: Sequence[int], recvbuf: Any,
+                    recvcounts: Sequence[int]) -> None:
+    """``MPI_Alltoallv`` on raw bytes (any dtype)."""
+    item = sendbuf.dtype.itemsize
+    send_bytes = [c * item for c in sendcounts]
+    recv_bytes = [c * item for c in recvcounts]
+
+    def call(send: Any, recv: Any) -> None:
+        comm.mpi.Alltoallv([send, send_bytes, displacements(send_bytes), MPI.BYTE],
+                           [recv, recv_bytes, displacements(recv_bytes), MPI.BYTE])
+
+    if not _staged(comm, sendbuf, recvbuf, call):
+        synchronize(sendbuf)
+        call(sendbuf, recvbuf)

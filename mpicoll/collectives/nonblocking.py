@@ -30,6 +30,7 @@ from ..backend import is_cupy, synchronize
 from ..config import config
 from ..transport import Comm, as_comm
 from ..transport.p2p import patient_waits
+from .alltoall import alltoall
 from .api import allgather, allreduce, broadcast, reduce, reduce_scatter
 
 
@@ -104,14 +105,31 @@ class Engine:
         self.comm = Comm(comm.mpi, hosts=comm.hosts)  # a Dup (collective): its messages never meet the caller's
         self._queue: queue.SimpleQueue[tuple[Handle, Callable[[Comm], Any], dict[str, Any], Any, int] | None] = \
             queue.SimpleQueue()
+        self._busy = threading.Lock()  # held by whichever thread runs a collective on self.comm
+        self._pending = 0  # submitted and not finished
+        self._count = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"mpicoll-engine-{comm.rank}", daemon=True)
         self._thread.start()
 
     def submit(self, description: str, work: Callable[[Comm], Any], like: Any = None) -> Handle:
         """Queue ``work``; it runs with the configuration of now and on ``like``'s GPU, if any."""
         handle = Handle(description)
+        with self._count:
+            self._pending += 1
         self._queue.put((handle, work, config.as_dict(), like, timeline.now_ns()))
         return handle
+
+    def run_now(self, description: str, work: Callable[[Comm], Any]) -> Any:
+        """Run ``work`` in order after everything submitted before: on the caller's thread when the
+        engine has nothing queued or running (no hand-off, MPI's own waits), else queued and waited for."""
+        if threading.current_thread() is self._thread:  # from a callback of a finishing collective
+            return work(self.comm)
+        with self._busy:
+            with self._count:
+                idle = self._pending == 0
+            if idle:
+                return work(self.comm)
+        return self.submit(description, work).wait()
 
     def _run(self) -> None:
         patient_waits()  # leave the cores to the caller's compute while waiting on the network
@@ -121,13 +139,17 @@ class Engine:
                 return
             handle, work, settings, like, queued_ns = item
             timeline.complete("queue", "queue", queued_ns, timeline.now_ns(), handle=handle.description)
-            try:
-                with config.pinned(settings), _on_device_of(like):
-                    result = work(self.comm)
-                    synchronize(like)  # GPU results are complete when wait() returns, on any stream
-                handle._finish(result=result)
-            except BaseException as exc:  # handed to wait(): the engine itself keeps going
-                handle._finish(error=exc)
+            result, error = None, None
+            with self._busy:
+                try:
+                    with config.pinned(settings), _on_device_of(like):
+                        result = work(self.comm)
+                        synchronize(like)  # GPU results are complete when wait() returns, on any stream
+                except BaseException as exc:  # handed to wait(): the engine itself keeps going
+                    error = exc
+                with self._count:
+                    self._pending -= 1
+            handle._finish(result=result, error=error)
 
     def close(self) -> None:
         """Finish what is queued, stop the thread and free the engine's communicator. Collective."""
@@ -177,6 +199,20 @@ def start(comm: Any, description: str, work: Callable[[Comm], Any], like: Any = 
     return handle
 
 
+def run_in_order(comm: Any, description: str, work: Callable[[Comm], Any]) -> Any:
+    """Run the blocking ``work(c)`` in order with the non-blocking collectives started before it on
+    ``comm``, on the same communicator as they, so that a blocking call on one rank meets the
+    matching non-blocking call of another (as in MPI, where both share one communicator).
+
+    It runs on the caller's thread when nothing is queued (the common case: no hand-off), else
+    behind the queued collectives, and returns ``work``'s result (or raises its error).
+    """
+    engine = engine_of(comm)
+    if engine is None:
+        return work(as_comm(comm))
+    return engine.run_now(description, work)
+
+
 def wait_all(handles: list[Handle], timeout: float | None = None) -> list[Any]:
     """Wait for every handle; results in the same order."""
     return [h.wait(timeout) for h in handles]
@@ -208,3 +244,10 @@ def ireduce(x: Any, op: str = "sum", root: int = 0, *, algorithm: str = "auto", 
             out: Any = None) -> Handle:
     """Non-blocking :func:`~mpicoll.reduce`; ``wait()`` returns ``None`` off the root."""
     return start(comm, "ireduce", lambda c: reduce(x, op, root, algorithm=algorithm, comm=c, out=out), x)
+
+
+def ialltoall(x: Any, *, sendcounts: Any = None, recvcounts: Any = None, algorithm: str = "auto", comm: Any = None,
+              out: Any = None) -> Handle:
+    """Non-blocking :func:`~mpicoll.alltoall`."""
+    return start(comm, "ialltoall", lambda c: alltoall(x, sendcounts=sendcounts, recvcounts=recvcounts,
+                                                       algorithm=algorithm, comm=c, out=out), x)

@@ -18,6 +18,7 @@ from ..errors import DtypeError, UnsupportedError, accepted
 #: dtypes the reducing collectives accept
 REDUCE_DTYPES = tuple(np.dtype(t) for t in ("float16", "float32", "float64", "int32", "int64"))
 _FLOATS = tuple(t for t in REDUCE_DTYPES if t.kind == "f")
+_INTS = tuple(t for t in REDUCE_DTYPES if t.kind in "iu")
 
 
 @dataclass(frozen=True)
@@ -25,11 +26,13 @@ class ReduceOp:
     """An element-wise reduction.
 
     Attributes:
-        name: the public name (``"sum"``, ``"prod"``, ``"min"``, ``"max"``, ``"avg"``).
+        name: the public name (``"sum"``, ``"prod"``, ``"min"``, ``"max"``, ``"avg"``, and the
+            bitwise ``"band"``, ``"bor"``, ``"bxor"``).
         ufunc: the binary ufunc that combines two partial results.
         mpi_name: the ``mpi4py.MPI`` attribute of the matching predefined op.
         average: divide the sum by the number of ranks at the end.
         dtypes: the dtypes this op accepts.
+        bitwise: the op combines integer bits (and, or, xor).
     """
 
     name: str
@@ -37,6 +40,7 @@ class ReduceOp:
     mpi_name: str
     average: bool = False
     dtypes: tuple[np.dtype, ...] = REDUCE_DTYPES
+    bitwise: bool = False
 
     def combine(self, a: Any, b: Any, out: Any) -> None:
         """``out = a (op) b`` element-wise; ``out`` may alias ``a`` or ``b``."""
@@ -53,7 +57,8 @@ class ReduceOp:
         dtype = np.dtype(dtype)
         if dtype not in self.dtypes:
             names = [str(t) for t in self.dtypes]
-            hint = " (avg divides, so it needs a floating dtype: use op='sum' and divide)" if self.average else ""
+            hint = " (avg divides, so it needs a floating dtype: use op='sum' and divide)" if self.average else \
+                " (bitwise ops work on integer bits: view the data as an integer dtype)" if self.bitwise else ""
             raise DtypeError(f"{where}: op={self.name!r} does not accept dtype {dtype}; accepted: "
                              f"{accepted(names)}{hint}")
         return dtype
@@ -67,6 +72,9 @@ _OPS = {
         ReduceOp("min", np.minimum, "MIN"),
         ReduceOp("max", np.maximum, "MAX"),
         ReduceOp("avg", np.add, "SUM", average=True, dtypes=_FLOATS),
+        ReduceOp("band", np.bitwise_and, "BAND", dtypes=_INTS, bitwise=True),
+        ReduceOp("bor", np.bitwise_or, "BOR", dtypes=_INTS, bitwise=True),
+        ReduceOp("bxor", np.bitwise_xor, "BXOR", dtypes=_INTS, bitwise=True),
     )
 }
 

@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 
 from ..errors import UnsupportedError, accepted
 
-COLLECTIVES = ("allreduce", "reduce_scatter", "allgather", "broadcast", "reduce", "compressed_allreduce")
+COLLECTIVES = ("allreduce", "reduce_scatter", "allgather", "broadcast", "reduce", "compressed_allreduce",
+               "alltoall")
 
 _REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {name: {} for name in COLLECTIVES}
 

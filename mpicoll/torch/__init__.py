@@ -1,9 +1,12 @@
 """PyTorch adapter: the only part of mpicoll that imports torch.
 
-Two ways to make a training loop distributed, both on mpicoll's collectives and compressors:
+Importing it registers the ``"mpicoll"`` torch.distributed backend (:mod:`.backend`) and the
+``mpi://`` rendezvous (:mod:`.rendezvous`), so that under mpiexec or srun
+``torch.distributed.init_process_group("mpicoll")`` runs every torch.distributed call, DDP's
+included, on mpicoll. Two more ways to make a training loop distributed:
 
-- with DDP: :func:`init_process_group` (gloo, from the MPI ranks), then
-  ``ddp.register_comm_hook(HookState(compressor), allreduce_hook)``;
+- with DDP: :func:`init_process_group` (the mpicoll backend, or gloo, from the MPI ranks), and
+  optionally ``ddp.register_comm_hook(HookState(compressor), allreduce_hook)`` to compress;
 - without DDP: wrap the optimizer in :class:`DistributedOptimizer`; gradients are all-reduced in
   buckets during ``backward()`` and ``step()`` waits for them.
 
@@ -11,15 +14,22 @@ Two ways to make a training loop distributed, both on mpicoll's collectives and 
 root's state. Tensors cross to mpicoll without copies (NumPy views on the CPU, DLPack on the GPU).
 """
 
+from . import backend as _backend
+from . import rendezvous as _rendezvous
+from .backend import ProcessGroup
 from .broadcast import broadcast_optimizer_state, broadcast_parameters
 from .hook import HookState, allreduce_hook
 from .optimizer import DistributedOptimizer
 from .process_group import init_process_group
 from .tensors import as_array
 
+_backend.register()
+_rendezvous.install()
+
 __all__ = [
     "DistributedOptimizer",
     "HookState",
+    "ProcessGroup",
     "allreduce_hook",
     "as_array",
     "broadcast_optimizer_state",

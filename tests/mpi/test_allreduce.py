@@ -136,3 +136,21 @@ def test_default_comm_and_module_api(comm):
     got = mpicoll.allreduce(x)  # default communicator, auto algorithm
     want = np.full(10, sum(range(mpicoll.size())), dtype=np.int32)
     assert_equal_all(comm.mpi, got, want)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("op", ["band", "bor", "bxor"])
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+def test_bitwise_ops_match_mpi(comm, algorithm, op, dtype):
+    from mpi4py import MPI
+
+    rng = np.random.default_rng(comm.rank)
+    with mpicoll.config.override(segment_bytes=1024):
+        for count in (1, 300, 1001):
+            x = rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max, size=count, dtype=dtype)
+            want = np.empty_like(x)
+            comm.mpi.Allreduce(x, want, {"band": MPI.BAND, "bor": MPI.BOR, "bxor": MPI.BXOR}[op])
+            got = mpicoll.allreduce(x, op, algorithm=algorithm, comm=comm)
+            assert_equal_all(comm.mpi, got, want, f"op={op} count={count}")
+    with pytest.raises(mpicoll.DtypeError, match="integer bits"):
+        mpicoll.allreduce(np.zeros(3, np.float32), op, algorithm=algorithm, comm=comm)

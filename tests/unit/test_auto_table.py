@@ -30,7 +30,7 @@ def write(tmp_path, table):
 def test_bundled_table_is_valid_and_covers_every_collective():
     table = json.loads(auto.bundled_table_text())
     auto.check_table(table, "bundled")
-    for collective in ("allreduce", "reduce_scatter", "allgather", "broadcast", "reduce"):
+    for collective in ("allreduce", "reduce_scatter", "allgather", "broadcast", "reduce", "alltoall"):
         assert auto.choose(collective, 1 << 30, 7) in mpicoll.algorithm_names(collective)
 
 

@@ -40,14 +40,16 @@ def test_check_counts():
 
 
 def test_ops():
-    assert op_names() == ["sum", "prod", "min", "max", "avg"]
+    assert op_names() == ["sum", "prod", "min", "max", "avg", "band", "bor", "bxor"]
     out = np.zeros(3)
     get_op("max").combine(np.array([1.0, 5.0, -1.0]), np.array([2.0, 4.0, -3.0]), out)
     np.testing.assert_array_equal(out, [2.0, 5.0, -1.0])
-    with pytest.raises(UnsupportedError, match=r"'xor'.*'sum', 'prod', 'min', 'max' or 'avg'"):
+    with pytest.raises(UnsupportedError, match=r"'xor'.*'sum', 'prod', 'min', 'max', 'avg', 'band', 'bor' or 'bxor'"):
         get_op("xor")
     with pytest.raises(DtypeError, match="avg divides"):
         get_op("avg").check_dtype(np.int32, "allreduce")
+    with pytest.raises(DtypeError, match="integer bits"):
+        get_op("bxor").check_dtype(np.float32, "allreduce")
     with pytest.raises(DtypeError, match="does not accept dtype uint8"):
         get_op("sum").check_dtype(np.uint8, "allreduce")
     assert work_dtype(np.dtype(np.float16)) == np.float32
