@@ -4,8 +4,9 @@ Two ways to make a training loop distributed, both on mpicoll's collectives and 
 
 - with DDP: :func:`init_process_group` (gloo, from the MPI ranks), then
   ``ddp.register_comm_hook(HookState(compressor), allreduce_hook)``;
-- without DDP: wrap the optimizer in :class:`DistributedOptimizer`; gradients are all-reduced in
-  buckets during ``backward()`` and ``step()`` waits for them.
+- without DDP: wrap the optimizer in :class:`DistributedOptimizer` (a ``torch.optim.Optimizer``);
+  gradients are all-reduced in buckets during ``backward()``, averaged when it returns;
+  ``with opt.join():`` lets ranks with fewer batches finish.
 
 :func:`broadcast_parameters` and :func:`broadcast_optimizer_state` make every rank start from
 root's state. Tensors cross to mpicoll without copies (NumPy views on the CPU, DLPack on the GPU).
@@ -13,6 +14,7 @@ root's state. Tensors cross to mpicoll without copies (NumPy views on the CPU, D
 
 from .broadcast import broadcast_optimizer_state, broadcast_parameters
 from .hook import HookState, allreduce_hook
+from .join import Join
 from .optimizer import DistributedOptimizer
 from .process_group import init_process_group
 from .tensors import as_array
@@ -20,6 +22,7 @@ from .tensors import as_array
 __all__ = [
     "DistributedOptimizer",
     "HookState",
+    "Join",
     "allreduce_hook",
     "as_array",
     "broadcast_optimizer_state",
