@@ -39,16 +39,15 @@ import numpy as np
 import torch
 
 from ..aggregation import GradientBuckets
-from ..backend import xp_of
 from ..compression import Compressor
 from ..errors import ArgumentError
 from ..transport import as_comm
 from .agreement import StepAgreement
 from .join import Join, shadow
+from .named import OPS, check_named, check_settings, named_parameters_of, placeholder
 from .tensors import as_array
 
 _STATE_KEY = "mpicoll"
-_OPS = {"avg": "avg", "average": "avg", "sum": "sum"}
 
 
 class DistributedOptimizer(torch.optim.Optimizer):
@@ -88,7 +87,7 @@ class DistributedOptimizer(torch.optim.Optimizer):
         # step) exactly as unpickling an optimizer restores it, without touching the shared groups
         torch.optim.Optimizer.__setstate__(self, {})
         self.compressor, self.backward_passes_per_step = compressor, backward_passes_per_step
-        self.op, self.predivide = _OPS.get(op, op), float(gradient_predivide_factor)
+        self.op, self.predivide = OPS.get(op, op), float(gradient_predivide_factor)
         self._settings = {"bucket_bytes": bucket_bytes, "comm": comm, "algorithm": algorithm}
         self._size = as_comm(comm).size
         self._agreement = StepAgreement.of(comm)
@@ -96,8 +95,8 @@ class DistributedOptimizer(torch.optim.Optimizer):
         self._hooks: list[Any] = []
         named, error = [], None
         try:  # a refusal on one rank is a refusal on every rank (the plan is agreed collectively)
-            _check_settings(backward_passes_per_step, op, self.predivide)
-            named = _named(optimizer, named_parameters)
+            check_settings(backward_passes_per_step, op, self.predivide)
+            named = named_parameters_of(optimizer, named_parameters)
         except ArgumentError as exc:
             error = str(exc)
         self._plan(named, error)
@@ -147,7 +146,7 @@ class DistributedOptimizer(torch.optim.Optimizer):
         """(Re)build buckets, hooks and the agreement vector for ``named``. Collective."""
         try:
             if error is None:
-                _check_named(self.optimizer, named)
+                check_named(self.optimizer, named)
         except ArgumentError as exc:
             error = str(exc)
         self._agreement.check_same("DistributedOptimizer", [(n, tuple(p.shape), str(p.dtype)) for n, p in named],
@@ -160,7 +159,7 @@ class DistributedOptimizer(torch.optim.Optimizer):
         prefix = "optimizer-bucket" if not self._plans else f"optimizer-plan{self._plans}-bucket"
         self._plans += 1
         average = self.op == "avg" and self.predivide == 1.0
-        self.buckets = GradientBuckets([(n, _placeholder(p)) for n, p in named], compressor=self.compressor,
+        self.buckets = GradientBuckets([(n, placeholder(p)) for n, p in named], compressor=self.compressor,
                                        average=average, key_prefix=prefix, **self._settings)
         self._passes = dict.fromkeys((n for n, _ in named), 0)
         self._zeros: dict[str, torch.Tensor] = {}
@@ -335,51 +334,3 @@ class DistributedOptimizer(torch.optim.Optimizer):
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
-
-
-def _check_settings(backward_passes_per_step: int, op: str, predivide: float) -> None:
-    if backward_passes_per_step < 1:
-        raise ArgumentError(f"DistributedOptimizer: backward_passes_per_step={backward_passes_per_step}, "
-                            f"must be at least 1")
-    if op not in _OPS:
-        raise ArgumentError(f"DistributedOptimizer: op={op!r}; use 'avg' or 'sum'")
-    if predivide <= 0 or (predivide != 1.0 and _OPS[op] != "avg"):
-        raise ArgumentError(f"DistributedOptimizer: gradient_predivide_factor={predivide} needs op='avg' and a "
-                            f"positive value")
-
-
-def _named(optimizer: torch.optim.Optimizer,
-           named_parameters: Iterable[tuple[str, torch.Tensor]] | None) -> list[tuple[str, torch.Tensor]]:
-    if named_parameters is None:
-        named = []
-        for g, group in enumerate(optimizer.param_groups):
-            names = group.get("param_names") or [f"param_group{g}.{i}" for i in range(len(group["params"]))]
-            named.extend(zip(names, group["params"], strict=True))
-    else:
-        named = list(named_parameters)
-    for item in named:
-        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], torch.Tensor)):
-            raise ArgumentError(f"DistributedOptimizer: named_parameters must yield (name, tensor) pairs, got "
-                                f"{type(item).__name__}")
-    return [(str(n), p) for n, p in named if p.requires_grad]
-
-
-def _check_named(optimizer: torch.optim.Optimizer, named: list[tuple[str, torch.Tensor]]) -> None:
-    if len({n for n, _ in named}) != len(named):
-        raise ArgumentError("DistributedOptimizer: parameter names must be unique")
-    if len({id(p) for _, p in named}) != len(named):
-        raise ArgumentError("DistributedOptimizer: a parameter appears under two names")
-    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"] if p.requires_grad}
-    ours = {id(p) for _, p in named}
-    missing = [n for n, p in named if id(p) not in in_optimizer]
-    if missing:
-        raise ArgumentError(f"DistributedOptimizer: parameters {missing[:5]} are not in the optimizer")
-    if in_optimizer - ours:
-        raise ArgumentError(f"DistributedOptimizer: {len(in_optimizer - ours)} parameter(s) of the optimizer are "
-                            f"missing from named_parameters; their gradients would never be averaged")
-
-
-def _placeholder(param: torch.Tensor) -> Any:
-    """A zero-memory array with the gradient's shape, dtype and device, for planning the buckets."""
-    one = as_array(torch.zeros(1, dtype=param.dtype, device=param.device))
-    return xp_of(one).broadcast_to(one[0], tuple(param.shape))
