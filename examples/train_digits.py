@@ -89,7 +89,7 @@ def train(args: argparse.Namespace, name: str) -> dict:
         net = model
         optimizer = mt.DistributedOptimizer(optimizer, model.named_parameters(), compressor=compressor)
     mt.broadcast_optimizer_state(optimizer, root=0)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(getattr(optimizer, "optimizer", optimizer), args.epochs)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs)  # either path: a torch Optimizer
     history = {"compressor": name, "mode": args.mode, "ranks": size, "epochs": [], "test_accuracy": [],
                "train_loss": [], "step_seconds": []}
     per_rank = args.batch // size

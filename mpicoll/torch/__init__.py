@@ -7,8 +7,9 @@ included, on mpicoll. Two more ways to make a training loop distributed:
 
 - with DDP: :func:`init_process_group` (the mpicoll backend, or gloo, from the MPI ranks), and
   optionally ``ddp.register_comm_hook(HookState(compressor), allreduce_hook)`` to compress;
-- without DDP: wrap the optimizer in :class:`DistributedOptimizer`; gradients are all-reduced in
-  buckets during ``backward()`` and ``step()`` waits for them.
+- without DDP: wrap the optimizer in :class:`DistributedOptimizer` (a ``torch.optim.Optimizer``);
+  gradients are all-reduced in buckets during ``backward()``, averaged when it returns;
+  ``with opt.join():`` lets ranks with fewer batches finish.
 
 :func:`broadcast_parameters` and :func:`broadcast_optimizer_state` make every rank start from
 root's state. Tensors cross to mpicoll without copies (NumPy views on the CPU, DLPack on the GPU).
@@ -19,6 +20,7 @@ from . import rendezvous as _rendezvous
 from .backend import ProcessGroup
 from .broadcast import broadcast_optimizer_state, broadcast_parameters
 from .hook import HookState, allreduce_hook
+from .join import Join
 from .optimizer import DistributedOptimizer
 from .process_group import init_process_group
 from .tensors import as_array
@@ -29,6 +31,7 @@ _rendezvous.install()
 __all__ = [
     "DistributedOptimizer",
     "HookState",
+    "Join",
     "ProcessGroup",
     "allreduce_hook",
     "as_array",

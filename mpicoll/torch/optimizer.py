@@ -1,103 +1,303 @@
 """``DistributedOptimizer``: data-parallel training without DDP, in the manner of Horovod.
 
+It is a ``torch.optim.Optimizer`` that wraps another one and shares its ``param_groups``,
+``state`` and ``defaults`` (properties that read and write the wrapped optimizer's), so LR
+schedulers, ``torch.amp.GradScaler``, step hooks and checkpoints see one optimizer. Horovod
+instead builds a dynamic subclass of the wrapped optimizer's class and re-creates it from its
+``param_groups``: that needs the class constructor to accept nothing but the parameters, and
+leaves the user's optimizer object, with any state it had, behind. Sharing keeps any optimizer
+(custom ones with required constructor arguments too) and its state, with one fixed class.
+
 Each parameter gets a post-accumulate-grad hook. When a gradient is final (after
 ``backward_passes_per_step`` backward passes), the hook marks it ready in
 :class:`~mpicoll.aggregation.GradientBuckets`; a bucket whose gradients are all ready starts its
 non-blocking (compressed) all-reduce at once, while backward goes on through earlier layers.
-``step()`` waits for every bucket, which writes the averaged gradients back into ``.grad``, then
-steps the wrapped optimizer. Buckets never change, so error-feedback residuals (one per
-bucket) stay valid; they are saved in, and restored from, the optimizer's ``state_dict()``.
+At the end of that backward pass (as DDP does) the round finishes: gradients no hook produced
+are contributed as zeros, the ranks agree on how many of them still train and which parameters
+got a gradient anywhere (one small all-reduce, while the buckets are still in flight), and
+``.grad`` then holds the averages. So everything between ``backward()`` and ``step()``
+(gradient clipping, ``GradScaler.unscale_`` and its inf check) sees the averaged gradients,
+bitwise identical on every rank. A rank that ran no backward pass does its round in ``step()``:
+no rank ever skips one, so ranks never pair off by one.
+
+The averaging rule: in each round with ``A`` ranks still training (all of them unless some
+have :meth:`DistributedOptimizer.join`-ed), a parameter's gradient becomes the sum over those
+``A`` ranks of their gradients divided by ``A`` (``op="sum"``: the sum); a rank that did not use
+the parameter contributes zeros. A parameter that no rank used keeps its ``.grad`` untouched
+(``None`` after ``zero_grad()``), so weight decay and momentum leave it alone, as under DDP.
+Buckets never change (except through :meth:`add_param_group`), so error-feedback residuals (one
+per bucket) stay valid; they are saved in, and restored from, :meth:`state_dict`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..aggregation import GradientBuckets
-from ..backend import xp_of
 from ..compression import Compressor
 from ..errors import ArgumentError
+from ..transport import as_comm
+from .agreement import StepAgreement
+from .join import Join, shadow
+from .named import OPS, check_named, check_settings, named_parameters_of, placeholder
 from .tensors import as_array
 
 _STATE_KEY = "mpicoll"
 
 
-class DistributedOptimizer:
+class DistributedOptimizer(torch.optim.Optimizer):
     """Wrap ``optimizer`` so that ``step()`` uses gradients averaged over all ranks.
 
     Args:
-        optimizer: any ``torch.optim.Optimizer`` over (a subset of) ``named_parameters``.
-        named_parameters: ``model.named_parameters()``; names key the buckets and must be unique.
+        optimizer: any ``torch.optim.Optimizer``; its ``param_groups``, ``state`` and
+            ``defaults`` become this object's (shared, not copied).
+        named_parameters: ``model.named_parameters()``; names key the buckets and must be unique
+            and the same on every rank. ``None``: names made from the param groups' positions.
+            Every parameter of ``optimizer`` that requires a gradient must be named.
         compressor: ``None`` (plain average) or an mpicoll compressor, e.g.
             ``ErrorFeedback(get("topk", ratio=0.01))``.
         backward_passes_per_step: backward passes (micro-batches) whose gradients accumulate
-            locally, as in plain PyTorch, before one all-reduce; gradients are their sum, so scale
-            the loss by ``1 / backward_passes_per_step`` for a mean.
+            locally, as in plain PyTorch, before one all-reduce at the end of the last of them;
+            gradients are their sum, so scale the loss by ``1 / backward_passes_per_step`` for a mean.
+        op: ``"avg"`` (the mean over the ranks that train) or ``"sum"``.
+        gradient_predivide_factor: with ``op="avg"``, gradients are multiplied by
+            ``1 / gradient_predivide_factor`` before the sum and by ``gradient_predivide_factor / A``
+            after it (Horovod's option, against overflow in low precision).
         bucket_bytes: fusion buffer size (DDP's ``bucket_cap_mb``; default 25 MiB).
         comm, algorithm: as for :func:`mpicoll.allreduce`.
 
-    Every other attribute (``param_groups``, ``zero_grad`` ...) is the wrapped optimizer's.
+    Making one is collective: the ranks check that they passed the same parameters.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, named_parameters: Iterable[tuple[str, torch.nn.Parameter]],
-                 *, compressor: Compressor | None = None, backward_passes_per_step: int = 1,
-                 bucket_bytes: int = 25 << 20, comm: Any = None, algorithm: str = "auto") -> None:
-        named = [(n, p) for n, p in named_parameters if p.requires_grad]
-        if len({n for n, _ in named}) != len(named):
-            raise ArgumentError("DistributedOptimizer: parameter names must be unique")
-        if backward_passes_per_step < 1:
-            raise ArgumentError(f"DistributedOptimizer: backward_passes_per_step={backward_passes_per_step}, "
-                                f"must be at least 1")
-        in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        missing = [n for n, p in named if id(p) not in in_optimizer]
-        if missing:
-            raise ArgumentError(f"DistributedOptimizer: parameters {missing[:5]} are not in the optimizer")
-        self.optimizer = optimizer
-        self.compressor = compressor
-        self.backward_passes_per_step = backward_passes_per_step
-        self._params = dict(named)
-        placeholders = [(n, _placeholder(p)) for n, p in named]  # shapes and dtypes, for the bucket plan
-        self.buckets = GradientBuckets(placeholders, bucket_bytes=bucket_bytes, compressor=compressor, comm=comm,
-                                       algorithm=algorithm, average=True, key_prefix="optimizer-bucket")
-        self._passes = dict.fromkeys(self._params, 0)
-        self._started = False
+    def __init__(self, optimizer: torch.optim.Optimizer,
+                 named_parameters: Iterable[tuple[str, torch.Tensor]] | None = None, *,
+                 compressor: Compressor | None = None, backward_passes_per_step: int = 1, op: str = "avg",
+                 gradient_predivide_factor: float = 1.0, bucket_bytes: int = 25 << 20, comm: Any = None,
+                 algorithm: str = "auto") -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer) or isinstance(optimizer, DistributedOptimizer):
+            raise ArgumentError(f"DistributedOptimizer wraps a torch.optim.Optimizer (not a distributed one), "
+                                f"got {type(optimizer).__name__}")
+        self.__dict__["optimizer"] = optimizer  # first: param_groups, state and defaults read it
+        # torch's own bookkeeping (step and state-dict hook registries, the profiling wrapper of
+        # step) exactly as unpickling an optimizer restores it, without touching the shared groups
+        torch.optim.Optimizer.__setstate__(self, {})
+        self.compressor, self.backward_passes_per_step = compressor, backward_passes_per_step
+        self.op, self.predivide = OPS.get(op, op), float(gradient_predivide_factor)
+        self._settings = {"bucket_bytes": bucket_bytes, "comm": comm, "algorithm": algorithm}
+        self._size = as_comm(comm).size
+        self._agreement = StepAgreement.of(comm)
+        self._plans = 0
+        self._hooks: list[Any] = []
+        named, error = [], None
+        try:  # a refusal on one rank is a refusal on every rank (the plan is agreed collectively)
+            check_settings(backward_passes_per_step, op, self.predivide)
+            named = named_parameters_of(optimizer, named_parameters)
+        except ArgumentError as exc:
+            error = str(exc)
+        self._plan(named, error)
+        self._callback_queued = self._pending = self._synced = self._skip = False
+        self._backward_passes = 0
+        self.steps = 0  #: optimizer steps taken; :meth:`join` syncs state from a rank with the most
+
+    # --- what torch.optim.Optimizer users touch: the wrapped optimizer's, shared -------------------
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        return self.optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value: list[dict[str, Any]]) -> None:
+        self.optimizer.param_groups = value
+
+    @property
+    def state(self) -> Any:  # type: ignore[override]
+        return self.optimizer.state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self.optimizer.state = value
+
+    @property
+    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
+        return self.optimizer.defaults
+
+    @defaults.setter
+    def defaults(self, value: dict[str, Any]) -> None:
+        self.optimizer.defaults = value
+
+    @property
+    def _step_supports_amp_scaling(self) -> bool:  # fused optimizers take GradScaler's scale themselves
+        return bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
+
+    def __getattr__(self, name: str) -> Any:  # anything else the wrapped optimizer has
+        if name == "optimizer":
+            raise AttributeError(name)
+        return getattr(self.optimizer, name)
+
+    def __repr__(self) -> str:
+        return f"DistributedOptimizer({self.optimizer!r})"
+
+    # --- the bucket plan and the hooks --------------------------------------------------------------
+    def _plan(self, named: list[tuple[str, torch.Tensor]], error: str | None = None) -> None:
+        """(Re)build buckets, hooks and the agreement vector for ``named``. Collective."""
+        try:
+            if error is None:
+                check_named(self.optimizer, named)
+        except ArgumentError as exc:
+            error = str(exc)
+        self._agreement.check_same("DistributedOptimizer", [(n, tuple(p.shape), str(p.dtype)) for n, p in named],
+                                   error)
+        if error is not None:
+            raise ArgumentError(error)
+        for handle in self._hooks:
+            handle.remove()
+        self._named = named
+        prefix = "optimizer-bucket" if not self._plans else f"optimizer-plan{self._plans}-bucket"
+        self._plans += 1
+        average = self.op == "avg" and self.predivide == 1.0
+        self.buckets = GradientBuckets([(n, placeholder(p)) for n, p in named], compressor=self.compressor,
+                                       average=average, key_prefix=prefix, **self._settings)
+        self._passes = dict.fromkeys((n for n, _ in named), 0)
+        self._zeros: dict[str, torch.Tensor] = {}
+        self._local = np.zeros(1 + len(named), dtype=np.int32)
+        self._agreed = np.zeros_like(self._local)
         self._hooks = [p.register_post_accumulate_grad_hook(self._make_hook(n)) for n, p in named]
 
     def _make_hook(self, name: str) -> Callable[[torch.Tensor], None]:
         def hook(param: torch.Tensor) -> None:
             self._passes[name] += 1
+            self._pending = True
+            if not self._callback_queued:  # finish the round when this backward pass ends
+                torch.autograd.Variable._execution_engine.queue_callback(self._end_of_backward)
+                self._callback_queued = True
             if self._passes[name] > self.backward_passes_per_step:
-                raise RuntimeError(f"DistributedOptimizer: {self._passes[name]} backward passes reached "
-                                   f"{name!r} since the last step(), more than backward_passes_per_step="
-                                   f"{self.backward_passes_per_step}; call step() (or synchronize()) in between")
-            self._started = True
+                raise RuntimeError(f"DistributedOptimizer: {self._passes[name]} backward passes reached {name!r} "
+                                   f"in one round of backward_passes_per_step={self.backward_passes_per_step}")
             if self._passes[name] == self.backward_passes_per_step:
-                self.buckets.ready(name, as_array(param.grad))
+                self.buckets.ready(name, self._outgoing(param.grad))
         return hook
 
-    def synchronize(self) -> None:
-        """Finish every bucket's all-reduce; ``.grad`` then holds the averages. Parameters that got no
-        gradient this step take part with zeros, and gradients of fewer than
-        ``backward_passes_per_step`` passes (a short last accumulation) with what they have, so that
-        every rank reduces the same buckets and no rank steps on local gradients alone."""
-        if not self._started:
-            return
-        for name, param in self._params.items():
-            if self._passes[name] < self.backward_passes_per_step:
-                if param.grad is None:
-                    param.grad = torch.zeros_like(param)
-                self.buckets.ready(name, as_array(param.grad))
+    def _outgoing(self, grad: torch.Tensor) -> Any:
+        if self.predivide != 1.0:
+            grad.mul_(1.0 / self.predivide)
+        return as_array(grad)
+
+    def _end_of_backward(self) -> None:
+        self._callback_queued = False
+        self._backward_passes += 1
+        if self._backward_passes >= self.backward_passes_per_step:
+            self._round()
+
+    # --- one round: every rank, every step ---------------------------------------------------------
+    def _round(self) -> None:
+        """Hand every gradient not yet handed over to the buckets (zeros for parameters this rank
+        did not use), agree on how many ranks train and which parameters were used anywhere, wait
+        for the buckets and put the averages in ``.grad``."""
+        local = self._local
+        local[0] = 1
+        for i, (name, param) in enumerate(self._named):
+            passes = self._passes[name]
+            local[1 + i] = passes > 0
+            if passes < self.backward_passes_per_step:  # else its hook handed it over already
+                self.buckets.ready(name, self._outgoing(param.grad) if passes else as_array(self._zero(name, param)))
+        agreed = self._agreement.sum(local, self._agreed)  # the buckets travel meanwhile
         self.buckets.wait()
-        self._passes = dict.fromkeys(self._params, 0)
-        self._started = False
+        self._place(agreed, int(agreed[0]))
+        self._passes = dict.fromkeys(self._passes, 0)
+        self._pending, self._synced, self._backward_passes = False, True, 0
+
+    def _shadow_round(self) -> int:
+        """A joined rank's round: ask first how many ranks still train; if any, take part in their
+        buckets with zeros. Returns that number (0: everyone is done)."""
+        self._local[:] = 0
+        ranks = int(self._agreement.sum(self._local, self._agreed)[0])
+        if ranks:
+            for name, param in self._named:
+                self.buckets.ready(name, as_array(self._zero(name, param)))
+            self.buckets.wait()
+            for zero in self._zeros.values():
+                zero.zero_()
+        return ranks
+
+    def _zero(self, name: str, param: torch.Tensor) -> torch.Tensor:
+        zero = self._zeros.get(name)
+        if zero is None:
+            zero = self._zeros[name] = torch.zeros_like(param, memory_format=torch.contiguous_format)
+        return zero
+
+    def _place(self, agreed: np.ndarray, ranks: int) -> None:
+        scale = {"sum": 1.0, "avg": self._size / ranks if self.predivide == 1.0 else self.predivide / ranks}[self.op]
+        with torch.no_grad():
+            for i, (name, param) in enumerate(self._named):
+                zero = self._zeros.get(name) if not self._passes[name] else None
+                if not agreed[1 + i]:  # no rank used it: its gradient stays as it was, as under DDP
+                    if zero is not None:
+                        zero.zero_()
+                    continue
+                if zero is not None:  # used elsewhere only: the average arrived in the zeros
+                    if param.grad is None:
+                        param.grad = self._zeros.pop(name)
+                    else:
+                        param.grad.copy_(zero)
+                        zero.zero_()
+                if scale != 1.0:
+                    param.grad.mul_(scale)
+
+    # --- the public torch.optim.Optimizer interface -------------------------------------------------
+    def synchronize(self) -> None:
+        """Finish this step's round if it has not happened yet (a rank that ran no backward pass, or
+        a short accumulation of fewer than ``backward_passes_per_step`` passes): ``.grad`` then
+        holds the averages. ``step()`` calls it; Horovod-style code may call it first."""
+        if self._pending or not self._synced:
+            self._round()
+
+    @contextlib.contextmanager
+    def skip_synchronize(self) -> Iterator[None]:
+        """Inside, ``step()`` does not synchronize (Horovod's pattern after an explicit
+        :meth:`synchronize`)."""
+        self._skip = True
+        try:
+            yield
+        finally:
+            self._skip = False
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Wait for the averaged gradients, then step the wrapped optimizer."""
-        self.synchronize()
-        return self.optimizer.step(closure) if closure is not None else self.optimizer.step()
+        """Synchronize (unless a closure runs the backward pass, whose end does), then step the
+        wrapped optimizer."""
+        if closure is None and not self._skip:
+            self.synchronize()
+        forwarded = [k for k in ("grad_scale", "found_inf") if k in self.__dict__]  # GradScaler, fused path
+        for key in forwarded:
+            setattr(self.optimizer, key, self.__dict__[key])
+        try:
+            loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
+        finally:
+            for key in forwarded:
+                delattr(self.optimizer, key)
+        self.steps += 1
+        self._synced = False
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """The wrapped optimizer's ``zero_grad``; also starts a new step (its round is still to come)."""
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+        self._synced = self._callback_queued = False
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group to the wrapped optimizer and re-plan the buckets. Collective; call it on every
+        rank between steps. Error-feedback residuals start afresh (the buckets changed)."""
+        if self._pending:
+            raise ArgumentError("DistributedOptimizer.add_param_group: gradients are in flight; call step() first")
+        self.optimizer.add_param_group(param_group)
+        index = len(self.param_groups) - 1
+        names = self.param_groups[-1].get("param_names") or [f"param_group{index}.{i}"
+                                                              for i in range(len(self.param_groups[-1]["params"]))]
+        new = [(n, p) for n, p in zip(names, self.param_groups[-1]["params"], strict=True) if p.requires_grad]
+        self._plan(self._named + new)
 
     def state_dict(self) -> dict[str, Any]:
         """The wrapped optimizer's state plus this rank's error-feedback residuals."""
@@ -106,25 +306,31 @@ class DistributedOptimizer:
             state[_STATE_KEY] = self.compressor.state_dict()
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (residuals included)."""
-        state = dict(state)
+        state = dict(state_dict)
         ours = state.pop(_STATE_KEY, None)
         self.optimizer.load_state_dict(state)
         if ours is not None and self.compressor is not None:
             self.compressor.load_state_dict(ours)
+
+    # --- uneven inputs ------------------------------------------------------------------------------
+    def join(self) -> Join:
+        """``with opt.join(): <this rank's training loop>``: when the loop ends, this rank takes part
+        with zeros in the other ranks' rounds until every rank's loop has ended, so uneven numbers
+        of batches finish instead of hanging. Averages are over the ranks still training (see the
+        module docstring); at the end, ranks that stepped less get the parameters and optimizer
+        state of the lowest rank that stepped most. ``Join.last_rank`` names that rank. Every rank
+        must use it; only this optimizer's collectives are shadowed."""
+        return Join(self)
+
+    def shadow(self) -> int:
+        """This rank has no more data: what :meth:`join` does when its block ends (Horovod's
+        ``hvd.join()``). Collective; returns the rank whose state everyone now has."""
+        return shadow(self)
 
     def remove_hooks(self) -> None:
         """Detach from the parameters (the wrapped optimizer keeps working alone)."""
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.optimizer, name)
-
-
-def _placeholder(param: torch.Tensor) -> Any:
-    """A zero-memory array with the gradient's shape, dtype and device, for planning the buckets."""
-    one = as_array(torch.zeros(1, dtype=param.dtype, device=param.device))
-    return xp_of(one).broadcast_to(one[0], tuple(param.shape))

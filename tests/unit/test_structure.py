@@ -22,13 +22,14 @@ LAYERS = [
     ("mpicoll.aggregation", 6),
     ("mpicoll", 7),  # the package facade (it exposes every layer): only the front ends may import it
     ("mpicoll.torch", 7),  # the PyTorch adapter: below the benchmark suite, whose torch-step times it
+    ("mpicoll.horovod", 8),  # Horovod's API on the adapter
     ("mpicoll.bench", 8), ("mpicoll.info", 8),
     ("mpicoll.__main__", 9),
 ]
 # third-party packages that only these modules may import (at any depth); the GPU check script
 # drives the device itself and compares with torch.topk; torch-step times training steps against DDP;
 # the adapter hands CUDA tensors to mpicoll as CuPy arrays (DLPack)
-HEAVY = {"torch": ("mpicoll.torch", "mpicoll.bench.gpu_check", "mpicoll.bench.torch_step"),
+HEAVY = {"torch": ("mpicoll.torch", "mpicoll.horovod.torch", "mpicoll.bench.gpu_check", "mpicoll.bench.torch_step"),
          "numba": ("mpicoll.kernels",),
          "cupy": ("mpicoll.kernels", "mpicoll.bench.gpu_check", "mpicoll.torch.tensors")}
 
