@@ -27,6 +27,7 @@ setup(
         "mpicoll.aggregation",
         "mpicoll.transport",
         "mpicoll.torch",
+        "mpicoll.torch.optim",
         "mpicoll.kernels",
         "mpicoll.bench",
     ],
