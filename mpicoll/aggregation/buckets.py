@@ -9,6 +9,10 @@ Buckets start strictly in order (0, 1, 2, ...), so every rank starts the same co
 same order even when arrays become ready in a different order. :meth:`GradientBuckets.wait`
 finishes them all and writes the results back into the arrays. The buckets never change, so
 error-feedback keys (one per bucket) stay valid.
+
+Dense warm-up: with ``warmup_steps=N`` the first ``N`` steps (calls of :meth:`~GradientBuckets.wait`)
+are plain all-reduces; compression starts at step ``N`` with empty residuals (nothing was
+compressed before), as PyTorch's PowerSGD hook does with ``start_powerSGD_iter``.
 """
 
 from __future__ import annotations
@@ -49,11 +53,17 @@ class GradientBuckets:
         compressor: ``None`` for a plain all-reduce, or a compressor (error feedback is keyed by
             ``key_prefix`` and the bucket index).
         comm, algorithm, average: as for :func:`mpicoll.allreduce` / :func:`compressed_allreduce`.
+        warmup_steps: steps reduced uncompressed before the compressor is used (see the module
+            docstring); :attr:`steps` counts completed steps.
     """
 
     def __init__(self, arrays: Iterable[tuple[Hashable, Any]] | dict[Hashable, Any], *,
                  bucket_bytes: int = 25 << 20, compressor: Compressor | None = None, comm: Any = None,
-                 algorithm: str = "auto", average: bool = True, key_prefix: str = "bucket") -> None:
+                 algorithm: str = "auto", average: bool = True, key_prefix: str = "bucket",
+                 warmup_steps: int = 0) -> None:
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise ArgumentError(f"GradientBuckets: warmup_steps={warmup_steps!r}; accepted: an integer >= 0")
+        self.warmup_steps, self.steps = warmup_steps, 0
         items = list(arrays.items() if isinstance(arrays, dict) else arrays)
         if len({name for name, _ in items}) != len(items):
             raise ArgumentError("GradientBuckets: array names must be unique")
@@ -117,7 +127,7 @@ class GradientBuckets:
     def _launch(self, bucket: Bucket) -> None:
         for name, start, stop in zip(bucket.names, bucket.offsets, bucket.offsets[1:], strict=False):
             bucket.buffer[start:stop] = self.arrays[name].reshape(-1)
-        if self.compressor is None:
+        if self.compressor is None or self.steps < self.warmup_steps:
             op = "avg" if self.average else "sum"
             bucket.handle = iallreduce(bucket.buffer, op, algorithm=self.algorithm, comm=self.comm, out=bucket.buffer)
         else:
@@ -138,6 +148,7 @@ class GradientBuckets:
                 for name, start, stop in zip(bucket.names, bucket.offsets, bucket.offsets[1:], strict=False):
                     target = self.arrays[name]
                     target[...] = result[start:stop].reshape(target.shape)
+            self.steps += 1
         finally:  # an error in one step must not leave the next one "marked ready twice"
             for bucket in self.buckets:
                 if bucket.handle is not None and not bucket.handle.done:

@@ -35,17 +35,27 @@ class HookState:
         comm: the communicator (default: a private duplicate of ``COMM_WORLD``).
         algorithm: the all-reduce algorithm (``"auto"``).
         start_iter: the first iteration that compresses (at least 2, see the module docstring).
+        warmup_steps: a dense warm-up: iterations averaged uncompressed before compression starts
+            (at iteration ``max(start_iter, warmup_steps)``, with empty residuals).
     """
 
     def __init__(self, compressor: Compressor | None = None, *, comm: Any = None, algorithm: str = "auto",
-                 start_iter: int = 2) -> None:
+                 start_iter: int = 2, warmup_steps: int = 0) -> None:
         if compressor is not None and not isinstance(compressor, Compressor):
             raise ArgumentError(f"HookState: compressor must be an mpicoll compressor or None, got {compressor!r}")
         if start_iter < 2 and compressor is not None:
             raise ArgumentError(f"HookState: start_iter={start_iter}; it must be at least 2, because DDP "
                                 f"rebuilds its buckets after the first iteration")
         self.compressor, self.comm, self.algorithm, self.start_iter = compressor, comm, algorithm, start_iter
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise ArgumentError(f"HookState: warmup_steps={warmup_steps!r}; accepted: an integer >= 0")
+        self.warmup_steps = warmup_steps
         self.iteration = 0
+
+    @property
+    def compress_from(self) -> int:
+        """The first iteration that compresses."""
+        return max(self.start_iter, self.warmup_steps)
 
     def state_dict(self) -> dict[str, Any]:
         """The iteration count and the compressor's state (error-feedback residuals), to checkpoint."""
@@ -79,7 +89,7 @@ def allreduce_hook(state: "HookState | None", bucket: dist.GradBucket) -> torch.
     state = state if state is not None else HookState()
     buffer = bucket.buffer()
     array = as_array(buffer)
-    if state.compressor is None or state.iteration < state.start_iter:
+    if state.compressor is None or state.iteration < state.compress_from:
         handle = iallreduce(array, "avg", algorithm=state.algorithm, comm=state.comm, out=array)
     else:
         parts = [tuple(g.shape) for g in bucket.gradients()]  # PowerSGD: one matrix per parameter

@@ -38,13 +38,16 @@ class DistributedOptimizer:
             the loss by ``1 / backward_passes_per_step`` for a mean.
         bucket_bytes: fusion buffer size (DDP's ``bucket_cap_mb``; default 25 MiB).
         comm, algorithm: as for :func:`mpicoll.allreduce`.
+        warmup_steps: steps averaged uncompressed before ``compressor`` is used (dense warm-up,
+            see :class:`~mpicoll.aggregation.GradientBuckets`).
 
     Every other attribute (``param_groups``, ``zero_grad`` ...) is the wrapped optimizer's.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, named_parameters: Iterable[tuple[str, torch.nn.Parameter]],
                  *, compressor: Compressor | None = None, backward_passes_per_step: int = 1,
-                 bucket_bytes: int = 25 << 20, comm: Any = None, algorithm: str = "auto") -> None:
+                 bucket_bytes: int = 25 << 20, comm: Any = None, algorithm: str = "auto",
+                 warmup_steps: int = 0) -> None:
         named = [(n, p) for n, p in named_parameters if p.requires_grad]
         if len({n for n, _ in named}) != len(named):
             raise ArgumentError("DistributedOptimizer: parameter names must be unique")
@@ -61,7 +64,8 @@ class DistributedOptimizer:
         self._params = dict(named)
         placeholders = [(n, _placeholder(p)) for n, p in named]  # shapes and dtypes, for the bucket plan
         self.buckets = GradientBuckets(placeholders, bucket_bytes=bucket_bytes, compressor=compressor, comm=comm,
-                                       algorithm=algorithm, average=True, key_prefix="optimizer-bucket")
+                                       algorithm=algorithm, average=True, key_prefix="optimizer-bucket",
+                                       warmup_steps=warmup_steps)
         self._passes = dict.fromkeys(self._params, 0)
         self._started = False
         self._hooks = [p.register_post_accumulate_grad_hook(self._make_hook(n)) for n, p in named]

@@ -116,6 +116,8 @@ class OneBitAdam(torch.optim.Optimizer):
             state = self.state[p]
             if "mask" not in state:  # the same on every rank: v comes from averaged gradients
                 state["mask"] = state["exp_avg_sq"] > 0
+            elif state["mask"].dtype != torch.bool:  # torch's load_state_dict casts state to the parameter's dtype
+                state["mask"] = state["mask"] != 0
             state["exp_avg"].lerp_(g, 1 - group["betas"][0])
             masks.append(state["mask"])
         flat = torch.cat([self.state[p]["exp_avg"][mask] for (_, p, _), mask in zip(entries, masks, strict=True)])
