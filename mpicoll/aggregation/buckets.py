@@ -26,6 +26,7 @@ import numpy as np
 
 from ..backend import xp_of
 from ..collectives.nonblocking import Handle, iallreduce
+from ..collectives.registry import algorithm_names
 from ..compression import Compressor
 from ..errors import ArgumentError
 from .api import compressed_iallreduce
@@ -129,7 +130,9 @@ class GradientBuckets:
             bucket.buffer[start:stop] = self.arrays[name].reshape(-1)
         if self.compressor is None or self.steps < self.warmup_steps:
             op = "avg" if self.average else "sum"
-            bucket.handle = iallreduce(bucket.buffer, op, algorithm=self.algorithm, comm=self.comm, out=bucket.buffer)
+            # a compressed path's name (two_phase ...) during the warm-up: the dense all-reduce's auto
+            dense = self.algorithm if self.algorithm in algorithm_names("allreduce") else "auto"
+            bucket.handle = iallreduce(bucket.buffer, op, algorithm=dense, comm=self.comm, out=bucket.buffer)
         else:
             key = f"{self.key_prefix}{bucket.index}"
             parts = [tuple(self.arrays[name].shape) for name in bucket.names]
