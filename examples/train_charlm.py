@@ -128,16 +128,18 @@ def train(method: str, args: argparse.Namespace, codes: np.ndarray, split: int) 
     val_starts = np.random.default_rng(12345).integers(split, len(codes) - args.seq - 1, args.val_windows)
     val_x, val_y = windows(codes, val_starts, args.seq)
     per_rank = args.batch // size
-    curve, start = [], time.perf_counter()
+    curve, start, elapsed = [], time.perf_counter(), 0.0
     for step in range(args.steps):
+        began = time.perf_counter()
         starts = np.random.default_rng([args.seed, step]).integers(0, split - args.seq - 1, per_rank * size)
         x, y = windows(codes, starts[rank * per_rank: (rank + 1) * per_rank], args.seq)
         optimizer.zero_grad()
         torch.nn.functional.cross_entropy(model(x).reshape(-1, VOCAB), y.reshape(-1)).backward()
         optimizer.step()
         schedule.step()
+        elapsed += time.perf_counter() - began  # training only: for time to loss
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
-            curve.append((step + 1, validation_loss(model, val_x, val_y)))
+            curve.append((step + 1, validation_loss(model, val_x, val_y), elapsed))
     sent = traffic(method, optimizer, counting, model, args.steps)
     onebit = method == "onebit"
     return {"method": method, "ranks": size, "steps": args.steps, "freeze_step": args.freeze if onebit else None,

@@ -282,3 +282,26 @@ def test_checkpoint_from_another_world_size_is_refused(comm, name):
     assert_all(comm.mpi, opt.steps == 3 and all(torch.equal(a, b) for a, b in
                                             zip(before, opt.param_groups[0]["params"], strict=True)),
                "a refused load changed the optimizer")
+
+
+# ------------------------------------------------------------------------------------------ arguments
+def test_bad_arguments_are_refused(comm):
+    ps = [torch.nn.Parameter(torch.zeros(3))]
+    with pytest.raises(mpicoll.UnsupportedError, match="low-rank"):
+        mt.DGC(ps, lr=0.1, compressor=compression.get("powersgd"), comm=comm)
+    with pytest.raises(mpicoll.ArgumentError, match="dense_steps"):
+        mt.DGC(ps, lr=0.1, compressor=compression.get("sign"), warmup_steps=10, comm=comm)
+    with pytest.raises(mpicoll.ArgumentError, match="momentum"):
+        mt.DGC(ps, lr=0.1, momentum=1.5, comm=comm)
+    with pytest.raises(mpicoll.ArgumentError, match="freeze_step"):
+        mt.OneBitAdam(ps, freeze_step=0, comm=comm)
+    with pytest.raises(mpicoll.ArgumentError, match="no 'mpicoll' entry"):
+        mt.OneBitAdam(ps, comm=comm).load_state_dict(torch.optim.Adam(ps).state_dict())
+
+
+def test_hook_state_dense_warmup():
+    sign = ErrorFeedback(compression.get("sign"))
+    assert mt.HookState(sign, warmup_steps=10).compress_from == 10
+    assert mt.HookState(sign).compress_from == 2  # DDP's bucket rebuild still comes first
+    with pytest.raises(mpicoll.ArgumentError, match="warmup_steps"):
+        mt.HookState(sign, warmup_steps=-3)
