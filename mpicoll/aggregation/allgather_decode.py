@@ -41,7 +41,7 @@ def prefer_single_pass(payload_bytes: int, size: int) -> bool:
     it costs ``(p-1) c - 2 (p-1)/p c = (p-1)(p-2)/p c`` extra bytes received per rank. Take it when
     those extra bytes cost less than one round, i.e. always on ``p <= 2`` ranks (no extra bytes),
     and on more ranks while ``(p-1)(p-2)/p * payload_bytes <= ROUND_BYTES`` (a 1-bit payload of
-    about 0.5-1.5 M elements on 3-5 ranks; int8 of 60-200 k elements).
+    about 790 k / 350 k / 220 k elements on 3 / 4 / 5 ranks; int8 of 98 k / 44 k / 27 k).
 
     Args:
         payload_bytes: one rank's whole-array payload size (the codec's ``payload_nbytes``).
