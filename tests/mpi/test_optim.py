@@ -305,3 +305,25 @@ def test_hook_state_dense_warmup():
     assert mt.HookState(sign).compress_from == 2  # DDP's bucket rebuild still comes first
     with pytest.raises(mpicoll.ArgumentError, match="warmup_steps"):
         mt.HookState(sign, warmup_steps=-3)
+
+
+def test_dgc_local_gradient_clipping(comm):
+    size, limit = comm.size, 5.0
+    make = lambda ps: mt.DGC(ps, lr=0.1, momentum=0.9, compressor=compression.get("none"), clip_norm=limit,  # noqa: E731
+                             comm=comm)
+    got, _, _ = run(comm, make, 3)
+    ref = [torch.nn.Parameter(p.clone()) for p in initial()]
+    sgd = torch.optim.SGD(ref, lr=0.1, momentum=0.9, foreach=False)
+    for step in range(3):
+        clipped = []
+        for r in range(size):  # each rank clips its own gradients to limit / sqrt(p), as in the paper
+            local = grads(step, r)
+            norm = float(torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in local])))
+            coef = min(1.0, limit / size ** 0.5 / (norm + 1e-6))
+            clipped.append([g * coef for g in local])
+        for i, p in enumerate(ref):
+            p.grad = sum(c[i] for c in clipped) / size
+        sgd.step()
+        for i, p in enumerate(ref):
+            assert_all(comm.mpi, torch.allclose(p.detach(), got[step][i], rtol=1e-5, atol=1e-6),
+                       f"step {step + 1} tensor {i}")
