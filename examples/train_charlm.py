@@ -120,7 +120,7 @@ def traffic(method: str, optimizer: Any, counting: Any, model: torch.nn.Module, 
 def train(method: str, args: argparse.Namespace, codes: np.ndarray, split: int) -> dict:
     rank, size = mpicoll.rank(), mpicoll.size()
     torch.manual_seed(args.seed)
-    model = CharLSTM()
+    model = CharLSTM(hidden=args.hidden)
     mt.broadcast_parameters(model, root=0)
     optimizer, counting = make_optimizer(method, model, args)
     inner = getattr(optimizer, "optimizer", optimizer)
@@ -157,6 +157,7 @@ def main() -> int:
                         "(0: one per chunk)")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--lr-warmup", type=int, default=20, help="linear lr warm-up steps (LambdaLR)")
+    parser.add_argument("--hidden", type=int, default=256, help="LSTM width (256: 0.37 M parameters)")
     parser.add_argument("--batch", type=int, default=32, help="global batch of windows")
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
