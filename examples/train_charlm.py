@@ -84,7 +84,7 @@ def validation_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) ->
 def make_optimizer(method: str, model: torch.nn.Module, args: argparse.Namespace) -> tuple[torch.optim.Optimizer, Any]:
     """The optimizer, and the Counting wrapper of DistributedOptimizer's compressor (or None)."""
     if method == "onebit":
-        sign = compression.get("sign", block=args.sign_block) if args.sign_block else None
+        sign = compression.get("sign", block=args.sign_block) if args.sign_block else compression.get("sign")
         return mt.OneBitAdam(model.parameters(), lr=args.lr, freeze_step=args.freeze, compressor=sign), None
     adam = torch.optim.Adam(model.parameters(), lr=args.lr)
     EF = compression.ErrorFeedback
@@ -153,8 +153,8 @@ def main() -> int:
     parser.add_argument("--methods", default="adam,onebit,topk,sign,powersgd")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--freeze", type=int, default=60, help="OneBitAdam's warm-up steps")
-    parser.add_argument("--sign-block", type=int, default=0, help="OneBitAdam: one scale per this many elements "
-                        "(0: one per chunk)")
+    parser.add_argument("--sign-block", type=int, default=256, help="OneBitAdam: one scale per this many "
+                        "elements (0: one per chunk)")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--lr-warmup", type=int, default=20, help="linear lr warm-up steps (LambdaLR)")
     parser.add_argument("--hidden", type=int, default=256, help="LSTM width (256: 0.37 M parameters)")

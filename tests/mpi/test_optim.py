@@ -191,7 +191,7 @@ def onebit_reference(size, steps, *, lr, betas, eps, freeze, zero_rows):
     b1, b2 = betas
     m = [[torch.zeros_like(p) for p in params] for _ in range(size)]
     v = [torch.zeros_like(p) for p in params]
-    efs = [ErrorFeedback(compression.get("sign")) for _ in range(size)]
+    efs = [ErrorFeedback(compression.get("sign", block=256)) for _ in range(size)]
     history = []
     for t in range(1, steps + 1):
         rank_grads = [grads(t - 1, r, zero_rows) for r in range(size)]
