@@ -327,3 +327,17 @@ def test_dgc_local_gradient_clipping(comm):
         for i, p in enumerate(ref):
             assert_all(comm.mpi, torch.allclose(p.detach(), got[step][i], rtol=1e-5, atol=1e-6),
                        f"step {step + 1} tensor {i}")
+
+
+def test_distributed_optimizer_dense_warmup(comm):
+    params = [torch.nn.Parameter(p.clone()) for p in initial()]
+    ef = ErrorFeedback(compression.get("sign"))
+    opt = mt.DistributedOptimizer(torch.optim.SGD(params, lr=0.1), [(f"p{i}", p) for i, p in enumerate(params)],
+                                  compressor=ef, comm=comm, warmup_steps=2)
+    for step in range(3):
+        opt.zero_grad()
+        loss = sum((p * g).sum() for p, g in zip(params, grads(step, comm.rank), strict=True))
+        loss.backward()
+        opt.step()
+        assert_all(comm.mpi, bool(ef.residuals) == (step == 2), f"step {step + 1}: residuals {list(ef.residuals)}")
+    opt.remove_hooks()
