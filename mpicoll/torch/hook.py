@@ -23,6 +23,7 @@ from ..collectives import iallreduce
 from ..collectives.nonblocking import Handle
 from ..compression import Compressor
 from ..errors import ArgumentError
+from ..transport import as_comm
 from .tensors import as_array, as_tensor
 
 
@@ -58,12 +59,16 @@ class HookState:
         return max(self.start_iter, self.warmup_steps)
 
     def state_dict(self) -> dict[str, Any]:
-        """The iteration count and the compressor's state (error-feedback residuals), to checkpoint."""
-        return {"iteration": self.iteration,
+        """The iteration count, the world size and the compressor's state (error-feedback residuals)."""
+        return {"iteration": self.iteration, "world_size": as_comm(self.comm).size,
                 "compressor": None if self.compressor is None else self.compressor.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
+        """Restore :meth:`state_dict`; refuses one taken at another world size (residuals are per rank)."""
+        saved, size = state.get("world_size", as_comm(self.comm).size), as_comm(self.comm).size
+        if saved != size:
+            raise ArgumentError(f"HookState.load_state_dict: the checkpoint was taken on {saved} ranks, this job has "
+                                f"{size}; residuals are per rank and cannot be redistributed")
         self.iteration = int(state["iteration"])
         if self.compressor is not None and state.get("compressor") is not None:
             self.compressor.load_state_dict(state["compressor"])

@@ -341,3 +341,12 @@ def test_distributed_optimizer_dense_warmup(comm):
         opt.step()
         assert_all(comm.mpi, bool(ef.residuals) == (step == 2), f"step {step + 1}: residuals {list(ef.residuals)}")
     opt.remove_hooks()
+
+
+def test_hook_state_refuses_another_world_size(comm):
+    state = mt.HookState(ErrorFeedback(compression.get("sign")), comm=comm)
+    saved = state.state_dict()
+    state.load_state_dict(saved)  # same size: fine
+    saved["world_size"] = comm.size + 2
+    with pytest.raises(mpicoll.ArgumentError, match="ranks"):
+        state.load_state_dict(saved)
