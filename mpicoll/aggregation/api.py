@@ -15,8 +15,9 @@ quantized   two_phase (compressed reduce-scatter +       allgather_decode on 1-2
             summed locally in rank order)                prefer_single_pass)
 lowrank     powersgd (all-reduce P, then Q; hierarchical  powersgd
             sums across hosts), two_phase, hierarchical
-any         two_phase, allgather_decode; hierarchical (exact sums inside   hierarchical when the ranks span
-            each host, the path above between hosts)     several hosts, several on some
+any         two_phase, allgather_decode; hierarchical    hierarchical when the ranks span
+            (exact sums inside each host, the path       several hosts, several on some
+            above between hosts)
 ==========  ===========================================  =================================
 
 Other combinations (a dense algorithm with a sparse compressor, say) raise

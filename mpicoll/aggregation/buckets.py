@@ -159,6 +159,14 @@ class GradientBuckets:
                         bucket.handle.wait()
             self._reset()
 
+    def state_dict(self) -> dict[str, Any]:
+        """The completed step count (where the dense warm-up stands), to checkpoint."""
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.steps = int(state["steps"])
+
     def allreduce_all(self) -> None:
         """Mark every array ready (in reverse order) and wait: one call for the whole set."""
         for name in reversed(list(self.arrays)):
