@@ -28,6 +28,7 @@ setup(
         "mpicoll.transport",
         "mpicoll.torch",
         "mpicoll.horovod",
+        "mpicoll.torch.optim",
         "mpicoll.kernels",
         "mpicoll.bench",
     ],

@@ -9,12 +9,15 @@ dense,      ring, tree, recursive_doubling,              the all-reduce table's 
 summable    rabenseifner (on the wire section)           the wire size
 sparse      sparse_allgather, sparse_rd (SparCML)        sparse_allgather up to 4 ranks,
                                                          sparse_rd beyond
-quantized   two_phase (compressed reduce-scatter +       two_phase
-            compressed allgather)
+quantized   two_phase (compressed reduce-scatter +       allgather_decode on 1-2 ranks and
+            compressed allgather), allgather_decode      for small payloads, else two_phase
+            (single pass: every payload decoded and      (see allgather_decode.
+            summed locally in rank order)                prefer_single_pass)
 lowrank     powersgd (all-reduce P, then Q; hierarchical  powersgd
             sums across hosts), two_phase, hierarchical
-any         two_phase; hierarchical (exact sums inside   hierarchical when the ranks span
-            each host, the path above between hosts)     several hosts, several on some
+any         two_phase, allgather_decode; hierarchical    hierarchical when the ranks span
+            (exact sums inside each host, the path       several hosts, several on some
+            above between hosts)
 ==========  ===========================================  =================================
 
 Other combinations (a dense algorithm with a sparse compressor, say) raise
@@ -38,14 +41,14 @@ from ..compression import Compressor
 from ..errors import ArgumentError, DtypeError, PayloadError, PeerError, UnsupportedError, accepted
 from ..transport import Comm, as_comm
 from ..transport.watchdog import refine, waiting_on, watched
-from . import hierarchical, lowrank, sparse, summable, two_phase  # noqa: F401  (registration)
+from . import allgather_decode, hierarchical, lowrank, sparse, summable, two_phase  # noqa: F401  (registration)
 from .path import Parts
 
 _ALLOWED = {
-    "dense": (*summable.DENSE, "two_phase", "hierarchical"),
-    "summable": (*summable.DENSE, "two_phase", "hierarchical"),
-    "sparse": ("sparse_allgather", "sparse_rd", "two_phase", "hierarchical"),
-    "quantized": ("two_phase", "hierarchical"),
+    "dense": (*summable.DENSE, "two_phase", "allgather_decode", "hierarchical"),
+    "summable": (*summable.DENSE, "two_phase", "allgather_decode", "hierarchical"),
+    "sparse": ("sparse_allgather", "sparse_rd", "two_phase", "allgather_decode", "hierarchical"),
+    "quantized": ("two_phase", "allgather_decode", "hierarchical"),
     "lowrank": ("powersgd", "two_phase", "hierarchical"),
 }
 
@@ -56,7 +59,9 @@ def choose_path(compressor: Compressor, x: Any, comm: Comm) -> str:
     if kind == "sparse":
         return "sparse_allgather" if comm.size <= 4 else "sparse_rd"
     if kind == "quantized":
-        return "two_phase"
+        payload_bytes = compressor.payload_nbytes(x)
+        payload_bytes = x.nbytes if payload_bytes is None else payload_bytes
+        return "allgather_decode" if allgather_decode.prefer_single_pass(payload_bytes, comm.size) else "two_phase"
     if kind == "lowrank":
         return "powersgd"
     return summable.dense_algorithm(x.nbytes, comm.size)

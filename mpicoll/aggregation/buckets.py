@@ -9,6 +9,10 @@ Buckets start strictly in order (0, 1, 2, ...), so every rank starts the same co
 same order even when arrays become ready in a different order. :meth:`GradientBuckets.wait`
 finishes them all and writes the results back into the arrays. The buckets never change, so
 error-feedback keys (one per bucket) stay valid.
+
+Dense warm-up: with ``warmup_steps=N`` the first ``N`` steps (calls of :meth:`~GradientBuckets.wait`)
+are plain all-reduces; compression starts at step ``N`` with empty residuals (nothing was
+compressed before), as PyTorch's PowerSGD hook does with ``start_powerSGD_iter``.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 from .. import timeline
 from ..backend import xp_of
 from ..collectives.nonblocking import Handle, iallreduce
+from ..collectives.registry import algorithm_names
 from ..compression import Compressor
 from ..errors import ArgumentError
 from .api import compressed_iallreduce
@@ -51,11 +56,17 @@ class GradientBuckets:
         compressor: ``None`` for a plain all-reduce, or a compressor (error feedback is keyed by
             ``key_prefix`` and the bucket index).
         comm, algorithm, average: as for :func:`mpicoll.allreduce` / :func:`compressed_allreduce`.
+        warmup_steps: steps reduced uncompressed before the compressor is used (see the module
+            docstring); :attr:`steps` counts completed steps.
     """
 
     def __init__(self, arrays: Iterable[tuple[Hashable, Any]] | dict[Hashable, Any], *,
                  bucket_bytes: int = 25 << 20, compressor: Compressor | None = None, comm: Any = None,
-                 algorithm: str = "auto", average: bool = True, key_prefix: str = "bucket") -> None:
+                 algorithm: str = "auto", average: bool = True, key_prefix: str = "bucket",
+                 warmup_steps: int = 0) -> None:
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise ArgumentError(f"GradientBuckets: warmup_steps={warmup_steps!r}; accepted: an integer >= 0")
+        self.warmup_steps, self.steps = warmup_steps, 0
         items = list(arrays.items() if isinstance(arrays, dict) else arrays)
         if len({name for name, _ in items}) != len(items):
             raise ArgumentError("GradientBuckets: array names must be unique")
@@ -123,9 +134,11 @@ class GradientBuckets:
     def _launch(self, bucket: Bucket) -> None:
         for name, start, stop in zip(bucket.names, bucket.offsets, bucket.offsets[1:], strict=False):
             bucket.buffer[start:stop] = self.arrays[name].reshape(-1)
-        if self.compressor is None:
+        if self.compressor is None or self.steps < self.warmup_steps:
             op = "avg" if self.average else "sum"
-            bucket.handle = iallreduce(bucket.buffer, op, algorithm=self.algorithm, comm=self.comm, out=bucket.buffer)
+            # a compressed path's name (two_phase ...) during the warm-up: the dense all-reduce's auto
+            dense = self.algorithm if self.algorithm in algorithm_names("allreduce") else "auto"
+            bucket.handle = iallreduce(bucket.buffer, op, algorithm=dense, comm=self.comm, out=bucket.buffer)
         else:
             key = f"{self.key_prefix}{bucket.index}"
             parts = [tuple(self.arrays[name].shape) for name in bucket.names]
@@ -149,6 +162,7 @@ class GradientBuckets:
                 for name, start, stop in zip(bucket.names, bucket.offsets, bucket.offsets[1:], strict=False):
                     target = self.arrays[name]
                     target[...] = result[start:stop].reshape(target.shape)
+            self.steps += 1
         finally:  # an error in one step must not leave the next one "marked ready twice"
             for bucket in self.buckets:
                 if bucket.handle is not None and not bucket.handle.done:
@@ -156,6 +170,14 @@ class GradientBuckets:
                         bucket.handle.wait()
             self._reset()
             self.step += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """The completed step count (where the dense warm-up stands), to checkpoint."""
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.steps = int(state["steps"])
 
     def allreduce_all(self) -> None:
         """Mark every array ready (in reverse order) and wait: one call for the whole set."""

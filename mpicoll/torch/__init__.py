@@ -13,6 +13,9 @@ included, on mpicoll. Two more ways to make a training loop distributed:
 
 :func:`broadcast_parameters` and :func:`broadcast_optimizer_state` make every rank start from
 root's state. Tensors cross to mpicoll without copies (NumPy views on the CPU, DLPack on the GPU).
+
+:class:`DGC` and :class:`OneBitAdam` are optimizers that all-reduce compressed velocity / momentum
+themselves (see :mod:`mpicoll.torch.optim`).
 """
 
 from . import backend as _backend
@@ -21,6 +24,7 @@ from .backend import ProcessGroup
 from .broadcast import broadcast_optimizer_state, broadcast_parameters
 from .hook import HookState, allreduce_hook
 from .join import Join
+from .optim import DGC, OneBitAdam
 from .optimizer import DistributedOptimizer
 from .process_group import init_process_group
 from .tensors import as_array
@@ -29,9 +33,11 @@ _backend.register()
 _rendezvous.install()
 
 __all__ = [
+    "DGC",
     "DistributedOptimizer",
     "HookState",
     "Join",
+    "OneBitAdam",
     "ProcessGroup",
     "allreduce_hook",
     "as_array",

@@ -23,6 +23,7 @@ from ..collectives import iallreduce
 from ..collectives.nonblocking import Handle
 from ..compression import Compressor
 from ..errors import ArgumentError
+from ..transport import as_comm
 from .tensors import as_array, as_tensor
 
 
@@ -35,25 +36,39 @@ class HookState:
         comm: the communicator (default: a private duplicate of ``COMM_WORLD``).
         algorithm: the all-reduce algorithm (``"auto"``).
         start_iter: the first iteration that compresses (at least 2, see the module docstring).
+        warmup_steps: a dense warm-up: iterations averaged uncompressed before compression starts
+            (at iteration ``max(start_iter, warmup_steps)``, with empty residuals).
     """
 
     def __init__(self, compressor: Compressor | None = None, *, comm: Any = None, algorithm: str = "auto",
-                 start_iter: int = 2) -> None:
+                 start_iter: int = 2, warmup_steps: int = 0) -> None:
         if compressor is not None and not isinstance(compressor, Compressor):
             raise ArgumentError(f"HookState: compressor must be an mpicoll compressor or None, got {compressor!r}")
         if start_iter < 2 and compressor is not None:
             raise ArgumentError(f"HookState: start_iter={start_iter}; it must be at least 2, because DDP "
                                 f"rebuilds its buckets after the first iteration")
         self.compressor, self.comm, self.algorithm, self.start_iter = compressor, comm, algorithm, start_iter
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise ArgumentError(f"HookState: warmup_steps={warmup_steps!r}; accepted: an integer >= 0")
+        self.warmup_steps = warmup_steps
         self.iteration = 0
 
+    @property
+    def compress_from(self) -> int:
+        """The first iteration that compresses."""
+        return max(self.start_iter, self.warmup_steps)
+
     def state_dict(self) -> dict[str, Any]:
-        """The iteration count and the compressor's state (error-feedback residuals), to checkpoint."""
-        return {"iteration": self.iteration,
+        """The iteration count, the world size and the compressor's state (error-feedback residuals)."""
+        return {"iteration": self.iteration, "world_size": as_comm(self.comm).size,
                 "compressor": None if self.compressor is None else self.compressor.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
+        """Restore :meth:`state_dict`; refuses one taken at another world size (residuals are per rank)."""
+        saved, size = state.get("world_size", as_comm(self.comm).size), as_comm(self.comm).size
+        if saved != size:
+            raise ArgumentError(f"HookState.load_state_dict: the checkpoint was taken on {saved} ranks, this job has "
+                                f"{size}; residuals are per rank and cannot be redistributed")
         self.iteration = int(state["iteration"])
         if self.compressor is not None and state.get("compressor") is not None:
             self.compressor.load_state_dict(state["compressor"])
@@ -79,7 +94,7 @@ def allreduce_hook(state: "HookState | None", bucket: dist.GradBucket) -> torch.
     state = state if state is not None else HookState()
     buffer = bucket.buffer()
     array = as_array(buffer)
-    if state.compressor is None or state.iteration < state.start_iter:
+    if state.compressor is None or state.iteration < state.compress_from:
         handle = iallreduce(array, "avg", algorithm=state.algorithm, comm=state.comm, out=array)
     else:
         parts = [tuple(g.shape) for g in bucket.gradients()]  # PowerSGD: one matrix per parameter

@@ -70,6 +70,8 @@ class DistributedOptimizer(torch.optim.Optimizer):
             after it (Horovod's option, against overflow in low precision).
         bucket_bytes: fusion buffer size (DDP's ``bucket_cap_mb``; default 25 MiB).
         comm, algorithm: as for :func:`mpicoll.allreduce`.
+        warmup_steps: steps averaged uncompressed before ``compressor`` is used (dense warm-up,
+            see :class:`~mpicoll.aggregation.GradientBuckets`).
 
     Making one is collective: the ranks check that they passed the same parameters.
     """
@@ -78,7 +80,7 @@ class DistributedOptimizer(torch.optim.Optimizer):
                  named_parameters: Iterable[tuple[str, torch.Tensor]] | None = None, *,
                  compressor: Compressor | None = None, backward_passes_per_step: int = 1, op: str = "avg",
                  gradient_predivide_factor: float = 1.0, bucket_bytes: int = 25 << 20, comm: Any = None,
-                 algorithm: str = "auto") -> None:
+                 algorithm: str = "auto", warmup_steps: int = 0) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer) or isinstance(optimizer, DistributedOptimizer):
             raise ArgumentError(f"DistributedOptimizer wraps a torch.optim.Optimizer (not a distributed one), "
                                 f"got {type(optimizer).__name__}")
@@ -88,7 +90,8 @@ class DistributedOptimizer(torch.optim.Optimizer):
         torch.optim.Optimizer.__setstate__(self, {})
         self.compressor, self.backward_passes_per_step = compressor, backward_passes_per_step
         self.op, self.predivide = OPS.get(op, op), float(gradient_predivide_factor)
-        self._settings = {"bucket_bytes": bucket_bytes, "comm": comm, "algorithm": algorithm}
+        self._settings = {"bucket_bytes": bucket_bytes, "comm": comm, "algorithm": algorithm,
+                          "warmup_steps": warmup_steps}
         self._size = as_comm(comm).size
         self._agreement = StepAgreement.of(comm)
         self._plans = 0

@@ -1,0 +1,93 @@
+"""Tables for bench/RESULTS.md from the JSON lines of examples/digits_lr_grid.py and examples/train_charlm.py.
+
+``python -m mpicoll.bench.accuracy_tables digits FILE.jsonl``: final test accuracy, mean and
+range over seeds, per learning rate and method; ``charlm FILE.jsonl``: validation loss and traffic
+against uncompressed Adam; ``tta FILE.jsonl``: time to accuracy, i.e. the training seconds (no
+evaluation) until a run first reaches the uncompressed run's final accuracy (digits) or validation
+loss (charlm), and the speed-up over uncompressed. Reading only: it runs and times nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+
+DIVERGED_BELOW = 0.5  # a final accuracy under 50% on ten classes counts as diverged
+
+
+def load(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def digits(rows: list[dict]) -> str:
+    by = defaultdict(list)
+    for r in rows:
+        by[(r["method"], r["lr"])].append(100 * r["final_accuracy"])
+    lrs = sorted({r["lr"] for r in rows})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    out = ["| method | " + " | ".join(f"lr {lr}" for lr in lrs) + " |", "|---" * (len(lrs) + 1) + "|"]
+    for m in methods:
+        cells = []
+        for lr in lrs:
+            acc = by.get((m, lr), [])
+            if not acc:
+                cells.append("")
+                continue
+            flag = " **diverged**" if min(acc) < 100 * DIVERGED_BELOW else ""
+            cells.append(f"{statistics.mean(acc):.2f} ({min(acc):.2f}-{max(acc):.2f}, n={len(acc)}){flag}")
+        out.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def charlm(rows: list[dict]) -> str:
+    base = next(r for r in rows if r["method"] == "adam")
+    out = ["| method | steps | validation loss (nats/char) | vs Adam | MiB sent per rank | traffic vs Adam |",
+           "|---|---|---|---|---|---|"]
+    for r in rows:
+        name = r["method"]
+        if name == "onebit":
+            name += f" (freeze {r['freeze_step']}" + (f", sign block {r['sign_block']})" if r.get("sign_block")
+                                                       else ", one scale per chunk)")
+        change = 100 * (r["validation_loss"] / base["validation_loss"] - 1)
+        less = base["traffic_bytes"] / max(r["traffic_bytes"], 1)
+        out.append(f"| {name} | {r['steps']} | {r['validation_loss']:.4f} | {change:+.2f}% | "
+                   f"{r['traffic_bytes'] / 2**20:.1f} | {less:.1f}x less |")
+    return "\n".join(out)
+
+
+def time_to_target(rows: list[dict]) -> str:
+    if "accuracy_per_epoch" in rows[0]:
+        base = next(r for r in rows if r["method"] == "none")
+        target, better = base["final_accuracy"], (lambda v, t: v >= t)
+        series = {r["method"]: list(zip(r["train_seconds_per_epoch"], r["accuracy_per_epoch"], strict=True))
+                  for r in rows}
+        unit = f"test accuracy {100 * target:.2f}%"
+    else:
+        base = next(r for r in rows if r["method"] == "adam")
+        target, better = base["validation_loss"], (lambda v, t: v <= t)
+        series = {r["method"]: [(s, v) for _, v, s in r["curve"]] for r in rows}
+        unit = f"validation loss {target:.4f}"
+    times = {m: next((s for s, v in pts if better(v, target)), None) for m, pts in series.items()}
+    ref = times[base["method"]]
+    out = [f"target: the uncompressed run's final {unit}", "", "| method | seconds to target | speed-up |",
+           "|---|---|---|"]
+    for m, t in times.items():
+        out.append(f"| {m} | {'not reached' if t is None else f'{t:.1f}'} | "
+                   f"{'' if t is None or not ref else f'{ref / t:.2f}x'} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("kind", choices=("digits", "charlm", "tta"))
+    parser.add_argument("path")
+    args = parser.parse_args()
+    rows = load(args.path)
+    print({"digits": digits, "charlm": charlm, "tta": time_to_target}[args.kind](rows))
+
+
+if __name__ == "__main__":
+    main()

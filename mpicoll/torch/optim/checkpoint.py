@@ -1,0 +1,31 @@
+"""What the optimizers of this package add to ``state_dict()``, and the world-size check on load.
+
+Residuals and momenta are per rank, and the two-phase residuals are cut into ``p`` chunks: a
+checkpoint restored at another world size would give ranks residuals of the wrong shapes (an
+error on some ranks only, or silently wrong sums). So the saved state names its world size, and
+loading it anywhere else raises the same :class:`~mpicoll.errors.ArgumentError` on every rank
+(every rank loads its own copy of the same checkpoint), before anything is changed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...errors import ArgumentError
+
+STATE_KEY = "mpicoll"
+
+
+def split(state: dict[str, Any], owner: str, size: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``state`` without, and with only, mpicoll's part; refuses another world size or a missing part."""
+    state = dict(state)
+    ours = state.pop(STATE_KEY, None)
+    if ours is None:
+        raise ArgumentError(f"{owner}.load_state_dict: the state has no {STATE_KEY!r} entry (residuals, step, "
+                            f"world size); load a state_dict() saved by {owner}")
+    saved = ours.get("world_size")
+    if saved != size:
+        raise ArgumentError(f"{owner}.load_state_dict: the checkpoint was taken on {saved} ranks, this job has "
+                            f"{size}; residuals and momenta are per rank and cannot be redistributed, so restart "
+                            f"on {saved} ranks (or start the optimizer afresh)")
+    return state, ours

@@ -1,0 +1,158 @@
+"""``OneBitAdam``: Adam whose momentum crosses the wire at one bit per element (Tang et al., 2021).
+
+Two stages, on every rank:
+
+- **warm-up** (steps ``1 .. freeze_step``): plain Adam (``torch.optim.Adam``'s update, L2
+  ``weight_decay`` added to the gradient) on gradients averaged over the ranks, uncompressed;
+- **compression** (after ``freeze_step``): the variance ``v`` is frozen (with its bias correction
+  of step ``freeze_step``); each rank updates its momentum with its *local* gradient,
+  ``m = b1 m + (1 - b1) g``, then the momenta are all-reduced with ``sign`` compression over the
+  two-phase path with error feedback: each rank keeps a residual of its own compression (worker
+  error) and each chunk owner one of its re-compressed sum (server error), as in the paper. The
+  averaged momentum replaces ``m`` on every rank, and ``w -= lr m_hat / (sqrt(v_hat) + eps)``.
+
+**Mask**: elements whose variance is still exactly zero at ``freeze_step`` had a zero gradient
+at every warm-up step (unused embedding rows, say). Sign compression would give them a
+``+-scale`` every step and its residual would accumulate there; they are left out of the
+compressed vector instead, and their momentum stays zero.
+
+All momenta are packed into one flat vector (the mask's elements only), compressed in ``p``
+chunks with one scale per 256 elements by default (``get("sign", block=256)``: 1.125 bits per
+element). One scale per chunk, as in the paper's implementation, mixes layers of very different
+magnitudes: on the char-LM of ``examples/train_charlm.py`` it ended 3.0% above Adam's validation
+loss, against 0.16% with blocks of 256 (bench/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from ...compression import Compressor, get
+from ...errors import ArgumentError
+from ...transport import as_comm
+from . import checkpoint
+from .exchange import compressed_average, dense_average, wrap_compressor
+
+_KEY = "onebit-adam"
+
+
+class OneBitAdam(torch.optim.Optimizer):
+    """1-bit Adam (see the module docstring).
+
+    Args:
+        params: parameters or groups, as for ``torch.optim.Adam``; the same on every rank.
+        lr, betas, eps, weight_decay: as for ``torch.optim.Adam`` (per group; schedulers work).
+        freeze_step: the last warm-up step (uncompressed Adam); compression starts after it.
+        compressor: the momentum codec (default ``get("sign", block=256)``); error feedback is added.
+        comm: the communicator; algorithm: the compressed path (``two_phase``: worker and server
+            error compensation; ``allgather_decode``: worker error only, no second compression).
+
+    ``traffic_bytes`` counts the gradient/momentum bytes this rank has sent (:mod:`.traffic`).
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, *, freeze_step: int = 1000,
+                 compressor: Compressor | None = None, comm: Any = None, algorithm: str = "two_phase") -> None:
+        if lr < 0 or eps < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
+            raise ArgumentError(f"OneBitAdam: lr={lr}, betas={betas}, eps={eps}, weight_decay={weight_decay}; "
+                                f"accepted: lr, eps, weight_decay >= 0 and betas in [0, 1)")
+        if not isinstance(freeze_step, int) or freeze_step < 1:
+            raise ArgumentError(f"OneBitAdam: freeze_step={freeze_step!r}; accepted: an integer >= 1 (the variance "
+                                f"needs at least one uncompressed step)")
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
+        self.compressor = wrap_compressor(get("sign", block=256) if compressor is None else compressor, "OneBitAdam")
+        self.comm, self.algorithm, self.freeze_step = as_comm(comm), algorithm, freeze_step
+        self.steps = 0
+        self.traffic_bytes = 0.0
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the variance is frozen (the next step compresses)."""
+        return self.steps >= self.freeze_step
+
+    def _entries(self) -> list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]:
+        """(group, parameter, gradient with L2 weight decay) for every parameter, zeros for no gradient."""
+        out = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                g = p.grad if p.grad is not None else torch.zeros_like(p)
+                out.append((group, p, g.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else g))
+        return out
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One Adam step: uncompressed until ``freeze_step``, then with 1-bit momentum."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        entries = self._entries()
+        for _, p, _ in entries:
+            state = self.state[p]
+            if not state:
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        self.steps += 1
+        if self.steps <= self.freeze_step:
+            self._warmup_step(entries)
+        else:
+            self._compressed_step(entries)
+        return loss
+
+    def _warmup_step(self, entries: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]) -> None:
+        grads, sent = dense_average([g for _, _, g in entries], self.comm)
+        self.traffic_bytes += sent
+        t = self.steps
+        for (group, p, _), g in zip(entries, grads, strict=True):
+            b1, b2 = group["betas"]
+            state = self.state[p]
+            state["exp_avg"].lerp_(g, 1 - b1)
+            state["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
+            self._update(group, p, t, t)
+
+    def _compressed_step(self, entries: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]) -> None:
+        masks = []
+        for group, p, g in entries:
+            state = self.state[p]
+            if "mask" not in state:  # the same on every rank: v comes from averaged gradients
+                state["mask"] = state["exp_avg_sq"] > 0
+            elif state["mask"].dtype != torch.bool:  # torch's load_state_dict casts state to the parameter's dtype
+                state["mask"] = state["mask"] != 0
+            state["exp_avg"].lerp_(g, 1 - group["betas"][0])
+            masks.append(state["mask"])
+        flat = torch.cat([self.state[p]["exp_avg"][mask] for (_, p, _), mask in zip(entries, masks, strict=True)])
+        averaged, sent = compressed_average(flat.contiguous(), self.compressor, _KEY, self.comm, self.algorithm)
+        self.traffic_bytes += sent
+        offset = 0
+        for (group, p, _), mask in zip(entries, masks, strict=True):
+            m = self.state[p]["exp_avg"]
+            count = int(mask.sum())
+            m.zero_()
+            m[mask] = averaged[offset: offset + count].to(m.dtype)
+            offset += count
+            self._update(group, p, self.steps, self.freeze_step)
+
+    def _update(self, group: dict[str, Any], p: torch.Tensor, t: int, t_variance: int) -> None:
+        """torch.optim.Adam's update, with the variance's bias correction taken at ``t_variance``."""
+        b1, b2 = group["betas"]
+        state = self.state[p]
+        denom = (state["exp_avg_sq"].sqrt() / (1 - b2 ** t_variance) ** 0.5).add_(group["eps"])
+        p.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - b1 ** t))
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state (momenta, frozen variances, masks) plus steps, world size and residuals."""
+        state = super().state_dict()
+        state[checkpoint.STATE_KEY] = {"world_size": self.comm.size, "steps": self.steps,
+                                       "traffic_bytes": self.traffic_bytes,
+                                       "compressor": self.compressor.state_dict()}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; refuses a checkpoint taken at another world size."""
+        rest, ours = checkpoint.split(state_dict, "OneBitAdam", self.comm.size)
+        super().load_state_dict(rest)
+        self.steps, self.traffic_bytes = int(ours["steps"]), float(ours["traffic_bytes"])
+        self.compressor.load_state_dict(ours["compressor"])

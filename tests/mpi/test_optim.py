@@ -1,0 +1,352 @@
+"""DGC and OneBitAdam under real MPI, step by step against single-process references of the same algorithms.
+
+Gradients are set directly to small integers (different on every rank), so that every dense
+average is exact in any summation order; the compressed paths used here add decoded payloads in
+rank order, which the references do too. So the comparisons are bitwise, at every step.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+from mpitools import assert_all, assert_equal_all
+
+torch = pytest.importorskip("torch")
+
+import mpicoll  # noqa: E402
+import mpicoll.torch as mt  # noqa: E402
+from mpicoll import compression  # noqa: E402
+from mpicoll.collectives.partition import even_counts  # noqa: E402
+from mpicoll.compression import ErrorFeedback  # noqa: E402
+from mpicoll.compression.base import Ctx  # noqa: E402
+
+SHAPES = [(6, 5), (5,), (3, 6)]
+
+
+@pytest.fixture(scope="module")
+def comm():
+    torch.set_num_threads(1)
+    with mpicoll.Comm() as c:
+        yield c
+
+
+def initial() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    return [torch.randn(s, generator=g) for s in SHAPES]
+
+
+def grads(step: int, rank: int, zero_rows: bool = False) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1000 * step + rank)
+    out = [torch.randint(-8, 9, s, generator=g).float() for s in SHAPES]
+    if zero_rows:  # an "unused embedding row": its gradient is always zero on every rank
+        out[0][2] = 0
+    return out
+
+
+def run(comm, make, steps: int, lr_schedule=None, zero_rows=False, start=None, state=None):
+    """Train the tensors of :func:`initial` with optimizer ``make(params)``; parameters after every step."""
+    params = [torch.nn.Parameter(p.clone()) for p in (start if start is not None else initial())]
+    opt = make(params)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule) if lr_schedule else None
+    if state is not None:
+        opt.load_state_dict(state[0])
+        if sched is not None:
+            sched.load_state_dict(state[1])
+    history = []
+    first = opt.steps
+    for step in range(first, first + steps):
+        for p, g in zip(params, grads(step, comm.rank, zero_rows), strict=True):
+            p.grad = g.clone()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        history.append([p.detach().clone() for p in params])
+    return history, opt, sched
+
+
+def assert_history(comm, got, want, what):
+    assert_all(comm.mpi, len(got) == len(want), f"{what}: {len(got)} steps, want {len(want)}")
+    for step, (g, w) in enumerate(zip(got, want, strict=True)):
+        for i, (a, b) in enumerate(zip(g, w, strict=True)):
+            assert_equal_all(comm.mpi, a.numpy(), b.numpy(), f"{what}: step {step + 1}, tensor {i}")
+
+
+# ---------------------------------------------------------------------------------------- DGC reference
+def dgc_reference(size, steps, *, lr, momentum, nesterov=False, weight_decay=0.0, codec, dense_steps=0,
+                  warmup=None, masking=True, lr_schedule=None):
+    """p simulated ranks in one process: momentum correction, velocity error feedback, masking."""
+    params = initial()
+    u = [[None] * len(params) for _ in range(size)]
+    efs = [ErrorFeedback(codec()) for _ in range(size)]
+    history = []
+    for step in range(steps):
+        rate = lr * (lr_schedule(step) if lr_schedule else 1.0)
+        if warmup is not None:
+            for ef in efs:
+                ef.inner.ratio = warmup(step)
+        sends = []
+        for r in range(size):
+            mine = []
+            for i, (p, g) in enumerate(zip(params, grads(step, r), strict=True)):
+                d = g.add(p, alpha=weight_decay) if weight_decay else g.clone()
+                u[r][i] = d.clone() if u[r][i] is None else u[r][i].mul_(momentum).add_(d)
+                mine.append(d.add(u[r][i], alpha=momentum) if nesterov else u[r][i].clone())
+            sends.append(mine)
+        for i, p in enumerate(params):
+            total = np.zeros(p.numel(), dtype=np.float32)
+            for r in range(size):
+                if step < dense_steps:
+                    total += sends[r][i].numpy().reshape(-1)
+                    continue
+                payload, ctx = efs[r].compress(sends[r][i].numpy(), key=("dgc", i))
+                total += efs[r].decompress(payload, ctx).reshape(-1)
+                if masking and efs[r].kind == "sparse":
+                    idx, _ = efs[r].sparse_parts(payload, ctx)
+                    u[r][i].view(-1)[torch.from_numpy(idx.astype(np.int64))] = 0
+            total /= np.float32(size)
+            p.add_(torch.from_numpy(total).reshape(p.shape), alpha=-rate)
+        history.append([p.clone() for p in params])
+    return history
+
+
+def test_dgc_topk_warmup_nesterov_matches_reference(comm):
+    size, steps = comm.size, 7
+    dgc = dict(warmup_steps=4, warmup_density=0.5, warmup_stages=2)
+    make = lambda ps: mt.DGC(ps, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01,  # noqa: E731
+                             compressor=compression.get("topk", ratio=0.1), min_compress_numel=0, comm=comm,
+                             algorithm="sparse_allgather", **dgc)
+    got, opt, _ = run(comm, make, steps)
+    densities = [opt.density(s) for s in range(steps)]
+    assert_all(comm.mpi, densities[:2] == [0.5, 0.5] and abs(densities[2] - 0.5 * (0.2) ** 0.5) < 1e-12
+               and densities[4:] == [0.1] * 3, f"sparsity schedule {densities}")
+    want = dgc_reference(size, steps, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01,
+                         codec=lambda: compression.get("topk", ratio=0.1), warmup=opt.density)
+    assert_history(comm, got, want, "DGC top-k")
+
+
+def test_dgc_sign_dense_warmup_boundary_and_scheduler(comm):
+    size, steps = comm.size, 6
+    schedule = lambda s: 1.0 / (1 + s)  # noqa: E731
+    make = lambda ps: mt.DGC(ps, lr=0.25, momentum=0.5, compressor=compression.get("sign"), dense_steps=3,  # noqa: E731
+                             min_compress_numel=0, comm=comm, algorithm="allgather_decode")
+    got, _, _ = run(comm, make, steps, lr_schedule=schedule)
+    want = dgc_reference(size, steps, lr=0.25, momentum=0.5, codec=lambda: compression.get("sign"),
+                         dense_steps=3, lr_schedule=schedule)
+    assert_history(comm, got, want, "DGC sign")
+    sgd_params = [torch.nn.Parameter(p.clone()) for p in initial()]  # the dense steps are momentum SGD
+    sgd = torch.optim.SGD(sgd_params, lr=0.25, momentum=0.5)
+    sched = torch.optim.lr_scheduler.LambdaLR(sgd, schedule)
+    for step in range(3):
+        rank_grads = [grads(step, r) for r in range(size)]
+        for i, p in enumerate(sgd_params):
+            p.grad = sum(g[i] for g in rank_grads) / size
+        sgd.step()
+        sched.step()
+        for i, p in enumerate(sgd_params):  # averaging momenta or gradients: equal up to rounding of / p
+            assert_all(comm.mpi, torch.allclose(p.detach(), got[step][i], rtol=1e-6, atol=1e-7),
+                       f"SGD step {step + 1} tensor {i}")
+
+
+def test_dgc_none_is_momentum_sgd_on_averaged_gradients(comm):
+    size = comm.size
+    make = lambda ps: mt.DGC(ps, lr=0.1, momentum=0.9, nesterov=True, compressor=compression.get("none"),  # noqa: E731
+                             comm=comm)
+    got, _, _ = run(comm, make, 4)
+    ref = [torch.nn.Parameter(p.clone()) for p in initial()]
+    sgd = torch.optim.SGD(ref, lr=0.1, momentum=0.9, nesterov=True, foreach=False)
+    for step in range(4):
+        for i, p in enumerate(ref):
+            p.grad = sum(g[i] for g in (grads(step, r) for r in range(size))) / size
+        sgd.step()
+    for i, p in enumerate(ref):
+        assert_all(comm.mpi, torch.allclose(p.detach(), got[-1][i], rtol=1e-5, atol=1e-6),
+                   f"tensor {i} differs from SGD")
+
+
+# ---------------------------------------------------------------------------------- OneBitAdam reference
+def two_phase_mean(efs, xs, key):
+    """The two-phase compressed average of ``xs`` (one per simulated rank) with worker and server EF."""
+    size, n = len(xs), xs[0].size
+    counts = even_counts(n, size)
+    starts = np.cumsum([0, *counts])
+    chunks = [[efs[r].compress(xs[r][starts[j]: starts[j + 1]], key=(key, "chunk", j)) for j in range(size)]
+              for r in range(size)]
+    out = np.zeros(n, dtype=np.float32)
+    for j in range(size):
+        total = np.zeros(counts[j], dtype=np.float32)
+        for r in range(size):
+            payload = chunks[r][j][0]
+            total += efs[j].decompress(payload, chunks[j][j][1]).astype(np.float32)
+        payload, owner = efs[j].compress(total, key=(key, "owner"))
+        out[starts[j]: starts[j + 1]] = efs[j].decompress(payload, Ctx((counts[j],), total.dtype, owner.key,
+                                                                         owner.step, owner.device))
+    out /= np.float32(size)
+    return out
+
+
+def onebit_reference(size, steps, *, lr, betas, eps, freeze, zero_rows):
+    params = initial()
+    b1, b2 = betas
+    m = [[torch.zeros_like(p) for p in params] for _ in range(size)]
+    v = [torch.zeros_like(p) for p in params]
+    efs = [ErrorFeedback(compression.get("sign", block=256)) for _ in range(size)]
+    history = []
+    for t in range(1, steps + 1):
+        rank_grads = [grads(t - 1, r, zero_rows) for r in range(size)]
+        if t <= freeze:
+            for i in range(len(params)):
+                g = sum(rg[i] for rg in rank_grads) / size
+                for r in range(size):
+                    m[r][i].lerp_(g, 1 - b1)
+                v[i].mul_(b2).addcmul_(g, g, value=1 - b2)
+            tv = t
+        else:
+            masks = [vi > 0 for vi in v]
+            flats = []
+            for r in range(size):
+                for i in range(len(params)):
+                    m[r][i].lerp_(rank_grads[r][i], 1 - b1)
+                flats.append(torch.cat([m[r][i][masks[i]] for i in range(len(params))]).numpy())
+            mean = torch.from_numpy(two_phase_mean(efs, flats, "onebit-adam"))
+            for r in range(size):
+                offset = 0
+                for i in range(len(params)):
+                    count = int(masks[i].sum())
+                    m[r][i].zero_()
+                    m[r][i][masks[i]] = mean[offset: offset + count]
+                    offset += count
+            tv = freeze
+        for i, p in enumerate(params):
+            denom = (v[i].sqrt() / (1 - b2 ** tv) ** 0.5).add_(eps)
+            p.addcdiv_(m[0][i], denom, value=-lr / (1 - b1 ** t))
+        history.append([p.clone() for p in params])
+    return history
+
+
+def test_onebit_adam_matches_reference_with_mask(comm):
+    make = lambda ps: mt.OneBitAdam(ps, lr=0.01, freeze_step=3, comm=comm)  # noqa: E731
+    got, opt, _ = run(comm, make, 7, zero_rows=True)
+    want = onebit_reference(comm.size, 7, lr=0.01, betas=(0.9, 0.999), eps=1e-8, freeze=3, zero_rows=True)
+    assert_history(comm, got, want, "OneBitAdam")
+    frozen_row = got[-1][0][2]
+    assert_equal_all(comm.mpi, frozen_row.numpy(), initial()[0][2].numpy(), "masked row (always-zero gradient)")
+    assert_all(comm.mpi, bool((opt.state[opt.param_groups[0]["params"][0]]["exp_avg"][2] == 0).all()),
+               "masked momentum stays zero")
+
+
+def test_onebit_adam_warmup_is_adam(comm):
+    size = comm.size
+    got, _, _ = run(comm, lambda ps: mt.OneBitAdam(ps, lr=0.01, weight_decay=0.1, freeze_step=10, comm=comm), 4)
+    ref = [torch.nn.Parameter(p.clone()) for p in initial()]
+    adam = torch.optim.Adam(ref, lr=0.01, weight_decay=0.1, foreach=False)
+    for step in range(4):
+        for i, p in enumerate(ref):
+            p.grad = sum(g[i] for g in (grads(step, r) for r in range(size))) / size
+        adam.step()
+        for i, p in enumerate(ref):
+            assert_all(comm.mpi, torch.allclose(p.detach(), got[step][i], rtol=1e-6, atol=1e-7),
+                       f"step {step + 1} tensor {i} differs from torch.optim.Adam")
+
+
+# ------------------------------------------------------------------------------- checkpoints, world size
+MAKERS = {
+    "dgc-topk": lambda comm: lambda ps: mt.DGC(ps, lr=0.05, compressor=compression.get("topk", ratio=0.2),
+                                               warmup_steps=4, min_compress_numel=0, comm=comm),
+    "dgc-qsgd": lambda comm: lambda ps: mt.DGC(ps, lr=0.05, compressor=compression.get("qsgd"), dense_steps=1,
+                                               comm=comm),
+    "onebit": lambda comm: lambda ps: mt.OneBitAdam(ps, lr=0.01, freeze_step=2, comm=comm),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MAKERS))
+def test_checkpoint_round_trip_mid_run(comm, name):
+    make, schedule = MAKERS[name](comm), (lambda s: 0.9 ** s)
+    straight, _, _ = run(comm, make, 7, lr_schedule=schedule)
+    first, opt, sched = run(comm, make, 3, lr_schedule=schedule)
+    saved = (copy.deepcopy(opt.state_dict()), copy.deepcopy(sched.state_dict()))
+    resumed, opt2, _ = run(comm, make, 4, lr_schedule=schedule, start=first[-1], state=saved)
+    assert_all(comm.mpi, opt2.steps == 7, f"steps after resume: {opt2.steps}")
+    assert_history(comm, first + resumed, straight, f"{name} resumed")
+
+
+@pytest.mark.parametrize("name", sorted(MAKERS))
+def test_checkpoint_from_another_world_size_is_refused(comm, name):
+    _, opt, _ = run(comm, MAKERS[name](comm), 3)
+    state = opt.state_dict()
+    state["mpicoll"]["world_size"] = comm.size + 1
+    before = [p.detach().clone() for p in opt.param_groups[0]["params"]]
+    with pytest.raises(mpicoll.ArgumentError, match="ranks"):
+        opt.load_state_dict(state)
+    assert_all(comm.mpi, opt.steps == 3 and all(torch.equal(a, b) for a, b in
+                                            zip(before, opt.param_groups[0]["params"], strict=True)),
+               "a refused load changed the optimizer")
+
+
+# ------------------------------------------------------------------------------------------ arguments
+def test_bad_arguments_are_refused(comm):
+    ps = [torch.nn.Parameter(torch.zeros(3))]
+    with pytest.raises(mpicoll.UnsupportedError, match="low-rank"):
+        mt.DGC(ps, lr=0.1, compressor=compression.get("powersgd"), comm=comm)
+    with pytest.raises(mpicoll.ArgumentError, match="dense_steps"):
+        mt.DGC(ps, lr=0.1, compressor=compression.get("sign"), warmup_steps=10, comm=comm)
+    with pytest.raises(mpicoll.ArgumentError, match="momentum"):
+        mt.DGC(ps, lr=0.1, momentum=1.5, comm=comm)
+    with pytest.raises(mpicoll.ArgumentError, match="freeze_step"):
+        mt.OneBitAdam(ps, freeze_step=0, comm=comm)
+    with pytest.raises(mpicoll.ArgumentError, match="no 'mpicoll' entry"):
+        mt.OneBitAdam(ps, comm=comm).load_state_dict(torch.optim.Adam(ps).state_dict())
+
+
+def test_hook_state_dense_warmup():
+    sign = ErrorFeedback(compression.get("sign"))
+    assert mt.HookState(sign, warmup_steps=10).compress_from == 10
+    assert mt.HookState(sign).compress_from == 2  # DDP's bucket rebuild still comes first
+    with pytest.raises(mpicoll.ArgumentError, match="warmup_steps"):
+        mt.HookState(sign, warmup_steps=-3)
+
+
+def test_dgc_local_gradient_clipping(comm):
+    size, limit = comm.size, 5.0
+    make = lambda ps: mt.DGC(ps, lr=0.1, momentum=0.9, compressor=compression.get("none"), clip_norm=limit,  # noqa: E731
+                             comm=comm)
+    got, _, _ = run(comm, make, 3)
+    ref = [torch.nn.Parameter(p.clone()) for p in initial()]
+    sgd = torch.optim.SGD(ref, lr=0.1, momentum=0.9, foreach=False)
+    for step in range(3):
+        clipped = []
+        for r in range(size):  # each rank clips its own gradients to limit / sqrt(p), as in the paper
+            local = grads(step, r)
+            norm = float(torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in local])))
+            coef = min(1.0, limit / size ** 0.5 / (norm + 1e-6))
+            clipped.append([g * coef for g in local])
+        for i, p in enumerate(ref):
+            p.grad = sum(c[i] for c in clipped) / size
+        sgd.step()
+        for i, p in enumerate(ref):
+            assert_all(comm.mpi, torch.allclose(p.detach(), got[step][i], rtol=1e-5, atol=1e-6),
+                       f"step {step + 1} tensor {i}")
+
+
+def test_distributed_optimizer_dense_warmup(comm):
+    params = [torch.nn.Parameter(p.clone()) for p in initial()]
+    ef = ErrorFeedback(compression.get("sign"))
+    opt = mt.DistributedOptimizer(torch.optim.SGD(params, lr=0.1), [(f"p{i}", p) for i, p in enumerate(params)],
+                                  compressor=ef, comm=comm, warmup_steps=2)
+    for step in range(3):
+        opt.zero_grad()
+        loss = sum((p * g).sum() for p, g in zip(params, grads(step, comm.rank), strict=True))
+        loss.backward()
+        opt.step()
+        assert_all(comm.mpi, bool(ef.residuals) == (step == 2), f"step {step + 1}: residuals {list(ef.residuals)}")
+    opt.remove_hooks()
+
+
+def test_hook_state_refuses_another_world_size(comm):
+    state = mt.HookState(ErrorFeedback(compression.get("sign")), comm=comm)
+    saved = state.state_dict()
+    state.load_state_dict(saved)  # same size: fine
+    saved["world_size"] = comm.size + 2
+    with pytest.raises(mpicoll.ArgumentError, match="ranks"):
+        state.load_state_dict(saved)
