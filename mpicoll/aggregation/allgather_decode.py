@@ -26,7 +26,7 @@ from ..collectives.partition import displacements
 from ..collectives.registry import register
 from ..compression import Compressor
 from ..transport import Comm
-from .path import Parts, Path, Prepared
+from .path import Parts, Path, Prepared, acc_dtype
 
 ROUND_BYTES = 64 << 10
 """Bytes that cost as much as one extra message round: latency x bandwidth of the links measured
@@ -55,27 +55,36 @@ def prefer_single_pass(payload_bytes: int, size: int) -> bool:
 class AllgatherDecode(Path):
     """Compress once, allgather every rank's payload, decode and add them in rank order."""
 
-    def prepare(self, comm: Comm, x: Any, compressor: Compressor, key: Hashable, parts: Parts = None) -> Prepared:
+    def prepare(self, comm: Comm, x: Any, compressor: Compressor, key: Hashable, parts: Parts = None,
+                average: bool = False) -> Prepared:
         payload, ctx = compressor.compress(x, key)
-        return Prepared(compressor, ctx, payload=payload)
+        return Prepared(compressor, ctx, payload=payload, average=average)
 
     def run(self, comm: Comm, prepared: Prepared) -> Any:
-        payload = prepared.payload
+        ctx, compressor, payload = prepared.ctx, prepared.compressor, prepared.payload
         sizes = allgather(np.array([payload.size], dtype=np.int64), comm=comm).reshape(-1)
+        bound = compressor.payload_bound(ctx)
+        if ((sizes < 0) | (sizes > bound)).any():  # every rank sees the same sizes: all skip the gather together
+            bad = np.flatnonzero((sizes < 0) | (sizes > bound)).tolist()
+            prepared.errors.append(("PayloadError", f"ranks {bad} announced payloads of {sizes[bad].tolist()} bytes, "
+                                    f"outside what any {compressor.name} payload of this tensor can be "
+                                    f"(0-{bound} bytes)"))
+            return np.zeros(ctx.numel, dtype=acc_dtype(ctx.dtype)).reshape(ctx.shape)
         gathered = allgather(payload, counts=sizes, comm=comm)
-        return decode_sum(prepared, gathered, sizes)
+        return prepared.mean(decode_sum(prepared, gathered, sizes), comm.size)
 
 
 def decode_sum(prepared: Prepared, gathered: Any, sizes: Any) -> Any:
     """Decode the ``p`` payloads packed in ``gathered`` (``sizes`` bytes each) and add them in rank
-    order; a malformed payload is recorded in ``prepared`` and counts as zeros."""
+    order, in :func:`~.path.acc_dtype`; a malformed payload is recorded in ``prepared`` (every rank
+    raises after the protocol) and counts as zeros."""
     ctx, compressor = prepared.ctx, prepared.compressor
-    total = np.zeros(ctx.numel, dtype=np.float64 if ctx.dtype == np.float64 else np.float32)
+    total = np.zeros(ctx.numel, dtype=acc_dtype(ctx.dtype))
     for rank, (start, size) in enumerate(zip(displacements(sizes), sizes, strict=True)):
-        decoded = prepared.decode(f"rank {rank}'s payload", compressor.decompress, gathered[start: start + size], ctx)
+        decoded = prepared.guard(f"rank {rank}'s payload", compressor.decompress, gathered[start: start + size], ctx)
         if decoded is not None:
             total += decoded.reshape(-1).astype(total.dtype, copy=False)
-    return total.astype(ctx.dtype, copy=False).reshape(ctx.shape)
+    return total.reshape(ctx.shape)
 
 
 register("compressed_allreduce", "allgather_decode")(AllgatherDecode())

@@ -179,10 +179,10 @@ def two_phase_mean(efs, xs, key):
         for r in range(size):
             payload = chunks[r][j][0]
             total += efs[j].decompress(payload, chunks[j][j][1]).astype(np.float32)
+        total /= np.float32(size)  # the owner averages before it compresses again (float16 stays in range)
         payload, owner = efs[j].compress(total, key=(key, "owner"))
         out[starts[j]: starts[j + 1]] = efs[j].decompress(payload, Ctx((counts[j],), total.dtype, owner.key,
                                                                          owner.step, owner.device))
-    out /= np.float32(size)
     return out
 
 
