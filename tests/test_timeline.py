@@ -116,3 +116,37 @@ def test_a_dying_job_leaves_per_rank_files(tmp_path):
     assert result.returncode != 0
     kept = json.loads((tmp_path / "trace.json.rank1.json").read_text())["traceEvents"]
     assert any(e.get("cat") == "collective" and e["name"] == "allreduce" for e in kept)
+
+
+DDP_JOB = textwrap.dedent("""
+    import torch
+    import torch.distributed as dist
+    import mpicoll.torch as mt
+    from mpicoll import compression
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    dist.init_process_group("mpicoll")
+    net = torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.ReLU(), torch.nn.Linear(64, 5))
+    ddp = torch.nn.parallel.DistributedDataParallel(net, bucket_cap_mb=0.004)
+    ddp.register_comm_hook(mt.HookState(compression.get("fp16")), mt.allreduce_hook)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(dist.get_rank())
+    for step in range(3):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(ddp(torch.randn(8, 20, generator=g)), torch.randint(0, 5, (8,),
+                                          generator=g)).backward()
+        opt.step()
+    dist.destroy_process_group()
+""")
+
+
+def test_ddp_hook_buckets_are_recorded(tmp_path):
+    script, path = tmp_path / "ddp.py", tmp_path / "trace.json"
+    script.write_text(DDP_JOB)
+    result = run_ranks(2, [str(script)], tmp_path, timeout=600, extra_env={"MPICOLL_TIMELINE": str(path)})
+    assert result.returncode == 0, result.stdout
+    events = json.loads(path.read_text())["traceEvents"]
+    spans = {(e["pid"], e["args"]["step"]) for e in events if e.get("cat") == "bucket" and e["ph"] == "X"}
+    assert spans == {(r, s) for r in range(2) for s in range(3)}
+    assert all(e["args"]["ddp"] for e in events if e.get("cat") == "bucket" and e["ph"] == "X")

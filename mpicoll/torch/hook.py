@@ -13,11 +13,13 @@ uncompressed and no residual can belong to a bucket layout that is about to chan
 
 # No `from __future__ import annotations` here: DDP checks the hook's annotations as objects.
 import math
+import threading
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from .. import timeline
 from ..aggregation import compressed_iallreduce
 from ..collectives import iallreduce
 from ..collectives.nonblocking import Handle
@@ -94,6 +96,8 @@ def allreduce_hook(state: "HookState | None", bucket: dist.GradBucket) -> torch.
     state = state if state is not None else HookState()
     buffer = bucket.buffer()
     array = as_array(buffer)
+    launched, step, index = timeline.now_ns(), state.iteration, bucket.index()
+    timeline.instant(f"bucket {index} ready", "bucket", bucket=index, step=step)
     if state.compressor is None or state.iteration < state.compress_from:
         handle = iallreduce(array, "avg", algorithm=state.algorithm, comm=state.comm, out=array)
     else:
@@ -107,5 +111,10 @@ def allreduce_hook(state: "HookState | None", bucket: dist.GradBucket) -> torch.
     # devices=: torch then tracks CUDA streams for the result (the engine synchronized the device)
     future: torch.futures.Future[torch.Tensor] = torch.futures.Future(
         devices=[buffer.device] if buffer.is_cuda else None)
+    if timeline.recording():  # DDP hands a bucket over as soon as it is ready: launch = ready
+        tid = threading.get_native_id()
+        handle.add_done_callback(lambda h: timeline.complete(
+            f"bucket {index}", "bucket", launched, timeline.now_ns(), tid=tid, bucket=index, step=step,
+            bytes=int(buffer.nbytes), ddp=True))
     handle.add_done_callback(lambda h: _complete(future, h, buffer, array))
     return future
