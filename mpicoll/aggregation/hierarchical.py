@@ -37,6 +37,7 @@ class HierarchicalPath(Path):
 
         shape, work, key = prepared.parts
         total = np.empty_like(work)
+        commits = []  # the shards' deferred state updates: the API runs them once every rank succeeded
 
         def cross(cross_comm: Comm, piece: Any, shard: int) -> None:
             inner = get_algorithm("compressed_allreduce", choose_path(prepared.compressor, piece, cross_comm))
@@ -47,9 +48,18 @@ class HierarchicalPath(Path):
                 part = inner.prepare(cross_comm, np.zeros_like(piece), prepared.compressor, shard_key)
             piece[...] = inner.run(cross_comm, part)
             prepared.errors.extend(part.errors)
+            if part.commit is not None:
+                commits.append(part.commit)
 
         run_hierarchical(comm, work, total, get_op("sum"), cross)
+        if commits:
+            prepared.commit = lambda: _run_all(commits)
         return prepared.mean(total, comm.size).reshape(shape)
+
+
+def _run_all(steps: list) -> None:
+    for step in steps:
+        step()
 
 
 register("compressed_allreduce", "hierarchical")(HierarchicalPath())
