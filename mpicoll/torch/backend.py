@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from mpi4py import MPI
 
-from ..errors import ArgumentError
+from ..errors import ArgumentError, UnsupportedError
 from ..transport import Comm
 from . import alltoall as exchange
 from . import collectives as coll
@@ -193,8 +193,15 @@ class ProcessGroup(dist.ProcessGroup):
             self.p2p.free()
 
     def abort(self) -> None:
-        """Abandon the group: ends the whole MPI job, the only way to stop peers stuck in a collective."""
-        MPI.COMM_WORLD.Abort(1)
+        """Refused: MPI cannot cancel a started collective and carry on (torch's abort expects that).
+
+        Raises:
+            UnsupportedError: always. A job stuck in a collective is ended by mpicoll's watchdog
+                (``MPICOLL_TIMEOUT``), which names the stuck rank and calls ``MPI_Abort``.
+        """
+        raise UnsupportedError("abort: the mpicoll backend cannot cancel started collectives (MPI has no way to); "
+                               "destroy_process_group() ends the group cleanly, and MPICOLL_TIMEOUT=<seconds> makes "
+                               "a stuck job end with the name of the rank it waits for")
 
     def __repr__(self) -> str:
         return f"<mpicoll ProcessGroup rank {self.comm.rank} of {self.comm.size}>"
