@@ -1,10 +1,11 @@
 """The collectives of the mpicoll backend: torch's arguments in, mpicoll's collectives, a Work out.
 
-Each function checks torch's arguments on the caller's thread (a bad call raises there, on the
-rank that made it, as with gloo), builds one *job* (run the collective on a communicator, copy
-results back, return the output tensors) and hands it to :func:`~mpicoll.torch.work.run`:
-inline for a blocking call, on the progress engine for ``async_op=True``. Across ranks, mpicoll's
-own argument check (``MPICOLL_VALIDATE``) raises a mismatch on every rank instead of hanging.
+Each function checks torch's arguments on the caller's thread and builds one *job* (run the
+collective on a communicator, copy results back, return the output tensors), which
+:func:`~mpicoll.torch.work.launch` runs inline for a blocking call or on the progress engine
+for ``async_op=True``. A check that fails on one rank raises there and, through mpicoll's
+argument exchange (``MPICOLL_VALIDATE``), a :class:`~mpicoll.PeerError` on the others; ranks that
+disagree (sizes, dtypes, ops) get a :class:`~mpicoll.MismatchError` everywhere: nothing hangs.
 Data-moving collectives see tensors as bytes (any dtype); reductions use
 :mod:`~mpicoll.torch.buffers` for their working dtype. gather, scatter and all-to-all live in
 :mod:`~mpicoll.torch.alltoall`.
@@ -48,6 +49,7 @@ def collective(description: str, mpicoll_name: str) -> Callable[[Callable[..., P
         return start
     return decorate
 
+
 _RED = dist.ReduceOp.RedOpType
 _OPS = {_RED.SUM: "sum", _RED.AVG: "avg", _RED.PRODUCT: "prod", _RED.MIN: "min", _RED.MAX: "max",
         _RED.BAND: "band", _RED.BOR: "bor", _RED.BXOR: "bxor"}
@@ -70,6 +72,7 @@ def _op(opts: Any, where: str) -> str:
 
 
 def one_tensor(tensors: Sequence[torch.Tensor], where: str) -> torch.Tensor:
+    """The single tensor of torch's per-process list (one device per process, as torch now requires)."""
     if isinstance(tensors, torch.Tensor):
         return tensors
     if len(tensors) != 1:
@@ -79,6 +82,7 @@ def one_tensor(tensors: Sequence[torch.Tensor], where: str) -> torch.Tensor:
 
 
 def per_rank(tensors: Sequence[torch.Tensor], size: int, where: str) -> list[torch.Tensor]:
+    """A list with one tensor per rank of the group, or an :class:`~mpicoll.ArgumentError`."""
     if len(tensors) != size:
         raise ArgumentError(f"{where}: expected one tensor per rank ({size}), got {len(tensors)}")
     return list(tensors)
