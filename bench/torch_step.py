@@ -5,7 +5,9 @@ side by side: rounds interleave the variants, and each reports the median over r
 step time (forward, backward, gradient all-reduce, optimizer step). Variants:
 
 - ``ddp-gloo``: ``DistributedDataParallel`` with its built-in gloo all-reduce (the baseline);
-- ``ddp-mpicoll``: the same DDP with mpicoll's communication hook (``--compressor`` optional);
+- ``ddp-on-mpicoll``: stock DDP on the ``"mpicoll"`` torch.distributed backend (only the backend
+  string differs from ``ddp-gloo``; its process group is ``new_group(backend="mpicoll")``);
+- ``ddp-mpicoll``: the gloo DDP with mpicoll's communication hook (``--compressor`` optional);
 - ``optimizer``: no DDP, :class:`mpicoll.torch.DistributedOptimizer` (``--compressor`` optional).
 
 Needs torch (``pip install 'mpicoll[torch]'``); it is the only benchmark that imports it.
@@ -66,6 +68,8 @@ def _variants(args: argparse.Namespace, torch: Any, mt: Any) -> dict[str, Callab
 
     ddp = {"bucket_cap_mb": args.bucket_mb}
     gloo = torch.nn.parallel.DistributedDataParallel(mlp(), **ddp)
+    backend = torch.nn.parallel.DistributedDataParallel(
+        mlp(), process_group=torch.distributed.new_group(backend="mpicoll"), **ddp)
     hooked = torch.nn.parallel.DistributedDataParallel(mlp(), **ddp)
     hooked.register_comm_hook(mt.HookState(_compressor(args.compressor)), mt.allreduce_hook)
     plain = mlp()
@@ -74,6 +78,7 @@ def _variants(args: argparse.Namespace, torch: Any, mt: Any) -> dict[str, Callab
                                       bucket_bytes=int(args.bucket_mb * 2**20))
     suffix = "" if args.compressor == "none" else f" {args.compressor}"
     return {"ddp-gloo": stepper(gloo, torch.optim.SGD(gloo.parameters(), lr=0.01)),
+            "ddp-on-mpicoll": stepper(backend, torch.optim.SGD(backend.parameters(), lr=0.01)),
             f"ddp-mpicoll{suffix}": stepper(hooked, torch.optim.SGD(hooked.parameters(), lr=0.01)),
             f"optimizer{suffix}": stepper(plain, wrapped)}
 
@@ -85,7 +90,7 @@ def run_torch_step(args: argparse.Namespace, comm: Comm) -> int:
     import mpicoll.torch as mt
 
     torch.set_num_threads(1)
-    mt.init_process_group()
+    mt.init_process_group("gloo")  # the baseline's default group; the mpicoll backend gets its own group
     variants = _variants(args, torch, mt)
     params = sum(p.numel() for p in torch.nn.Linear(64, args.hidden).parameters()) + \
         (args.layers - 1) * (args.hidden * args.hidden + args.hidden) + args.hidden * 10 + 10

@@ -119,7 +119,7 @@ class Engine:
         self._queue.put((handle, work, config.as_dict(), like, timeline.now_ns()))
         return handle
 
-    def run_now(self, description: str, work: Callable[[Comm], Any]) -> Any:
+    def run_now(self, description: str, work: Callable[[Comm], Any], like: Any = None) -> Any:
         """Run ``work`` in order after everything submitted before: on the caller's thread when the
         engine has nothing queued or running (no hand-off, MPI's own waits), else queued and waited for."""
         if threading.current_thread() is self._thread:  # from a callback of a finishing collective
@@ -128,8 +128,10 @@ class Engine:
             with self._count:
                 idle = self._pending == 0
             if idle:
-                return work(self.comm)
-        return self.submit(description, work).wait()
+                result = work(self.comm)
+                synchronize(like)  # as the engine does: GPU results complete on return
+                return result
+        return self.submit(description, work, like).wait()
 
     def _run(self) -> None:
         patient_waits()  # leave the cores to the caller's compute while waiting on the network
@@ -199,18 +201,19 @@ def start(comm: Any, description: str, work: Callable[[Comm], Any], like: Any = 
     return handle
 
 
-def run_in_order(comm: Any, description: str, work: Callable[[Comm], Any]) -> Any:
+def run_in_order(comm: Any, description: str, work: Callable[[Comm], Any], like: Any = None) -> Any:
     """Run the blocking ``work(c)`` in order with the non-blocking collectives started before it on
     ``comm``, on the same communicator as they, so that a blocking call on one rank meets the
     matching non-blocking call of another (as in MPI, where both share one communicator).
 
     It runs on the caller's thread when nothing is queued (the common case: no hand-off), else
-    behind the queued collectives, and returns ``work``'s result (or raises its error).
+    behind the queued collectives, and returns ``work``'s result (or raises its error). ``like``:
+    the input array, whose GPU work is synchronized before returning.
     """
     engine = engine_of(comm)
     if engine is None:
         return work(as_comm(comm))
-    return engine.run_now(description, work)
+    return engine.run_now(description, work, like)
 
 
 def wait_all(handles: list[Handle], timeout: float | None = None) -> list[Any]:

@@ -14,7 +14,8 @@ asynchronous one (``async_op=True``, and every call from DDP's C++ side) runs on
 mpicoll's progress engine and returns a :class:`~mpicoll.torch.work.Work` whose future completes
 when the collective does, so DDP overlaps its bucket all-reduces with the backward pass.
 ``new_group`` and ``new_subgroups`` get MPI sub-communicators (``MPI_Comm_create_group``: only
-the members take part). The collectives themselves live in :mod:`mpicoll.torch.collectives`.
+the members take part). The collectives themselves live in :mod:`mpicoll.torch.collectives` and
+:mod:`mpicoll.torch.alltoall`, point-to-point in :mod:`mpicoll.torch.point_to_point`.
 
 Rank ``r`` of torch's world must be rank ``r`` of ``MPI.COMM_WORLD``; the rendezvous of
 :mod:`mpicoll.torch.rendezvous` makes it so, and a mismatch (e.g. under ``torchrun``) is refused.
@@ -29,8 +30,9 @@ import torch
 import torch.distributed as dist
 from mpi4py import MPI
 
-from ..errors import ArgumentError
+from ..errors import ArgumentError, UnsupportedError
 from ..transport import Comm
+from . import alltoall as exchange
 from . import collectives as coll
 from . import point_to_point
 from .work import Work, finished
@@ -140,17 +142,17 @@ class ProcessGroup(dist.ProcessGroup):
     def gather(self, output_tensors: list[list[torch.Tensor]], input_tensors: list[torch.Tensor],
                opts: Any = None) -> Work:
         """``gather`` to ``opts.rootRank`` (an :func:`mpicoll.alltoall` with counts)."""
-        return coll.gather(self.comm, output_tensors, input_tensors, coll.options(opts))
+        return exchange.gather(self.comm, output_tensors, input_tensors, coll.options(opts))
 
     def scatter(self, output_tensors: list[torch.Tensor], input_tensors: list[list[torch.Tensor]],
                 opts: Any = None) -> Work:
         """``scatter`` from ``opts.rootRank`` (an :func:`mpicoll.alltoall` with counts)."""
-        return coll.scatter(self.comm, output_tensors, input_tensors, coll.options(opts))
+        return exchange.scatter(self.comm, output_tensors, input_tensors, coll.options(opts))
 
     def all_to_all_single(self, output: torch.Tensor, input: torch.Tensor, output_split_sizes: list[int],
                           input_split_sizes: list[int], opts: Any = None) -> Work:
         """``all_to_all_single``, with or without split sizes (rows of dimension 0)."""
-        return coll.alltoall_single(self.comm, output, input, list(output_split_sizes), list(input_split_sizes),
+        return exchange.alltoall_single(self.comm, output, input, list(output_split_sizes), list(input_split_sizes),
                                     coll.options(opts))
 
     alltoall_base = all_to_all_single
@@ -158,7 +160,7 @@ class ProcessGroup(dist.ProcessGroup):
     def alltoall(self, output_tensors: list[torch.Tensor], input_tensors: list[torch.Tensor],
                  opts: Any = None) -> Work:
         """``all_to_all`` of tensor lists (any sizes)."""
-        return coll.alltoall_list(self.comm, output_tensors, input_tensors, coll.options(opts))
+        return exchange.alltoall_list(self.comm, output_tensors, input_tensors, coll.options(opts))
 
     def barrier(self, opts: Any = None) -> Work:
         """``barrier``: returns once every rank of the group has reached it."""
@@ -191,8 +193,15 @@ class ProcessGroup(dist.ProcessGroup):
             self.p2p.free()
 
     def abort(self) -> None:
-        """Abandon the group: ends the whole MPI job, the only way to stop peers stuck in a collective."""
-        MPI.COMM_WORLD.Abort(1)
+        """Refused: MPI cannot cancel a started collective and carry on (torch's abort expects that).
+
+        Raises:
+            UnsupportedError: always. A job stuck in a collective is ended by mpicoll's watchdog
+                (``MPICOLL_TIMEOUT``), which names the stuck rank and calls ``MPI_Abort``.
+        """
+        raise UnsupportedError("abort: the mpicoll backend cannot cancel started collectives (MPI has no way to); "
+                               "destroy_process_group() ends the group cleanly, and MPICOLL_TIMEOUT=<seconds> makes "
+                               "a stuck job end with the name of the rank it waits for")
 
     def __repr__(self) -> str:
         return f"<mpicoll ProcessGroup rank {self.comm.rank} of {self.comm.size}>"

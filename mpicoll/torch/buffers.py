@@ -60,7 +60,7 @@ def reduction_dtype(dtype: torch.dtype, where: str) -> torch.dtype:
 
 def _working(tensor: torch.Tensor, dtype: torch.dtype, copy_in: bool) -> torch.Tensor:
     if tensor.dtype == dtype and tensor.is_contiguous():
-        return tensor.detach()
+        return tensor  # used in place (as_array views it without autograd)
     work = torch.empty(tensor.shape, dtype=dtype, device=tensor.device)
     if copy_in:
         work.copy_(tensor.detach())

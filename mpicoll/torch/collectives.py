@@ -1,13 +1,14 @@
 """The collectives of the mpicoll backend: torch's arguments in, mpicoll's collectives, a Work out.
 
-Each function checks torch's arguments on the caller's thread (a bad call raises there, on the
-rank that made it, as with gloo), builds one *job* (run the collective on a communicator, copy
-results back, return the output tensors) and hands it to :func:`~mpicoll.torch.work.run`:
-inline for a blocking call, on the progress engine for ``async_op=True``. Across ranks, mpicoll's
-own argument check (``MPICOLL_VALIDATE``) raises a mismatch on every rank instead of hanging.
+Each function checks torch's arguments on the caller's thread and builds one *job* (run the
+collective on a communicator, copy results back, return the output tensors), which
+:func:`~mpicoll.torch.work.launch` runs inline for a blocking call or on the progress engine
+for ``async_op=True``. A check that fails on one rank raises there and, through mpicoll's
+argument exchange (``MPICOLL_VALIDATE``), a :class:`~mpicoll.PeerError` on the others; ranks that
+disagree (sizes, dtypes, ops) get a :class:`~mpicoll.MismatchError` everywhere: nothing hangs.
 Data-moving collectives see tensors as bytes (any dtype); reductions use
-:mod:`~mpicoll.torch.buffers` for their working dtype. gather and scatter are
-:func:`mpicoll.alltoall` calls in which only the root receives or sends.
+:mod:`~mpicoll.torch.buffers` for their working dtype. gather, scatter and all-to-all live in
+:mod:`~mpicoll.torch.alltoall`.
 """
 
 from __future__ import annotations
@@ -24,13 +25,12 @@ import torch.distributed as dist
 from ..backend import xp_of
 from ..collectives import allgather as _allgather
 from ..collectives import allreduce as _allreduce
-from ..collectives import alltoall as _alltoall
 from ..collectives import broadcast as _broadcast
 from ..collectives import reduce as _reduce
 from ..collectives import reduce_scatter as _reduce_scatter
 from ..errors import ArgumentError, UnsupportedError
 from ..transport import Comm
-from .buffers import Buffer, bytes_of, for_bytes, for_reduction, nbytes, reduction_dtype
+from .buffers import bytes_of, for_bytes, for_reduction, nbytes, reduction_dtype
 from .tensors import as_array
 from .work import Job, Work, launch, run
 
@@ -48,6 +48,7 @@ def collective(description: str, mpicoll_name: str) -> Callable[[Callable[..., P
             return launch(comm, description, mpicoll_name, not opts.asyncOp, lambda: prepare(comm, *args))
         return start
     return decorate
+
 
 _RED = dist.ReduceOp.RedOpType
 _OPS = {_RED.SUM: "sum", _RED.AVG: "avg", _RED.PRODUCT: "prod", _RED.MIN: "min", _RED.MAX: "max",
@@ -70,7 +71,8 @@ def _op(opts: Any, where: str) -> str:
     return name
 
 
-def _one(tensors: Sequence[torch.Tensor], where: str) -> torch.Tensor:
+def one_tensor(tensors: Sequence[torch.Tensor], where: str) -> torch.Tensor:
+    """The single tensor of torch's per-process list (one device per process, as torch now requires)."""
     if isinstance(tensors, torch.Tensor):
         return tensors
     if len(tensors) != 1:
@@ -79,7 +81,8 @@ def _one(tensors: Sequence[torch.Tensor], where: str) -> torch.Tensor:
     return tensors[0]
 
 
-def _per_rank(tensors: Sequence[torch.Tensor], size: int, where: str) -> list[torch.Tensor]:
+def per_rank(tensors: Sequence[torch.Tensor], size: int, where: str) -> list[torch.Tensor]:
+    """A list with one tensor per rank of the group, or an :class:`~mpicoll.ArgumentError`."""
     if len(tensors) != size:
         raise ArgumentError(f"{where}: expected one tensor per rank ({size}), got {len(tensors)}")
     return list(tensors)
@@ -94,7 +97,7 @@ def _apart(src: Any, dst: Any) -> Any:
 def allreduce(comm: Comm, tensors: Sequence[torch.Tensor], opts: Any) -> Prepared:
     """``all_reduce`` of one tensor, in place."""
     op = _op(opts, "all_reduce")
-    buf = for_reduction(_one(tensors, "all_reduce"), "all_reduce")
+    buf = for_reduction(one_tensor(tensors, "all_reduce"), "all_reduce")
 
     def job(c: Comm) -> list[torch.Tensor]:
         _allreduce(buf.array, op, comm=c, out=buf.array)
@@ -134,7 +137,7 @@ def allreduce_coalesced(comm: Comm, tensors: Sequence[torch.Tensor], opts: Any) 
 def broadcast(comm: Comm, tensors: Sequence[torch.Tensor], opts: Any) -> Prepared:
     """``broadcast`` of one tensor from ``opts.rootRank``, in place."""
     root = opts.rootRank
-    buf = for_bytes(_one(tensors, "broadcast"), copy_in=comm.rank == root)
+    buf = for_bytes(one_tensor(tensors, "broadcast"), copy_in=comm.rank == root)
 
     def job(c: Comm) -> list[torch.Tensor]:
         _broadcast(buf.array, root, comm=c, out=buf.array)
@@ -148,7 +151,7 @@ def broadcast(comm: Comm, tensors: Sequence[torch.Tensor], opts: Any) -> Prepare
 def reduce(comm: Comm, tensors: Sequence[torch.Tensor], opts: Any) -> Prepared:
     """``reduce`` to ``opts.rootRank``; other ranks' tensors are left as they are."""
     op, root = _op(opts, "reduce"), opts.rootRank
-    buf = for_reduction(_one(tensors, "reduce"), "reduce")
+    buf = for_reduction(one_tensor(tensors, "reduce"), "reduce")
 
     def job(c: Comm) -> list[torch.Tensor]:
         _reduce(buf.array, op, root, comm=c, out=buf.array if c.rank == root else None)
@@ -159,7 +162,7 @@ def reduce(comm: Comm, tensors: Sequence[torch.Tensor], opts: Any) -> Prepared:
     return job, buf.array
 
 
-def _unpack(flat: Any, outputs: Sequence[torch.Tensor]) -> None:
+def unpack(flat: Any, outputs: Sequence[torch.Tensor]) -> None:
     """Copy consecutive byte blocks of ``flat`` (a NumPy/CuPy uint8 array) into ``outputs``."""
     source = torch.from_numpy(flat) if isinstance(flat, np.ndarray) else torch.from_dlpack(flat)
     offset = 0
@@ -178,8 +181,8 @@ def _unpack(flat: Any, outputs: Sequence[torch.Tensor]) -> None:
 def allgather(comm: Comm, output_tensors: Sequence[Sequence[torch.Tensor]], input_tensors: Sequence[torch.Tensor],
               opts: Any) -> Prepared:
     """``all_gather`` into one tensor per rank (sizes may differ by rank)."""
-    src = for_bytes(_one(input_tensors, "all_gather"))
-    outputs = _per_rank(_one(output_tensors, "all_gather"), comm.size, "all_gather")
+    src = for_bytes(one_tensor(input_tensors, "all_gather"))
+    outputs = per_rank(one_tensor(output_tensors, "all_gather"), comm.size, "all_gather")
     counts = [nbytes(o) for o in outputs]
     if counts[comm.rank] != src.array.size:
         raise ArgumentError(f"all_gather: output tensor {comm.rank} holds {counts[comm.rank]} bytes but the input "
@@ -190,7 +193,7 @@ def allgather(comm: Comm, output_tensors: Sequence[Sequence[torch.Tensor]], inpu
         out = c.scratch.get("torch.gather", sum(counts), np.uint8, xp_of(src.array))
         _allgather(src.array, comm=c, out=out.reshape(c.size, -1) if even else out,
                    counts=None if even else counts)
-        _unpack(out, outputs)
+        unpack(out, outputs)
         return list(outputs)
 
     return job, src.array
@@ -219,8 +222,8 @@ def reduce_scatter(comm: Comm, output_tensors: Sequence[torch.Tensor],
                    input_tensors: Sequence[Sequence[torch.Tensor]], opts: Any) -> Prepared:
     """``reduce_scatter``: rank ``r`` gets the reduction of every rank's ``input_list[r]``."""
     op = _op(opts, "reduce_scatter")
-    out = for_reduction(_one(output_tensors, "reduce_scatter"), "reduce_scatter", copy_in=False)
-    inputs = _per_rank(_one(input_tensors, "reduce_scatter"), comm.size, "reduce_scatter")
+    out = for_reduction(one_tensor(output_tensors, "reduce_scatter"), "reduce_scatter", copy_in=False)
+    inputs = per_rank(one_tensor(input_tensors, "reduce_scatter"), comm.size, "reduce_scatter")
     counts = [t.numel() for t in inputs]
     if counts[comm.rank] != out.tensor.numel():
         raise ArgumentError(f"reduce_scatter: the output has {out.tensor.numel()} elements but input_list"
@@ -268,93 +271,6 @@ def coalesced(comm: Comm, one: Callable[..., Work], outputs: Sequence[Any], inpu
         return [o for o in outputs if isinstance(o, torch.Tensor)]
 
     return run(comm, "coalesced", job, not opts.asyncOp)
-
-
-def _exchange(send: Buffer, sendcounts: list[int], recvcounts: list[int],
-              outputs: Sequence[torch.Tensor]) -> Prepared:
-    """One :func:`mpicoll.alltoall` of bytes with counts; the received blocks go to ``outputs``."""
-    array = send.array
-
-    def job(c: Comm) -> list[torch.Tensor]:
-        out = c.scratch.get("torch.exchange", sum(recvcounts), np.uint8, xp_of(array))
-        _alltoall(array, sendcounts=sendcounts, recvcounts=recvcounts, comm=c, out=out)
-        _unpack(out, outputs)
-        return list(outputs)
-
-    return job, array
-
-
-def _concat_bytes(tensors: Sequence[torch.Tensor]) -> Buffer:
-    flat = torch.cat([bytes_of(t.detach().contiguous()) for t in tensors]) if tensors else \
-        torch.empty(0, dtype=torch.uint8)
-    return Buffer(flat, flat, as_array(flat))
-
-
-@collective("gather", "alltoall")
-def gather(comm: Comm, output_tensors: Sequence[Sequence[torch.Tensor]], input_tensors: Sequence[torch.Tensor],
-           opts: Any) -> Prepared:
-    """``gather`` to ``opts.rootRank``: the root sends nothing, receives every rank's bytes."""
-    root, src = opts.rootRank, for_bytes(_one(input_tensors, "gather"))
-    outputs = _per_rank(_one(output_tensors, "gather"), comm.size, "gather") if comm.rank == root else []
-    sendcounts = [src.array.size if r == root else 0 for r in range(comm.size)]
-    recvcounts = [nbytes(o) for o in outputs] if comm.rank == root else [0] * comm.size
-    return _exchange(src, sendcounts, recvcounts, outputs)
-
-
-@collective("scatter", "alltoall")
-def scatter(comm: Comm, output_tensors: Sequence[torch.Tensor], input_tensors: Sequence[Sequence[torch.Tensor]],
-            opts: Any) -> Prepared:
-    """``scatter`` from ``opts.rootRank``: tensor ``r`` of the root's list to rank ``r``."""
-    root, output = opts.rootRank, _one(output_tensors, "scatter")
-    inputs = _per_rank(_one(input_tensors, "scatter"), comm.size, "scatter") if comm.rank == root else []
-    sendcounts = [nbytes(t) for t in inputs] if comm.rank == root else [0] * comm.size
-    recvcounts = [nbytes(output) if r == root else 0 for r in range(comm.size)]
-    return _exchange(_concat_bytes(inputs), sendcounts, recvcounts, [output])
-
-
-def _splits(tensor: torch.Tensor, splits: list[int], size: int, where: str) -> list[int]:
-    """Byte counts per rank from split sizes in rows of dimension 0 (equal rows when empty)."""
-    rows = tensor.shape[0] if tensor.dim() else 1
-    if not splits:
-        if rows % size:
-            raise ArgumentError(f"{where}: dimension 0 ({rows}) is not divisible by the {size} ranks; pass split sizes")
-        splits = [rows // size] * size
-    if len(splits) != size or sum(splits) != rows or min(splits) < 0:
-        raise ArgumentError(f"{where}: split sizes {splits} must be {size} non-negative row counts adding up to "
-                            f"dimension 0 ({rows})")
-    row_bytes = nbytes(tensor) // rows if rows else 0
-    return [s * row_bytes for s in splits]
-
-
-@collective("all_to_all_single", "alltoall")
-def alltoall_single(comm: Comm, output: torch.Tensor, input: torch.Tensor, output_splits: list[int],
-                    input_splits: list[int], opts: Any) -> Prepared:
-    """``all_to_all_single``: rows of dimension 0, split evenly or by the given sizes."""
-    if output.dtype != input.dtype:
-        raise ArgumentError(f"all_to_all_single: output dtype {output.dtype} differs from input dtype {input.dtype}")
-    sendcounts = _splits(input, input_splits, comm.size, "all_to_all_single")
-    recvcounts = _splits(output, output_splits, comm.size, "all_to_all_single")
-    src, out = for_bytes(input), for_bytes(output, copy_in=False)
-    even = not input_splits and not output_splits and sendcounts == recvcounts
-
-    def job(c: Comm) -> list[torch.Tensor]:
-        if even:  # every rank knows every count: no count exchange
-            _alltoall(src.array.reshape(c.size, -1), comm=c, out=out.array.reshape(c.size, -1))
-        else:
-            _alltoall(src.array, sendcounts=sendcounts, recvcounts=recvcounts, comm=c, out=out.array)
-        out.finish()
-        return [output]
-
-    return job, src.array
-
-
-@collective("all_to_all", "alltoall")
-def alltoall_list(comm: Comm, output_tensors: Sequence[torch.Tensor], input_tensors: Sequence[torch.Tensor],
-                  opts: Any) -> Prepared:
-    """``all_to_all``: input ``j`` to rank ``j``, output ``j`` from rank ``j`` (any sizes)."""
-    inputs = _per_rank(input_tensors, comm.size, "all_to_all")
-    outputs = _per_rank(output_tensors, comm.size, "all_to_all")
-    return _exchange(_concat_bytes(inputs), [nbytes(t) for t in inputs], [nbytes(t) for t in outputs], outputs)
 
 
 @collective("barrier", "allreduce")

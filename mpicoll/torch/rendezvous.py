@@ -39,12 +39,6 @@ SCHEME = "mpi"
 _LAUNCHER_VARIABLES = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "PMI_FD")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
 def _interface_addresses() -> list[str]:
     """This host's non-loopback IPv4 addresses, read from the interfaces (Linux)."""
     import fcntl
@@ -81,15 +75,24 @@ def _address(hosts: list[str]) -> str:
 
 
 def _tcp_store(timeout: timedelta) -> dist.Store:
-    """A TCPStore served by rank 0 at an address and port rank 0 picks and broadcasts. Collective."""
+    """A TCPStore served by rank 0, which binds a free port (or ``MASTER_PORT``) itself and sends its
+    address and port to the others over MPI. Collective."""
     comm = default_comm()
     hosts = comm.mpi.allgather(socket.gethostname())
-    address, port = None, None
+    server, address = None, None
     if comm.rank == 0:
         address = os.environ.get("MASTER_ADDR") or _address(hosts)
-        port = int(os.environ.get("MASTER_PORT") or _free_port())
-    address, port = comm.mpi.bcast((address, port), root=0)
-    return dist.TCPStore(address, port, comm.size, comm.rank == 0, timeout=timeout)
+        try:
+            server = dist.TCPStore(address, int(os.environ.get("MASTER_PORT") or 0), comm.size, True,
+                                   timeout=timeout, wait_for_workers=False)
+        except Exception as exc:  # the others must not wait for an address that will never come
+            comm.mpi.bcast(None, root=0)
+            raise RuntimeError(f"mpi:// rendezvous: rank 0 could not serve a TCPStore at {address}: {exc}") from exc
+    where = comm.mpi.bcast(None if server is None else (address, server.port), root=0)
+    if where is None:
+        raise RuntimeError("mpi:// rendezvous: rank 0 could not serve the TCPStore (see its error); "
+                           "init_method='mpi://?store=hash' needs no socket, for the mpicoll backend")
+    return server if server is not None else dist.TCPStore(where[0], where[1], comm.size, False, timeout=timeout)
 
 
 def _check_given(query: dict[str, str], rank: int, size: int) -> None:

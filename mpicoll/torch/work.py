@@ -114,7 +114,7 @@ def run(comm: Any, description: str, job: Job, blocking: bool, like: Any = None)
     """
     work = Work(description)
     if blocking:  # in order with the asynchronous calls before it, on their communicator
-        work._finish(run_in_order(comm, description, job))
+        work._finish(run_in_order(comm, description, job, like))
         return work
     handle = start(comm, description, job, like)
     handle.add_done_callback(lambda h: _complete(work, h))

@@ -128,3 +128,24 @@ def test_queued_collectives_keep_the_settings_they_were_started_with(comm):
     assert probe.wait(timeout=60) == (12345 * 4, False)
     assert_equal_all(comm.mpi, reduced.wait(timeout=120), mpi_allreduce(comm.mpi, x, "sum"))
     assert mpicoll.config.get("validate") is True
+
+
+def test_run_in_order_meets_a_peers_nonblocking_call(comm):
+    """A blocking call run in order with the engine (the torch backend's blocking calls) matches
+    the same collective started non-blocking on another rank, in both directions."""
+    from mpicoll.collectives.nonblocking import run_in_order
+
+    x, y = rank_input(3000, comm.rank, "int64"), rank_input(5, comm.rank, "int64", seed=1)
+
+    def blocking(array):
+        return run_in_order(comm, "allreduce", lambda c: mpicoll.allreduce(array, comm=c))
+
+    if comm.rank % 2:
+        first = blocking(x)
+        second = mpicoll.iallreduce(y, comm=comm).wait(timeout=120)
+    else:
+        handle = mpicoll.iallreduce(x, comm=comm)
+        second = blocking(y)  # queued behind the handle: same communicator, same order
+        first = handle.wait(timeout=120)
+    assert_equal_all(comm.mpi, first, mpi_allreduce(comm.mpi, x, "sum"), "first")
+    assert_equal_all(comm.mpi, second, mpi_allreduce(comm.mpi, y, "sum"), "second")

@@ -405,3 +405,25 @@ def test_fsdp_fully_shard_on_cpu_equals_gloo(groups):
     ours, gloo = both(groups, train)
     assert_all(WORLD, bool(torch.allclose(ours, gloo, rtol=1e-5, atol=1e-6)),
                f"differs from gloo by {float((ours - gloo).abs().max()):.3g}")
+
+
+def test_coalesced_collectives(groups):
+    """torch's coalescing manager (FSDP and DDP internals) hands several calls over at once."""
+    from torch.distributed.distributed_c10d import _coalescing_manager
+
+    world, _ = groups
+    size = WORLD.Get_size()
+    tensors = [data(5 + i, torch.float32, seed=i) for i in range(3)] + [data(4, torch.int64, seed=9)]
+    with _coalescing_manager(group=world, async_ops=True) as cm:
+        for t in tensors:
+            dist.all_reduce(t, group=world)
+    cm.wait()
+    for i, t in enumerate(tensors):
+        same(t, sum(data(t.numel(), t.dtype, r, seed=9 if i == 3 else i) for r in range(size)), f"coalesced {i}")
+    inputs = [data(3, torch.float32, seed=i) for i in range(2)]
+    outputs = [torch.empty(3 * size) for _ in inputs]
+    with _coalescing_manager(group=world):
+        for o, i in zip(outputs, inputs, strict=True):
+            dist.all_gather_into_tensor(o, i, group=world)
+    for k, o in enumerate(outputs):
+        same(o, torch.cat([data(3, torch.float32, r, seed=k) for r in range(size)]), f"coalesced all_gather {k}")
