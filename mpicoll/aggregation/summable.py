@@ -25,7 +25,7 @@ from ..collectives.ops import get_op
 from ..collectives.registry import get_algorithm, register
 from ..compression import Compressor
 from ..transport import Comm
-from .path import Parts, Path, Prepared, acc_dtype
+from .path import GuardedOp, Parts, Path, Prepared, acc_dtype
 from .wire import WireSum
 
 DENSE = ("ring", "tree", "recursive_doubling", "rabenseifner")
@@ -60,13 +60,13 @@ class SummablePath(Path):
         if encoding == "values":
             work = section.astype(np.float32) if section.dtype == np.float16 else section
             if work.size:
-                algorithm(comm, work, work, get_op("sum"))
+                algorithm(comm, work, work, GuardedOp(get_op("sum"), prepared))
             section[...] = prepared.mean(work, comm.size)  # float16: rounded once, after the division
             return prepared.guard("the reduced payload", prepared.compressor.decompress, prepared.payload,
                                   prepared.ctx)
         wire = WireSum(encoding)
         if section.size:
-            algorithm(comm, section, section, wire)
+            algorithm(comm, section, section, GuardedOp(wire, prepared))
         total = wire.decode(section).reshape(prepared.ctx.shape)  # float32
         return total if divided else prepared.mean(total, comm.size)
 
