@@ -140,8 +140,8 @@ def compressed_allreduce(x: Any, compressor: Compressor, *, key: Hashable = None
             tensor and call in the same order on every rank.
         comm: an :class:`mpicoll.Comm`, an mpi4py communicator, or ``None`` for the default.
         average: divide the sum by the number of ranks (the gradient mean). float16 is divided in
-            float32, before its single rounding (fp16 on the wire: each contribution is divided
-            before compression, so partial sums stay in range).
+            float32, before its single rounding (fp16 on the wire: each contribution is first
+            divided by the largest power of two <= p, exactly, so partial sums stay in range).
         algorithm: ``"auto"`` or one of the algorithms above.
         parts: when ``x`` packs several tensors one after another (a gradient bucket), their
             shapes in order. PowerSGD then compresses each as its own matrix (and sends the ones

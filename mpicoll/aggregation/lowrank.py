@@ -38,7 +38,7 @@ from ..compression.powersgd import WIRE, PowerSGD, as_matrix, orthonormalize, re
 from ..errors import UnsupportedError
 from ..kernels.threads import blas_share
 from ..transport import Comm
-from .path import Parts, Path, Prepared
+from .path import GuardedOp, Parts, Path, Prepared
 from .summable import dense_algorithm
 
 
@@ -106,12 +106,12 @@ def _corrected(comm: Comm, feedback: ErrorFeedback, x: Any, key: Hashable) -> An
     return np.add(x, residual, out=out, casting="unsafe")
 
 
-def _allreduce_sum(comm: Comm, a: Any) -> None:
+def _allreduce_sum(comm: Comm, a: Any, prepared: Prepared) -> None:
     """Sum the flat ``a`` over the ranks, in place: hierarchically when the ranks span several hosts
     with several ranks on some (exact sums inside each host), else the table's dense choice."""
     if a.size:
         name = "hierarchical" if comm.several_ranks_on_several_hosts else dense_algorithm(a.nbytes, comm.size)
-        get_algorithm("allreduce", name)(comm, a, a, get_op("sum"))
+        get_algorithm("allreduce", name)(comm, a, a, GuardedOp(get_op("sum"), prepared))
 
 
 def _p_of(w: _Work, seg: Segment) -> Any:
@@ -159,8 +159,19 @@ class LowRankPath(Path):
 
     def run(self, comm: Comm, prepared: Prepared) -> Any:
         w: _Work = prepared.parts
-        _allreduce_sum(comm, w.p)
-        q = np.empty(w.q_size, WIRE)
+        _allreduce_sum(comm, w.p, prepared)
+        q = np.zeros(w.q_size, WIRE)  # stays zero if the local step fails (recorded): the Q sum still runs
+        prepared.guard("projecting on the summed P", self._project_q, comm, prepared, q)
+        _allreduce_sum(comm, q, prepared)
+        for seg in w.segments:
+            if seg.rank:
+                w.power.remember(seg.key, _q_of(q, seg), w.step)
+        return prepared.mean(self._assemble(w, q), comm.size).reshape(w.corrected.shape)
+
+    def _project_q(self, comm: Comm, prepared: Prepared, q: Any) -> None:
+        """``Q_t = M_t^T orthonormal(P_t)`` into ``q`` (exact tensors copied), and with error feedback
+        what the projection dropped from this rank's own array, kept once every rank has succeeded."""
+        w: _Work = prepared.parts
         with blas_share():
             for seg, matrix in zip(w.segments, w.matrices, strict=True):
                 if seg.rank:
@@ -168,15 +179,10 @@ class LowRankPath(Path):
                     np.matmul(matrix.T, p, out=_q_of(q, seg))
                 else:
                     q[seg.q_start: seg.q_start + seg.size] = w.flat[seg.start: seg.start + seg.size]
-        if w.feedback is not None:  # keep what the projection dropped from this rank's own array ...
+        if w.feedback is not None:
             scratch = comm.scratch.get("lowrank.mine", w.flat.size, WIRE)  # no fresh pages to touch each step
             mine = self._assemble(w, q, scratch).reshape(w.corrected.shape)
-            prepared.commit = lambda: _keep_residual(w, mine)  # ... once every rank has succeeded
-        _allreduce_sum(comm, q)
-        for seg in w.segments:
-            if seg.rank:
-                w.power.remember(seg.key, _q_of(q, seg), w.step)
-        return prepared.mean(self._assemble(w, q), comm.size).reshape(w.corrected.shape)
+            prepared.commit = lambda: _keep_residual(w, mine)
 
     @staticmethod
     def _assemble(w: _Work, q: Any, out: Any = None) -> Any:

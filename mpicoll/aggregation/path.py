@@ -73,6 +73,25 @@ class Prepared:
         return total
 
 
+class GuardedOp:
+    """A reduction op for the dense algorithms inside a path: a ``combine`` that raises is recorded in
+    ``prepared`` and gives zeros, so the algorithm completes its sends and receives on every rank
+    (an exception mid-ring would leave the peers waiting). One ``try`` per segment."""
+
+    def __init__(self, op: Any, prepared: Prepared) -> None:
+        self.op, self.prepared, self.name = op, prepared, op.name
+
+    def combine(self, a: Any, b: Any, out: Any) -> None:
+        try:
+            self.op.combine(a, b, out)
+        except Exception as exc:  # any: see the class docstring
+            self.prepared.errors.append((type(exc).__name__, f"adding partial sums: {exc}"))
+            out[...] = 0
+
+    def mpi_op(self) -> Any:
+        return self.op.mpi_op()
+
+
 class Path:
     """Base class of the compressed all-reduce algorithms."""
 

@@ -243,7 +243,9 @@ def test_two_phase_refuses_residuals_of_a_reshaped_tensor(comm):
 @pytest.mark.parametrize("name,algorithm,method", [("int8", "two_phase", "decompress"),
                                                    ("topk", "sparse_allgather", "sparse_parts"),
                                                    ("randomk", "ring", "decompress"),
-                                                   ("int8", "two_phase", "compress_owner")])
+                                                   ("int8", "two_phase", "compress_owner"),
+                                                   ("fp16", "ring", "wire_sum"),
+                                                   ("powersgd", "powersgd", "orthonormalize")])
 def test_any_exception_mid_protocol_is_agreed(comm, name, algorithm, method, monkeypatch):
     """Break 10: only PayloadError was caught inside compressed all-reduce; any other exception
     escaped mid-protocol on one rank and the others hung. Now every rank completes the protocol
@@ -252,7 +254,17 @@ def test_any_exception_mid_protocol_is_agreed(comm, name, algorithm, method, mon
     x = rank_input(3000, comm.rank, "float32", "float", seed=15)
     mpicoll.compressed_allreduce(x, codec, key="w", comm=comm, algorithm=algorithm)
     before = state_of(codec)
-    if comm.rank == 1:
+    if comm.rank == 1 and method in ("wire_sum", "orthonormalize"):  # inside the dense sum / between the sums
+        from mpicoll.aggregation import lowrank, wire
+
+        def fail(*args, **kwargs):
+            raise MemoryError("injected failure")
+
+        if method == "wire_sum":
+            monkeypatch.setattr(wire.WireSum, "combine", fail)
+        else:
+            monkeypatch.setattr(lowrank, "orthonormalize", fail)
+    elif comm.rank == 1:
         target = "compress" if method == "compress_owner" else method
         real = getattr(codec, target)
         calls = []
