@@ -42,15 +42,20 @@ def digits(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def label(r: dict) -> str:
+    """The method's name, with OneBitAdam's warm-up and sign block."""
+    if r["method"] != "onebit":
+        return r["method"]
+    return f"onebit (freeze {r['freeze_step']}" + (f", sign block {r['sign_block']})" if r.get("sign_block")
+                                                   else ", one scale per chunk)")
+
+
 def charlm(rows: list[dict]) -> str:
     base = next(r for r in rows if r["method"] == "adam")
     out = ["| method | steps | validation loss (nats/char) | vs Adam | MiB sent per rank | traffic vs Adam |",
            "|---|---|---|---|---|---|"]
     for r in rows:
-        name = r["method"]
-        if name == "onebit":
-            name += f" (freeze {r['freeze_step']}" + (f", sign block {r['sign_block']})" if r.get("sign_block")
-                                                       else ", one scale per chunk)")
+        name = label(r)
         change = 100 * (r["validation_loss"] / base["validation_loss"] - 1)
         less = base["traffic_bytes"] / max(r["traffic_bytes"], 1)
         out.append(f"| {name} | {r['steps']} | {r['validation_loss']:.4f} | {change:+.2f}% | "
@@ -68,7 +73,7 @@ def time_to_target(rows: list[dict]) -> str:
     else:
         base = next(r for r in rows if r["method"] == "adam")
         target, better = base["validation_loss"], (lambda v, t: v <= t)
-        series = {r["method"]: [(s, v) for _, v, s in r["curve"]] for r in rows}
+        series = {label(r): [(s, v) for _, v, s in r["curve"]] for r in rows}
         unit = f"validation loss {target:.4f}"
     times = {m: next((s for s, v in pts if better(v, target)), None) for m, pts in series.items()}
     ref = times[base["method"]]
