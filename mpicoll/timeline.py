@@ -29,6 +29,7 @@ may record into it.
 from __future__ import annotations
 
 import atexit
+import itertools
 import json
 import os
 import threading
@@ -40,46 +41,64 @@ from .config import config
 #: events kept per rank before further ones are dropped (and counted): bounds the memory
 MAX_EVENTS = 2_000_000
 _PINGS = 8
+_clock = time.perf_counter_ns
+
+
+_THREAD_NAMES: dict[int, str] = {}  # native id -> name of every thread that recorded
+
+
+class _Thread(threading.local):
+    """Per thread: its native id and the stack of its open spans."""
+
+    def __init__(self) -> None:
+        self.tid = threading.get_native_id()
+        self.stack: list[Span] = []
+        _THREAD_NAMES[self.tid] = threading.current_thread().name
 
 
 class _Recorder:
-    """One rank's events; appended from any thread (list.append is atomic under the GIL)."""
+    """One rank's events, appended from any thread (list.append is atomic under the GIL).
+
+    The hot path stores compact tuples ``(ph, name, cat, t0_ns, t1_ns, tid, args)``; they become
+    Chrome trace dicts only when the trace is written."""
 
     def __init__(self, path: str, mpi_comm: Any, offset_ns: int, origin_ns: int) -> None:
         self.path, self.mpi = path, mpi_comm
         self.rank, self.size = mpi_comm.Get_rank(), mpi_comm.Get_size()
         self.offset_ns, self.origin_ns = offset_ns, origin_ns  # local clock + offset = rank 0's clock
-        self.events: list[dict[str, Any]] = []
+        self.events: list[tuple[Any, ...]] = []
         self.dropped = 0
-        self.seq: dict[int, int] = {}  # per communicator serial: collectives started on it
-        self.local = threading.local()  # the stack of open spans of this thread
-        self.lock = threading.Lock()
-        self.threads: dict[int, str] = {}
+        self.seq: dict[int, Any] = {}  # per communicator serial: a counter of the collectives started on it
+        self.local = _Thread()
 
-    def us(self, t_ns: int) -> float:
-        """A local ``perf_counter_ns`` reading as microseconds on rank 0's clock, from the start."""
-        return (t_ns + self.offset_ns - self.origin_ns) / 1000.0
-
-    def add(self, event: dict[str, Any]) -> None:
+    def add(self, event: tuple[Any, ...]) -> None:
         if len(self.events) >= MAX_EVENTS:
             self.dropped += 1
             return
-        tid = event["tid"]
-        if tid not in self.threads:
-            self.threads[tid] = threading.current_thread().name
         self.events.append(event)
 
     def next_seq(self, serial: int) -> int:
-        with self.lock:
-            n = self.seq.get(serial, 0)
-            self.seq[serial] = n + 1
-            return n
+        counter = self.seq.get(serial)
+        if counter is None:
+            counter = self.seq.setdefault(serial, itertools.count())
+        return next(counter)  # atomic under the GIL
 
     def stack(self) -> list[Span]:
-        stack = getattr(self.local, "stack", None)
-        if stack is None:
-            stack = self.local.stack = []
-        return stack
+        return self.local.stack
+
+    def trace_events(self) -> list[dict[str, Any]]:
+        """Every event as a Chrome trace dict (``ts``, ``dur`` in microseconds on rank 0's clock)."""
+        shift = self.offset_ns - self.origin_ns
+        out = []
+        for ph, name, cat, t0, t1, tid, args in self.events:
+            event = {"name": name, "cat": cat, "ph": ph, "ts": (t0 + shift) / 1000.0, "pid": self.rank, "tid": tid,
+                     "args": args}
+            if ph == "X":
+                event["dur"] = (t1 - t0) / 1000.0
+            else:
+                event["s"] = "t"
+            out.append(event)
+        return out
 
     def document(self, events: list[dict[str, Any]], offsets_us: list[float], dropped: int) -> dict[str, Any]:
         return {"traceEvents": events, "displayTimeUnit": "ms",
@@ -90,8 +109,9 @@ class _Recorder:
         meta = [{"name": "process_name", "ph": "M", "pid": self.rank, "tid": 0, "args": {"name": f"rank {self.rank}"}},
                 {"name": "process_sort_index", "ph": "M", "pid": self.rank, "tid": 0,
                  "args": {"sort_index": self.rank}}]
-        meta += [{"name": "thread_name", "ph": "M", "pid": self.rank, "tid": tid, "args": {"name": name}}
-                 for tid, name in self.threads.items()]
+        tids = {event[5] for event in self.events}
+        meta += [{"name": "thread_name", "ph": "M", "pid": self.rank, "tid": tid,
+                  "args": {"name": _THREAD_NAMES.get(tid, str(tid))}} for tid in sorted(tids)]
         return meta
 
 
@@ -102,30 +122,33 @@ _atexit_registered = False
 class Span:
     """A timed region, written as one complete (``ph="X"``) event when it ends."""
 
-    __slots__ = ("args", "cat", "name", "recorder", "t0")
+    __slots__ = ("args", "cat", "name", "recorder", "t0", "thread")
 
     def __init__(self, recorder: _Recorder, name: str, cat: str, args: dict[str, Any]) -> None:
         self.recorder, self.name, self.cat, self.args = recorder, name, cat, args
         self.t0 = 0
 
     def __enter__(self) -> Span:
-        stack = self.recorder.stack()
+        self.thread = thread = self.recorder.local
+        stack = thread.stack
         if stack and self.cat != "collective":
-            self.args.setdefault("in", stack[-1].name)
+            self.args["in"] = stack[-1].name
         stack.append(self)
-        self.t0 = time.perf_counter_ns()
+        self.t0 = _clock()
         return self
 
     def __exit__(self, kind: object, error: object, tb: object) -> None:
-        t1 = time.perf_counter_ns()
-        r = self.recorder
-        stack = r.stack()
+        t1 = _clock()
+        stack = self.thread.stack
         if stack and stack[-1] is self:
             stack.pop()
         if kind is not None:
             self.args["error"] = getattr(kind, "__name__", str(kind))
-        r.add({"name": self.name, "cat": self.cat, "ph": "X", "ts": r.us(self.t0), "dur": (t1 - self.t0) / 1000.0,
-               "pid": r.rank, "tid": threading.get_native_id(), "args": self.args})
+        events = self.recorder.events  # add(), inlined: this is the hot path
+        if len(events) < MAX_EVENTS:
+            events.append(("X", self.name, self.cat, self.t0, t1, self.thread.tid, self.args))
+        else:
+            self.recorder.dropped += 1
 
 
 class _Null:
@@ -157,7 +180,7 @@ def span(name: str, cat: str = "phase", **args: Any) -> Span | _Null:
     """``with timeline.span("compress"):`` records the block inside the current collective (a no-op
     when not recording, or outside any collective)."""
     r = _recorder
-    if r is None or not r.stack():  # phases belong to a collective (e.g. not to one begun before start())
+    if r is None or not r.local.stack:  # phases belong to a collective (e.g. not to one begun before start())
         return _NULL
     return Span(r, name, cat, args)
 
@@ -167,9 +190,8 @@ def collective(name: str, comm_serial: int, **args: Any) -> Span | _Null:
     r = _recorder
     if r is None:
         return _NULL
-    stack = r.stack()
-    return Span(r, name, "collective", {"comm": comm_serial, "seq": r.next_seq(comm_serial),
-                                         "nested": bool(stack), **args})
+    args["comm"], args["seq"], args["nested"] = comm_serial, r.next_seq(comm_serial), bool(r.local.stack)
+    return Span(r, name, "collective", args)
 
 
 def annotate(**args: Any) -> None:
@@ -189,8 +211,7 @@ def complete(name: str, cat: str, t0_ns: int, t1_ns: int, *, tid: int | None = N
     r = _recorder
     if r is None:
         return
-    r.add({"name": name, "cat": cat, "ph": "X", "ts": r.us(t0_ns), "dur": (t1_ns - t0_ns) / 1000.0, "pid": r.rank,
-           "tid": threading.get_native_id() if tid is None else tid, "args": args})
+    r.add(("X", name, cat, t0_ns, t1_ns, r.local.tid if tid is None else tid, args))
 
 
 def instant(name: str, cat: str, **args: Any) -> None:
@@ -198,8 +219,8 @@ def instant(name: str, cat: str, **args: Any) -> None:
     r = _recorder
     if r is None:
         return
-    r.add({"name": name, "cat": cat, "ph": "i", "s": "t", "ts": r.us(time.perf_counter_ns()), "pid": r.rank,
-           "tid": threading.get_native_id(), "args": args})
+    t = time.perf_counter_ns()
+    r.add(("i", name, cat, t, t, r.local.tid, args))
 
 
 def now_ns() -> int:
@@ -273,7 +294,7 @@ def stop() -> str | None:
     if r is None:
         return None
     _recorder = None
-    mine = r.metadata() + r.events
+    mine = r.metadata() + r.trace_events()
     gathered = r.mpi.gather((mine, r.offset_ns / 1000.0, r.dropped), root=0)
     r.mpi.Free()
     if r.rank != 0:
@@ -293,7 +314,7 @@ def dump_local() -> str | None:
         return None
     _recorder = None
     path = f"{r.path}.rank{r.rank}.json"
-    _write(path, r.document(r.metadata() + r.events, [r.offset_ns / 1000.0], r.dropped))
+    _write(path, r.document(r.metadata() + r.trace_events(), [r.offset_ns / 1000.0], r.dropped))
     return path
 
 

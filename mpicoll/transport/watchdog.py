@@ -91,11 +91,18 @@ def watched(collective: str) -> Callable[[F], F]:
     return decorate
 
 
+_DTYPE_NAMES: dict[Any, str] = {}  # str(dtype) costs microseconds: once per dtype
+
+
 def _describe(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     """The timeline's arguments of a collective call: its input's size and type, the algorithm asked for."""
     x = args[0] if args else kwargs.get("x")
-    return {"bytes": int(getattr(x, "nbytes", 0)), "count": int(getattr(x, "size", 0)),
-            "dtype": str(getattr(x, "dtype", "")), "algorithm": kwargs.get("algorithm", "auto")}
+    dtype = getattr(x, "dtype", None)
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES.setdefault(dtype, "" if dtype is None else str(dtype))
+    return {"bytes": getattr(x, "nbytes", 0), "count": getattr(x, "size", 0), "dtype": name,
+            "algorithm": kwargs.get("algorithm", "auto")}
 
 
 def refine(algorithm: str) -> None:
