@@ -140,7 +140,8 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 _COLORS = {"agreement": "#9e9e9e", "wire": "#1f77b4", "average": "#17becf", "copy out": "#bcbd22",
-           "compress": "#d62728", "exchange": "#ff7f0e", "decode": "#9467bd", "queue": "#e377c2"}
+           "compress": "#d62728", "exchange": "#ff7f0e", "decode": "#9467bd", "reduce": "#8c564b",
+           "queue": "#e377c2"}
 
 
 def _window(events: list[dict[str, Any]], start_ms: float | None, span_ms: float | None) -> tuple[float, float]:
@@ -177,7 +178,7 @@ def plot(events: list[dict[str, Any]], out: str | Path, start_ms: float | None =
         for e in sorted((e for e in shown if (e["pid"], e["tid"]) == key), key=lambda e: -e["dur"]):
             cat = e.get("cat", "")
             color = "#c7c7c7" if cat == "collective" else "#2ca02c" if cat == "bucket" else _COLORS.get(
-                e["name"], "#8c564b")
+                e["name"], "#7f7f7f")
             height = depth_height.get(cat, 0.5) * (0.6 if e["args"].get("nested") else 1.0)
             ax.broken_barh([(e["ts"] / 1000.0, max(e["dur"] / 1000.0, 1e-3))], (y - height / 2, height),
                            facecolors=color, edgecolors="none")
@@ -187,8 +188,8 @@ def plot(events: list[dict[str, Any]], out: str | Path, start_ms: float | None =
     ax.invert_yaxis()
     legend = [Patch(color="#c7c7c7", label="collective"), Patch(color="#2ca02c", label="bucket (launch to done)")]
     legend += [Patch(color=c, label=n) for n, c in _COLORS.items()]
-    ax.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=5, fontsize="small")
-    fig.tight_layout()
+    fig.legend(handles=legend, loc="lower center", ncol=6, fontsize="small", frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return Path(out)
