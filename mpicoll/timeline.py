@@ -185,6 +185,24 @@ def span(name: str, cat: str = "phase", **args: Any) -> Span | _Null:
     return Span(r, name, cat, args)
 
 
+def phase(name: str, t0_ns: int, **args: Any) -> None:
+    """Record a phase of this thread's current collective that began at ``t0_ns`` (:func:`now_ns`)
+    and ends now: the cheap form of :func:`span` for a flat phase that nothing else nests in
+    (two calls instead of four on the hot path of every plain collective)."""
+    r = _recorder
+    if r is None:
+        return
+    local = r.local
+    if not local.stack:
+        return
+    args["in"] = local.stack[-1].name
+    events = r.events
+    if len(events) < MAX_EVENTS:
+        events.append(("X", name, "phase", t0_ns, _clock(), local.tid, args))
+    else:
+        r.dropped += 1
+
+
 def collective(name: str, comm_serial: int, **args: Any) -> Span | _Null:
     """A collective's span, numbered per communicator so that ranks' spans of one call match."""
     r = _recorder
@@ -353,6 +371,6 @@ def autostart(mpi_comm: Any) -> None:
 
 _pending = True  # no communicator made yet: MPICOLL_TIMELINE may still start a recording
 
-__all__ = ["annotate", "collective", "complete", "dump_local", "instant", "now_ns", "recording", "span", "start",
-           "stop", "wanted"]
+__all__ = ["annotate", "collective", "complete", "dump_local", "instant", "now_ns", "phase", "recording", "span",
+           "start", "stop", "wanted"]
 

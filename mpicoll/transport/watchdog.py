@@ -20,7 +20,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
@@ -44,7 +44,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 _activities: dict[int, _Activity] = {}  # by thread: the caller's and the non-blocking engine's
 _thread: threading.Thread | None = None
 _lock = threading.Lock()
-_NO_WATCH = nullcontext()
 
 
 @contextmanager
@@ -74,17 +73,17 @@ def watched(collective: str) -> Callable[[F], F]:
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
-            timed = config.get("timeout") > 0
-            if not timed and not timeline.wanted():
-                return fn(*args, **kwargs)
-            with watch(None, collective, kwargs.get("algorithm", "auto")) if timed else _NO_WATCH:
-                if not timeline.wanted():
-                    return fn(*args, **kwargs)
-                from .comm import as_comm
+            if config.get("timeout") > 0:
+                with watch(None, collective, kwargs.get("algorithm", "auto")):
+                    return recorded(*args, **kwargs) if timeline.wanted() else fn(*args, **kwargs)
+            return recorded(*args, **kwargs) if timeline.wanted() else fn(*args, **kwargs)
 
-                c = as_comm(kwargs.get("comm"))  # with the timeline on: its serial names the call's communicator
-                with timeline.collective(collective, c.serial, **_describe(args, kwargs)):
-                    return fn(*args, **kwargs)
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            from .comm import as_comm
+
+            c = as_comm(kwargs.get("comm"))  # with the timeline on: its serial names the call's communicator
+            with timeline.collective(collective, c.serial, **_describe(args, kwargs)):
+                return fn(*args, **kwargs)
 
         return run  # type: ignore[return-value]
 
