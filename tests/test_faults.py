@@ -123,6 +123,10 @@ def test_the_watchdog_covers_the_first_collective(tmp_path, mode):
     assert code != 0 and seconds < 60, (code, seconds, out)
     if mode == "other-comm":
         assert "mpicoll watchdog: rank 0" in out and "creating the communicator" in out, out
+    elif mode == "raise-first" and "exited with non-zero status" in out:
+        # Open MPI's launcher ends the whole job itself as soon as one process exits non-zero,
+        # before the others' timer fires: the job ended, naming the failing rank's error
+        assert "rank 1 fails before its first collective" in out, out
     else:  # the others are stuck in MPI_Init, which holds the GIL: the C-level timer ends them
         assert "Timeout (0:00:10)!" in out and "start_mpi" in out, out
 
