@@ -29,3 +29,18 @@ def split(state: dict[str, Any], owner: str, size: int) -> tuple[dict[str, Any],
                             f"{size}; residuals and momenta are per rank and cannot be redistributed, so restart "
                             f"on {saved} ranks (or start the optimizer afresh)")
     return state, ours
+
+
+def attach(state: dict[str, Any], optimizer: Any) -> dict[str, Any]:
+    """Add mpicoll's part to torch's ``state``: world size, step count, bytes sent and this rank's
+    compressor state (residuals). ``optimizer`` has ``comm``, ``steps``, ``traffic_bytes`` and
+    ``compressor``."""
+    state[STATE_KEY] = {"world_size": optimizer.comm.size, "steps": optimizer.steps,
+                        "traffic_bytes": optimizer.traffic_bytes, "compressor": optimizer.compressor.state_dict()}
+    return state
+
+
+def apply(optimizer: Any, ours: dict[str, Any]) -> None:
+    """Restore the part :func:`attach` saved (after :func:`split` has checked it)."""
+    optimizer.steps, optimizer.traffic_bytes = int(ours["steps"]), float(ours["traffic_bytes"])
+    optimizer.compressor.load_state_dict(ours["compressor"])

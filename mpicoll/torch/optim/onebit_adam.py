@@ -144,15 +144,10 @@ class OneBitAdam(torch.optim.Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         """torch's state (momenta, frozen variances, masks) plus steps, world size and residuals."""
-        state = super().state_dict()
-        state[checkpoint.STATE_KEY] = {"world_size": self.comm.size, "steps": self.steps,
-                                       "traffic_bytes": self.traffic_bytes,
-                                       "compressor": self.compressor.state_dict()}
-        return state
+        return checkpoint.attach(super().state_dict(), self)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; refuses a checkpoint taken at another world size."""
         rest, ours = checkpoint.split(state_dict, "OneBitAdam", self.comm.size)
         super().load_state_dict(rest)
-        self.steps, self.traffic_bytes = int(ours["steps"]), float(ours["traffic_bytes"])
-        self.compressor.load_state_dict(ours["compressor"])
+        checkpoint.apply(self, ours)
