@@ -8,12 +8,13 @@ from mpitools import assert_all, assert_equal_all
 
 torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
+from torchtools import assert_identical_and_close, global_batch, mine, model  # noqa: E402
 
 import mpicoll  # noqa: E402
 import mpicoll.torch as mt  # noqa: E402
 from mpicoll import compression  # noqa: E402
 
-STEPS, PER_RANK = 4, 6
+STEPS = 4
 
 
 @pytest.fixture(scope="module")
@@ -30,20 +31,6 @@ def process_group(comm):
     dist.destroy_process_group()
 
 
-def model(seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3))
-
-
-def global_batch(step: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(step)
-    return torch.randn(PER_RANK * size, 5, generator=g), torch.randint(0, 3, (PER_RANK * size,), generator=g)
-
-
-def mine(batch: tuple[torch.Tensor, torch.Tensor], rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return tuple(t[rank * PER_RANK: (rank + 1) * PER_RANK] for t in batch)
-
-
 def reference(steps: int, size: int, passes: int = 1) -> list[torch.Tensor]:
     """One process, the whole global batch per step: what data-parallel training must equal."""
     net = model(seed=0)
@@ -58,11 +45,7 @@ def reference(steps: int, size: int, passes: int = 1) -> list[torch.Tensor]:
 
 
 def assert_matches_reference(comm, net: torch.nn.Module, want: list[torch.Tensor]) -> None:
-    for i, (p, w) in enumerate(zip(net.parameters(), want, strict=True)):
-        assert_equal_all(comm.mpi, p.detach().numpy(), comm.mpi.bcast(p.detach().numpy(), root=0), f"param {i}")
-        ok = bool(torch.allclose(p.detach(), w, rtol=1e-5, atol=1e-6))
-        assert_all(comm.mpi, ok, f"param {i} differs from single-process training by "
-                                 f"{float((p.detach() - w).abs().max()):.3g}")
+    assert_identical_and_close(comm, net.parameters(), want)
 
 
 @pytest.mark.parametrize("passes", [1, 2])
