@@ -198,6 +198,7 @@ def plot(events: list[dict[str, Any]], out: str | Path, start_ms: float | None =
 def run_overhead(args: argparse.Namespace, comm: Any) -> int:
     """Time ``--iters`` all-reduces with the timeline off, then on, ``--repeats`` times, alternating;
     print the medians and their ratio (rank 0). Runs with the settings a user gets by default."""
+    import shutil
     import tempfile
     import time
 
@@ -226,6 +227,8 @@ def run_overhead(args: argparse.Namespace, comm: Any) -> int:
         timeline.start(f"{user}/trace-{i}.json", comm=comm)
         on.append(measure())
         timeline.stop()
+    if comm.rank == 0:  # the traces were only a by-product of recording
+        shutil.rmtree(user, ignore_errors=True)
     o, n = float(np.median(off)), float(np.median(on))
     say(comm, f"# timeline overhead, {comm.size} ranks, {args.size} all-reduce ({args.algo}), {args.iters} calls x "
               f"{args.repeats} alternating off/on rounds")
