@@ -220,19 +220,32 @@ def run_overhead(args: argparse.Namespace, comm: Any) -> int:
             mpicoll.allreduce(x, algorithm=args.algo, comm=comm, out=out)
         return comm.mpi.allreduce(time.perf_counter() - t0, op=MPI.MAX) / args.iters
 
+    def measure_on(i: int) -> float:
+        timeline.start(f"{user}/trace-{i}.json", comm=comm)
+        try:
+            return measure()
+        finally:
+            timeline.stop()
+
     measure()  # warm-up: connections, scratch buffers
     off, on = [], []
-    for i in range(args.repeats):
-        off.append(measure())
-        timeline.start(f"{user}/trace-{i}.json", comm=comm)
-        on.append(measure())
-        timeline.stop()
+    for i in range(args.repeats):  # ABBA: neither side always runs first (after start's or stop's own work)
+        if i % 2 == 0:
+            off.append(measure())
+            on.append(measure_on(i))
+        else:
+            on.append(measure_on(i))
+            off.append(measure())
     if comm.rank == 0:  # the traces were only a by-product of recording
         shutil.rmtree(user, ignore_errors=True)
     o, n = float(np.median(off)), float(np.median(on))
+    paired = np.asarray(on) / np.asarray(off)  # each round's on/off: robust to the machine's drift
+    lo, hi = np.percentile(paired, [25, 75])
     say(comm, f"# timeline overhead, {comm.size} ranks, {args.size} all-reduce ({args.algo}), {args.iters} calls x "
-              f"{args.repeats} alternating off/on rounds")
-    say(comm, f"off {o * 1e6:.1f} us   on {n * 1e6:.1f} us   on/off {n / o:.3f}")
+              f"{args.repeats} rounds (off and on alternating, order swapped every round)")
+    say(comm, f"off {o * 1e6:.1f} us   on {n * 1e6:.1f} us   on/off {n / o:.3f}   "
+              f"per-round on/off median {float(np.median(paired)):.3f} (IQR {lo:.3f}-{hi:.3f})   "
+              f"cost per call {(n - o) * 1e6:.1f} us")
     return 0
 
 

@@ -212,12 +212,55 @@ def collective(name: str, comm_serial: int, **args: Any) -> Span | _Null:
     return Span(r, name, "collective", args)
 
 
+_DTYPE_NAMES: dict[Any, str] = {}  # str(dtype) costs microseconds: once per dtype
+
+
+def call(name: str, comm_serial: int, x: Any, algorithm: str, fn: Any, args: tuple[Any, ...],
+         kwargs: dict[str, Any]) -> Any:
+    """Run ``fn(*args, **kwargs)``, a public collective on input ``x``, inside its collective span
+    (name, algorithm, bytes, count, dtype, communicator, ``seq``): the one-frame form of
+    ``with collective(...)`` for the entry decorator, where every microsecond is paid per call."""
+    r = _recorder
+    if r is None:
+        return fn(*args, **kwargs)
+    dtype = getattr(x, "dtype", None)
+    dname = _DTYPE_NAMES.get(dtype)
+    if dname is None:
+        dname = _DTYPE_NAMES.setdefault(dtype, "" if dtype is None else str(dtype))
+    thread = r.local
+    stack = thread.stack
+    s = Span(r, name, "collective", {"bytes": getattr(x, "nbytes", 0), "count": getattr(x, "size", 0),
+                                     "dtype": dname, "algorithm": algorithm, "comm": comm_serial,
+                                     "seq": r.next_seq(comm_serial), "nested": bool(stack)})
+    s.thread = thread
+    stack.append(s)
+    s.t0 = _clock()
+    try:
+        return fn(*args, **kwargs)
+    except BaseException as error:
+        s.args["error"] = type(error).__name__
+        raise
+    finally:
+        t1 = _clock()
+        if stack and stack[-1] is s:
+            stack.pop()
+        events = r.events
+        if len(events) < MAX_EVENTS:
+            events.append(("X", name, "collective", s.t0, t1, thread.tid, s.args))
+        else:
+            r.dropped += 1
+
+
 def annotate(**args: Any) -> None:
     """Add ``args`` to the innermost open collective span of this thread (e.g. the resolved algorithm)."""
     r = _recorder
     if r is None:
         return
-    for s in reversed(r.stack()):
+    stack = r.local.stack
+    if stack and stack[-1].cat == "collective":  # the common case: no phase open
+        stack[-1].args.update(args)
+        return
+    for s in reversed(stack):
         if s.cat == "collective":
             s.args.update(args)
             return
@@ -371,6 +414,6 @@ def autostart(mpi_comm: Any) -> None:
 
 _pending = True  # no communicator made yet: MPICOLL_TIMELINE may still start a recording
 
-__all__ = ["annotate", "collective", "complete", "dump_local", "instant", "now_ns", "phase", "recording", "span",
-           "start", "stop", "wanted"]
+__all__ = ["annotate", "call", "collective", "complete", "dump_local", "instant", "now_ns", "phase", "recording",
+           "span", "start", "stop", "wanted"]
 

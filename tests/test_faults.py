@@ -1,4 +1,8 @@
-"""Faults end jobs instead of hanging them: a rank that raises, dies or stalls (real mpiexec)."""
+"""Faults end jobs instead of hanging them: a rank that raises, dies or stalls (real mpiexec).
+
+"Ends instead of hanging" is asserted by the launch's own bound: ``run_ranks`` kills a job that
+outlives its timeout and fails the test with its output. No test asserts how many seconds the
+ending took (a loaded machine must not fail a test); ``seconds`` only goes into the messages."""
 
 from __future__ import annotations
 
@@ -42,7 +46,7 @@ def launch(tmp_path, mode: str, runner: str, env: dict[str, str] | None = None) 
 @pytest.mark.parametrize("runner", ["plain", "mpi4py", "mpicoll.run"])
 def test_a_rank_that_raises_ends_the_job(tmp_path, runner):
     out, seconds, code = launch(tmp_path, "raise", runner)
-    assert code != 0 and seconds < 10, (seconds, out)
+    assert code != 0, (seconds, out)
     assert "injected failure at step 5" in out
     if runner == "plain":  # mpicoll's own hook; mpi4py's runner prints the traceback itself
         assert "mpicoll: rank 1 of 3 raised an uncaught exception; aborting all ranks" in out
@@ -51,13 +55,13 @@ def test_a_rank_that_raises_ends_the_job(tmp_path, runner):
 @pytest.mark.parametrize("runner", ["plain", "mpicoll.run"])
 def test_a_rank_that_raises_with_handles_in_flight_ends_the_job(tmp_path, runner):
     out, seconds, code = launch(tmp_path, "inflight", runner)
-    assert code != 0 and seconds < 10, (seconds, out)
+    assert code != 0, (seconds, out)
     assert "injected failure with handles in flight" in out, out
 
 
 def test_a_rank_that_dies_is_named(tmp_path):
     out, seconds, code = launch(tmp_path, "kill", "mpicoll.run")
-    assert code != 0 and seconds < 10, (seconds, out)
+    assert code != 0, (seconds, out)
     assert "mpicoll.run: rank 1 (pid" in out and "killed by SIGKILL" in out, out
 
 
@@ -65,7 +69,7 @@ def test_a_rank_that_dies_is_named(tmp_path):
 def test_the_watchdog_names_the_stalled_collective(tmp_path, validate):
     out, seconds, code = launch(tmp_path, "stall", "mpicoll.run",
                                 {"MPICOLL_TIMEOUT": "2", "MPICOLL_VALIDATE": validate})
-    assert code != 0 and seconds < 15, (seconds, out)
+    assert code != 0, (seconds, out)
     assert "mpicoll watchdog: rank" in out and "in allreduce (ring" in out, (code, seconds, out)
     if validate == "0":
         assert "for rank 1" in out, out  # the ranks next to the stalled one name it
@@ -120,7 +124,7 @@ def test_the_watchdog_covers_the_first_collective(tmp_path, mode):
     communicator on its first call left the others waiting (in the collective Dup() that makes the
     default communicator) even with MPICOLL_TIMEOUT set."""
     out, seconds, code = launch_first(tmp_path, mode)
-    assert code != 0 and seconds < 60, (code, seconds, out)
+    assert code != 0, (code, seconds, out)
     if mode == "other-comm":
         assert "mpicoll watchdog: rank 0" in out and "creating the communicator" in out, out
     elif mode == "raise-first" and "exited with non-zero status" in out:
@@ -135,14 +139,14 @@ def test_the_stalled_rank_says_it_is_computing(tmp_path):
     """Break 15: the stalled rank's own watchdog line named a step it had long finished (the
     argument check) and said it waited for the other ranks."""
     out, seconds, code = launch_first(tmp_path, "stall-decode")
-    assert code != 0 and seconds < 35, (code, seconds, out)
+    assert code != 0, (code, seconds, out)
     assert "rank 1 has spent" in out and "without waiting on any rank" in out, out
 
 
 def test_a_stopped_rank_is_named(tmp_path):
     """Break 15: a frozen (SIGSTOP) rank was named by no message."""
     out, seconds, code = launch_first(tmp_path, "stop", runner="mpicoll.run")
-    assert code != 0 and seconds < 35, (code, seconds, out)
+    assert code != 0, (code, seconds, out)
     assert "mpicoll.run: rank 1 (pid" in out and "was stopped by SIGSTOP" in out, out
 
 

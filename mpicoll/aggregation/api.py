@@ -40,7 +40,8 @@ from ..collectives.validate import Agreement
 from ..compression import Compressor
 from ..errors import ArgumentError, DtypeError, PayloadError, PeerError, UnsupportedError, accepted
 from ..transport import Comm, as_comm
-from ..transport.watchdog import refine, waiting_on, watched
+from ..transport.entry import watched
+from ..transport.watchdog import refine, waiting_on
 from . import allgather_decode, hierarchical, lowrank, sparse, summable, two_phase  # noqa: F401  (registration)
 from .path import Parts
 

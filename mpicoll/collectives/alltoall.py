@@ -23,8 +23,9 @@ import numpy as np
 from ..config import config
 from ..errors import ArgumentError
 from ..transport import Comm, as_comm
+from ..transport.entry import watched
 from ..transport.p2p import irecv, isend, sendrecv, waitall
-from ..transport.watchdog import refine, watched
+from ..transport.watchdog import refine
 from . import auto
 from .buffers import check_array, check_out, finish, flat_input, flat_output
 from .partition import check_counts, displacements

@@ -15,7 +15,8 @@ from .. import timeline
 from ..backend import synchronize, xp_of
 from ..errors import ArgumentError
 from ..transport import Comm, as_comm
-from ..transport.watchdog import refine, watched
+from ..transport.entry import watched
+from ..transport.watchdog import refine
 from . import auto
 from .buffers import check_array, check_finite, check_out, check_root, finish, flat_input, flat_output, in_out
 from .ops import ReduceOp, get_op, work_dtype

@@ -10,7 +10,7 @@ from .. import timeline
 from ..errors import ArgumentError
 from .scratch import ScratchPool
 from .topology import host_layout
-from .watchdog import install_abort_hook, start_mpi, waiting_on
+from .watchdog import start_mpi, waiting_on
 
 if TYPE_CHECKING:
     from mpi4py import MPI
@@ -57,7 +57,6 @@ class Comm:
         self.scratch = ScratchPool()
         #: the host index of every rank (collective to find out, so done here, where all ranks are)
         self.hosts: tuple[int, ...] = host_layout(self.mpi) if hosts is None else hosts
-        install_abort_hook(MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size())
         #: the same number on every rank for the same communicator (timeline events name it)
         self.serial: int = next(_serials)
         timeline.autostart(base)  # MPICOLL_TIMELINE: start recording where the first communicator is made

@@ -8,22 +8,24 @@
   leave the others waiting forever in their next collective (``python script.py`` does not
   abort them; ``python -m mpi4py script.py`` does). The hook prints the traceback with the rank
   and calls ``MPI_Abort``. ``config.abort_on_error = False`` leaves ``sys.excepthook`` alone.
+  It is installed once per process, by :func:`start_mpi` (where mpicoll first initializes or
+  imports MPI: the first communicator, ``mpicoll.rank()``, the torch backend), not by each
+  ``Comm``.
 """
 
 from __future__ import annotations
 
 import faulthandler
-import functools
 import os
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 from .. import timeline
 from ..config import config
@@ -40,7 +42,6 @@ class _Activity:
     waiting: bool = True  # in a wait now (else computing between waits; ``step`` is the last one)
 
 
-F = TypeVar("F", bound=Callable[..., Any])
 _activities: dict[int, _Activity] = {}  # by thread: the caller's and the non-blocking engine's
 _thread: threading.Thread | None = None
 _lock = threading.Lock()
@@ -63,45 +64,6 @@ def watch(rank: int | None, collective: str, algorithm: str) -> Iterator[None]:
             _activities.pop(me, None)
         else:
             _activities[me] = previous
-
-
-def watched(collective: str) -> Callable[[F], F]:
-    """Decorator: run a public collective under :func:`watch` when ``config.timeout`` is set (one lookup
-    otherwise). The watch starts before anything else, the communicator's creation included (the
-    ``Dup()`` and host detection of a first call are collective, and a rank that never arrives
-    must not leave this one waiting unwatched); the report names the world rank."""
-    def decorate(fn: F) -> F:
-        @functools.wraps(fn)
-        def run(*args: Any, **kwargs: Any) -> Any:
-            if config.get("timeout") > 0:
-                with watch(None, collective, kwargs.get("algorithm", "auto")):
-                    return recorded(*args, **kwargs) if timeline.wanted() else fn(*args, **kwargs)
-            return recorded(*args, **kwargs) if timeline.wanted() else fn(*args, **kwargs)
-
-        def recorded(*args: Any, **kwargs: Any) -> Any:
-            from .comm import as_comm
-
-            c = as_comm(kwargs.get("comm"))  # with the timeline on: its serial names the call's communicator
-            with timeline.collective(collective, c.serial, **_describe(args, kwargs)):
-                return fn(*args, **kwargs)
-
-        return run  # type: ignore[return-value]
-
-    return decorate
-
-
-_DTYPE_NAMES: dict[Any, str] = {}  # str(dtype) costs microseconds: once per dtype
-
-
-def _describe(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The timeline's arguments of a collective call: its input's size and type, the algorithm asked for."""
-    x = args[0] if args else kwargs.get("x")
-    dtype = getattr(x, "dtype", None)
-    name = _DTYPE_NAMES.get(dtype)
-    if name is None:
-        name = _DTYPE_NAMES.setdefault(dtype, "" if dtype is None else str(dtype))
-    return {"bytes": getattr(x, "nbytes", 0), "count": getattr(x, "size", 0), "dtype": name,
-            "algorithm": kwargs.get("algorithm", "auto")}
 
 
 def refine(algorithm: str) -> None:
@@ -170,6 +132,8 @@ def start_mpi() -> Any:
         if armed:
             faulthandler.cancel_dump_traceback_later()
     mpi_ready()
+    if not _hook_installed:  # the one place: where mpicoll first touches MPI, whatever communicator follows
+        install_abort_hook(MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size())
     return MPI
 
 
