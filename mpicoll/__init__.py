@@ -43,6 +43,7 @@ _LAZY = {
     "op_names": "mpicoll.collectives",
     "compressed_allreduce": "mpicoll.aggregation",
     "compressed_iallreduce": "mpicoll.aggregation",
+    "AutoCodec": "mpicoll.aggregation",
     "GradientBuckets": "mpicoll.aggregation",
     "iallreduce": "mpicoll.collectives",
     "ialltoall": "mpicoll.collectives",
@@ -89,6 +90,7 @@ def size() -> int:
 
 __all__ = [
     "ArgumentError",
+    "AutoCodec",
     "Comm",
     "ConfigError",
     "DtypeError",

@@ -162,6 +162,11 @@ SETTINGS: dict[str, Setting] = {
             "JSON file (rank 0 merges all ranks at exit; empty = off). See mpicoll.timeline.",
         ),
         Setting(
+            "model", "", str.strip, _str,
+            "A machine model written by `mpicoll-bench probe --json` for compressor='auto' to choose codecs "
+            "with (empty = probe this job's machine at the first decision, a few seconds). See mpicoll.model.",
+        ),
+        Setting(
             "abort_on_error", True, _parse_bool, _bool,
             "With more than one rank, an uncaught exception aborts every rank (MPI_Abort) instead of leaving "
             "the others waiting forever.",

@@ -13,6 +13,10 @@ error-feedback keys (one per bucket) stay valid.
 Dense warm-up: with ``warmup_steps=N`` the first ``N`` steps (calls of :meth:`~GradientBuckets.wait`)
 are plain all-reduces; compression starts at step ``N`` with empty residuals (nothing was
 compressed before), as PyTorch's PowerSGD hook does with ``start_powerSGD_iter``.
+
+``compressor="auto"`` (or an :class:`~.autocodec.AutoCodec`): each bucket gets the codec the cost
+model predicts fastest for its size, or none, decided at its first compressed step and the same
+on every rank (see :mod:`.autocodec`).
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from ..collectives.nonblocking import Handle, iallreduce
 from ..collectives.registry import algorithm_names
 from ..compression import Compressor
 from ..errors import ArgumentError
+from ..transport import as_comm
 from .api import compressed_iallreduce
+from .autocodec import AutoCodec, resolve_compressor
 
 
 @dataclass
@@ -53,15 +59,17 @@ class GradientBuckets:
         arrays: ``(name, array)`` pairs in registration (forward) order, or a dict; the arrays
             are reduced in place (``average=True``: their mean over ranks).
         bucket_bytes: the fusion buffer size (an array larger than this gets a bucket alone).
-        compressor: ``None`` for a plain all-reduce, or a compressor (error feedback is keyed by
-            ``key_prefix`` and the bucket index).
+        compressor: ``None`` for a plain all-reduce, a compressor (error feedback is keyed by
+            ``key_prefix`` and the bucket index), or ``"auto"`` / an
+            :class:`~mpicoll.aggregation.autocodec.AutoCodec` (a codec per bucket from the cost model).
         comm, algorithm, average: as for :func:`mpicoll.allreduce` / :func:`compressed_allreduce`.
         warmup_steps: steps reduced uncompressed before the compressor is used (see the module
             docstring); :attr:`steps` counts completed steps.
     """
 
     def __init__(self, arrays: Iterable[tuple[Hashable, Any]] | dict[Hashable, Any], *,
-                 bucket_bytes: int = 25 << 20, compressor: Compressor | None = None, comm: Any = None,
+                 bucket_bytes: int = 25 << 20, compressor: Compressor | AutoCodec | str | None = None,
+                 comm: Any = None,
                  algorithm: str = "auto", average: bool = True, key_prefix: str = "bucket",
                  warmup_steps: int = 0) -> None:
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
@@ -71,7 +79,8 @@ class GradientBuckets:
         if len({name for name, _ in items}) != len(items):
             raise ArgumentError("GradientBuckets: array names must be unique")
         self.arrays = dict(items)
-        self.compressor, self.comm, self.algorithm, self.average = compressor, comm, algorithm, average
+        self.compressor = resolve_compressor(compressor)
+        self.comm, self.algorithm, self.average = comm, algorithm, average
         self.key_prefix = key_prefix
         self.buckets = self._plan(items[::-1], bucket_bytes)
         self.bucket_of = {name: b for b in self.buckets for name in b.names}
@@ -134,15 +143,21 @@ class GradientBuckets:
     def _launch(self, bucket: Bucket) -> None:
         for name, start, stop in zip(bucket.names, bucket.offsets, bucket.offsets[1:], strict=False):
             bucket.buffer[start:stop] = self.arrays[name].reshape(-1)
-        if self.compressor is None or self.steps < self.warmup_steps:
+        compressor = self.compressor
+        key = f"{self.key_prefix}{bucket.index}"
+        if isinstance(compressor, AutoCodec) and self.steps >= self.warmup_steps:
+            comm = as_comm(self.comm)
+            if bucket.index == 0:  # a step's first launch: nothing in flight, so the model may be agreed on
+                compressor.prepare(comm)
+            compressor = compressor.resolve(comm, key, int(bucket.buffer.nbytes))
+        if compressor is None or self.steps < self.warmup_steps:
             op = "avg" if self.average else "sum"
             # a compressed path's name (two_phase ...) during the warm-up: the dense all-reduce's auto
             dense = self.algorithm if self.algorithm in algorithm_names("allreduce") else "auto"
             bucket.handle = iallreduce(bucket.buffer, op, algorithm=dense, comm=self.comm, out=bucket.buffer)
         else:
-            key = f"{self.key_prefix}{bucket.index}"
             parts = [tuple(self.arrays[name].shape) for name in bucket.names]
-            bucket.handle = compressed_iallreduce(bucket.buffer, self.compressor, key=key, comm=self.comm,
+            bucket.handle = compressed_iallreduce(bucket.buffer, compressor, key=key, comm=self.comm,
                                                   average=self.average, algorithm=self.algorithm, parts=parts)
         if timeline.recording():  # from launch to done, on the launching thread's row
             launched, tid, step = timeline.now_ns(), threading.get_native_id(), self.step

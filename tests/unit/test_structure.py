@@ -19,12 +19,14 @@ LAYERS = [
     ("mpicoll.kernels", 3),
     ("mpicoll.transport", 4),
     ("mpicoll.collectives", 5), ("mpicoll.compression", 5),
-    ("mpicoll.aggregation", 6),
-    ("mpicoll", 7),  # the package facade (it exposes every layer): only the front ends may import it
-    ("mpicoll.torch", 7),  # the PyTorch adapter: below the benchmark suite, whose torch-step times it
-    ("mpicoll.horovod", 8),  # Horovod's API on the adapter
-    ("mpicoll.bench", 8), ("mpicoll.info", 8),
-    ("mpicoll.__main__", 9),
+    ("mpicoll.model", 5),  # the cost model: arithmetic only
+    ("mpicoll.model.probe", 6),  # ... and its measurements, which run collectives and codecs
+    ("mpicoll.aggregation", 7),
+    ("mpicoll", 8),  # the package facade (it exposes every layer): only the front ends may import it
+    ("mpicoll.torch", 8),  # the PyTorch adapter: below the benchmark suite, whose torch-step times it
+    ("mpicoll.horovod", 9),  # Horovod's API on the adapter
+    ("mpicoll.bench", 9), ("mpicoll.info", 9),
+    ("mpicoll.__main__", 10),
 ]
 # third-party packages that only these modules may import (at any depth); the GPU check script
 # drives the device itself and compares with torch.topk; torch-step times training steps against DDP;

@@ -1,0 +1,275 @@
+"""What each all-reduce path costs: message rounds, bytes per link class, and local work.
+
+The alpha-beta-gamma model (Hockney; Thakur, Rabenseifner & Gropp 2005) with two link classes and
+the codecs' own throughputs. A call on ``p`` ranks spread over ``H`` hosts (``q = p / H`` ranks per
+host, block placement: ranks ``0..q-1`` on host 0) of an ``n``-byte float32 array costs
+
+    sum over link classes c of  rounds_c * alpha_c + bytes_c * beta_c
+    + reduce_bytes * gamma + compress_bytes / compress_rate + decode_bytes / decode_rate + flops / F
+
+``bytes_c`` is what the busiest link of class ``c`` carries in one direction, per call (links
+are full duplex). Across hosts, every rank of a host that sends over the network at the same step
+shares that host's link: the bytes are multiplied by the number of those ranks (*contention*).
+A flat algorithm on several hosts runs in lockstep, so each of its steps takes the time of its
+slowest hop: the model charges every round to the inter-host class as soon as any hop of that
+round crosses hosts.
+
+Each function below names the module whose algorithm it models and gives its formula. ``w`` is a
+codec's wire size (``ratio * n``); the codec terms use compress / decode rates in input bytes per
+second. The formulas are checked against hand-computed cases in tests/unit/test_costmodel.py and
+against measured times on the network bed in bench/RESULTS.md (issue 17).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the ranks are: ``hosts`` hosts with ``per_host`` ranks each (``p = hosts * per_host``)."""
+
+    hosts: int
+    per_host: int
+
+    @property
+    def p(self) -> int:
+        return self.hosts * self.per_host
+
+
+@dataclass
+class Cost:
+    """The counted parts of one call (see the module docstring); add two with ``+``."""
+
+    rounds: dict[str, float] = field(default_factory=dict)  # link class -> message rounds
+    bytes: dict[str, float] = field(default_factory=dict)  # link class -> bytes on its busiest link
+    reduce_bytes: float = 0.0  # bytes added element-wise (gamma)
+    compress_bytes: float = 0.0  # input bytes compressed
+    decode_bytes: float = 0.0  # input-sized bytes decoded
+    flops: float = 0.0  # floating-point operations (PowerSGD's products)
+
+    def __add__(self, other: Cost) -> Cost:
+        rounds, nbytes = dict(self.rounds), dict(self.bytes)
+        for c, v in other.rounds.items():
+            rounds[c] = rounds.get(c, 0.0) + v
+        for c, v in other.bytes.items():
+            nbytes[c] = nbytes.get(c, 0.0) + v
+        return Cost(rounds, nbytes, self.reduce_bytes + other.reduce_bytes, self.compress_bytes + other.compress_bytes,
+                    self.decode_bytes + other.decode_bytes, self.flops + other.flops)
+
+
+def _link(layout: Layout) -> str:
+    return "inter" if layout.hosts > 1 else "intra"
+
+
+def _msg(link: str, rounds: float, nbytes: float) -> Cost:
+    return Cost(rounds={link: rounds}, bytes={link: nbytes})
+
+
+def ring(n: float, layout: Layout) -> Cost:
+    """:mod:`mpicoll.collectives.ring`: reduce-scatter then allgather around the ring.
+
+    ``2(p-1)`` rounds of ``n/p`` bytes; reduces ``(p-1)/p n``. With block placement each host has
+    one outgoing network hop per step, so there is no contention."""
+    p = layout.p
+    if p == 1:
+        return Cost()
+    cost = _msg(_link(layout), 2 * (p - 1), 2 * (p - 1) / p * n)
+    cost.reduce_bytes = (p - 1) / p * n
+    return cost
+
+
+def _pof2(p: int) -> int:
+    return 1 << (p.bit_length() - 1)
+
+
+def _fold(n: float, layout: Layout) -> Cost:
+    """Non-power-of-two ``p``: the ``p - k`` extra ranks send their data to a partner first and get
+    the result back (two rounds of ``n`` bytes, one reduction)."""
+    p, k = layout.p, _pof2(layout.p)
+    if p == k:
+        return Cost()
+    cost = _msg(_link(layout), 2, 2 * n)
+    cost.reduce_bytes = n
+    return cost
+
+
+def _stage_link(distance: int, layout: Layout) -> tuple[str, int]:
+    """The link class of a pairwise stage whose partners are ``distance`` ranks apart, and how many
+    ranks of a host then share its network link."""
+    if layout.hosts == 1 or distance < layout.per_host:
+        return "intra", 1
+    return "inter", min(layout.per_host, distance)
+
+
+def recursive_doubling(n: float, layout: Layout) -> Cost:
+    """:mod:`mpicoll.collectives.recursive_doubling`: ``log2 k`` pairwise exchanges of the whole
+    array (``k`` the largest power of two <= p), partners ``1, 2, 4, ...`` apart; each reduces ``n``."""
+    k = _pof2(layout.p)
+    cost = _fold(n, layout)
+    for i in range(int(math.log2(k))):
+        link, share = _stage_link(1 << i, layout)
+        cost = cost + _msg(link, 1, n * share)
+        cost.reduce_bytes += n
+    return cost
+
+
+def rabenseifner(n: float, layout: Layout) -> Cost:
+    """:mod:`mpicoll.collectives.rabenseifner`: recursive-halving reduce-scatter then
+    recursive-doubling allgather; stage ``i`` moves ``n / 2^(i+1)`` bytes each way, partners
+    ``k/2, k/4, ...`` apart in the reduce-scatter and the reverse in the allgather."""
+    k = _pof2(layout.p)
+    cost = _fold(n, layout)
+    stages = int(math.log2(k))
+    for i in range(stages):
+        link, share = _stage_link(k >> (i + 1), layout)
+        part = n / (1 << (i + 1))
+        cost = cost + _msg(link, 2, 2 * part * share)  # once in the reduce-scatter, once in the allgather
+        cost.reduce_bytes += part
+    return cost
+
+
+def tree(n: float, layout: Layout) -> Cost:
+    """:mod:`mpicoll.collectives.tree`: reduce up a binary tree, broadcast down; a node with two
+    children receives ``2n`` and sends ``2n``; ``2 (ceil(log2(p+1)) - 1)`` rounds."""
+    p = layout.p
+    if p == 1:
+        return Cost()
+    children = min(2, p - 1)
+    cost = _msg(_link(layout), 2 * (math.ceil(math.log2(p + 1)) - 1), 2.0 * children * n)
+    cost.reduce_bytes = children * n
+    return cost
+
+
+def hierarchical(n: float, layout: Layout, across: str = "ring") -> Cost:
+    """:mod:`mpicoll.collectives.hierarchical`: reduce-scatter inside each host (ring on ``q``
+    ranks), an all-reduce of each ``n/q`` part across the ``H`` hosts (all ``q`` parts at once, so
+    the host's link carries ``q`` of them: ``2(H-1)/H n`` per host for the ring), allgather inside
+    the host."""
+    q, hosts = layout.per_host, layout.hosts
+    cost = Cost()
+    if q > 1:
+        cost = cost + _msg("intra", 2 * (q - 1), 2 * (q - 1) / q * n)
+        cost.reduce_bytes += (q - 1) / q * n
+    if hosts > 1:
+        inner = DENSE[across](n / q, Layout(hosts, 1))
+        inner.bytes = {c: v * q for c, v in inner.bytes.items()}  # the q owners share the host's link
+        cost = cost + inner
+    return cost
+
+
+DENSE = {"ring": ring, "recursive_doubling": recursive_doubling, "rabenseifner": rabenseifner, "tree": tree}
+
+
+def dense(algorithm: str, n: float, layout: Layout) -> Cost:
+    """The cost of one of mpicoll's own all-reduce algorithms (``hierarchical`` included)."""
+    if algorithm == "hierarchical":
+        return hierarchical(n, layout)
+    if algorithm not in DENSE:
+        raise KeyError(f"no cost formula for all-reduce algorithm {algorithm!r}; "
+                       f"have {sorted([*DENSE, 'hierarchical'])}")
+    return DENSE[algorithm](n, layout)
+
+
+def ring_allgather(each: float, layout: Layout) -> Cost:
+    """A ring allgather of ``each`` bytes per rank: ``p-1`` rounds, each rank receives ``(p-1) each``."""
+    p = layout.p
+    return _msg(_link(layout), p - 1, (p - 1) * each) if p > 1 else Cost()
+
+
+# ------------------------------------------------------------------------------------ compressed paths
+
+def summable(n: float, ratio: float, layout: Layout, algorithm: str = "ring", widen: float = 1.0) -> Cost:
+    """:mod:`mpicoll.aggregation.summable` (fp16, bf16, random-k, none): the dense algorithm on
+    the wire section (``w = ratio n`` bytes); compress and decode ``n`` once. 16-bit wire floats
+    are decoded to float32, added and encoded again at every reduction step: ``widen = 2`` counts
+    those reductions on the decoded bytes."""
+    cost = dense(algorithm, ratio * n, layout)
+    cost.reduce_bytes *= widen
+    cost.compress_bytes += n
+    cost.decode_bytes += n
+    return cost
+
+
+def sparse_allgather(n: float, ratio: float, layout: Layout) -> Cost:
+    """:mod:`mpicoll.aggregation.sparse` (``sparse_allgather``): an allgather of 8-byte sizes, an
+    allgatherv of every rank's pairs (``(p-1) w`` received), then ``p`` scatter-adds into a zeroed
+    dense sum (``n`` written, ``p w`` read)."""
+    p = layout.p
+    cost = ring_allgather(8, layout) + ring_allgather(ratio * n, layout)
+    cost.compress_bytes += n
+    cost.reduce_bytes += n + p * ratio * n
+    return cost
+
+
+SPARSE_DENSE_SWITCH = 0.25  # mpicoll.aggregation.sparse.DENSE_SWITCH
+
+
+def sparse_rd(n: float, ratio: float, layout: Layout) -> Cost:
+    """:mod:`mpicoll.aggregation.sparse` (``sparse_rd``): ``ceil(log2 p)`` pairwise merges; the
+    merged set at most doubles each stage (disjoint indices: the worst case, which random data
+    approaches at low density) until it passes the dense switch, then dense exchanges of ``n``."""
+    p = layout.p
+    cost = Cost()
+    size = ratio * n
+    for i in range(math.ceil(math.log2(p)) if p > 1 else 0):
+        link, share = _stage_link(1 << i, layout)
+        nbytes = min(size, n) if size <= SPARSE_DENSE_SWITCH * 2 * n else n
+        cost = cost + _msg(link, 1, nbytes * share)
+        cost.reduce_bytes += nbytes
+        size *= 2
+    cost.compress_bytes += n
+    return cost
+
+
+def two_phase(n: float, ratio: float, layout: Layout) -> Cost:
+    """:mod:`mpicoll.aggregation.two_phase`: an all-to-all of chunk payloads (``p-1`` rounds,
+    ``(p-1)/p w``), the owner decodes and adds ``p`` chunks of ``n/p``, compresses its sum again,
+    and an allgather of the owners' payloads (``p-1`` rounds, ``(p-1)/p w``); every rank decodes
+    all chunks (``n``). Sizes travel with the payloads (probed), so no extra round."""
+    p = layout.p
+    if p == 1:
+        return Cost(compress_bytes=n, decode_bytes=n)
+    cost = _msg(_link(layout), 2 * (p - 1), 2 * (p - 1) / p * ratio * n)
+    cost.compress_bytes += n + n / p
+    cost.decode_bytes += n + n  # the owner's p chunks of n/p, then all p chunks of the result
+    cost.reduce_bytes += n
+    return cost
+
+
+def allgather_decode(n: float, ratio: float, layout: Layout) -> Cost:
+    """:mod:`mpicoll.aggregation.allgather_decode`: compress once, allgather sizes and payloads
+    (``(p-1) w`` received), decode all ``p`` and add them in rank order."""
+    p = layout.p
+    cost = ring_allgather(8, layout) + ring_allgather(ratio * n, layout)
+    cost.compress_bytes += n
+    cost.decode_bytes += p * n
+    cost.reduce_bytes += p * n
+    return cost
+
+
+def powersgd(n: float, rank: int, layout: Layout, algorithm: str = "ring") -> Cost:
+    """:mod:`mpicoll.aggregation.lowrank`: the ``n``-byte array as an ``a x b`` float32 matrix
+    (``a b = n / 4``, as square as its factors allow); two all-reduces of ``P`` (``a r``) and ``Q``
+    (``b r``) floats; products ``M Q`` and ``M^T P`` (``2 a b r`` flops each), a Gram-Schmidt of
+    ``P`` (``2 a r^2``), and the reconstruction ``P Q^T`` (``2 a b r``)."""
+    elements = max(1, int(n // 4))
+    a = _near_square(elements)
+    b = elements // a
+    r = min(rank, a, b)
+    cost = dense(algorithm, 4 * a * r, layout) + dense(algorithm, 4 * b * r, layout)
+    cost.flops += 6 * a * b * r + 2 * a * r * r
+    return cost
+
+
+def _near_square(elements: int) -> int:
+    """The largest divisor of ``elements`` that is at most its square root (the matrix's rows)."""
+    for a in range(math.isqrt(elements), 0, -1):
+        if elements % a == 0:
+            return a
+    return 1
+
+
+PATHS = {"summable": summable, "sparse_allgather": sparse_allgather, "sparse_rd": sparse_rd,
+         "two_phase": two_phase, "allgather_decode": allgather_decode}

@@ -1,0 +1,128 @@
+"""The fitted machine: latency and bandwidth per link class, reduction and matrix speed, and each
+codec's wire ratio and throughput; what :mod:`.costs`' counts cost in seconds on it.
+
+A :class:`Machine` comes from ``mpicoll-bench probe`` (:mod:`mpicoll.model.probe`, seconds under
+the job's own launcher) as JSON, or is built by hand for projections (``with_rate``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import ArgumentError
+from .costs import Cost
+
+
+@dataclass(frozen=True)
+class Link:
+    """A link class: ``alpha`` seconds per message round, ``beta`` seconds per byte."""
+
+    alpha: float
+    beta: float
+
+    @property
+    def gbit(self) -> float:
+        """Bandwidth in Gbit/s."""
+        return 8e-9 / self.beta if self.beta > 0 else math.inf
+
+
+@dataclass(frozen=True)
+class CodecRates:
+    """One codec on one kernel provider: wire bytes per input byte, and compress / decode speed in
+    input bytes per second; ``kind`` as :attr:`mpicoll.compression.Compressor.kind`."""
+
+    kind: str
+    ratio: float
+    compress_Bps: float
+    decode_Bps: float
+    widen: float = 1.0  # 16-bit wire floats are added as float32 (see costs.summable)
+    rank: int = 0  # PowerSGD's rank
+
+
+@dataclass
+class Machine:
+    """Everything the model needs to turn a :class:`~.costs.Cost` into seconds."""
+
+    links: dict[str, Link]
+    gamma: float  # seconds per byte added
+    flops: float  # floating-point operations per second (matrix products)
+    codecs: dict[str, CodecRates] = field(default_factory=dict)
+    #: ``MPI_Allreduce``'s measured ``(bytes, seconds)`` per rank count (native is not modelled, only observed)
+    native: dict[int, list[tuple[float, float]]] = field(default_factory=dict)
+    #: where the probe ran (hosts, ranks per host) and on which kernel provider
+    probed_on: dict[str, Any] = field(default_factory=dict)
+
+    def seconds(self, cost: Cost, codec: str | None = None) -> float:
+        """The time of ``cost`` on this machine (codec terms with ``codec``'s rates)."""
+        t = 0.0
+        for c, rounds in cost.rounds.items():
+            t += rounds * self.link(c).alpha
+        for c, nbytes in cost.bytes.items():
+            t += nbytes * self.link(c).beta
+        t += cost.reduce_bytes * self.gamma + cost.flops / self.flops
+        if cost.compress_bytes or cost.decode_bytes:
+            rates = self.codec(codec) if codec else None
+            if rates is not None:
+                t += cost.compress_bytes / rates.compress_Bps + cost.decode_bytes / rates.decode_Bps
+        return t
+
+    def link(self, name: str) -> Link:
+        """The link class ``intra`` or ``inter`` (a machine probed on one host reuses ``intra``)."""
+        found = self.links.get(name) or self.links.get("intra")
+        if found is None:
+            raise ArgumentError(f"the model has no {name!r} link; probe on the job's own layout")
+        return found
+
+    def codec(self, name: str) -> CodecRates:
+        """The rates of codec ``name`` (``none`` needs none)."""
+        if name not in self.codecs:
+            raise ArgumentError(f"the model has no rates for codec {name!r}; probed: {sorted(self.codecs)}")
+        return self.codecs[name]
+
+    def with_rate(self, gbit: float, alpha: float | None = None) -> Machine:
+        """A copy whose inter-host link runs at ``gbit`` Gbit/s (latency ``alpha`` if given)."""
+        inter = self.links.get("inter") or self.links["intra"]
+        links = {**self.links, "inter": Link(inter.alpha if alpha is None else alpha, 8e-9 / gbit)}
+        return replace(self, links=links)
+
+    def native_seconds(self, p: int, nbytes: float) -> float | None:
+        """``MPI_Allreduce``'s observed time on ``p`` ranks, interpolated log-log between probed
+        sizes (``None`` outside them, or for a rank count never probed: native is not modelled)."""
+        points = sorted(self.native.get(p, []))
+        if not points or not points[0][0] <= nbytes <= points[-1][0]:
+            return None
+        for (b0, t0), (b1, t1) in itertools.pairwise(points):
+            if b0 <= nbytes <= b1:
+                if b1 == b0:
+                    return t0
+                f = (math.log(nbytes) - math.log(b0)) / (math.log(b1) - math.log(b0))
+                return math.exp(math.log(t0) + f * (math.log(t1) - math.log(t0)))
+        return points[-1][1]
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form (what ``mpicoll-bench probe --json`` writes)."""
+        return {"links": {k: asdict(v) for k, v in self.links.items()}, "gamma": self.gamma, "flops": self.flops,
+                "codecs": {k: asdict(v) for k, v in self.codecs.items()},
+                "native": {str(k): v for k, v in self.native.items()}, "probed_on": self.probed_on}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Machine:
+        """Read :meth:`to_json`'s form; a malformed file gets an :class:`ArgumentError` naming the field."""
+        try:
+            return cls(links={k: Link(float(v["alpha"]), float(v["beta"])) for k, v in data["links"].items()},
+                       gamma=float(data["gamma"]), flops=float(data["flops"]),
+                       codecs={k: CodecRates(**v) for k, v in data.get("codecs", {}).items()},
+                       native={int(k): [(float(b), float(t)) for b, t in v] for k, v in data.get("native", {}).items()},
+                       probed_on=dict(data.get("probed_on", {})))
+        except (KeyError, TypeError, ValueError) as error:
+            raise ArgumentError(f"not a machine model (mpicoll-bench probe --json): {error!r}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> Machine:
+        """Read a probe's JSON file."""
+        return cls.from_json(json.loads(Path(path).read_text()))

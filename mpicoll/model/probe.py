@@ -1,0 +1,166 @@
+"""Measure a :class:`~.machine.Machine` under the job's own launcher, in seconds.
+
+Collective over ``comm`` (every rank calls :func:`probe`):
+
+- **links**: ping-pongs between two ranks of one host (``intra``, when a host holds two) and
+  between rank 0 and the first rank of another host (``inter``, when there are several hosts);
+  half the round trip at a few sizes, ``alpha`` and ``beta`` fitted by least squares. Other ranks
+  wait at a barrier, so a pair has its link to itself.
+- **gamma**: ``np.add`` of two arrays in place; **flops**: the thin products PowerSGD runs;
+- **codecs**: compress and decompress of a Gaussian array with the kernels a user gets by
+  default, and the payload's size over the input's;
+- **native**: ``mpicoll.allreduce(algorithm="native")`` at a few sizes (the MPI library's
+  algorithms are not modelled, only observed on this rank count).
+
+The slowest rank's figures are kept (``MAX`` over ranks), and rank 0's decision-relevant result is
+broadcast, so every rank returns the same :class:`Machine`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..collectives.api import allreduce
+from ..compression import get as get_compressor
+from ..transport import Comm, as_comm
+from .machine import CodecRates, Link, Machine
+
+PING_SIZES = (8, 64 << 10, 512 << 10)
+NATIVE_SIZES = (4 << 10, 64 << 10, 1 << 20, 4 << 20)
+CODECS = {"fp16": {}, "bf16": {}, "int8": {}, "sign": {}, "qsgd": {}, "topk": {"ratio": 0.01},
+          "randomk": {"ratio": 0.01}, "powersgd": {"rank": 4}}
+CODEC_BYTES = 4 << 20
+
+
+def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    fn()  # warm-up: connections, compilation, first touch
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def _fit_link(points: Sequence[tuple[int, float]]) -> Link:
+    """``t = alpha + beta * bytes`` by least squares, clipped to non-negative values."""
+    sizes = np.array([s for s, _ in points], dtype=np.float64)
+    times = np.array([t for _, t in points], dtype=np.float64)
+    a = np.vstack([np.ones_like(sizes), sizes]).T
+    (alpha, beta), *_ = np.linalg.lstsq(a / times[:, None], np.ones_like(times), rcond=None)  # relative error
+    return Link(max(float(alpha), 0.0), max(float(beta), 1e-15))
+
+
+def _pingpong(comm: Comm, a: int, b: int, sizes: Sequence[int], repeats: int) -> list[tuple[int, float]] | None:
+    """Half round trips between ranks ``a`` and ``b`` (measured on ``a``; broadcast from it)."""
+    mpi = comm.mpi
+    points: list[tuple[int, float]] = []
+    for size in sizes:
+        buf = np.zeros(max(size, 1), dtype=np.uint8)
+        mpi.Barrier()
+        if comm.rank in (a, b):
+            peer = b if comm.rank == a else a
+
+            def once(buf: np.ndarray = buf, peer: int = peer) -> None:
+                if comm.rank == a:
+                    mpi.Send(buf, dest=peer, tag=77)
+                    mpi.Recv(buf, source=peer, tag=77)
+                else:
+                    mpi.Recv(buf, source=peer, tag=77)
+                    mpi.Send(buf, dest=peer, tag=77)
+
+            seconds = _median_seconds(once, repeats if size < (256 << 10) else max(3, repeats // 3)) / 2
+            points.append((size, seconds))
+    mpi.Barrier()
+    return mpi.bcast(points if comm.rank == a else None, root=a)
+
+
+def _pairs(hosts: Sequence[int]) -> dict[str, tuple[int, int]]:
+    """Two ranks on one host (``intra``) and two on different hosts (``inter``), where they exist."""
+    pairs: dict[str, tuple[int, int]] = {}
+    first: dict[int, int] = {}
+    for rank, host in enumerate(hosts):
+        if host in first and "intra" not in pairs:
+            pairs["intra"] = (first[host], rank)
+        first.setdefault(host, rank)
+    others = [r for r, h in enumerate(hosts) if h != hosts[0]]
+    if others:
+        pairs["inter"] = (0, others[0])
+    return pairs
+
+
+def _local_rates(codecs: dict[str, dict[str, Any]], repeats: int) -> tuple[float, float, dict[str, CodecRates]]:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(CODEC_BYTES // 4).astype(np.float32)
+    y = x.copy()
+    gamma = _median_seconds(lambda: np.add(y, x, out=y), repeats) / x.nbytes
+    a = rng.standard_normal((1024, 1024)).astype(np.float32)
+    q = rng.standard_normal((1024, 4)).astype(np.float32)
+    flops = 2 * 1024 * 1024 * 4 / _median_seconds(lambda: a.T @ (a @ q), repeats) * 2
+    rates: dict[str, CodecRates] = {}
+    for name, params in codecs.items():
+        compressor = get_compressor(name, **params)
+        if compressor.kind == "lowrank":  # its cost is products (flops) and two small all-reduces
+            rates[name] = CodecRates("lowrank", 0.0, 1e30, 1e30, rank=int(params.get("rank", 4)))
+            continue
+        payload, ctx = compressor.compress(x, key=("probe", name))
+        ratio = _payload_bytes(payload) / x.nbytes
+        t_c = _median_seconds(lambda c=compressor, n=name: c.compress(x, key=("probe", n)), repeats)
+        t_d = _median_seconds(lambda c=compressor, p=payload, k=ctx: c.decompress(p, k), repeats)
+        widen = 2.0 if compressor.kind == "summable" and 0.4 < ratio < 0.6 else 1.0
+        rates[name] = CodecRates(compressor.kind, ratio, x.nbytes / t_c, x.nbytes / t_d, widen=widen)
+    return gamma, flops, rates
+
+
+def _payload_bytes(payload: Any) -> int:
+    if isinstance(payload, np.ndarray):
+        return int(payload.nbytes)
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        return len(payload)
+    if isinstance(payload, (tuple, list)):
+        return sum(_payload_bytes(p) for p in payload)
+    return int(getattr(payload, "nbytes", 0))
+
+
+def probe(comm: Any = None, *, codecs: dict[str, dict[str, Any]] | None = None, repeats: int = 5,
+          native_sizes: Sequence[int] = NATIVE_SIZES) -> Machine:
+    """Measure this job's machine (collective over ``comm``); every rank returns the same model.
+
+    Args:
+        comm: an :class:`mpicoll.Comm`, an mpi4py communicator, or ``None`` for the default.
+        codecs: compressor names and parameters to measure (default :data:`CODECS`).
+        repeats: samples per measurement (the median is kept).
+        native_sizes: sizes (bytes) at which ``MPI_Allreduce`` is observed; empty to skip.
+    """
+    from mpi4py import MPI
+
+    c = as_comm(comm)
+    links = {}
+    for name, (a, b) in _pairs(c.hosts).items():
+        links[name] = _fit_link(_pingpong(c, a, b, PING_SIZES, repeats))
+    if not links:  # one rank: nothing to measure; a link that costs nothing
+        links["intra"] = Link(0.0, 1e-15)
+    gamma, flops, rates = _local_rates(codecs if codecs is not None else CODECS, repeats)
+    gamma = c.mpi.allreduce(gamma, op=MPI.MAX)
+    flops = c.mpi.allreduce(flops, op=MPI.MIN)
+    slowest: dict[str, CodecRates] = {}
+    for name, r in rates.items():  # the slowest rank's speeds; rank 0's ratio
+        comp = c.mpi.allreduce(r.compress_Bps, op=MPI.MIN)
+        dec = c.mpi.allreduce(r.decode_Bps, op=MPI.MIN)
+        slowest[name] = CodecRates(r.kind, r.ratio, comp, dec, r.widen, r.rank)
+    native: list[tuple[float, float]] = []
+    for size in native_sizes if c.size > 1 else ():
+        x = np.ones(size // 4, dtype=np.float32)
+        out = np.empty_like(x)
+        c.mpi.Barrier()
+        t = _median_seconds(lambda x=x, out=out: allreduce(x, algorithm="native", comm=c, out=out), repeats)
+        native.append((float(size), c.mpi.allreduce(t, op=MPI.MAX)))
+    hosts = len(set(c.hosts))
+    machine = Machine(links, gamma, flops, slowest, {c.size: native} if native else {},
+                      {"ranks": c.size, "hosts": hosts, "per_host": max(c.hosts.count(h) for h in set(c.hosts))})
+    return Machine.from_json(c.mpi.bcast(machine.to_json(), root=0))  # one model, bit for bit, on every rank

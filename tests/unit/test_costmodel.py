@@ -1,0 +1,136 @@
+"""The cost model's formulas against hand-computed cases, and its path choice against mpicoll's."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from mpicoll import compression
+from mpicoll.aggregation.api import choose_path
+from mpicoll.model import Choice, CodecRates, Layout, Link, Machine, break_even, choose_codec, compressed_seconds, costs
+from mpicoll.model.predict import auto_path, gbit
+
+MB = 1 << 20
+
+
+def test_ring_on_four_hosts():
+    c = costs.ring(MB, Layout(4, 1))
+    assert c.rounds == {"inter": 6} and c.bytes == {"inter": 1.5 * MB} and c.reduce_bytes == 0.75 * MB
+
+
+def test_recursive_doubling_charges_the_shared_link_across_hosts():
+    # 2 hosts x 2 ranks: stage 0 (partner 1 apart) inside the host, stage 1 (2 apart) across, both
+    # ranks of a host sending over its one link at once
+    c = costs.recursive_doubling(MB, Layout(2, 2))
+    assert c.rounds == {"intra": 1, "inter": 1} and c.bytes == {"intra": MB, "inter": 2 * MB}
+    assert c.reduce_bytes == 2 * MB
+
+
+def test_recursive_doubling_folds_the_extra_ranks():
+    c = costs.recursive_doubling(MB, Layout(1, 3))  # k = 2: fold (2 rounds, 2n, one reduction) + 1 stage
+    assert c.rounds == {"intra": 3} and c.bytes == {"intra": 3 * MB} and c.reduce_bytes == 2 * MB
+
+
+def test_rabenseifner_moves_twice_k_minus_one_over_k():
+    c = costs.rabenseifner(MB, Layout(1, 4))
+    assert c.rounds == {"intra": 4} and c.bytes == {"intra": 1.5 * MB} and c.reduce_bytes == 0.75 * MB
+
+
+def test_hierarchical_crosses_the_network_once_per_host():
+    c = costs.hierarchical(MB, Layout(2, 2))
+    assert c.rounds == {"intra": 2, "inter": 2}
+    assert c.bytes == {"intra": MB, "inter": MB}  # 2(H-1)/H n per host link, whatever q is
+    flat = costs.ring(MB, Layout(2, 2))
+    assert flat.bytes["inter"] == 1.5 * MB
+
+
+def test_compressed_paths():
+    w = 0.03 * MB
+    two = costs.two_phase(MB, 0.03, Layout(4, 1))
+    assert two.rounds == {"inter": 6} and two.bytes["inter"] == pytest.approx(1.5 * w)
+    assert two.compress_bytes == MB + MB / 4 and two.decode_bytes == 2 * MB
+    single = costs.allgather_decode(MB, 0.03, Layout(3, 1))
+    assert single.rounds == {"inter": 4} and single.bytes["inter"] == pytest.approx(16 + 2 * w)
+    assert single.decode_bytes == 3 * MB
+    sparse = costs.sparse_rd(MB, 0.02, Layout(8, 1))  # 3 stages of 2%, 4%, 8% of n
+    assert sparse.rounds == {"inter": 3} and sparse.bytes["inter"] == pytest.approx(0.14 * MB)
+
+
+def test_powersgd_sends_the_two_factors():
+    c = costs.powersgd(4 * 1024 * 1024, 4, Layout(2, 1))  # a 1024 x 1024 float32 matrix, rank 4
+    assert c.bytes["inter"] == pytest.approx(2 * (4 * 1024 * 4))  # P and Q, each 2(p-1)/p = 1 of its bytes
+    assert c.flops == 6 * 1024 * 1024 * 4 + 2 * 1024 * 16
+
+
+def machine(gbps: float = 0.2) -> Machine:
+    return Machine({"intra": Link(5e-6, 1 / 4e9), "inter": Link(100e-6, 8e-9 / gbps)}, gamma=1 / 5e9, flops=2e10,
+                   codecs={"fp16": CodecRates("summable", 0.5, 2e9, 2e9, widen=2.0),
+                           "sign": CodecRates("quantized", 1 / 32, 5e8, 5e9),
+                           "topk": CodecRates("sparse", 0.02, 7e7, 1e9),
+                           "powersgd": CodecRates("lowrank", 0.0, 1e30, 1e30, rank=4)})
+
+
+def test_seconds_adds_every_term():
+    m = machine(1.0)
+    cost = costs.Cost({"inter": 2}, {"inter": 1e6}, reduce_bytes=5e6, compress_bytes=2e9, decode_bytes=5e9,
+                      flops=2e10)
+    assert m.seconds(cost, "sign") == pytest.approx(2 * 100e-6 + 1e6 * 8e-9 + 1e-3 + 4 + 1 + 1)
+
+
+def test_slow_links_pick_a_codec_fast_ones_none():
+    slow = choose_codec(machine(0.2), 64 * MB, Layout(2, 1), ["fp16", "sign", "powersgd"])
+    assert slow.codec != "none" and set(slow.predicted) == {"none", "fp16", "sign", "powersgd"}
+    fast = choose_codec(machine(400.0), 64 * MB, Layout(2, 1), ["fp16", "sign", "topk"])
+    assert fast.codec == "none", fast.describe()
+    assert choose_codec(machine(0.2), 64 * MB, Layout(2, 1), []).codec == "none"
+
+
+def test_margin_keeps_none_unless_compression_clearly_pays():
+    m = machine(0.2)
+    n = 64 * MB
+    predicted = choose_codec(m, n, Layout(2, 1), ["fp16"]).predicted
+    ratio = predicted["none"] / predicted["fp16"]
+    assert choose_codec(m, n, Layout(2, 1), ["fp16"], margin=ratio - 1 + 0.01).codec == "none"
+    assert choose_codec(m, n, Layout(2, 1), ["fp16"], margin=ratio - 1 - 0.01).codec == "fp16"
+    assert isinstance(Choice("none", {}).describe(), str)
+
+
+def test_break_even_is_a_size_from_which_compression_keeps_winning():
+    m = machine(1.0)
+    sizes = [float(4 << i) for i in range(0, 28, 2)]
+    size = break_even(m, "fp16", Layout(8, 1), sizes)
+    assert size is not None
+    assert all(compressed_seconds(m, "fp16", n, Layout(8, 1))[1]
+               < compressed_seconds(m, "none", n, Layout(8, 1))[1] for n in sizes if n >= size)
+
+
+def test_machine_json_round_trip_and_native_curve():
+    m = machine()
+    m.native = {2: [(4096.0, 1e-5), (1048576.0, 1e-3)]}
+    again = Machine.from_json(m.to_json())
+    assert again == m
+    assert again.native_seconds(2, 65536) == pytest.approx(1e-5 * (1e-3 / 1e-5) ** 0.5)
+    assert again.native_seconds(2, 1 << 30) is None and again.native_seconds(3, 65536) is None
+
+
+def test_rates():
+    assert gbit("200mbit") == pytest.approx(0.2) and gbit("25gbit") == 25 and gbit("10") == 10
+
+
+@pytest.mark.parametrize("name,params", [("fp16", {}), ("sign", {}), ("int8", {}), ("int4", {}), ("qsgd", {}),
+                                         ("topk", {"ratio": 0.01}), ("randomk", {"ratio": 0.01}),
+                                         ("powersgd", {"rank": 4}), ("none", {})])
+@pytest.mark.parametrize("p", [1, 2, 3, 4, 5, 8])
+@pytest.mark.parametrize("elements", [1000, 300_000, 4_000_000])
+def test_the_model_takes_the_path_mpicoll_takes(name, params, p, elements):
+    codec = compression.get(name, **params)
+    x = np.broadcast_to(np.zeros((), np.float32), (elements,))
+    expected = choose_path(codec, x, SimpleNamespace(size=p))
+    payload = codec.payload_nbytes(x)
+    got = auto_path(codec.kind, x.nbytes if payload is None else payload, p)
+    if expected in ("ring", "tree", "recursive_doubling", "rabenseifner"):  # a summable codec: dense algorithm
+        assert got == "summable"
+    else:
+        assert got == expected
