@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="table path (default: the user table, see `mpicoll info`)")
     from .compress import add_parser as add_compress
     from .compressed import add_parser as add_compressed
+    from .costmodel import add_parser as add_costmodel
     from .overlap import add_parser as add_overlap
     from .plot import add_parser as add_plot
     from .report import add_parser as add_report
@@ -106,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_overlap(sub)
     add_torch_step(sub)
     add_timeline(sub)
+    add_costmodel(sub)
     return parser
 
 
@@ -192,6 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .timeline import run_timeline
 
         return run_timeline(args)
+    if args.command == "predict":  # arithmetic on a probe's file: no MPI
+        from .costmodel import run_predict
+
+        return run_predict(args)
     if args.command == "compress":  # one process, no MPI
         from .compress import run_compress
 
@@ -219,6 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .timeline import run_overhead
 
             return run_overhead(args, comm)
+        if args.command in ("probe", "model-check"):
+            from .costmodel import run_model_check, run_probe
+
+            return run_probe(args, comm) if args.command == "probe" else run_model_check(args, comm)
         if args.command == "overlap":
             from .overlap import run_overlap
 

@@ -208,3 +208,30 @@ def test_overlap_reports_osu_columns(tmp_path, compressor):
         assert all(math.isfinite(r[k]) for k in ("strict_pct", "overlap_pct"))
         assert r["algorithm"] == ("ring" if compressor is None else "auto")
     assert "overlap(%)" in result.stdout and "out of bounds values : 0 OK" in result.stdout
+
+
+def test_probe_predict_and_model_check(tmp_path):
+    """The cost model's three commands: a probe under mpiexec writes a model, predict projects it
+    (no MPI) with its plot, and model-check measures every path beside its prediction."""
+    model = tmp_path / "model.json"
+    result = run_ranks(3, ["-m", "mpicoll.bench", "probe", "--json", str(model), "--repeats", "1"], tmp_path,
+                       timeout=300)
+    assert result.returncode == 0, result.stdout
+    assert "link intra" in result.stdout and "codec sign" in result.stdout
+    document = json.loads(model.read_text())
+    assert document["probed_on"] == {"ranks": 3, "hosts": 1, "per_host": 3}
+    assert set(document["codecs"]) >= {"fp16", "sign", "topk", "powersgd"}
+    out, png = tmp_path / "pred.json", tmp_path / "pred.png"
+    predicted = subprocess.run([sys.executable, "-m", "mpicoll.bench", "predict", "--model", str(model), "--ranks",
+                                "8,64", "--rate", "1gbit,100gbit", "--size", "97M", "--json", str(out), "--plot",
+                                str(png)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert predicted.returncode == 0, predicted.stderr
+    rows = json.loads(out.read_text())["predictions"]
+    assert len(rows) == 2 * 2 * 5 and all(r["seconds"] > 0 for r in rows)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    check = tmp_path / "check.json"
+    result = run_ranks(2, ["-m", "mpicoll.bench", "model-check", "--model", str(model), "--sizes", "64K",
+                           "--repeats", "1", "--json", str(check)], tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout
+    checked = {r["path"] for r in json.loads(check.read_text())["rows"]}
+    assert {"ring", "native", "fp16:ring", "sign:two_phase", "powersgd:powersgd"} <= checked

@@ -58,6 +58,8 @@ def _flat(machine: Machine, codec: str, n: float, layout: Layout, path: str) -> 
         return costs.powersgd(n, rates.rank or 4, layout, _dense_choice(machine, n, layout))
     if path == "summable":
         return costs.summable(n, rates.ratio, layout, _dense_choice(machine, rates.ratio * n, layout), rates.widen)
+    if path in OWN:  # a summable codec on a named dense algorithm
+        return costs.summable(n, rates.ratio, layout, path, rates.widen)
     return costs.PATHS[path](n, rates.ratio, layout)
 
 
