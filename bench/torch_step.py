@@ -7,8 +7,12 @@ step time (forward, backward, gradient all-reduce, optimizer step). Variants:
 - ``ddp-gloo``: ``DistributedDataParallel`` with its built-in gloo all-reduce (the baseline);
 - ``ddp-on-mpicoll``: stock DDP on the ``"mpicoll"`` torch.distributed backend (only the backend
   string differs from ``ddp-gloo``; its process group is ``new_group(backend="mpicoll")``);
-- ``ddp-mpicoll``: the gloo DDP with mpicoll's communication hook (``--compressor`` optional);
-- ``optimizer``: no DDP, :class:`mpicoll.torch.DistributedOptimizer` (``--compressor`` optional).
+- ``ddp-mpicoll``: the gloo DDP with mpicoll's communication hook, once per ``--compressor``;
+- ``optimizer``: no DDP, :class:`mpicoll.torch.DistributedOptimizer`, once per ``--compressor``.
+
+``--compressor none,fp16,powersgd,auto`` measures each fixed choice and ``auto`` (the cost model's
+choice per bucket, see :mod:`mpicoll.aggregation.autocodec`) in the same run; ``--only`` keeps
+only the variants whose names start with the given prefixes (e.g. ``ddp-gloo,optimizer``).
 
 Needs torch (``pip install 'mpicoll[torch]'``); it is the only benchmark that imports it.
 """
@@ -36,7 +40,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant and round (default 10)")
     p.add_argument("--rounds", type=int, default=5, help="rounds; each variant reports its median (default 5)")
     p.add_argument("--compressor", default="none",
-                   help="none, fp16, topk (1%% + EF), sign (+ EF) or powersgd (rank 4 + EF)")
+                   help="comma-separated: none, fp16, topk (1%% + EF), sign (+ EF), powersgd (rank 4 + EF) or auto "
+                        "(the cost model's choice per bucket); each gets its hook and optimizer variants")
+    p.add_argument("--only", default="", help="keep only variants whose names start with these comma-separated "
+                                              "prefixes (default: all)")
     p.add_argument("--bucket-mb", type=float, default=25.0, help="DDP bucket_cap_mb and our bucket size")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
 
@@ -44,7 +51,7 @@ def add_parser(sub: Any) -> None:
 def _compressor(name: str) -> Any:
     from mpicoll import compression
 
-    return {"none": lambda: None, "fp16": lambda: compression.get("fp16"),
+    return {"none": lambda: None, "auto": lambda: "auto", "fp16": lambda: compression.get("fp16"),
             "topk": lambda: compression.ErrorFeedback(compression.get("topk", ratio=0.01)),
             "sign": lambda: compression.ErrorFeedback(compression.get("sign")),
             "powersgd": lambda: compression.ErrorFeedback(compression.get("powersgd", rank=4))}[name]()
@@ -70,17 +77,19 @@ def _variants(args: argparse.Namespace, torch: Any, mt: Any) -> dict[str, Callab
     gloo = torch.nn.parallel.DistributedDataParallel(mlp(), **ddp)
     backend = torch.nn.parallel.DistributedDataParallel(
         mlp(), process_group=torch.distributed.new_group(backend="mpicoll"), **ddp)
-    hooked = torch.nn.parallel.DistributedDataParallel(mlp(), **ddp)
-    hooked.register_comm_hook(mt.HookState(_compressor(args.compressor)), mt.allreduce_hook)
-    plain = mlp()
-    wrapped = mt.DistributedOptimizer(torch.optim.SGD(plain.parameters(), lr=0.01), plain.named_parameters(),
-                                      compressor=_compressor(args.compressor),
-                                      bucket_bytes=int(args.bucket_mb * 2**20))
-    suffix = "" if args.compressor == "none" else f" {args.compressor}"
-    return {"ddp-gloo": stepper(gloo, torch.optim.SGD(gloo.parameters(), lr=0.01)),
-            "ddp-on-mpicoll": stepper(backend, torch.optim.SGD(backend.parameters(), lr=0.01)),
-            f"ddp-mpicoll{suffix}": stepper(hooked, torch.optim.SGD(hooked.parameters(), lr=0.01)),
-            f"optimizer{suffix}": stepper(plain, wrapped)}
+    variants = {"ddp-gloo": stepper(gloo, torch.optim.SGD(gloo.parameters(), lr=0.01)),
+                "ddp-on-mpicoll": stepper(backend, torch.optim.SGD(backend.parameters(), lr=0.01))}
+    for name in [c.strip() for c in args.compressor.split(",") if c.strip()]:
+        suffix = "" if name == "none" else f" {name}"
+        hooked = torch.nn.parallel.DistributedDataParallel(mlp(), **ddp)
+        hooked.register_comm_hook(mt.HookState(_compressor(name)), mt.allreduce_hook)
+        variants[f"ddp-mpicoll{suffix}"] = stepper(hooked, torch.optim.SGD(hooked.parameters(), lr=0.01))
+        plain = mlp()
+        wrapped = mt.DistributedOptimizer(torch.optim.SGD(plain.parameters(), lr=0.01), plain.named_parameters(),
+                                          compressor=_compressor(name), bucket_bytes=int(args.bucket_mb * 2**20))
+        variants[f"optimizer{suffix}"] = stepper(plain, wrapped)
+    keep = [p.strip() for p in args.only.split(",") if p.strip()]
+    return {k: v for k, v in variants.items() if not keep or k == "ddp-gloo" or any(k.startswith(p) for p in keep)}
 
 
 def run_torch_step(args: argparse.Namespace, comm: Comm) -> int:

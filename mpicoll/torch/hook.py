@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 from .. import timeline
 from ..aggregation import compressed_iallreduce
+from ..aggregation.autocodec import AutoCodec, resolve_compressor
 from ..collectives import iallreduce
 from ..collectives.nonblocking import Handle
 from ..compression import Compressor
@@ -33,8 +34,10 @@ class HookState:
     """What :func:`allreduce_hook` needs: compressor, communicator, iteration count.
 
     Args:
-        compressor: ``None`` for a plain average, else any mpicoll compressor (wrap it in
-            :class:`~mpicoll.compression.ErrorFeedback` for error feedback).
+        compressor: ``None`` for a plain average, any mpicoll compressor (wrap it in
+            :class:`~mpicoll.compression.ErrorFeedback` for error feedback), or ``"auto"`` / an
+            :class:`~mpicoll.aggregation.AutoCodec`: per DDP bucket, the codec the cost model
+            predicts fastest, or none (decided at the bucket's first compressed iteration).
         comm: the communicator (default: a private duplicate of ``COMM_WORLD``).
         algorithm: the all-reduce algorithm (``"auto"``).
         start_iter: the first iteration that compresses (at least 2, see the module docstring).
@@ -42,10 +45,12 @@ class HookState:
             (at iteration ``max(start_iter, warmup_steps)``, with empty residuals).
     """
 
-    def __init__(self, compressor: Compressor | None = None, *, comm: Any = None, algorithm: str = "auto",
-                 start_iter: int = 2, warmup_steps: int = 0) -> None:
-        if compressor is not None and not isinstance(compressor, Compressor):
-            raise ArgumentError(f"HookState: compressor must be an mpicoll compressor or None, got {compressor!r}")
+    def __init__(self, compressor: Compressor | AutoCodec | str | None = None, *, comm: Any = None,
+                 algorithm: str = "auto", start_iter: int = 2, warmup_steps: int = 0) -> None:
+        if compressor is not None and compressor != "auto" and not isinstance(compressor, (Compressor, AutoCodec)):
+            raise ArgumentError(f"HookState: compressor must be an mpicoll compressor, 'auto' or None, "
+                                f"got {compressor!r}")
+        compressor = resolve_compressor(compressor)
         if start_iter < 2 and compressor is not None:
             raise ArgumentError(f"HookState: start_iter={start_iter}; it must be at least 2, because DDP "
                                 f"rebuilds its buckets after the first iteration")
@@ -98,13 +103,19 @@ def allreduce_hook(state: "HookState | None", bucket: dist.GradBucket) -> torch.
     array = as_array(buffer)
     launched, step, index = timeline.now_ns(), state.iteration, bucket.index()
     timeline.instant(f"bucket {index} ready", "bucket", bucket=index, step=step)
-    if state.compressor is None or state.iteration < state.compress_from:
+    compressor = state.compressor
+    if isinstance(compressor, AutoCodec) and state.iteration >= state.compress_from:
+        comm = as_comm(state.comm)
+        if index == 0:  # DDP hands buckets over in index order: nothing of this iteration is in flight yet
+            compressor.prepare(comm)
+        compressor = compressor.resolve(comm, ("ddp", index), int(array.nbytes))
+    if compressor is None or state.iteration < state.compress_from:
         handle = iallreduce(array, "avg", algorithm=state.algorithm, comm=state.comm, out=array)
     else:
         parts = [tuple(g.shape) for g in bucket.gradients()]  # PowerSGD: one matrix per parameter
         if sum(math.prod(shape) for shape in parts) != array.size:
             parts = None
-        handle = compressed_iallreduce(array, state.compressor, key=("ddp", bucket.index()), comm=state.comm,
+        handle = compressed_iallreduce(array, compressor, key=("ddp", index), comm=state.comm,
                                        average=True, algorithm=state.algorithm, parts=parts)
     if bucket.is_last():
         state.iteration += 1

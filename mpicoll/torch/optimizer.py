@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from ..aggregation import GradientBuckets
+from ..aggregation.autocodec import resolve_compressor
 from ..compression import Compressor
 from ..errors import ArgumentError
 from ..transport import as_comm
@@ -59,8 +60,10 @@ class DistributedOptimizer(torch.optim.Optimizer):
         named_parameters: ``model.named_parameters()``; names key the buckets and must be unique
             and the same on every rank. ``None``: names made from the param groups' positions.
             Every parameter of ``optimizer`` that requires a gradient must be named.
-        compressor: ``None`` (plain average) or an mpicoll compressor, e.g.
-            ``ErrorFeedback(get("topk", ratio=0.01))``.
+        compressor: ``None`` (plain average), an mpicoll compressor, e.g.
+            ``ErrorFeedback(get("topk", ratio=0.01))``, or ``"auto"`` / an
+            :class:`~mpicoll.aggregation.AutoCodec` (per bucket, the codec the cost model predicts
+            fastest, or none).
         backward_passes_per_step: backward passes (micro-batches) whose gradients accumulate
             locally, as in plain PyTorch, before one all-reduce at the end of the last of them;
             gradients are their sum, so scale the loss by ``1 / backward_passes_per_step`` for a mean.
@@ -88,7 +91,7 @@ class DistributedOptimizer(torch.optim.Optimizer):
         # torch's own bookkeeping (step and state-dict hook registries, the profiling wrapper of
         # step) exactly as unpickling an optimizer restores it, without touching the shared groups
         torch.optim.Optimizer.__setstate__(self, {})
-        self.compressor, self.backward_passes_per_step = compressor, backward_passes_per_step
+        self.compressor, self.backward_passes_per_step = resolve_compressor(compressor), backward_passes_per_step
         self.op, self.predivide = OPS.get(op, op), float(gradient_predivide_factor)
         self._settings = {"bucket_bytes": bucket_bytes, "comm": comm, "algorithm": algorithm,
                           "warmup_steps": warmup_steps}
