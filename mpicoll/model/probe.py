@@ -4,7 +4,8 @@ Collective over ``comm`` (every rank calls :func:`probe`):
 
 - **links**: ping-pongs between two ranks of one host (``intra``, when a host holds two) and
   between rank 0 and the first rank of another host (``inter``, when there are several hosts);
-  half the round trip at a few sizes, ``alpha`` and ``beta`` fitted by least squares. Other ranks
+  half the round trip at 8 B, 256 KiB and 4 MiB, ``alpha`` and ``beta`` fitted by least squares
+  on relative error (4 MiB: past the burst a shaped link lets through at line rate). Other ranks
   wait at a barrier, so a pair has its link to itself.
 - **gamma**: ``np.add`` of two arrays in place; **flops**: the thin products PowerSGD runs;
 - **codecs**: compress and decompress of a Gaussian array with the kernels a user gets by
@@ -30,7 +31,9 @@ from ..compression import get as get_compressor
 from ..transport import Comm, as_comm
 from .machine import CodecRates, Link, Machine
 
-PING_SIZES = (8, 64 << 10, 512 << 10)
+#: ping-pong sizes: the largest must be well past any burst a link allows (a token bucket's, a
+#: switch's buffer) or the fitted bandwidth is the burst's, not the link's
+PING_SIZES = (8, 256 << 10, 4 << 20)
 NATIVE_SIZES = (4 << 10, 64 << 10, 1 << 20, 4 << 20)
 CODECS = {"fp16": {}, "bf16": {}, "int8": {}, "sign": {}, "qsgd": {}, "topk": {"ratio": 0.01},
           "randomk": {"ratio": 0.01}, "powersgd": {"rank": 4}}
