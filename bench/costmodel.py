@@ -83,7 +83,8 @@ def run_probe(args: argparse.Namespace, comm: Any) -> int:
 
 def describe(machine: Any) -> str:
     """A readable summary of a model."""
-    lines = [f"# machine model: {machine.probed_on}"]
+    where = {k: v for k, v in machine.probed_on.items() if k != "pings"}
+    lines = [f"# machine model: {where}"]
     for name, link in machine.links.items():
         lines.append(f"link {name:5s}  alpha {link.alpha * 1e6:8.1f} us   {link.gbit:8.3f} Gbit/s")
     lines.append(f"reduce {1 / machine.gamma / 1e9:.2f} GB/s   products {machine.flops / 1e9:.2f} GFLOP/s")

@@ -4,8 +4,9 @@ Collective over ``comm`` (every rank calls :func:`probe`):
 
 - **links**: ping-pongs between two ranks of one host (``intra``, when a host holds two) and
   between rank 0 and the first rank of another host (``inter``, when there are several hosts);
-  half the round trip at 8 B, 256 KiB and 4 MiB, ``alpha`` and ``beta`` fitted by least squares
-  on relative error (4 MiB: past the burst a shaped link lets through at line rate). Other ranks
+  half the round trip at 8 B, 256 KiB and 4 MiB; ``alpha`` is the smallest message's time,
+  ``beta`` the slope up to the largest (4 MiB: past the burst a shaped link lets through at line
+  rate). The 256 KiB point is kept in the JSON's ``pings`` for a look at the curve. Other ranks
   wait at a barrier, so a pair has its link to itself.
 - **gamma**: ``np.add`` of two arrays in place; **flops**: the thin products PowerSGD runs;
 - **codecs**: compress and decompress of a Gaussian array with the kernels a user gets by
@@ -51,12 +52,11 @@ def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
 
 
 def _fit_link(points: Sequence[tuple[int, float]]) -> Link:
-    """``t = alpha + beta * bytes`` by least squares, clipped to non-negative values."""
-    sizes = np.array([s for s, _ in points], dtype=np.float64)
-    times = np.array([t for _, t in points], dtype=np.float64)
-    a = np.vstack([np.ones_like(sizes), sizes]).T
-    (alpha, beta), *_ = np.linalg.lstsq(a / times[:, None], np.ones_like(times), rcond=None)  # relative error
-    return Link(max(float(alpha), 0.0), max(float(beta), 1e-15))
+    """``alpha`` from the smallest message, ``beta`` from the largest: a straight line through
+    those two (a middle size inside a shaped link's burst would bend a least-squares fit)."""
+    (s0, t0), (s1, t1) = min(points), max(points)
+    alpha = max(t0, 0.0)
+    return Link(alpha, max((t1 - alpha) / max(s1 - s0, 1), 1e-15))
 
 
 def _pingpong(comm: Comm, a: int, b: int, sizes: Sequence[int], repeats: int) -> list[tuple[int, float]] | None:
@@ -143,9 +143,10 @@ def probe(comm: Any = None, *, codecs: dict[str, dict[str, Any]] | None = None, 
     from mpi4py import MPI
 
     c = as_comm(comm)
-    links = {}
+    links, pings = {}, {}
     for name, (a, b) in _pairs(c.hosts).items():
-        links[name] = _fit_link(_pingpong(c, a, b, PING_SIZES, repeats))
+        pings[name] = _pingpong(c, a, b, PING_SIZES, repeats)
+        links[name] = _fit_link(pings[name])
     if not links:  # one rank: nothing to measure; a link that costs nothing
         links["intra"] = Link(0.0, 1e-15)
     gamma, flops, rates = _local_rates(codecs if codecs is not None else CODECS, repeats)
@@ -165,5 +166,6 @@ def probe(comm: Any = None, *, codecs: dict[str, dict[str, Any]] | None = None, 
         native.append((float(size), c.mpi.allreduce(t, op=MPI.MAX)))
     hosts = len(set(c.hosts))
     machine = Machine(links, gamma, flops, slowest, {c.size: native} if native else {},
-                      {"ranks": c.size, "hosts": hosts, "per_host": max(c.hosts.count(h) for h in set(c.hosts))})
+                      {"ranks": c.size, "hosts": hosts, "per_host": max(c.hosts.count(h) for h in set(c.hosts)),
+                       "pings": pings})
     return Machine.from_json(c.mpi.bcast(machine.to_json(), root=0))  # one model, bit for bit, on every rank
