@@ -91,15 +91,18 @@ class Machine:
         return replace(self, links=links)
 
     def native_seconds(self, p: int, nbytes: float) -> float | None:
-        """``MPI_Allreduce``'s observed time on ``p`` ranks, interpolated log-log between probed
-        sizes (``None`` outside them, or for a rank count never probed: native is not modelled)."""
+        """``MPI_Allreduce``'s observed time on ``p`` ranks: interpolated log-log between probed
+        sizes, the smallest size's time below them (latency-bound), and the largest size's
+        bandwidth above them; ``None`` for a rank count never probed (native is not modelled)."""
         points = sorted(self.native.get(p, []))
-        if not points or not points[0][0] <= nbytes <= points[-1][0]:
+        if not points:
             return None
+        if nbytes <= points[0][0]:
+            return points[0][1]
+        if nbytes >= points[-1][0]:
+            return points[-1][1] * nbytes / points[-1][0]
         for (b0, t0), (b1, t1) in itertools.pairwise(points):
             if b0 <= nbytes <= b1:
-                if b1 == b0:
-                    return t0
                 f = (math.log(nbytes) - math.log(b0)) / (math.log(b1) - math.log(b0))
                 return math.exp(math.log(t0) + f * (math.log(t1) - math.log(t0)))
         return points[-1][1]

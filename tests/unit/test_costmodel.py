@@ -112,7 +112,8 @@ def test_machine_json_round_trip_and_native_curve():
     again = Machine.from_json(m.to_json())
     assert again == m
     assert again.native_seconds(2, 65536) == pytest.approx(1e-5 * (1e-3 / 1e-5) ** 0.5)
-    assert again.native_seconds(2, 1 << 30) is None and again.native_seconds(3, 65536) is None
+    assert again.native_seconds(2, 1 << 21) == pytest.approx(2e-3)  # the largest size's bandwidth above it
+    assert again.native_seconds(2, 8) == 1e-5 and again.native_seconds(3, 65536) is None
 
 
 def test_rates():
