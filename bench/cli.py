@@ -194,10 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .timeline import run_timeline
 
         return run_timeline(args)
-    if args.command == "predict":  # arithmetic on a probe's file: no MPI
-        from .costmodel import run_predict
+    if args.command in ("predict", "model-report"):  # arithmetic on files: no MPI
+        from .costmodel import run_model_report, run_predict
 
-        return run_predict(args)
+        return run_predict(args) if args.command == "predict" else run_model_report(args)
     if args.command == "compress":  # one process, no MPI
         from .compress import run_compress
 

@@ -65,6 +65,11 @@ def add_parser(sub: Any) -> None:
                    help="dense algorithms and codec:path pairs (default: all of them)")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per path and size, median kept (default 3)")
     p.add_argument("--json", metavar="PATH", help="write the rows as JSON")
+    p = sub.add_parser("model-report", help="the validation table of several model-check JSON files (no MPI)")
+    p.add_argument("files", nargs="+", help="model-check --json outputs")
+    p.add_argument("--min-ms", type=float, default=50.0,
+                   help="rows measured above this many ms count toward the target (default 50)")
+    p.add_argument("--target", type=float, default=0.25, help="largest |error| that meets the target (default 0.25)")
 
 
 # ----------------------------------------------------------------------------------------------- probe
@@ -251,3 +256,31 @@ def _median_call(comm: Any, call: Any, repeats: int) -> float:
         call()
         samples.append(comm.mpi.allreduce(time.perf_counter() - t0, op=MPI.MAX))
     return statistics.median(samples)
+
+
+# ---------------------------------------------------------------------------------------- model-report
+
+def run_model_report(args: argparse.Namespace) -> int:
+    """``mpicoll-bench model-report``: one markdown table of predicted against measured, per file
+    (a bed configuration), and how many rows above ``--min-ms`` meet ``--target``."""
+    counted = met = 0
+    print("| configuration | path | size | predicted ms | measured ms | error |")
+    print("|---|---|---|---|---|---|")
+    for name in args.files:
+        document = json.loads(Path(name).read_text())
+        where = Path(name).stem
+        for row in document["rows"]:
+            measured_ms = row["measured_s"] * 1e3
+            predicted = row["predicted_s"]
+            error = row["error"]
+            counts = predicted is not None and measured_ms >= args.min_ms
+            if counts:
+                counted += 1
+                met += abs(error) <= args.target
+            flag = "" if not counts or abs(error) <= args.target else " **"
+            shown = "-" if predicted is None else f"{predicted * 1e3:.1f}"
+            err = "-" if error is None else f"{error:+.0%}{flag}"
+            print(f"| {where} | {row['path']} | {_human(row['bytes'])} | {shown} | {measured_ms:.1f} | {err} |")
+    print(f"\n{met} of {counted} predictions of calls above {args.min_ms:g} ms within {args.target:.0%} "
+          f"(** marks the others)")
+    return 0

@@ -237,3 +237,6 @@ def test_probe_predict_and_model_check(tmp_path):
     assert result.returncode == 0, result.stdout
     checked = {r["path"] for r in json.loads(check.read_text())["rows"]}
     assert {"ring", "native", "fp16:ring", "sign:two_phase", "powersgd:powersgd"} <= checked
+    report = subprocess.run([sys.executable, "-m", "mpicoll.bench", "model-report", str(check)], capture_output=True,
+                            text=True, timeout=120, cwd=ROOT)
+    assert report.returncode == 0 and "| check | ring | 64K |" in report.stdout, report.stdout + report.stderr
