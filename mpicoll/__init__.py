@@ -55,6 +55,7 @@ _LAZY = {
     "Handle": "mpicoll.collectives",
     "Comm": "mpicoll.transport",
     "default_comm": "mpicoll.transport",
+    "shared_empty": "mpicoll.transport.shared",
 }
 
 
@@ -122,6 +123,7 @@ __all__ = [
     "rank",
     "reduce",
     "reduce_scatter",
+    "shared_empty",
     "size",
     "wait_all",
 ]

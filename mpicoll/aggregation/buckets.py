@@ -14,6 +14,10 @@ Dense warm-up: with ``warmup_steps=N`` the first ``N`` steps (calls of :meth:`~G
 are plain all-reduces; compression starts at step ``N`` with empty residuals (nothing was
 compressed before), as PyTorch's PowerSGD hook does with ``start_powerSGD_iter``.
 
+``algorithm="shm"`` (one host): the fusion buffers are allocated in MPI-3 shared memory
+(:func:`mpicoll.shared_empty`), so the all-reduces read each other's buckets in place: no copy
+into a staging buffer, none out of it (see :mod:`mpicoll.collectives.shm`).
+
 ``compressor="auto"`` (or an :class:`~.autocodec.AutoCodec`): each bucket gets the codec the cost
 model predicts fastest for its size, or none, decided at its first compressed step and the same
 on every rank (see :mod:`.autocodec`).
@@ -36,6 +40,7 @@ from ..collectives.registry import algorithm_names
 from ..compression import Compressor
 from ..errors import ArgumentError
 from ..transport import as_comm
+from ..transport.shared import shared_empty
 from .api import compressed_iallreduce
 from .autocodec import AutoCodec, resolve_compressor
 
@@ -105,7 +110,12 @@ class GradientBuckets:
         for index, group in enumerate(groups):
             offsets = np.cumsum([0] + [a.size for _, a in group]).tolist()
             xp = xp_of(group[0][1])
-            buckets.append(Bucket(index, [n for n, _ in group], xp.empty(offsets[-1], group[0][1].dtype), offsets))
+            dtype = group[0][1].dtype
+            if self.algorithm == "shm" and xp is np:  # zero copy: the fusion buffers live in shared memory
+                buffer = shared_empty(offsets[-1], dtype, comm=as_comm(self.comm))
+            else:
+                buffer = xp.empty(offsets[-1], dtype)
+            buckets.append(Bucket(index, [n for n, _ in group], buffer, offsets))
         return buckets
 
     def _reset(self) -> None:

@@ -3,7 +3,7 @@
 Importing this package registers every algorithm (one module each) with :mod:`.registry`.
 """
 
-from . import hierarchical, native, rabenseifner, recursive_doubling, ring, tree  # noqa: F401  (registration)
+from . import hierarchical, native, rabenseifner, recursive_doubling, ring, shm, tree  # noqa: F401  (registration)
 from .alltoall import alltoall
 from .api import allgather, allreduce, broadcast, reduce, reduce_scatter
 from .nonblocking import (

@@ -52,6 +52,13 @@ def check_finite(x: Any, rank: int, where: str) -> None:
                              f"or set MPICOLL_CHECK_FINITE=0 to skip this check")
 
 
+def _same_view(a: Any, b: Any) -> bool:
+    """Whether two NumPy arrays are views of the same memory with the same layout."""
+    return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape
+            and a.strides == b.strides and a.dtype == b.dtype
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
+
+
 def check_out(out: Any, shape: tuple[int, ...], dtype: Any, x: Any, where: str, in_place: bool = True) -> Any:
     """Validate a caller's ``out=`` buffer (or allocate one when ``out`` is ``None``).
 
@@ -62,6 +69,8 @@ def check_out(out: Any, shape: tuple[int, ...], dtype: Any, x: Any, where: str, 
     if out is None:
         return xp.empty(shape, dtype=dtype)
     out = check_array(out, where, "out")
+    if out is not x and _same_view(out, x):
+        out = x  # one array seen through two objects (check_array views subclasses as ndarray): in place
     if (out is not x or not in_place) and xp.may_share_memory(out, x) and xp.shares_memory(out, x):
         hint = "pass out=x for in place, or a separate buffer" if in_place else "pass a separate buffer"
         raise ArgumentError(f"{where}: out overlaps x; {hint}")

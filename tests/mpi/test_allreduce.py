@@ -16,7 +16,7 @@ from mpitools import (
 
 import mpicoll
 
-ALGORITHMS = ["ring", "tree", "recursive_doubling", "rabenseifner", "native", "auto"]
+ALGORITHMS = ["ring", "tree", "recursive_doubling", "rabenseifner", "shm", "native", "auto"]
 DTYPES = ["float16", "float32", "float64", "int32", "int64"]
 OPS = ["sum", "prod", "min", "max", "avg"]
 

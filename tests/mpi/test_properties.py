@@ -14,7 +14,7 @@ from mpitools import assert_equal_all, assert_same_on_all_ranks, mpi_allreduce, 
 
 import mpicoll
 
-ALGORITHMS = ["ring", "tree", "recursive_doubling", "rabenseifner", "native", "auto"]
+ALGORITHMS = ["ring", "tree", "recursive_doubling", "rabenseifner", "shm", "native", "auto"]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,76 @@
+"""The shared-memory all-reduce: staging and zero-copy paths, bitwise alike on every rank."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mpitools import assert_all, assert_close_all, assert_same_on_all_ranks, mpi_allreduce, rank_input
+
+import mpicoll
+from mpicoll.transport.shared import SharedArray, window_of
+
+
+@pytest.fixture(scope="module")
+def comm():
+    with mpicoll.Comm() as c:
+        yield c
+
+
+@pytest.mark.parametrize("n", [1, 5, 1000, 300_001])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int64"])
+def test_zero_copy_equals_staging_and_mpi(comm, n, dtype):
+    x = rank_input(n, comm.rank, dtype, "float" if dtype.startswith("float") else "int", seed=n)
+    staged = mpicoll.allreduce(x, algorithm="shm", comm=comm)
+    shared = mpicoll.shared_empty(n, dtype, comm=comm)
+    assert isinstance(shared, SharedArray) and window_of(shared) is not None
+    shared[...] = x
+    result = mpicoll.allreduce(shared, out=shared, algorithm="shm", comm=comm)
+    assert_same_on_all_ranks(comm.mpi, shared, "zero-copy result")
+    assert_all(comm.mpi, np.array_equal(shared, staged), "zero-copy and staging give the same bits")
+    assert_all(comm.mpi, np.shares_memory(result, shared), "in place: the result is the shared array")
+    want = mpi_allreduce(comm.mpi, x.astype(np.float64), "sum")
+    assert_close_all(comm.mpi, shared.astype(np.float64), want, rtol=1e-5, atol=1e-4)
+
+
+def test_mixed_shared_and_private_inputs_take_the_staging_path_everywhere(comm):
+    x = rank_input(4097, comm.rank, "float32", "float", seed=1)
+    shared = mpicoll.shared_empty(4097, np.float32, comm=comm)  # collective: every rank makes one
+    buf = shared if comm.rank % 2 == 0 else np.empty(4097, np.float32)  # ... odd ranks pass a private one
+    buf[...] = x
+    mpicoll.allreduce(buf, out=buf, algorithm="shm", comm=comm)
+    assert_same_on_all_ranks(comm.mpi, buf, "mixed inputs")
+    assert_all(comm.mpi, np.array_equal(buf, mpicoll.allreduce(x, algorithm="ring", comm=comm))
+               or comm.size > 2, "two ranks: one order of additions, the ring's")
+
+
+def test_views_at_an_offset_and_repeated_calls_of_growing_sizes(comm):
+    pool = mpicoll.shared_empty(1 << 16, np.float32, comm=comm)
+    for step, n in enumerate([10, 1 << 12, 1 << 15, 3, 1 << 16]):
+        lo = (1 << 16) - n  # the same place on every rank, not at the start of the window
+        part = pool[lo:]
+        part[...] = rank_input(n, comm.rank, "float32", "float", seed=step)
+        want = mpicoll.allreduce(part.copy(), algorithm="shm", comm=comm)
+        mpicoll.allreduce(part, out=part, algorithm="shm", comm=comm)
+        assert_all(comm.mpi, np.array_equal(part, want), f"n={n} at offset {lo}")
+
+
+def test_two_dimensional_average(comm):
+    a = mpicoll.shared_empty((64, 33), np.float32, comm=comm)
+    a[...] = comm.rank + 1
+    mpicoll.allreduce(a, "avg", out=a, algorithm="shm", comm=comm)
+    assert_all(comm.mpi, np.allclose(a, (comm.size + 1) / 2), "mean of 1..p")
+
+
+def test_gradient_buckets_reduce_in_shared_memory(comm):
+    from mpicoll.aggregation import GradientBuckets
+
+    arrays = {f"w{i}": rank_input(n, comm.rank, "float32", "float", seed=i) for i, n in enumerate([300, 70_000, 5])}
+    expected = {k: mpicoll.allreduce(v, "avg", algorithm="shm", comm=comm) for k, v in arrays.items()}
+    buckets = GradientBuckets(arrays, bucket_bytes=64 << 10, algorithm="shm", comm=comm)
+    assert_all(comm.mpi, all(window_of(b.buffer) is not None for b in buckets.buckets), "shared fusion buffers")
+    for name in arrays:
+        buckets.ready(name)
+    buckets.wait()
+    for name, value in arrays.items():
+        assert_same_on_all_ranks(comm.mpi, value, name)
+        assert_close_all(comm.mpi, value, expected[name], rtol=1e-6, atol=1e-6)
