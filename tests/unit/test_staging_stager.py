@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 from mpi4py import MPI
+from staging_fake import FakeDevice
 
 import mpicoll
 from mpicoll.collectives.partition import segment_elements, segments
 from mpicoll.transport import p2p, staging
 from mpicoll.transport.staging import PinnedPool, Stager
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from staging_fake import FakeDevice
 
 
 class FakeCupyArray:
