@@ -48,5 +48,5 @@ def lowrank_reconstruct(p: Array, q: Array, size: int, out: Array | None = None)
     xp = xp_of(p)
     result = writable(out, xp, size, np.float32)
     launch(_lowrank_kernel, size, xp.ascontiguousarray(p, dtype=np.float32),
-            xp.ascontiguousarray(q, dtype=np.float32), np.int64(size), result)
+           xp.ascontiguousarray(q, dtype=np.float32), np.int64(size), result)
     return deliver(result, out)

@@ -107,9 +107,9 @@ def _block_scales(x: Array, block: int, kind: int, qmax: float, out: Array) -> N
     partial = xp.empty(out.size * per_block, dtype=np.float64)
     nan_bits = xp.empty(out.size * per_block, dtype=np.uint32)
     launch(_scale_partials_kernel, partial.size, x, np.int64(block), np.int64(chunk), np.int64(per_block),
-            np.int64(kind), partial, nan_bits)
+           np.int64(kind), partial, nan_bits)
     launch(_scale_finish_kernel, out.size, partial, nan_bits, np.int64(block), np.int64(per_block),
-            np.int64(x.size), np.int64(kind), np.float32(qmax), out)
+           np.int64(x.size), np.int64(kind), np.float32(qmax), out)
 
 
 @cuda.jit(device=True)
@@ -166,7 +166,7 @@ def quantize(x: Array, bits: int, block: int, scale_kind: str, qmax: int, stocha
     scales = writable(out and out[1], xp, -(-x.size // block), np.float32)
     _block_scales(x, block, kind, qmax, scales)
     launch(_quantize_kernel, packed.size, x, scales, np.int64(bits), np.int64(block), np.float32(qmax),
-            bool(stochastic), np.uint64(base), packed)
+           bool(stochastic), np.uint64(base), packed)
     return deliver((packed, scales), out)
 
 
@@ -207,7 +207,7 @@ def dequantize(packed: Array, scales: Array, n: int, bits: int, block: int, out:
     xp = xp_of(packed)
     result = writable(out, xp, n, np.float32)
     launch(_dequantize_kernel, n, xp.ascontiguousarray(packed).reshape(-1),
-            xp.ascontiguousarray(scales, dtype=np.float32).reshape(-1), np.int64(bits), np.int64(block), result)
+           xp.ascontiguousarray(scales, dtype=np.float32).reshape(-1), np.int64(bits), np.int64(block), result)
     return deliver(result, out)
 
 
@@ -280,5 +280,5 @@ def sign_unpack(packed: Array, scales: Array, n: int, block: int, out: Array | N
     xp = xp_of(packed)
     result = writable(out, xp, n, np.float32)
     launch(_sign_unpack_kernel, n, xp.ascontiguousarray(packed).reshape(-1),
-            xp.ascontiguousarray(scales, dtype=np.float32).reshape(-1), np.int64(block), result)
+           xp.ascontiguousarray(scales, dtype=np.float32).reshape(-1), np.int64(block), result)
     return deliver(result, out)

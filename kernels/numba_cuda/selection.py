@@ -114,7 +114,7 @@ def _radix_select(keys: Array, mask: int, k: int) -> tuple[int, int, int]:
         high = ((1 << bits) - 1) & ~((1 << (shift + 16)) - 1)
         hist = xp.zeros(1 << 16, dtype=np.int64)
         launch(_radix_histogram_kernel, -(-keys.size // _ITEMS), keys, utype(mask), utype(shift), utype(high),
-                utype(prefix), hist)
+               utype(prefix), hist)
         counts = to_host(hist)  # synchronize!
         at_least = np.cumsum(counts[::-1])  # at_least[j]: keys whose digit is >= 65535 - j
         j = int(np.searchsorted(at_least, rank))

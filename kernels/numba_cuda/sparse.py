@@ -191,5 +191,5 @@ def csr_densify(indptr: Array, indices: Array, values: Array, shape: tuple[int, 
     if indices.size:
         bits = xp.ascontiguousarray(values.astype(dtype, copy=False)).reshape(-1).view(utype)
         launch(_csr_densify_kernel, out.shape[0], xp.ascontiguousarray(indptr, dtype=np.int64).reshape(-1),
-                xp.ascontiguousarray(indices, dtype=np.int64).reshape(-1), bits, out)
+               xp.ascontiguousarray(indices, dtype=np.int64).reshape(-1), bits, out)
     return out.view(dtype)
