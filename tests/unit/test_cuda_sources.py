@@ -213,6 +213,7 @@ def test_launch_arguments_match_kernel_parameters():
 # ---------------------------------------------------------------- compiling
 
 
+@pytest.mark.slow  # nvcc: 3-8 s per file and architecture
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("name", sorted(p.name for p in CUDA_DIR.glob("*.cu")))
 def test_compiles_with_nvcc(tmp_path, name, arch):

@@ -144,6 +144,7 @@ def test_snapshot_and_restore_undo_a_call(name):
 FUZZ = Path(__file__).resolve().parents[1] / "helpers" / "fuzz_decoders.py"
 
 
+@pytest.mark.slow  # a subprocess fuzzing 300 examples on two providers
 def test_fuzzed_decoders_give_exact_decodes_or_payload_errors():
     """The property-based fuzzer of every decoder, both CPU providers, under an address-space cap
     (a few hundred derandomized examples here; bench/RESULTS.md records a long run)."""
