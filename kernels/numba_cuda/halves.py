@@ -10,12 +10,7 @@ from numba import cuda
 from ...backend import xp_of
 from ..arrays import deliver, writable
 from ..ops import implements
-from .common import (
-    Array,
-    half_bits,
-    half_table,
-    launch,
-)
+from .common import UNSIGNED, Array, half_bits, half_table, launch
 
 
 @cuda.jit
@@ -46,9 +41,22 @@ def _bf16_decode_kernel(h, out):
         out[i] = np.uint32(h[i]) << np.uint32(16)
 
 
-def _float_bits(x: Array) -> tuple[Any, Array]:
-    xp = xp_of(x)
-    return xp, xp.ascontiguousarray(x, dtype=np.float32).reshape(-1).view(np.uint32)
+def _float_bits(x: Array) -> Array:
+    """``x`` as contiguous 1-D float32, seen as its uint32 bits."""
+    return xp_of(x).ascontiguousarray(x, dtype=np.float32).reshape(-1).view(np.uint32)
+
+
+def _half_words(h: Array) -> Array:
+    """16-bit data (uint16 or float16) as contiguous 1-D uint16 words."""
+    return xp_of(h).ascontiguousarray(h).reshape(-1).view(np.uint16)
+
+
+def _convert(kernel: Any, words: Array, dtype: Any, out: Array | None, *tables: Array) -> Array:
+    """One element-wise conversion kernel over ``words``: the result has ``dtype`` (the kernel writes
+    its bit pattern) and lands in ``out`` when given."""
+    result = writable(out, xp_of(words), words.size, dtype)
+    launch(kernel, words.size, words, *tables, result.view(UNSIGNED[np.dtype(dtype).itemsize]))
+    return deliver(result, out)
 
 
 @implements("fp16_encode")
@@ -62,10 +70,7 @@ def fp16_encode(x: Array, out: Array | None = None) -> Array:
     Returns:
         uint16 bits (``out`` when given).
     """
-    xp, bits = _float_bits(x)
-    result = writable(out, xp, bits.size, np.uint16)
-    launch(_fp16_encode_kernel, bits.size, bits, result)
-    return deliver(result, out)
+    return _convert(_fp16_encode_kernel, _float_bits(x), np.uint16, out)
 
 
 @implements("fp16_decode")
@@ -79,43 +84,18 @@ def fp16_decode(h: Array, out: Array | None = None) -> Array:
     Returns:
         float32 values (``out`` when given).
     """
-    xp = xp_of(h)
-    h = xp.ascontiguousarray(h).reshape(-1).view(np.uint16)
-    result = writable(out, xp, h.size, np.float32)
-    launch(_lookup_kernel, h.size, h, half_table(xp), result.view(np.uint32))
-    return deliver(result, out)
+    words = _half_words(h)
+    return _convert(_lookup_kernel, words, np.float32, out, half_table(xp_of(words)))
 
 
 @implements("bf16_encode")
 def bf16_encode(x: Array, out: Array | None = None) -> Array:
     """float32 -> bfloat16 bits: round to nearest even on the upper 16 bits; NaN stays a quiet NaN.
-
-    Args:
-        x: 1-D array, converted to float32.
-        out: optional uint16 array to write into.
-
-    Returns:
-        uint16 bits (``out`` when given).
-    """
-    xp, bits = _float_bits(x)
-    result = writable(out, xp, bits.size, np.uint16)
-    launch(_bf16_encode_kernel, bits.size, bits, result)
-    return deliver(result, out)
+    Arguments and result as :func:`fp16_encode`."""
+    return _convert(_bf16_encode_kernel, _float_bits(x), np.uint16, out)
 
 
 @implements("bf16_decode")
 def bf16_decode(h: Array, out: Array | None = None) -> Array:
-    """bfloat16 bits -> float32 (exact).
-
-    Args:
-        h: 1-D uint16 array of bfloat16 bits.
-        out: optional float32 array to write into.
-
-    Returns:
-        float32 values (``out`` when given).
-    """
-    xp = xp_of(h)
-    h = xp.ascontiguousarray(h).reshape(-1).view(np.uint16)
-    result = writable(out, xp, h.size, np.float32)
-    launch(_bf16_decode_kernel, h.size, h, result.view(np.uint32))
-    return deliver(result, out)
+    """bfloat16 bits -> float32 (exact). Arguments and result as :func:`fp16_decode`."""
+    return _convert(_bf16_decode_kernel, _half_words(h), np.float32, out)

@@ -8,11 +8,7 @@ from numba import cuda
 from ...backend import xp_of
 from ..arrays import deliver, writable
 from ..ops import implements
-from .common import (
-    Array,
-    launch,
-    mul_f32,
-)
+from .common import Array, launch, mul_f32
 
 # ---------------------------------------------------------------- low rank (PowerSGD)
 

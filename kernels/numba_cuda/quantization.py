@@ -12,16 +12,7 @@ from ...backend import xp_of
 from .. import reference
 from ..arrays import deliver, writable
 from ..ops import SCALE_KINDS, implements, scale_kind_code
-from .common import (
-    QUIET32,
-    Array,
-    floor_f32,
-    launch,
-    mul_f32,
-    mul_f64,
-    rint_f32,
-    uniform_at,
-)
+from .common import QUIET32, Array, floor_f32, launch, mul_f32, mul_f64, rint_f32, uniform_at
 
 # ---------------------------------------------------------------- quantization
 

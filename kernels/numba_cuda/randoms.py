@@ -6,13 +6,7 @@ import numpy as np
 from numba import cuda
 
 from ..ops import implements
-from .common import (
-    Array,
-    default_xp,
-    launch,
-    mix64,
-    uniform_at,
-)
+from .common import Array, default_xp, launch, mix64, uniform_at
 
 # ---------------------------------------------------------------- random numbers
 

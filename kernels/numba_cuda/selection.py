@@ -15,11 +15,7 @@ from numba import cuda
 from ...backend import to_host, xp_of
 from .. import reference
 from ..ops import implements
-from .common import (
-    Array,
-    float_keys,
-    launch,
-)
+from .common import Array, float_keys, launch
 
 # ---------------------------------------------------------------- selection
 

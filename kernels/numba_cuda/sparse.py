@@ -10,16 +10,7 @@ from numba import cuda
 
 from ...backend import xp_of
 from ..ops import implements
-from .common import (
-    UNSIGNED,
-    Array,
-    f32_bits,
-    float_keys,
-    half_bits,
-    half_table,
-    launch,
-    named,
-)
+from .common import UNSIGNED, Array, f32_bits, float_keys, half_bits, half_table, launch, named
 from .selection import select_keys
 
 # ---------------------------------------------------------------- scatter-add
