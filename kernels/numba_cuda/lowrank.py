@@ -10,8 +10,6 @@ from ..arrays import deliver, writable
 from ..ops import implements
 from .common import Array, launch, mul_f32
 
-# ---------------------------------------------------------------- low rank (PowerSGD)
-
 
 @cuda.jit
 def _lowrank_kernel(p, q, size, out):

@@ -202,8 +202,6 @@ def dequantize(packed: Array, scales: Array, n: int, bits: int, block: int, out:
     return deliver(result, out)
 
 
-# ---------------------------------------------------------------- 1-bit sign
-
 
 @cuda.jit
 def _sign_bits_kernel(x, out):

@@ -8,8 +8,6 @@ from numba import cuda
 from ..ops import implements
 from .common import Array, default_xp, launch, mix64, uniform_at
 
-# ---------------------------------------------------------------- random numbers
-
 
 @cuda.jit
 def _uniform_kernel(base, out):

@@ -103,8 +103,6 @@ def scatter_add(dense: Array, idx: Array, vals: Array) -> None:
         launch(_scatter_add_plain_kernel, idx.size, flat, idx, vals)
 
 
-# ---------------------------------------------------------------- CSR
-
 
 @cuda.jit
 def _csr_indptr_kernel(flat, cols, indptr):
