@@ -69,22 +69,13 @@ def fp16_decode(h: cupy.ndarray, out: Any = None) -> cupy.ndarray:
 
 @implements("bf16_encode")
 def bf16_encode(x: cupy.ndarray, out: Any = None) -> cupy.ndarray:
-    """float32 -> bfloat16 bits (uint16): round to nearest even; NaN stays a quiet NaN.
-
-    Args:
-        x: data, converted to float32 first.
-        out: optional uint16 array of ``x``'s shape to write into.
-    """
+    """float32 -> bfloat16 bits (uint16): round to nearest even; NaN stays a quiet NaN. Arguments as
+    :func:`fp16_encode`."""
     return _map16(get_kernel("halves.cu", "mpicoll_bf16_encode"), as_f32(x).view(cupy.uint32), np.uint16, out)
 
 
 @implements("bf16_decode")
 def bf16_decode(h: cupy.ndarray, out: Any = None) -> cupy.ndarray:
-    """bfloat16 bits -> float32, exact.
-
-    Args:
-        h: uint16 data.
-        out: optional float32 array of ``h``'s shape to write into.
-    """
+    """bfloat16 bits -> float32, exact. Arguments as :func:`fp16_decode` (``h``: uint16 data)."""
     words = cupy.ascontiguousarray(h).view(cupy.uint16)
     return _map16(get_kernel("halves.cu", "mpicoll_bf16_decode"), words, np.float32, out)
