@@ -30,6 +30,9 @@ setup(
         "mpicoll.horovod",
         "mpicoll.torch.optim",
         "mpicoll.kernels",
+        "mpicoll.kernels.numba_cpu",
+        "mpicoll.kernels.numba_cuda",
+        "mpicoll.kernels.cupy_provider",
         "mpicoll.bench",
     ],
     package_dir={

@@ -2,7 +2,8 @@
 
 Every other provider (Numba CPU, Numba CUDA, CuPy) implements the same functions with the same
 signatures and must return bitwise identical results; the parity tests compare them with these.
-The exact contract of each operation is written here, once.
+The exact contract of each operation is written here, once; its parameters and argument checks
+are declared once in :mod:`.ops` (which every provider's ``@implements`` applies).
 
 Conventions: ``x`` is a 1-D contiguous array; indices are int64 and sorted ascending; packed
 codes are uint8; scales are float32. The encoding and decoding operations take an optional
@@ -15,24 +16,13 @@ lanes and many threads on one block and still produce the same bits.
 
 from __future__ import annotations
 
-from typing import Any
+import sys
 
 import numpy as np
 
+from .arrays import deliver
 from .hashing import mix64_array, uniform24
-
-
-def _into(result, out):
-    """Return ``result``, or copy it into ``out`` (an array or a tuple of arrays) and return that."""
-    if out is None:
-        return result
-    if isinstance(result, tuple):
-        for target, value in zip(out, result, strict=True):
-            target[...] = value
-        return out
-    out[...] = result
-    return out
-
+from .ops import collect, implements, lowrank_shape
 
 # ---------------------------------------------------------------- ordering keys
 
@@ -46,19 +36,19 @@ def abs_key(x: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- random numbers
 
 
+@implements("uniform")
 def uniform(base: int, n: int) -> np.ndarray:
     """float32 uniforms in [0, 1): element ``i`` is ``uniform24(base + i)`` (see hashing)."""
     return uniform24(base, 0, n)
 
 
+@implements("stratified_indices")
 def stratified_indices(base: int, n: int, k: int) -> np.ndarray:
     """``k`` distinct sorted indices in ``[0, n)``: one per stratum, drawn by the counter hash.
 
     Strata are ``[0, n)`` cut into ``k`` runs whose sizes differ by at most one (the first
     ``n % k`` are longer); stratum ``j`` picks ``start_j + mix64(base + j) % size_j``.
     """
-    if not 0 <= k <= n:
-        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
     if k == 0:
         return np.empty(0, dtype=np.int64)
     j = np.arange(k, dtype=np.int64)
@@ -73,11 +63,10 @@ def stratified_indices(base: int, n: int, k: int) -> np.ndarray:
 # ---------------------------------------------------------------- selection
 
 
+@implements("topk")
 def topk(x: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` largest ``|x|``, sorted; among equal magnitudes the lower index wins."""
     n = x.size
-    if not 0 <= k <= n:
-        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
     if k == 0:
         return np.empty(0, dtype=np.int64)
     keys = abs_key(x)
@@ -87,17 +76,20 @@ def topk(x: np.ndarray, k: int) -> np.ndarray:
     return np.sort(np.concatenate([above, ties])).astype(np.int64)
 
 
+@implements("threshold")
 def threshold(x: np.ndarray, tau: float) -> np.ndarray:
     """Indices with ``|x| >= tau`` (NaN counts as larger than any number), sorted."""
     tau_key = abs_key(np.array([tau], dtype=x.dtype))[0]
     return np.flatnonzero(abs_key(x) >= tau_key).astype(np.int64)
 
 
+@implements("nonzero")
 def nonzero(x: np.ndarray) -> np.ndarray:
     """Indices of elements that are not zero (NaN included, -0.0 excluded), sorted."""
     return np.flatnonzero(x != 0).astype(np.int64)
 
 
+@implements("scatter_add")
 def scatter_add(dense: np.ndarray, idx: np.ndarray, vals: np.ndarray) -> None:
     """``dense[idx] += vals`` in place; ``idx`` must not repeat within one call."""
     dense[idx] += vals.astype(dense.dtype, copy=False)
@@ -141,14 +133,13 @@ def _block_scales(x: np.ndarray, block: int, scale_kind: str, qmax: float) -> np
         norm = np.abs(rows).max(axis=1)
     elif scale_kind == "l2":
         norm = np.sqrt(ordered_sum(rows.astype(np.float64) ** 2)).astype(np.float32)
-    elif scale_kind == "mean":
+    else:  # "mean" (ops.scale_kind_code refused any other kind)
         counts = np.minimum(block, x.size - np.arange(nblocks) * block)
         norm = (ordered_sum(np.abs(rows).astype(np.float64)) / counts).astype(np.float32)
-    else:
-        raise ValueError(f"unknown scale kind {scale_kind!r}")
     return (norm / np.float32(qmax)).astype(np.float32)
 
 
+@implements("quantize")
 def quantize(x: np.ndarray, bits: int, block: int, scale_kind: str, qmax: int, stochastic: bool,
              base: int, out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric per-block quantization to ``bits``-bit signed codes, packed.
@@ -175,7 +166,7 @@ def quantize(x: np.ndarray, bits: int, block: int, scale_kind: str, qmax: int, s
     else:
         codes = np.rint(v)
     codes = np.clip(np.nan_to_num(codes, nan=0.0), -qmax, qmax).astype(np.int8)
-    return _into((pack_codes(codes, bits), scales), out)
+    return deliver((pack_codes(codes, bits), scales), out)
 
 
 def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -202,31 +193,34 @@ def unpack_codes(packed: np.ndarray, bits: int, n: int) -> np.ndarray:
     return np.where(nibbles > 7, nibbles - 16, nibbles).astype(np.int8)
 
 
+@implements("dequantize")
 def dequantize(packed: np.ndarray, scales: np.ndarray, n: int, bits: int, block: int,
                out: np.ndarray | None = None) -> np.ndarray:
     """``code_i * scale_b`` in float32: the inverse of :func:`quantize` up to rounding."""
     codes = unpack_codes(packed, bits, n).astype(np.float32)
-    return _into((codes * np.repeat(scales, block)[:n]).astype(np.float32), out)
+    return deliver((codes * np.repeat(scales, block)[:n]).astype(np.float32), out)
 
 
 # ---------------------------------------------------------------- 1-bit sign
 
 
+@implements("sign_pack")
 def sign_pack(x: np.ndarray, block: int,
               out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """1 bit per element (1 where ``x < 0``; element ``8j+t`` is bit ``t`` of byte ``j``), and
     per-block scales ``mean |x|`` (an :func:`ordered_sum` in float64, divided, then float32)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     scales = _block_scales(x, block, "mean", 1)
-    return _into((np.packbits(x < 0, bitorder="little"), scales), out)
+    return deliver((np.packbits(x < 0, bitorder="little"), scales), out)
 
 
+@implements("sign_unpack")
 def sign_unpack(packed: np.ndarray, scales: np.ndarray, n: int, block: int,
                 out: np.ndarray | None = None) -> np.ndarray:
     """``(1 - 2 * bit) * scale_b`` in float32."""
     signs = np.unpackbits(packed, count=n, bitorder="little").astype(np.float32)
     values = ((np.float32(1) - np.float32(2) * signs) * np.repeat(scales, block)[:n]).astype(np.float32)
-    return _into(values, out)
+    return deliver(values, out)
 
 
 # ---------------------------------------------------------------- 16-bit floats
@@ -234,6 +228,7 @@ def sign_unpack(packed: np.ndarray, scales: np.ndarray, n: int, block: int,
 _HALF_NAN = np.uint16(0x7E00)
 
 
+@implements("fp16_encode")
 def fp16_encode(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """float32 -> IEEE half bits (round to nearest even; overflow to inf; NaN -> 0x7E00 | sign)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -243,14 +238,16 @@ def fp16_encode(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     if nan.any():
         half = half.copy()
         half[nan] = _HALF_NAN | (half[nan] & np.uint16(0x8000))
-    return _into(half, out)
+    return deliver(half, out)
 
 
+@implements("fp16_decode")
 def fp16_decode(h: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """IEEE half bits -> float32 (exact)."""
-    return _into(h.view(np.float16).astype(np.float32), out)
+    return deliver(h.view(np.float16).astype(np.float32), out)
 
 
+@implements("bf16_encode")
 def bf16_encode(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """float32 -> bfloat16 bits: round to nearest even on the upper 16 bits; NaN stays a quiet NaN."""
     bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
@@ -258,17 +255,19 @@ def bf16_encode(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         rounded = ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
     nan = (bits & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
     quiet = (bits >> np.uint32(16)) | np.uint32(0x0040)
-    return _into(np.where(nan, quiet, rounded).astype(np.uint16), out)
+    return deliver(np.where(nan, quiet, rounded).astype(np.uint16), out)
 
 
+@implements("bf16_decode")
 def bf16_decode(h: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """bfloat16 bits -> float32 (exact)."""
-    return _into((h.astype(np.uint32) << np.uint32(16)).view(np.float32), out)
+    return deliver((h.astype(np.uint32) << np.uint32(16)).view(np.float32), out)
 
 
 # ---------------------------------------------------------------- CSR
 
 
+@implements("csr_build")
 def csr_build(mat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """CSR of a 2-D array: ``indptr`` (rows+1), column ``indices`` and ``values`` of its nonzeros."""
     rows, cols = np.nonzero(mat)
@@ -277,6 +276,7 @@ def csr_build(mat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return indptr, cols.astype(np.int64), mat[rows, cols]
 
 
+@implements("csr_densify")
 def csr_densify(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, shape: tuple[int, int],
                 dtype: np.dtype) -> np.ndarray:
     """The dense 2-D array of a CSR triple."""
@@ -289,15 +289,7 @@ def csr_densify(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, sha
 # ---------------------------------------------------------------- low rank (PowerSGD)
 
 
-def lowrank_shape(p: Any, q: Any, size: int) -> tuple[int, int, int]:
-    """``(n, m, r)`` of :func:`lowrank_reconstruct`'s factors (every provider checks with this);
-    raises ``ValueError`` when they cannot give ``size`` elements."""
-    n, m, r = p.shape[0], q.shape[0], p.shape[1]
-    if size > n * m or q.shape[1] != r:
-        raise ValueError(f"lowrank_reconstruct: p {p.shape} and q {q.shape} cannot give {size} elements")
-    return n, m, r
-
-
+@implements("lowrank_reconstruct")
 def lowrank_reconstruct(p: np.ndarray, q: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
     """The first ``size`` elements of ``p @ q.T`` in row-major order, as float32.
 
@@ -312,25 +304,7 @@ def lowrank_reconstruct(p: np.ndarray, q: np.ndarray, size: int, out: np.ndarray
     for k in range(r):
         term = np.multiply(p[:, k:k + 1], q[None, :, k], dtype=np.float32)
         full = term if k == 0 else np.add(full, term, out=full)
-    return _into(full.reshape(-1)[:size], out)
+    return deliver(full.reshape(-1)[:size], out)
 
 
-OPS = {
-    "uniform": uniform,
-    "stratified_indices": stratified_indices,
-    "topk": topk,
-    "threshold": threshold,
-    "nonzero": nonzero,
-    "scatter_add": scatter_add,
-    "quantize": quantize,
-    "dequantize": dequantize,
-    "sign_pack": sign_pack,
-    "sign_unpack": sign_unpack,
-    "fp16_encode": fp16_encode,
-    "fp16_decode": fp16_decode,
-    "bf16_encode": bf16_encode,
-    "bf16_decode": bf16_decode,
-    "csr_build": csr_build,
-    "csr_densify": csr_densify,
-    "lowrank_reconstruct": lowrank_reconstruct,
-}
+OPS = collect("numpy", [sys.modules[__name__]])

@@ -71,7 +71,7 @@ def get(op: str, device: str = "cpu", provider: str | None = None) -> Callable[.
     """The implementation of ``op`` for ``device`` (``"cpu"`` or ``"cuda"``).
 
     Args:
-        op: an operation name (see ``reference.OPS``).
+        op: an operation name (declared in ``ops.OPERATIONS``).
         device: where the data lives.
         provider: force one provider (tests, benchmarks); no fallback then.
     """

@@ -26,7 +26,9 @@ from .errors import (
     NonFiniteError,
     PayloadError,
     PeerError,
+    RendezvousError,
     UnsupportedError,
+    WaitTimeoutError,
 )
 
 __version__ = "0.1.0"
@@ -102,7 +104,9 @@ __all__ = [
     "NonFiniteError",
     "PayloadError",
     "PeerError",
+    "RendezvousError",
     "UnsupportedError",
+    "WaitTimeoutError",
     "__version__",
     "algorithm_names",
     "allgather",

@@ -61,6 +61,14 @@ class PeerError(MpicollError, RuntimeError):
         self.rank = rank
 
 
+class RendezvousError(MpicollError, RuntimeError):
+    """Setting up a job's rendezvous (torch's ``mpi://``) failed here: no reachable address, no store."""
+
+
+class WaitTimeoutError(MpicollError, TimeoutError):
+    """A wait with a timeout ran out before the operation finished (the operation itself goes on)."""
+
+
 def accepted(values: Sequence[object]) -> str:
     """Format accepted values for an error message: ``'a', 'b' or 'c'``."""
     items = [repr(v) for v in values]

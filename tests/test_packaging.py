@@ -69,6 +69,8 @@ def test_wheel(tmp_path: Path) -> None:
     wheel = next((tmp_path / "dist").glob("mpicoll-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     for needed in ("mpicoll/__init__.py", "mpicoll/kernels/__init__.py", "mpicoll/bench/cli.py",
+                   "mpicoll/kernels/numba_cpu/__init__.py", "mpicoll/kernels/numba_cuda/__init__.py",
+                   "mpicoll/kernels/cupy_provider/__init__.py", "mpicoll/kernels/cuda/select.cu",
                    "mpicoll/collectives/auto_table.json", "mpicoll/transport/comm.py"):
         assert needed in names, f"{needed} missing from {wheel.name}"
     tops = {n.split("/")[0] for n in names}

@@ -25,15 +25,16 @@ def slurm(tmp_path_factory):
 def submit(slurm: LocalSlurm, script: str, tmp_path, **env: str) -> tuple[dict, str]:
     out, log = tmp_path / "result.json", tmp_path / "job.out"
     job = slurm.sbatch(ROOT / "jobs" / script, f"--output={log}", cwd=ROOT,
-                       env={"MPICOLL_PYTHON": sys.executable, "MPICOLL_OUT": str(out), **env})
+                       env={"JOB_PYTHON": sys.executable, "JOB_OUT": str(out), **env})
     fields = slurm.wait(job, timeout=600)
     text = log.read_text() if log.exists() else ""
     assert fields["JobState"] == "COMPLETED" and fields["ExitCode"] == "0:0", (fields, text, slurm.logs())
+    assert "is not an mpicoll setting" not in text, text  # the scripts' own knobs are JOB_*, not MPICOLL_*
     return json.loads(out.read_text()), text
 
 
 def test_benchmark_job(slurm, tmp_path):
-    document, log = submit(slurm, "bench.sbatch", tmp_path, MPICOLL_MINBYTES="4K", MPICOLL_MAXBYTES="64K")
+    document, log = submit(slurm, "bench.sbatch", tmp_path, JOB_MINBYTES="4K", JOB_MAXBYTES="64K")
     assert "launched by   launcher=srun" in log and "slurm_job_id=" in log and "ranks         2" in log, log
     assert document["meta"]["nranks"] == 2
     rows = document["results"]
@@ -42,7 +43,7 @@ def test_benchmark_job(slurm, tmp_path):
 
 
 def test_training_job(slurm, tmp_path):
-    history, log = submit(slurm, "train.sbatch", tmp_path, MPICOLL_EPOCHS="3")
+    history, log = submit(slurm, "train.sbatch", tmp_path, JOB_EPOCHS="3")
     assert history["ranks"] == 2 and history["identical"] is True
     assert len(history["history"]) == 3 and history["history"][-1]["test_accuracy"] > 0.5
     assert "weights identical on all 2 ranks: True" in log

@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl, urlparse
 
 import torch.distributed as dist
 
-from ..errors import ArgumentError
+from ..errors import ArgumentError, PeerError, RendezvousError
 from ..transport import default_comm
 
 SCHEME = "mpi"
@@ -69,8 +69,8 @@ def _address(hosts: list[str]) -> str:
         pass
     addresses = _interface_addresses()
     if not addresses:
-        raise RuntimeError("mpicoll rendezvous: cannot find an address of rank 0 that other hosts can reach; "
-                           "set MASTER_ADDR (or use init_method='mpi://?store=hash' with the mpicoll backend)")
+        raise RendezvousError("mpicoll rendezvous: cannot find an address of rank 0 that other hosts can reach; "
+                              "set MASTER_ADDR (or use init_method='mpi://?store=hash' with the mpicoll backend)")
     return addresses[0]
 
 
@@ -87,11 +87,11 @@ def _tcp_store(timeout: timedelta) -> dist.Store:
                                    timeout=timeout, wait_for_workers=False)
         except Exception as exc:  # the others must not wait for an address that will never come
             comm.mpi.bcast(None, root=0)
-            raise RuntimeError(f"mpi:// rendezvous: rank 0 could not serve a TCPStore at {address}: {exc}") from exc
+            raise RendezvousError(f"mpi:// rendezvous: rank 0 could not serve a TCPStore at {address}: {exc}") from exc
     where = comm.mpi.bcast(None if server is None else (address, server.port), root=0)
     if where is None:
-        raise RuntimeError("mpi:// rendezvous: rank 0 could not serve the TCPStore (see its error); "
-                           "init_method='mpi://?store=hash' needs no socket, for the mpicoll backend")
+        raise PeerError("mpi:// rendezvous: rank 0 could not serve the TCPStore (see its error); "
+                        "init_method='mpi://?store=hash' needs no socket, for the mpicoll backend", rank=0)
     return server if server is not None else dist.TCPStore(where[0], where[1], comm.size, False, timeout=timeout)
 
 
@@ -118,7 +118,7 @@ def mpi_rendezvous_handler(url: str, timeout: timedelta = timedelta(minutes=30),
     _check_given(query, comm.rank, comm.size)
     store = _tcp_store(timeout) if kind == "tcp" else dist.HashStore()
     yield store, comm.rank, comm.size
-    raise RuntimeError("mpi:// rendezvous cannot re-rendezvous: MPI's ranks are fixed for the job")
+    raise RendezvousError("mpi:// rendezvous cannot re-rendezvous: MPI's ranks are fixed for the job")
 
 
 def launched_by_mpi() -> bool:

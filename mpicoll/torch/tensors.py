@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ..errors import DtypeError
+from ..errors import ArgumentError, DtypeError
 
 _SUPPORTED = (torch.float16, torch.float32, torch.float64, torch.int32, torch.int64, torch.uint8, torch.int8,
               torch.bool)
@@ -17,13 +17,13 @@ def as_array(tensor: torch.Tensor) -> Any:
 
     Raises:
         DtypeError: bfloat16 and other dtypes NumPy cannot hold (cast the tensor first).
-        ValueError: a non-contiguous tensor (use ``.contiguous()``, which copies).
+        ArgumentError: a non-contiguous tensor (use ``.contiguous()``, which copies).
     """
     if tensor.dtype not in _SUPPORTED:
         raise DtypeError(f"mpicoll.torch: tensors of dtype {tensor.dtype} have no NumPy/CuPy view; "
                          f"cast to float32 (or float16) first")
     if not tensor.is_contiguous():
-        raise ValueError("mpicoll.torch: the tensor is not contiguous; pass tensor.contiguous()")
+        raise ArgumentError("mpicoll.torch: the tensor is not contiguous; pass tensor.contiguous()")
     tensor = tensor.detach()
     if tensor.is_cuda:
         import cupy

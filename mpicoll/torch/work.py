@@ -27,7 +27,7 @@ import torch.distributed as dist
 from ..collectives.nonblocking import Handle, run_in_order, start
 from ..collectives.validate import exchange
 from ..config import config
-from ..errors import MpicollError
+from ..errors import MpicollError, WaitTimeoutError
 
 #: what a collective does on a communicator: run, write the outputs, return them
 Job = Callable[[Any], list[torch.Tensor]]
@@ -59,13 +59,13 @@ class Work(dist.Work):
         self._done.set()
 
     def wait(self, timeout: timedelta | None = None) -> bool:
-        """Block until done; raise the collective's error. ``timeout`` (C++ passes 0 for none)
-        raises ``TimeoutError`` if it passes first; the collective itself goes on."""
+        """Block until done; raise the collective's error. ``timeout`` (C++ passes 0 for none) raises
+        :class:`~mpicoll.errors.WaitTimeoutError` (a ``TimeoutError``) if it passes first; the collective goes on."""
         seconds = None if timeout is None or timeout <= timedelta(0) else timeout.total_seconds()
         if self._completing == threading.get_ident():  # a callback of our own future
             pass
         elif not self._done.wait(seconds):
-            raise TimeoutError(f"mpicoll backend: {self.description} did not finish within {seconds} s")
+            raise WaitTimeoutError(f"mpicoll backend: {self.description} did not finish within {seconds} s")
         if self._error is not None:
             raise self._error
         return True

@@ -8,6 +8,10 @@
 
 Stacks go to ``$PYTEST_MPI_DUMP_DIR/stack-rank<R>.txt`` (pytest captures stderr while a test
 runs, so a stuck rank could not print them); the launcher shows those files on failure.
+
+Fixtures: ``comm``, one :class:`mpicoll.Comm` (a private ``Dup()`` of the world) per test module;
+a module that needs another (a host layout, torch's thread count) defines its own ``comm``.
+Helpers (collective asserts, inputs, the torch model) are in ``tests/helpers/``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import time
 
 import pytest
 from mpi4py import MPI
+
+import mpicoll
 
 AGREE_TIMEOUT = float(os.environ.get("PYTEST_MPI_AGREE_TIMEOUT", "60"))
 _VERDICTS = MPI.COMM_WORLD.Dup()
@@ -45,6 +51,13 @@ def pytest_configure(config: pytest.Config) -> None:
     settings.register_profile("mpi", derandomize=True, database=None, deadline=None, max_examples=25,
                               suppress_health_check=list(HealthCheck), print_blob=False)
     settings.load_profile("mpi")
+
+
+@pytest.fixture(scope="module")
+def comm():
+    """A communicator of every rank for one test module, freed (collectively) at its end."""
+    with mpicoll.Comm() as c:
+        yield c
 
 
 def _dump_everyone_and_abort(nodeid: str, text: str) -> None:

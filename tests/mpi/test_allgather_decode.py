@@ -17,12 +17,6 @@ CODECS = [("sign", {}), ("sign", {"block": 64}), ("int8", {}), ("int4", {}), ("q
           ("fp16", {})]
 
 
-@pytest.fixture(scope="module")
-def comm():
-    with mpicoll.Comm() as c:
-        yield c
-
-
 @pytest.mark.parametrize("name,params", CODECS)
 def test_equals_decode_and_sum_of_the_same_payloads(comm, name, params):
     x = rank_input(3001, comm.rank, "float32", "float", seed=5)

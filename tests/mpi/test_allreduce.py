@@ -26,12 +26,6 @@ def counts_for(size: int) -> list[int]:
     return sorted({1, 2, 3, max(1, size - 1), size + 1, 7, 97, 1009})
 
 
-@pytest.fixture(scope="module")
-def comm():
-    with mpicoll.Comm() as c:
-        yield c
-
-
 @pytest.fixture(params=[256, 4096, 1 << 20], ids=["seg256B", "seg4K", "seg1M"])
 def segment(request):
     """Small segments exercise the pipelines with many segments; 1 MiB is the default."""

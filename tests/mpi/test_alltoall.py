@@ -13,12 +13,6 @@ from mpicoll.collectives.partition import displacements
 ALGORITHMS = ["pairwise", "linear", "native", "auto"]
 
 
-@pytest.fixture(scope="module")
-def comm():
-    with mpicoll.Comm() as c:
-        yield c
-
-
 def counts_matrix(size: int, seed: int) -> np.ndarray:
     """counts[i, j]: elements rank i sends to rank j (zeros included, different everywhere)."""
     rng = np.random.default_rng([seed, size])

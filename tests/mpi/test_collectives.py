@@ -10,12 +10,6 @@ import mpicoll
 from mpicoll.collectives.partition import displacements, even_counts
 
 
-@pytest.fixture(scope="module")
-def comm():
-    with mpicoll.Comm() as c:
-        yield c
-
-
 @pytest.fixture(autouse=True)
 def small_segments():
     with mpicoll.config.override(segment_bytes=1024):

@@ -28,12 +28,6 @@ PATHS = {
 CASES = [(name, algo) for name, algos in PATHS.items() for algo in algos]
 
 
-@pytest.fixture(scope="module")
-def comm():
-    with mpicoll.Comm() as c:
-        yield c
-
-
 @pytest.fixture(autouse=True)
 def small_segments():
     with mpicoll.config.override(segment_bytes=4096):

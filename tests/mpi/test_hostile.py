@@ -21,12 +21,6 @@ from mpicoll.errors import ArgumentError, ConfigError, MismatchError, PayloadErr
 two_ranks = pytest.mark.skipif(mpicoll.size() < 2, reason="needs a second rank to misbehave")
 
 
-@pytest.fixture(scope="module")
-def comm():
-    with mpicoll.Comm() as c:
-        yield c
-
-
 @pytest.fixture(autouse=True)
 def small_segments():
     with mpicoll.config.override(segment_bytes=4096):

@@ -11,12 +11,6 @@ from mpicoll import compression
 from mpicoll.errors import MismatchError, PeerError
 
 
-@pytest.fixture(scope="module")
-def comm():
-    with mpicoll.Comm() as c:
-        yield c
-
-
 def test_many_handles_complete_in_any_wait_order(comm):
     sizes = [1, 7, 1000, 100003, 33, 65536, 5, 4099]
     inputs = [rank_input(n, comm.rank, "int64", seed=i) for i, n in enumerate(sizes)]

@@ -7,7 +7,6 @@ are collective, so a failing example fails (and shrinks) on every rank together.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from mpitools import assert_equal_all, assert_same_on_all_ranks, mpi_allreduce, rank_input
@@ -15,12 +14,6 @@ from mpitools import assert_equal_all, assert_same_on_all_ranks, mpi_allreduce, 
 import mpicoll
 
 ALGORITHMS = ["ring", "tree", "recursive_doubling", "rabenseifner", "shm", "native", "auto"]
-
-
-@pytest.fixture(scope="module")
-def comm():
-    with mpicoll.Comm() as c:
-        yield c
 
 
 @given(

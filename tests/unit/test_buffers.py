@@ -6,28 +6,16 @@ import sys
 
 import numpy as np
 import pytest
+from staging_fake import FakeCupyArray, install_fake_cupy
 
 import mpicoll
 from mpicoll.collectives.buffers import check_array, check_out
 from mpicoll.errors import ArgumentError, DtypeError
 
 
-class FakeCupyArray:
-    """Looks like a CuPy array to mpicoll's backend detection (its type lives in a 'cupy' module)."""
-
-    dtype = np.dtype(np.float32)
-
-
-FakeCupyArray.__module__ = "cupy._core.core"
-
-
 @pytest.fixture(autouse=True)
 def fake_cupy(monkeypatch):
-    """A stand-in ``cupy`` module whose ``ndarray`` is the fake: mpicoll takes an object for a CuPy array
-    only if it is an instance of ``cupy.ndarray`` (a type that merely claims a cupy module is refused)."""
-    import types
-
-    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(ndarray=FakeCupyArray))
+    install_fake_cupy(monkeypatch)
 
 
 def test_gpu_arrays_are_accepted_whatever_the_cuda_awareness():  # staged unless MPI is CUDA-aware

@@ -1,6 +1,6 @@
 """The CUDA C sources of the CuPy provider: they compile cleanly, and the kernels match the Python side.
 
-The provider (``kernels/cupy_provider.py``) compiles each family file of ``kernels/cuda`` with the
+The provider (``kernels/cupy_provider/``, one module per family) compiles each family file of ``kernels/cuda`` with the
 prelude ``common.cu`` in front, through NVRTC, on first use. Here nvcc compiles the same
 translation units to PTX for two architectures with warnings as errors, and the kernel names the
 provider asks for are checked against the ``extern "C" __global__`` definitions, per file, both
@@ -24,19 +24,23 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CUDA_DIR = ROOT / "kernels" / "cuda"
-PROVIDER = ROOT / "kernels" / "cupy_provider.py"
+PROVIDER = ROOT / "kernels" / "cupy_provider"
 ARCHS = ["sm_80", "sm_90"]
 KERNEL_DEF = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(')
 KERNEL_SIGNATURE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)')
 # host scalar constructors of the provider -> the C type a kernel must declare for them
 SCALAR_TYPES = {"int64": "long long", "int32": "int", "float32": "float", "float64": "double",
-                "uint64": "unsigned long long", "_u64": "unsigned long long"}
+                "uint64": "unsigned long long", "u64": "unsigned long long"}
 COMMENTS = re.compile(r"//[^\n]*|/\*.*?\*/", re.DOTALL)
 KERNEL_NAME = re.compile(r"mpicoll_\w+")
 
 
 def provider_tree() -> ast.Module:
-    return ast.parse(PROVIDER.read_text(encoding="utf-8"))
+    """Every module of the provider package as one tree (a constant or a launch may sit in any family)."""
+    body = []
+    for path in sorted(PROVIDER.glob("*.py")):
+        body.extend(ast.parse(path.read_text(encoding="utf-8"), str(path)).body)
+    return ast.Module(body=body, type_ignores=[])
 
 
 def provider_constants(tree: ast.Module) -> dict[str, object]:
@@ -52,18 +56,18 @@ def provider_constants(tree: ast.Module) -> dict[str, object]:
 
 
 def requested_kernels() -> dict[str, set[str]]:
-    """Family file -> kernel names, from every ``_launch("file.cu", name, ...)`` and ``_kernel("file.cu", name)``
+    """Family file -> kernel names, from every ``launch("file.cu", name, ...)`` and ``get_kernel("file.cu", name)``
     call: ``name`` a string, or a subscript of a module-level dict of names (one per word size)."""
     tree = provider_tree()
     constants = provider_constants(tree)
     requested: dict[str, set[str]] = {}
     for node in ast.walk(tree):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                and node.func.id in ("_launch", "_kernel") and len(node.args) >= 2):
+                and node.func.id in ("launch", "get_kernel") and len(node.args) >= 2):
             continue
         family, name = node.args[:2]
         if isinstance(family, ast.Name) and isinstance(name, ast.Name):
-            continue  # _launch forwarding its own parameters to _kernel
+            continue  # launch forwarding its own parameters to get_kernel
         assert isinstance(family, ast.Constant) and isinstance(family.value, str), \
             f"line {node.lineno}: the family file must be a literal"
         if isinstance(name, ast.Constant):
@@ -109,7 +113,7 @@ def host_type(arg: ast.expr) -> str | None:
 
 
 def prelude() -> str:
-    return provider_constants(provider_tree())["_PRELUDE"]
+    return provider_constants(provider_tree())["PRELUDE"]
 
 
 def translation_unit(name: str) -> str:
@@ -167,7 +171,7 @@ def test_every_defined_kernel_is_requested_and_unique():
 
 
 def test_kernel_names_in_provider_are_all_known():
-    """A kernel name anywhere in the provider (say a table not used through _launch) must exist."""
+    """A kernel name anywhere in the provider (say a table not used through launch) must exist."""
     everywhere = {name for names in defined_kernels().values() for name in names}
     names = {node.value for node in ast.walk(provider_tree())
              if isinstance(node, ast.Constant) and isinstance(node.value, str) and KERNEL_NAME.fullmatch(node.value)}
@@ -176,14 +180,14 @@ def test_kernel_names_in_provider_are_all_known():
 
 
 def test_launch_arguments_match_kernel_parameters():
-    """Each literal ``_launch`` passes as many arguments as the kernel takes, scalars of the declared
+    """Each literal ``launch`` passes as many arguments as the kernel takes, scalars of the declared
     C type (``np.int64`` for ``long long``...) and no typed scalar where a pointer is expected."""
     tree = provider_tree()
     constants = provider_constants(tree)
     params = kernel_parameters()
     problems = []
     for node in ast.walk(tree):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "_launch"
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "launch"
                 and len(node.args) >= 3 and not any(isinstance(a, ast.Starred) for a in node.args)):
             continue
         name = node.args[1]
@@ -209,6 +213,7 @@ def test_launch_arguments_match_kernel_parameters():
 # ---------------------------------------------------------------- compiling
 
 
+@pytest.mark.slow  # nvcc: 3-8 s per file and architecture
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("name", sorted(p.name for p in CUDA_DIR.glob("*.cu")))
 def test_compiles_with_nvcc(tmp_path, name, arch):

@@ -1,7 +1,7 @@
 """Issue 13: decoders trust nothing they can know themselves; compressor state survives refused calls.
 
 Single-process tests of the breaks that live in the compressors (2, 3, 7, 9), on both CPU kernel
-providers, plus the property-based fuzzer of every decoder (``tests/fuzz_decoders.py``) run in a
+providers, plus the property-based fuzzer of every decoder (``tests/helpers/fuzz_decoders.py``) run in a
 subprocess under an address-space cap.
 """
 
@@ -141,9 +141,10 @@ def test_snapshot_and_restore_undo_a_call(name):
         assert np.array_equal(after["residuals"][key], value)
 
 
-FUZZ = Path(__file__).resolve().parents[1] / "fuzz_decoders.py"
+FUZZ = Path(__file__).resolve().parents[1] / "helpers" / "fuzz_decoders.py"
 
 
+@pytest.mark.slow  # a subprocess fuzzing 300 examples on two providers
 def test_fuzzed_decoders_give_exact_decodes_or_payload_errors():
     """The property-based fuzzer of every decoder, both CPU providers, under an address-space cap
     (a few hundred derandomized examples here; bench/RESULTS.md records a long run)."""

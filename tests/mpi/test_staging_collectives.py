@@ -1,34 +1,23 @@
 """Host staging under real MPI: every algorithm with every message staged through pinned buffers.
 
 CuPy cannot run here, so host arrays play the device arrays: the staging hooks are pointed at a
-stand-in device (tests/staging_fake.py) that checks the staging contract, and every byte every
+stand-in device (tests/helpers/staging_fake.py) that checks the staging contract, and every byte every
 algorithm sends or receives goes through staged requests and the pinned-buffer pool. Results must
 be bitwise those of MPI's own collectives, and a repeated call must allocate no new host buffer.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from mpitools import all_inputs, assert_all, assert_equal_all, mpi_allreduce, rank_input
+from staging_fake import FakeDevice
 
 import mpicoll
 from mpicoll.collectives import native
 from mpicoll.collectives.partition import displacements, even_counts
 from mpicoll.transport import p2p
 from mpicoll.transport.staging import Stager
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from staging_fake import FakeDevice
-
-
-@pytest.fixture(scope="module")
-def comm():
-    with mpicoll.Comm() as c:
-        yield c
 
 
 @pytest.fixture(autouse=True)

@@ -2,37 +2,22 @@
 
 from __future__ import annotations
 
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 from mpi4py import MPI
+from staging_fake import FakeCupyArray, FakeDevice, install_fake_cupy
 
 import mpicoll
 from mpicoll.collectives.partition import segment_elements, segments
 from mpicoll.transport import p2p, staging
 from mpicoll.transport.staging import PinnedPool, Stager
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from staging_fake import FakeDevice
-
-
-class FakeCupyArray:
-    dtype = np.dtype(np.float32)
-
-
-FakeCupyArray.__module__ = "cupy._core.core"
-
 
 @pytest.fixture(autouse=True)
 def fake_cupy(monkeypatch):
-    """A stand-in ``cupy`` module whose ``ndarray`` is the fake: mpicoll takes an object for a CuPy array
-    only if it is an instance of ``cupy.ndarray`` (a type that merely claims a cupy module is refused)."""
-    import types
-
-    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(ndarray=FakeCupyArray))
+    install_fake_cupy(monkeypatch)
 
 
 def test_gpu_buffers_are_staged_unless_mpi_is_cuda_aware(monkeypatch):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MPIEXEC = Path(sys.prefix) / "bin" / "mpiexec"
 LAUNCH_TIMEOUT = float(os.environ.get("PYTEST_MPI_LAUNCH_TIMEOUT", "900"))
 

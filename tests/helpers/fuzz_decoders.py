@@ -1,6 +1,6 @@
 """Property-based fuzzing of every codec's decoder (issue 13): hostile payloads end in PayloadError.
 
-Run as a script (``python tests/fuzz_decoders.py --examples 300``); ``tests/unit/test_decoder_fuzz.py``
+Run as a script (``python tests/helpers/fuzz_decoders.py --examples 300``); ``tests/unit/test_hostile_payloads.py``
 runs it in the suite. For every example, hypothesis picks a codec, a tensor (size, shape, dtype,
 values) and a mutation of the payload that codec made of it: a header field set to an edge value,
 truncation or padding, flipped bits, overwritten bytes, or an index set out of range. The

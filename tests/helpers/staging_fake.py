@@ -8,6 +8,8 @@ given to MPI while a device copy still reads it.
 
 from __future__ import annotations
 
+import sys
+import types
 from typing import Any
 
 import numpy as np
@@ -57,3 +59,18 @@ class FakeDevice:
     def wait(self, event: Event) -> None:
         self.waits += 1
         event.polls_left = 0
+
+
+class FakeCupyArray:
+    """Looks like a CuPy array to mpicoll's backend detection once :func:`install_fake_cupy` ran."""
+
+    dtype = np.dtype(np.float32)
+
+
+FakeCupyArray.__module__ = "cupy._core.core"
+
+
+def install_fake_cupy(monkeypatch: Any) -> None:
+    """A stand-in ``cupy`` module whose ``ndarray`` is the fake: mpicoll takes an object for a CuPy array
+    only if it is an instance of ``cupy.ndarray`` (a type that merely claims a cupy module is refused)."""
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(ndarray=FakeCupyArray))
