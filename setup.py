@@ -25,6 +25,7 @@ setup(
         "mpicoll.collectives",
         "mpicoll.compression",
         "mpicoll.aggregation",
+        "mpicoll.model",
         "mpicoll.transport",
         "mpicoll.torch",
         "mpicoll.horovod",

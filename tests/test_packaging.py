@@ -68,6 +68,11 @@ def test_wheel(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     wheel = next((tmp_path / "dist").glob("mpicoll-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
+    packages = [p.parent.relative_to(src) for top in ("mpicoll", "kernels", "bench")
+                for p in (src / top).rglob("__init__.py")]
+    installed = [str(Path("mpicoll") / p) if p.parts[0] != "mpicoll" else str(p) for p in packages]
+    missing = [p for p in installed if f"{p}/__init__.py" not in names]
+    assert not missing, f"packages missing from the wheel (add them to setup.py's packages=): {missing}"
     for needed in ("mpicoll/__init__.py", "mpicoll/kernels/__init__.py", "mpicoll/bench/cli.py",
                    "mpicoll/kernels/numba_cpu/__init__.py", "mpicoll/kernels/numba_cuda/__init__.py",
                    "mpicoll/kernels/cupy_provider/__init__.py", "mpicoll/kernels/cuda/select.cu",

@@ -6,16 +6,9 @@ import numpy as np
 import pytest
 from mpitools import assert_all, assert_same_on_all_ranks, mpi_allreduce, rank_input
 
-import mpicoll
 from mpicoll.aggregation import AutoCodec, GradientBuckets
 from mpicoll.errors import ArgumentError
 from mpicoll.model import CodecRates, Link, Machine
-
-
-@pytest.fixture(scope="module")
-def comm():
-    with mpicoll.Comm() as c:
-        yield c
 
 
 def machine(gbit: float) -> Machine:

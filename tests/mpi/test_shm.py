@@ -10,12 +10,6 @@ import mpicoll
 from mpicoll.transport.shared import SharedArray, window_of
 
 
-@pytest.fixture(scope="module")
-def comm():
-    with mpicoll.Comm() as c:
-        yield c
-
-
 @pytest.mark.parametrize("n", [1, 5, 1000, 300_001])
 @pytest.mark.parametrize("dtype", ["float32", "float64", "int64"])
 def test_zero_copy_equals_staging_and_mpi(comm, n, dtype):
