@@ -10,13 +10,27 @@ from mpicoll.transport import Comm
 from .exact import count_wrong, expected, poison, values
 from .harness import Case, Prepared
 
+#: ``--in-place-shared``: every algorithm runs in place on an array from ``mpicoll.shared_empty``
+#: (the zero-copy case of ``shm``); use an idempotent op (``-o max``) so repeated calls keep the result
+IN_PLACE_SHARED = False
+
 
 def prepare(comm: Comm, size: int, dtype: np.dtype, op: str, root: int) -> Prepared:
     count = size // dtype.itemsize
     x = values(count, comm.rank, op, dtype)
+    want = expected(count, comm.size, op, dtype)
+    if IN_PLACE_SHARED:
+        shared = mpicoll.shared_empty(count, dtype, comm=comm)
+
+        def run(algorithm: str) -> None:
+            mpicoll.allreduce(shared, op, algorithm=algorithm, comm=comm, out=shared)
+
+        def restore() -> None:
+            shared[...] = x  # each algorithm starts from the inputs
+
+        return Prepared(count, run, lambda: comm.mpi.allreduce(count_wrong(shared, want)), restore)
     out = np.empty_like(x)
     out[...] = 0  # touch the result buffer once, as an application's reused buffer would be
-    want = expected(count, comm.size, op, dtype)
 
     def run(algorithm: str) -> None:
         mpicoll.allreduce(x, op, algorithm=algorithm, comm=comm, out=out)

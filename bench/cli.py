@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated algorithms (default: all registered, plus auto)")
         p.add_argument("--no-ceiling", dest="ceiling", action="store_false",
                        help="skip the point-to-point Sendrecv row measured at each size")
+        if name == "allreduce":
+            p.add_argument("--in-place-shared", action="store_true",
+                           help="run in place on arrays from mpicoll.shared_empty (shm's zero-copy case); "
+                                "use with -o max, which repeated calls keep exact")
     p = sub.add_parser("tune", help="measure every algorithm and write the table algorithm='auto' reads")
     _add_sweep_options(p)
     p.add_argument("--collectives", default="allreduce", help="comma-separated collectives to tune")
@@ -146,6 +150,10 @@ def _algorithms(case: Case, requested: str | None) -> list[str]:
 def run_collective(args: argparse.Namespace, comm: Any) -> list[Record]:
     cases = _cases()
     case = cases[args.command]
+    if getattr(args, "in_place_shared", False):
+        from . import allreduce
+
+        allreduce.IN_PLACE_SHARED = True
     opts = _options(args, _algorithms(case, args.algo))
     run_meta = meta(comm, opts)
     say(comm, f"# mpicoll-bench {case.collective}: {comm.size} ranks on {run_meta['nhosts']} host(s), "

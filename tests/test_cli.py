@@ -240,3 +240,12 @@ def test_probe_predict_and_model_check(tmp_path):
     report = subprocess.run([sys.executable, "-m", "mpicoll.bench", "model-report", str(check)], capture_output=True,
                             text=True, timeout=120, cwd=ROOT)
     assert report.returncode == 0 and "| check | ring | 64K |" in report.stdout, report.stdout + report.stderr
+
+
+def test_allreduce_bench_in_place_on_shared_memory(tmp_path):
+    """The zero-copy case of algorithm='shm': every algorithm in place on a shared_empty array."""
+    result = run_ranks(2, ["-m", "mpicoll.bench", "allreduce", "-b", "64K", "-e", "64K", "-n", "2", "-w", "1",
+                           "--repeats", "1", "--algo", "ring,shm,native", "--in-place-shared", "-o", "max", "-q"],
+                       tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout
+    assert "out of bounds values : 0 OK" in result.stdout and " shm " in result.stdout
