@@ -80,15 +80,23 @@ class AutoCodec:
         if self._ready is not None:
             return self._ready
         model = self._model
-        if not isinstance(model, Machine):
+        document: Any = None
+        if isinstance(model, Machine):
+            document = model.to_json()
+        elif model or config.get("model"):
             path = model or config.get("model")
-            if path:
-                model = Machine.load(path) if comm.rank == 0 else None
-            else:
-                from ..model.probe import probe
+            if comm.rank == 0:  # a missing or broken file must fail every rank, not leave them in the bcast
+                try:
+                    document = Machine.load(path).to_json()
+                except (OSError, ValueError, ArgumentError) as error:
+                    document = f"AutoCodec: cannot read the machine model {path!r}: {error}"
+        else:
+            from ..model.probe import probe
 
-                model = probe(comm, codecs={n: KNOWN[n] for n in self.allowed})
-        document = comm.mpi.bcast(model.to_json() if comm.rank == 0 else None, root=0)
+            document = probe(comm, codecs={n: KNOWN[n] for n in self.allowed}).to_json()
+        document = comm.mpi.bcast(document if comm.rank == 0 else None, root=0)
+        if isinstance(document, str):
+            raise ArgumentError(document)
         self._ready = Machine.from_json(document)
         return self._ready
 

@@ -79,6 +79,11 @@ def test_a_probe_gives_every_rank_the_same_model(comm):
     assert_all(comm.mpi, model.codecs["fp16"].ratio == pytest.approx(0.5, abs=0.01), "fp16 halves the bytes")
 
 
+def test_a_missing_model_file_fails_every_rank(comm):
+    with pytest.raises(ArgumentError, match="cannot read the machine model"):
+        AutoCodec(model="/nonexistent/model.json").prepare(comm)
+
+
 def test_bad_arguments(comm):
     with pytest.raises(ArgumentError, match="unknown codec"):
         AutoCodec(["zstd"])
