@@ -25,7 +25,7 @@ from .harness import format_size, parse_size, say
 
 PREDICT_CODECS = "none,fp16,topk,sign,powersgd"
 CHECK_PATHS = ("ring,recursive_doubling,rabenseifner,tree,hierarchical,native,fp16:ring,topk:sparse_allgather,"
-               "topk:sparse_rd,sign:allgather_decode,sign:two_phase,int8:two_phase,powersgd:powersgd")
+               "topk:sparse_rd,sign:allgather_decode,sign:two_phase,int8:two_phase,powersgd:powersgd,sign:hierarchical")
 
 
 def _human(nbytes: float) -> str:
