@@ -1,12 +1,14 @@
 """What every compressed all-reduce path implements: a local ``prepare`` and a collective ``run``.
 
 ``prepare`` compresses and checks this rank's own data without communicating, so the API can
-run it inside the cross-rank :class:`~mpicoll.collectives.validate.Agreement`: a local failure
+run it inside the cross-rank :class:`~mpicoll.collectives.internal.Agreement`: a local failure
 is then reported on every rank before any rank starts communicating. ``run`` must complete its
 communication whatever happens on the way: a *peer's* payload that turns out malformed, or any
 local step that raises (a decoder, a re-compression), is recorded in :class:`Prepared` by
 :meth:`Prepared.guard` and the protocol goes on (with zeros); the API then raises on every rank.
-Nothing hangs and no rank returns garbage.
+Nothing hangs and no rank returns garbage. ``run`` communicates through the unvalidated entry
+points of :mod:`mpicoll.collectives.internal` (or point-to-point): the API has agreed on the
+arguments already, so a sub-step needs no agreement of its own.
 
 ``run`` returns the sum, or with ``prepared.average`` the mean, in :func:`acc_dtype` (float32 for
 float16 input): a path divides before anything is rounded to float16, so a mean that float16
@@ -48,7 +50,9 @@ class Prepared:
     compressor: Compressor
     ctx: Ctx | None
     payload: Any = None
-    parts: Any = None
+    #: what the path's ``run`` needs besides the payload (each path its own; never tensor shapes,
+    #: which are :data:`Parts`)
+    state: Any = None
     average: bool = False
     #: the compressor's :meth:`~mpicoll.compression.Compressor.stream` for this call, agreed across ranks
     stream: int | None = None

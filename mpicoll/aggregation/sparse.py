@@ -20,10 +20,7 @@ from typing import Any
 import numpy as np
 
 from .. import kernels
-from ..collectives.api import allgather
-from ..collectives.partition import displacements
-from ..collectives.pof2 import Pof2
-from ..collectives.registry import register
+from ..collectives.internal import Pof2, allgather, displacements, register
 from ..compression import Compressor
 from ..compression.sparse import check_indices
 from ..errors import PayloadError
@@ -41,7 +38,7 @@ class SparsePath(Path):
                 average: bool = False) -> Prepared:
         payload, ctx = compressor.compress(x, key)
         idx, values = compressor.sparse_parts(payload, ctx)
-        return Prepared(compressor, ctx, payload=payload, parts=(idx, values), average=average)
+        return Prepared(compressor, ctx, payload=payload, state=(idx, values), average=average)
 
 
 class SparseAllgather(SparsePath):
@@ -49,7 +46,7 @@ class SparseAllgather(SparsePath):
 
     def run(self, comm: Comm, prepared: Prepared) -> Any:
         ctx, compressor, payload = prepared.ctx, prepared.compressor, prepared.payload
-        sizes = allgather(np.array([payload.size], dtype=np.int64), comm=comm).reshape(-1)
+        sizes = allgather(comm, np.array([payload.size], dtype=np.int64)).reshape(-1)
         dense = np.zeros(ctx.numel, dtype=acc_dtype(ctx.dtype))
         bound = compressor.payload_bound(ctx)
         if (sizes > bound).any():  # every rank sees the same sizes: all skip the gather together
@@ -57,7 +54,7 @@ class SparseAllgather(SparsePath):
                                     f"payloads of {sizes.max()} bytes, more than any {compressor.name} payload of "
                                     f"this tensor ({bound} bytes)"))
             return dense.reshape(ctx.shape)
-        gathered = allgather(payload, counts=sizes, comm=comm)
+        gathered = allgather(comm, payload, sizes)
         scatter_add = kernels.get("scatter_add", ctx.device)
         for rank, (start, size) in enumerate(zip(displacements(sizes), sizes, strict=True)):
             parts = prepared.guard(f"rank {rank}'s payload", compressor.sparse_parts, gathered[start: start + size],
@@ -146,7 +143,7 @@ class SparseRecursiveDoubling(SparsePath):
     def run(self, comm: Comm, prepared: Prepared) -> Any:
         ctx = prepared.ctx
         dtype = acc_dtype(ctx.dtype)
-        idx, values = prepared.parts
+        idx, values = prepared.state
         total = _recursive_doubling(comm, prepared, (np.asarray(idx, dtype=np.int64), np.asarray(values, dtype=dtype)),
                                     ctx.numel, dtype)
         return prepared.mean(total, comm.size).reshape(ctx.shape)

@@ -22,9 +22,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from ..collectives.api import allgather
-from ..collectives.partition import displacements, even_counts
-from ..collectives.registry import register
+from ..collectives.internal import allgather, displacements, even_counts, register
 from ..compression import Compressor, Ctx
 from ..transport import Comm
 from ..transport.watchdog import waited, waiting_on
@@ -40,23 +38,24 @@ def _compress_chunks(compressor: Compressor, flat: Any, counts: list[int], key: 
     return payloads, ctxs
 
 
-def _alltoall_bytes(comm: Comm, prepared: Prepared, payloads: list[Any]) -> list[Any] | None:
-    """Send ``payloads[j]`` to rank ``j``; return what every rank sent us, in rank order. ``None`` on
-    every rank (recorded) when any rank was announced a payload larger than it can expect: the sizes
-    are checked before anything is allocated, and the verdict is agreed so that all skip together."""
+def _alltoall_bytes(comm: Comm, prepared: Prepared, payloads: list[Any], bounds: list[int]) -> list[Any] | None:
+    """Send ``payloads[j]`` to rank ``j``; return what every rank sent us, in rank order.
+
+    The sizes go first, as one allgathered ``p x p`` table (row ``r``: what rank ``r`` sends to each
+    rank), so that every rank checks every announced size against the bound of its chunk
+    (``bounds[j]``, computed alike everywhere from agreed values) and all reach the same verdict
+    without a round of their own. ``None`` on every rank (recorded by the receivers concerned)
+    when any size is out of bounds: nothing is allocated from an unchecked size."""
     send_sizes = np.array([p.size for p in payloads], dtype=np.int64)
-    recv_sizes = np.empty(comm.size, dtype=np.int64)
-    waiting_on(None, "the exchange of chunk sizes")
-    comm.mpi.Alltoall(send_sizes, recv_sizes)
-    bound = prepared.compressor.payload_bound(prepared.ctx)
-    too_large = [rank for rank, size in enumerate(recv_sizes) if not 0 <= size <= bound]
-    verdict = np.array([len(too_large)], dtype=np.int64)
-    comm.mpi.Allreduce(MPI.IN_PLACE, verdict, op=MPI.MAX)
-    if verdict[0]:
+    table = allgather(comm, send_sizes)
+    out_of_bounds = (table < 0) | (table > np.asarray(bounds, dtype=np.int64)[None, :])
+    if out_of_bounds.any():
+        too_large = np.flatnonzero(out_of_bounds[:, comm.rank]).tolist()
         if too_large:
             prepared.errors.append(("PayloadError", f"ranks {too_large} announced chunk payloads larger than any "
-                                    f"{prepared.compressor.name} payload of this chunk ({bound} bytes)"))
+                                    f"{prepared.compressor.name} payload of this chunk ({bounds[comm.rank]} bytes)"))
         return None
+    recv_sizes = np.ascontiguousarray(table[:, comm.rank])
     sendbuf = np.concatenate(payloads) if payloads else np.empty(0, np.uint8)
     recvbuf = np.empty(int(recv_sizes.sum()), dtype=np.uint8)
     waiting_on(None, "the exchange of chunks")
@@ -75,22 +74,23 @@ class TwoPhase(Path):
         flat = np.ascontiguousarray(x).reshape(-1)
         counts = even_counts(flat.size, comm.size)
         payloads, chunk_ctxs = _compress_chunks(compressor, flat, counts, key)
-        return Prepared(compressor, chunk_ctxs[comm.rank], payload=payloads, parts=(x.shape, counts, key),
+        bounds = [compressor.payload_bound(ctx) for ctx in chunk_ctxs]
+        return Prepared(compressor, chunk_ctxs[comm.rank], payload=payloads, state=(x.shape, counts, bounds, key),
                         average=average)
 
     def run(self, comm: Comm, prepared: Prepared) -> Any:
-        shape, counts, key = prepared.parts
-        total = prepared.mean(_owner_sum(comm, prepared, prepared.payload, prepared.ctx), comm.size)
+        shape, counts, bounds, key = prepared.state
+        total = prepared.mean(_owner_sum(comm, prepared, prepared.payload, prepared.ctx, bounds), comm.size)
         return _owner_allgather(comm, prepared, total, counts, key).reshape(shape)
 
 
 register("compressed_allreduce", "two_phase")(TwoPhase())
 
 
-def _owner_sum(comm: Comm, prepared: Prepared, payloads: list[Any], mine: Ctx) -> Any:
+def _owner_sum(comm: Comm, prepared: Prepared, payloads: list[Any], mine: Ctx, bounds: list[int]) -> Any:
     """Phases 1-2: send chunk j to rank j; add the p copies of our chunk, in rank order (in
     :func:`acc_dtype`: float32 for float16)."""
-    received = _alltoall_bytes(comm, prepared, payloads) or []
+    received = _alltoall_bytes(comm, prepared, payloads, bounds) or []
     total = np.zeros(mine.numel, dtype=acc_dtype(mine.dtype))
     for rank, theirs in enumerate(received):  # rank order: the same additions on every rank
         decoded = prepared.guard(f"rank {rank}'s chunk {comm.rank}", prepared.compressor.decompress, theirs, mine)
@@ -107,14 +107,14 @@ def _owner_allgather(comm: Comm, prepared: Prepared, total: Any, counts: list[in
     owned = prepared.guard("compressing the owned chunk", compressor.compress, total, (key, "owner"))
     owner_payload = np.empty(0, np.uint8) if owned is None else owned[0]  # an empty payload fails every decode
     step = -1 if owned is None else owned[1].step  # the same on every rank (every owner compresses this key)
-    sizes = allgather(np.array([owner_payload.size], dtype=np.int64), comm=comm).reshape(-1)
+    sizes = allgather(comm, np.array([owner_payload.size], dtype=np.int64)).reshape(-1)
     out = np.zeros(sum(counts), dtype=total.dtype)
     bounds = [compressor.payload_bound(Ctx((count,), total.dtype, (key, "owner"), step, "cpu")) for count in counts]
     if any(size > bound for size, bound in zip(sizes, bounds, strict=True)):  # the same sizes everywhere
         prepared.errors.append(("PayloadError", f"an owner announced a reduced chunk of {sizes.max()} bytes, more "
                                 f"than any {compressor.name} payload of it"))
         return out
-    gathered = allgather(owner_payload, counts=sizes, comm=comm)
+    gathered = allgather(comm, owner_payload, sizes)
     for j, (start, count, at) in enumerate(zip(displacements(counts), counts, displacements(sizes), strict=True)):
         chunk_ctx = Ctx((count,), total.dtype, (key, "owner"), step, "cpu")
         decoded = prepared.guard(f"rank {j}'s reduced chunk", compressor.decompress, gathered[at: at + sizes[j]],
