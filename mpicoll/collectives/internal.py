@@ -20,6 +20,7 @@ from typing import Any
 from .. import timeline
 from ..backend import xp_of
 from ..transport import Comm
+from . import auto
 from .api import run_allgather, run_allreduce
 from .auto import OWN_FLAT, across_hosts, choose_for, resolve
 from .buffers import check_array, check_finite
@@ -32,9 +33,29 @@ from .registry import algorithm_names, get_algorithm, register
 from .validate import Agreement, exchange
 
 __all__ = [
-    "OWN_FLAT", "Agreement", "Pof2", "ReduceOp", "across_hosts", "algorithm_names", "allgather", "allreduce",
-    "check_array", "check_finite", "choose_for", "displacements", "even_counts", "exchange", "get_algorithm",
-    "get_op", "register", "resolve", "run_hierarchical", "run_in_order", "start", "work_dtype",
+    "OWN_FLAT",
+    "Agreement",
+    "Pof2",
+    "ReduceOp",
+    "across_hosts",
+    "algorithm_names",
+    "allgather",
+    "allreduce",
+    "auto",
+    "check_array",
+    "check_finite",
+    "choose_for",
+    "displacements",
+    "even_counts",
+    "exchange",
+    "get_algorithm",
+    "get_op",
+    "register",
+    "resolve",
+    "run_hierarchical",
+    "run_in_order",
+    "start",
+    "work_dtype",
 ]
 
 

@@ -21,8 +21,7 @@ import torch.distributed as dist
 
 from .. import timeline
 from ..aggregation import compressed_iallreduce
-from ..collectives import iallreduce
-from ..collectives.nonblocking import Handle
+from ..collectives import Handle, iallreduce
 from ..compression import Compressor
 from ..errors import ArgumentError
 from ..transport import as_comm
