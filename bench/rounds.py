@@ -11,13 +11,19 @@ outside mpi4py). A *collective round* is one MPI collective call (``Allgather``,
 ``Send``, ``Sendrecv``). Each case runs once to warm up (schedules, scratch buffers) and is then
 counted on its second call. Rank 0 prints one row per case: the collective rounds by purpose
 and the messages sent.
+
+``auto``'s table is the bundled one except that every allgather is ``native`` (``--keep-table``
+keeps the table as it is): the compressed paths' sub-step allgathers are then one MPI call each,
+whatever their size, instead of ``p-1`` ring steps for large payloads, so that rounds compare.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 from collections import Counter
 from typing import Any
 
@@ -126,15 +132,31 @@ def summarize(calls: Counter[tuple[str, str]]) -> dict[str, Any]:
             "calls": {f"{name} <- {caller}": n for (name, caller), n in sorted(calls.items())}}
 
 
+def native_allgather_table(rank: int) -> str:
+    """Write the bundled ``auto`` table with every allgather ``native``; return its path (one per rank)."""
+    from mpicoll.collectives.internal import auto
+
+    table = json.loads(auto.bundled_table_text())
+    table["allgather"] = {"default": [[None, "native"]]}
+    path = os.path.join(tempfile.gettempdir(), f"mpicoll-rounds-table-{os.getpid()}-{rank}.json")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(auto.format_table(table))
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mpicoll.bench.rounds", description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=1 << 16, help="float32 elements per rank (default 65536)")
     parser.add_argument("--json", metavar="PATH", help="write every rank-0 count, call by call, here")
+    parser.add_argument("--keep-table", action="store_true", help="keep auto's table (allgathers may run as rings)")
     args = parser.parse_args(argv)
     from mpi4py import MPI
 
     import mpicoll
 
+    table = "" if args.keep_table else native_allgather_table(MPI.COMM_WORLD.Get_rank())
+    if table:
+        mpicoll.config.set(auto_table=table)
     comm = mpicoll.Comm(MPI.COMM_WORLD)
     comm.mpi = CountingComm(comm.mpi)
     rows = {}
@@ -152,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                 json.dump({"ranks": comm.size, "count": args.count, "cases": rows}, f, indent=1)
     comm.mpi = comm.mpi._mpi
     comm.free()
+    if table:
+        os.remove(table)
     return 0
 
 
