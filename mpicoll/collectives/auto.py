@@ -161,7 +161,10 @@ def _lookup(configured: str, collective: str, nbytes: int, nranks: int) -> str:
 def across_hosts(comm: Comm) -> bool:
     """The rule "take hierarchical across hosts": the ranks span several hosts and some host runs
     several of them. Then one crossing of the network per host beats one per rank."""
-    return comm.several_ranks_on_several_hosts
+    found = comm.cache.get("across_hosts")  # the hosts never change: asked once per communicator
+    if found is None:
+        found = comm.cache["across_hosts"] = comm.several_ranks_on_several_hosts
+    return found
 
 
 def choose_for(collective: str, nbytes: int, comm: Comm, *, own: bool = False, flat: bool = False) -> str:

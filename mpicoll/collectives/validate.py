@@ -120,31 +120,52 @@ def exchange(comm: Comm, collective: str, error: BaseException | None, *, count:
              counts: Sequence[int] | None = None, compressor: str | None = None,
              parts: Sequence[tuple[int, ...]] | None = None, stream: int | None = None) -> None:
     """The collective part of :class:`Agreement`; raises on every rank if anything disagrees."""
-    signature = np.array([
-        0 if error is None else 1,
-        _COLLECTIVE_CODES[collective],
-        count,
-        _dtype_code(dtype),
-        _OP_CODES.get(op, -1),
-        root,
-        algorithm_names(collective).index(algorithm) if algorithm in algorithm_names(collective) else -1,
-        _counts_code(counts),
-        config.get("segment_bytes"),
-        -1 if compressor is None else zlib.crc32(compressor.encode()),
-        -1 if parts is None else zlib.crc32(repr([tuple(s) for s in parts]).encode()),
-        -1 if stream is None else stream,
-    ], dtype=np.int64)
-    table = comm.scratch.get("validate.table", comm.size * signature.size, np.int64).reshape(comm.size, -1)
+    key = (collective, count, dtype, algorithm, op, root, None if counts is None else tuple(counts),
+           config.get("segment_bytes"), compressor, None if parts is None else tuple(tuple(s) for s in parts), stream)
+    signature = None if error is not None else _signatures.get(key)
+    if signature is None:
+        signature = _signature(error is not None, key)
+    table = comm.scratch.get("validate.table", comm.size * signature.size, np.int64)
     waiting_on(None, "the argument check, which every rank must reach")
     comm.mpi.Allgather(signature, table)
     waited()
-    if (table == signature).all():  # the common case: one vectorized comparison
+    if table.tobytes() == signature.tobytes() * comm.size:  # the common case: one comparison of bytes
         return
+    table = table.reshape(comm.size, -1)
     if table[:, 0].any():
         _peer_failures(comm, collective, error, table[:, 0].copy())
         return  # this rank failed: its own error propagates from the with-block
     differing = [i for i in range(signature.size) if not (table[:, i] == table[0, i]).all()]
     raise _mismatch(collective, table.copy(), differing[0])
+
+
+_signatures: dict[tuple[Any, ...], np.ndarray] = {}
+"""Signatures of successful calls by their arguments: a loop repeating one call encodes it once."""
+
+
+def _signature(failed: bool, key: tuple[Any, ...]) -> np.ndarray:
+    """The int64 row one rank contributes to the agreement (see ``_FIELDS``); memoized unless ``failed``."""
+    collective, count, dtype, algorithm, op, root, counts, segment_bytes, compressor, parts, stream = key
+    names = algorithm_names(collective)
+    signature = np.array([
+        1 if failed else 0,
+        _COLLECTIVE_CODES[collective],
+        count,
+        _dtype_code(dtype),
+        _OP_CODES.get(op, -1),
+        root,
+        names.index(algorithm) if algorithm in names else -1,
+        _counts_code(counts),
+        segment_bytes,
+        -1 if compressor is None else zlib.crc32(compressor.encode()),
+        -1 if parts is None else zlib.crc32(repr([tuple(s) for s in parts]).encode()),
+        -1 if stream is None else stream,
+    ], dtype=np.int64)
+    if not failed:
+        if len(_signatures) > 4096:
+            _signatures.clear()
+        _signatures[key] = signature
+    return signature
 
 
 def _peer_failures(comm: Comm, collective: str, error: BaseException | None, failed: np.ndarray) -> None:
