@@ -8,7 +8,7 @@ compressed a second time: the only loss is each rank's own compression, which an
 next step. Two-phase (:mod:`.two_phase`) re-compresses the chunk owners' sums, which loses
 accuracy (EF-sign under momentum: several points on digits) in exchange for fewer bytes.
 
-Cost per rank: one allgather round (plus one of 8-byte sizes); receives ``(p-1) c`` bytes for a
+Cost per rank: one allgather round (the 8-byte sizes ride on the call's agreement); receives ``(p-1) c`` bytes for a
 payload of ``c`` bytes, against ``2 (p-1)/p c`` and two rounds for two-phase, and decodes ``p``
 whole arrays. So it never moves more bytes than two-phase on two ranks, and ``p/2`` times as many
 on ``p`` ranks. :func:`.choice.prefer_single_pass` is the rule ``auto`` applies (see its docstring).
@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from ..collectives.internal import allgather, displacements, register
+from ..collectives.internal import displacements, register
 from ..compression import Compressor
 from ..transport import Comm
-from .path import Parts, Path, Prepared, acc_dtype
+from .path import Parts, Path, Prepared, acc_dtype, gather_payloads
 
 
 class AllgatherDecode(Path):
@@ -33,19 +33,14 @@ class AllgatherDecode(Path):
     def prepare(self, comm: Comm, x: Any, compressor: Compressor, key: Hashable, parts: Parts = None,
                 average: bool = False) -> Prepared:
         payload, ctx = compressor.compress(x, key)
-        return Prepared(compressor, ctx, payload=payload, average=average)
+        return Prepared(compressor, ctx, payload=payload, average=average, announce=payload.size)
 
     def run(self, comm: Comm, prepared: Prepared) -> Any:
-        ctx, compressor, payload = prepared.ctx, prepared.compressor, prepared.payload
-        sizes = allgather(comm, np.array([payload.size], dtype=np.int64)).reshape(-1)
-        bound = compressor.payload_bound(ctx)
-        if ((sizes < 0) | (sizes > bound)).any():  # every rank sees the same sizes: all skip the gather together
-            bad = np.flatnonzero((sizes < 0) | (sizes > bound)).tolist()
-            prepared.errors.append(("PayloadError", f"ranks {bad} announced payloads of {sizes[bad].tolist()} bytes, "
-                                    f"outside what any {compressor.name} payload of this tensor can be "
-                                    f"(0-{bound} bytes)"))
+        ctx = prepared.ctx
+        found = gather_payloads(comm, prepared)
+        if found is None:  # recorded, on every rank alike
             return np.zeros(ctx.numel, dtype=acc_dtype(ctx.dtype)).reshape(ctx.shape)
-        gathered = allgather(comm, payload, sizes)
+        gathered, sizes = found
         return prepared.mean(decode_sum(prepared, gathered, sizes), comm.size)
 
 

@@ -101,7 +101,7 @@ def compressed_allreduce(x: Any, compressor: Compressor, *, key: Hashable = None
     c = as_comm(comm)
     snapshot = compressor.snapshot() if isinstance(compressor, Compressor) else None
     try:
-        with Agreement(c, "compressed_allreduce") as agree:
+        with Agreement(c, "compressed_allreduce", carry=True) as agree:  # carries a payload size
             if not isinstance(compressor, Compressor):
                 raise ArgumentError(f"compressed_allreduce: compressor must come from mpicoll.compression.get, got "
                                     f"{type(compressor).__name__}")
@@ -119,6 +119,8 @@ def compressed_allreduce(x: Any, compressor: Compressor, *, key: Hashable = None
             with timeline.span("compress", path=name):
                 prepared = path.prepare(c, x, compressor, key, parts, average)  # local: failures reach every rank
             agree.set(stream=prepared.stream)
+            agree.carry(prepared.announce)
+        prepared.announced = agree.carried
         with timeline.span("exchange", path=name):
             result = path.run(c, prepared)
         _agree_on_errors(c, prepared.errors)

@@ -1,6 +1,7 @@
 """Sparse compressors (top-k, threshold, COO, CSR): allgather the pairs, or merge them pairwise.
 
-- ``sparse_allgather``: payload sizes are exchanged first, then every rank's payload is gathered
+- ``sparse_allgather``: payload sizes ride on the call's agreement (with validation off they are
+  exchanged first), then every rank's payload is gathered
   (``allgatherv``) and every rank scatter-adds all of them, in rank order, into a dense float32
   sum. One round; each rank receives ``(p-1)`` payloads: good for a few ranks.
 - ``sparse_rd``: recursive doubling on sparse vectors (Renggli et al., SparCML, 2019): each
@@ -20,13 +21,13 @@ from typing import Any
 import numpy as np
 
 from .. import kernels
-from ..collectives.internal import Pof2, allgather, displacements, register
+from ..collectives.internal import Pof2, displacements, register
 from ..compression import Compressor
 from ..compression.sparse import check_indices
 from ..errors import PayloadError
 from ..transport import Comm
 from ..transport.p2p import sendrecv, sendrecv_bounded
-from .path import Parts, Path, Prepared, acc_dtype
+from .path import Parts, Path, Prepared, acc_dtype, gather_payloads
 
 DENSE_SWITCH = 0.25  # a merged vector denser than this continues as a dense array
 
@@ -38,23 +39,20 @@ class SparsePath(Path):
                 average: bool = False) -> Prepared:
         payload, ctx = compressor.compress(x, key)
         idx, values = compressor.sparse_parts(payload, ctx)
-        return Prepared(compressor, ctx, payload=payload, state=(idx, values), average=average)
+        return Prepared(compressor, ctx, payload=payload, state=(idx, values), average=average,
+                        announce=payload.size)
 
 
 class SparseAllgather(SparsePath):
     """Gather every rank's sparse payload and add them all, in rank order."""
 
     def run(self, comm: Comm, prepared: Prepared) -> Any:
-        ctx, compressor, payload = prepared.ctx, prepared.compressor, prepared.payload
-        sizes = allgather(comm, np.array([payload.size], dtype=np.int64)).reshape(-1)
+        ctx, compressor = prepared.ctx, prepared.compressor
         dense = np.zeros(ctx.numel, dtype=acc_dtype(ctx.dtype))
-        bound = compressor.payload_bound(ctx)
-        if (sizes > bound).any():  # every rank sees the same sizes: all skip the gather together
-            prepared.errors.append(("PayloadError", f"ranks {np.flatnonzero(sizes > bound).tolist()} announced "
-                                    f"payloads of {sizes.max()} bytes, more than any {compressor.name} payload of "
-                                    f"this tensor ({bound} bytes)"))
+        found = gather_payloads(comm, prepared)
+        if found is None:  # recorded, on every rank alike
             return dense.reshape(ctx.shape)
-        gathered = allgather(comm, payload, sizes)
+        gathered, sizes = found
         scatter_add = kernels.get("scatter_add", ctx.device)
         for rank, (start, size) in enumerate(zip(displacements(sizes), sizes, strict=True)):
             parts = prepared.guard(f"rank {rank}'s payload", compressor.sparse_parts, gathered[start: start + size],
@@ -66,7 +64,6 @@ class SparseAllgather(SparsePath):
 
 
 register("compressed_allreduce", "sparse_allgather")(SparseAllgather())
-
 
 def _merge(lower: tuple[Any, Any], upper: tuple[Any, Any]) -> tuple[Any, Any]:
     """Sorted union of two sparse vectors, adding values at shared indices (lower's first)."""

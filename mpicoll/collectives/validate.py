@@ -87,12 +87,26 @@ class Agreement:
     Use as ``with Agreement(comm, "allreduce") as agree: ...checks...; agree.set(count=...)``.
     With validation on, leaving the block always performs the exchange, even when a local check
     raised, so that no rank is left waiting in a collective its peers abandoned.
+
+    ``carry=True`` reserves one int64 per rank that rides along uncompared (a payload size, say):
+    :meth:`carry` sets this rank's, and after the block :attr:`carried` holds every rank's (or
+    ``None`` with validation off, when nothing was exchanged). Whether a collective carries is
+    fixed by the collective, never by an argument, so that every rank's row has the same length.
     """
 
-    def __init__(self, comm: Comm, collective: str) -> None:
+    def __init__(self, comm: Comm, collective: str, *, carry: bool = False) -> None:
         self.comm = comm
         self.collective = collective
         self.fields: dict[str, Any] = {}
+        self._carry = -1 if carry else None
+        #: every rank's carried value, in rank order, once the exchange ran (``carry=True`` only)
+        self.carried: np.ndarray | None = None
+
+    def carry(self, value: int) -> None:
+        """This rank's value to hand to every rank with the agreement (``carry=True`` only)."""
+        if self._carry is None:
+            raise RuntimeError(f"Agreement({self.collective!r}) was made without carry=True")
+        self._carry = int(value)
 
     def set(self, **fields: Any) -> None:
         """Record this rank's arguments: count, dtype, op, root, algorithm, counts, compressor, parts, stream."""
@@ -109,7 +123,7 @@ class Agreement:
         if config.get("validate"):
             t0 = timeline.now_ns()
             try:
-                exchange(self.comm, self.collective, error, **self.fields)
+                self.carried = exchange(self.comm, self.collective, error, carry=self._carry, **self.fields)
             finally:
                 timeline.phase("agreement", t0)
         return False
@@ -118,20 +132,28 @@ class Agreement:
 def exchange(comm: Comm, collective: str, error: BaseException | None, *, count: int = -1, dtype: Any = None,
              algorithm: str | None = None, op: str | None = None, root: int = -1,
              counts: Sequence[int] | None = None, compressor: str | None = None,
-             parts: Sequence[tuple[int, ...]] | None = None, stream: int | None = None) -> None:
-    """The collective part of :class:`Agreement`; raises on every rank if anything disagrees."""
+             parts: Sequence[tuple[int, ...]] | None = None, stream: int | None = None,
+             carry: int | None = None) -> np.ndarray | None:
+    """The collective part of :class:`Agreement`; raises on every rank if anything disagrees.
+
+    Returns every rank's ``carry`` value (rank order) when one was given, else ``None``."""
     key = (collective, count, dtype, algorithm, op, root, None if counts is None else tuple(counts),
            config.get("segment_bytes"), compressor, None if parts is None else tuple(tuple(s) for s in parts), stream)
     signature = None if error is not None else _signatures.get(key)
     if signature is None:
         signature = _signature(error is not None, key)
-    table = comm.scratch.get("validate.table", comm.size * signature.size, np.int64)
+    row = signature if carry is None else np.append(signature, np.int64(carry))
+    table = comm.scratch.get("validate.table", comm.size * row.size, np.int64)
     waiting_on(None, "the argument check, which every rank must reach")
-    comm.mpi.Allgather(signature, table)
+    comm.mpi.Allgather(row, table)
     waited()
-    if table.tobytes() == signature.tobytes() * comm.size:  # the common case: one comparison of bytes
-        return
+    if carry is None and table.tobytes() == signature.tobytes() * comm.size:  # the common case: one comparison
+        return None
     table = table.reshape(comm.size, -1)
+    if carry is not None:
+        carried, table = table[:, -1].copy(), table[:, :-1]
+        if (table == signature).all():
+            return carried
     if table[:, 0].any():
         _peer_failures(comm, collective, error, table[:, 0].copy())
         return  # this rank failed: its own error propagates from the with-block

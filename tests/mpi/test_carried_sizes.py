@@ -1,0 +1,62 @@
+"""Payload sizes carried by the agreement of a compressed all-reduce (issue 20): the same results as
+sizes gathered in a round of their own, and announcements that lie are refused on every rank."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import mpicoll
+from mpicoll import compression
+from mpicoll.collectives.internal import get_algorithm
+from mpicoll.errors import PayloadError
+
+PATHS = [("topk", {"ratio": 0.05}, "sparse_allgather"), ("int8", {}, "allgather_decode"),
+         ("sign", {}, "allgather_decode")]
+
+
+@pytest.fixture
+def comm():
+    with mpicoll.Comm() as c:
+        yield c
+
+
+def data(comm, count=3001):
+    return (np.arange(count, dtype=np.float32) * (comm.rank + 1)) % 13 - 6
+
+
+@pytest.mark.parametrize(("name", "params", "algorithm"), PATHS)
+def test_carried_sizes_give_the_gathered_result(comm, name, params, algorithm):
+    x = data(comm)
+    with mpicoll.config.override(validate=True):
+        carried = mpicoll.compressed_allreduce(x, compression.get(name, **params), key="w", comm=comm,
+                                               algorithm=algorithm)
+    with mpicoll.config.override(validate=False):  # no agreement: the path gathers the sizes itself
+        gathered = mpicoll.compressed_allreduce(x, compression.get(name, **params), key="w", comm=comm,
+                                                algorithm=algorithm)
+    assert carried.tobytes() == gathered.tobytes()
+    assert comm.mpi.allgather(carried.tobytes()) == [carried.tobytes()] * comm.size
+
+
+@pytest.mark.parametrize("lie", ["above the bound", "not the payload's size", "negative"])
+@pytest.mark.parametrize(("name", "params", "algorithm"), PATHS)
+def test_an_announcement_that_lies_is_refused_everywhere(comm, monkeypatch, name, params, algorithm, lie):
+    path = get_algorithm("compressed_allreduce", algorithm)
+    prepare = path.prepare
+    codec = compression.get(name, **params)
+
+    def lying(*args, **kwargs):
+        prepared = prepare(*args, **kwargs)
+        bound = codec.payload_bound(prepared.ctx)
+        prepared.announce = {"above the bound": bound + 1, "not the payload's size": max(0, prepared.announce - 1),
+                             "negative": -5}[lie]
+        return prepared
+
+    if comm.rank == comm.size - 1:
+        monkeypatch.setattr(path, "prepare", lying)
+    with mpicoll.config.override(validate=True), pytest.raises(PayloadError, match="announced"):
+        mpicoll.compressed_allreduce(data(comm), codec, key="w", comm=comm, algorithm=algorithm)
+    monkeypatch.undo()
+    x = data(comm)  # the communicator and the compressor still work, on every rank
+    got = mpicoll.compressed_allreduce(x, codec, key="w", comm=comm, algorithm=algorithm)
+    assert comm.mpi.allgather(got.tobytes()) == [got.tobytes()] * comm.size
