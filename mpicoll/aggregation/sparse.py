@@ -26,7 +26,7 @@ from ..compression import Compressor
 from ..compression.sparse import check_indices
 from ..errors import PayloadError
 from ..transport import Comm
-from ..transport.p2p import sendrecv, sendrecv_bounded
+from ..transport.p2p import sendrecv_bounded
 from .path import Parts, Path, Prepared, acc_dtype, gather_payloads
 
 DENSE_SWITCH = 0.25  # a merged vector denser than this continues as a dense array
@@ -108,17 +108,27 @@ def _unpack(raw: Any, nnz: int, numel: int, dtype: np.dtype) -> tuple[Any, Any] 
 
 def _transfer(comm: Comm, prepared: Prepared, state: Any, peer: int, tag: int, numel: int, dtype: np.dtype,
               send: bool = True, receive: bool = True) -> Any:
-    """Send our state to ``peer`` and/or receive theirs (its element count first, then the data,
-    whose size MPI reports). A malformed vector is recorded and counts as empty."""
-    raw, nnz = _pack(state) if send else (None, 0)
-    theirs = np.zeros(1 if receive else 0, dtype=np.int64)
-    sendrecv(comm, np.array([nnz], dtype=np.int64) if send else theirs[:0], peer, theirs, peer, tag)
-    incoming = sendrecv_bounded(comm, raw, peer if send else None, peer if receive else None, tag,
-                                numel * (8 + dtype.itemsize))
+    """Send our state to ``peer`` and/or receive theirs: one message, its element count (8 bytes)
+    followed by the data, whose size MPI reports (so each round costs one latency, not two). A
+    malformed vector is recorded and counts as empty."""
+    message = None
+    if send:
+        raw, nnz = _pack(state)
+        message = np.concatenate([np.array([nnz], dtype=np.int64).view(np.uint8), raw])
+    incoming = sendrecv_bounded(comm, message, peer if send else None, peer if receive else None, tag,
+                                8 + numel * (8 + dtype.itemsize))
     if not receive:
         return None
-    checked = prepared.guard(f"rank {peer}'s vector", _unpack, incoming, int(theirs[0]), numel, dtype)
+    checked = prepared.guard(f"rank {peer}'s vector", _unpack_message, incoming, numel, dtype)
     return (np.empty(0, np.int64), np.empty(0, dtype)) if checked is None else checked
+
+
+def _unpack_message(message: Any, numel: int, dtype: np.dtype) -> tuple[Any, Any] | Any:
+    """A peer's message: its announced element count, then the vector (see :func:`_unpack`)."""
+    if message is None or message.size < 8:
+        got = "more bytes than any vector of this tensor" if message is None else f"{message.size} bytes"
+        raise PayloadError(f"sparse_rd: a vector message came as {got}")
+    return _unpack(message[8:], int(message[:8].view(np.int64)[0]), numel, dtype)
 
 
 def _combine(lower: Any, upper: Any, numel: int, dtype: np.dtype) -> Any:
