@@ -57,3 +57,27 @@ def test_validation_off_skips_the_agreement(counting):
     with mpicoll.config.override(validate=False):
         row = summarize(count(counting, call))
     assert row["by_purpose"].get("agreement", 0) == 0 and row["collective_rounds"] == 3, row["calls"]
+
+
+def test_internal_entry_points_run_without_an_agreement(counting):
+    import numpy as np
+
+    from mpicoll.collectives import internal
+
+    x = np.arange(1000, dtype=np.float32) + counting.rank
+    sizes = np.array([counting.rank + 1], dtype=np.int64)
+    calls = {
+        "allreduce": lambda c: internal.allreduce(c, x, "sum"),
+        "allgather": lambda c: internal.allgather(c, sizes),
+        "allgatherv": lambda c: internal.allgather(c, x[: counting.rank + 1], counts=range(1, c.size + 1)),
+    }
+    public = {
+        "allreduce": lambda: mpicoll.allreduce(x, comm=counting),
+        "allgather": lambda: mpicoll.allgather(sizes, comm=counting),
+        "allgatherv": lambda: mpicoll.allgather(x[: counting.rank + 1], counts=list(range(1, counting.size + 1)),
+                                                comm=counting),
+    }
+    for name, call in calls.items():
+        row = summarize(count(counting, call))
+        assert row["by_purpose"].get("agreement", 0) == 0, (name, row["calls"])
+        assert call(counting).tobytes() == public[name]().tobytes(), name
