@@ -178,8 +178,10 @@ def choose_for(collective: str, nbytes: int, comm: Comm, *, own: bool = False, f
             for reductions MPI cannot do or results that must be bitwise identical everywhere.
         flat: ignore the hosts (no ``hierarchical``).
     """
-    if collective == "allreduce" and not flat and across_hosts(comm):
-        return "hierarchical"
+    if collective == "allreduce" and not flat:
+        several = comm.cache.get("across_hosts")  # memoized by across_hosts: no call on the hot path
+        if several if several is not None else across_hosts(comm):
+            return "hierarchical"
     name = choose(collective, nbytes, comm.size)
     if own and name not in OWN_FLAT:
         return "ring"
