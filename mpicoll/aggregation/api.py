@@ -79,7 +79,7 @@ def compressed_allreduce(x: Any, compressor: Compressor, *, key: Hashable = None
         average: divide the sum by the number of ranks (the gradient mean). float16 is divided in
             float32, before its single rounding (fp16 on the wire: each contribution is first
             divided by the largest power of two <= p, exactly, so partial sums stay in range).
-        algorithm: ``"auto"`` or one of the algorithms above.
+        algorithm: ``"auto"`` or a path the compressor's kind allows (the table of :mod:`.choice`).
         parts: when ``x`` packs several tensors one after another (a gradient bucket), their
             shapes in order. PowerSGD then compresses each as its own matrix (and sends the ones
             low rank would not shrink, such as biases, exactly); the other paths ignore it.
