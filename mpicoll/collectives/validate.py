@@ -142,7 +142,10 @@ def exchange(comm: Comm, collective: str, error: BaseException | None, *, count:
     signature = None if error is not None else _signatures.get(key)
     if signature is None:
         signature = _signature(error is not None, key)
-    row = signature if carry is None else np.append(signature, np.int64(carry))
+    row = signature
+    if carry is not None:  # every row has the carried column (-1 unused), so lengths match across collectives
+        row = signature.copy()
+        row[-1] = carry
     table = comm.scratch.get("validate.table", comm.size * row.size, np.int64)
     waiting_on(None, "the argument check, which every rank must reach")
     comm.mpi.Allgather(row, table)
@@ -150,14 +153,13 @@ def exchange(comm: Comm, collective: str, error: BaseException | None, *, count:
     if carry is None and table.tobytes() == signature.tobytes() * comm.size:  # the common case: one comparison
         return None
     table = table.reshape(comm.size, -1)
-    if carry is not None:
-        carried, table = table[:, -1].copy(), table[:, :-1]
-        if (table == signature).all():
-            return carried
+    carried, table = table[:, -1].copy(), table[:, :-1]
+    if (table == signature[:-1]).all():
+        return carried if carry is not None else None
     if table[:, 0].any():
         _peer_failures(comm, collective, error, table[:, 0].copy())
-        return  # this rank failed: its own error propagates from the with-block
-    differing = [i for i in range(signature.size) if not (table[:, i] == table[0, i]).all()]
+        return None  # this rank failed: its own error propagates from the with-block
+    differing = [i for i in range(table.shape[1]) if not (table[:, i] == table[0, i]).all()]
     raise _mismatch(collective, table.copy(), differing[0])
 
 
@@ -182,6 +184,7 @@ def _signature(failed: bool, key: tuple[Any, ...]) -> np.ndarray:
         -1 if compressor is None else zlib.crc32(compressor.encode()),
         -1 if parts is None else zlib.crc32(repr([tuple(s) for s in parts]).encode()),
         -1 if stream is None else stream,
+        -1,  # the carried value (see Agreement), never compared: the same row length for every collective
     ], dtype=np.int64)
     if not failed:
         if len(_signatures) > 4096:

@@ -60,3 +60,18 @@ def test_an_announcement_that_lies_is_refused_everywhere(comm, monkeypatch, name
     x = data(comm)  # the communicator and the compressor still work, on every rank
     got = mpicoll.compressed_allreduce(x, codec, key="w", comm=comm, algorithm=algorithm)
     assert comm.mpi.allgather(got.tobytes()) == [got.tobytes()] * comm.size
+
+
+def test_a_carrying_collective_against_a_plain_one_is_a_mismatch(comm):
+    """The agreement's rows have one length whether a collective carries a value or not, so a rank
+    in compressed_allreduce meeting ranks in allreduce gets the usual MismatchError, not an MPI error."""
+    if comm.size < 2:
+        pytest.skip("needs two ranks")
+    x = data(comm)
+    codec = compression.get("topk", ratio=0.05)
+    with mpicoll.config.override(validate=True), pytest.raises(mpicoll.MismatchError, match="different collectives"):
+        if comm.rank == 0:
+            mpicoll.compressed_allreduce(x, codec, key="w", comm=comm)
+        else:
+            mpicoll.allreduce(x, comm=comm)
+    assert mpicoll.allreduce(x, comm=comm).tobytes() == comm.mpi.bcast(mpicoll.allreduce(x, comm=comm).tobytes())
