@@ -102,6 +102,7 @@ def cases(count: int) -> list[tuple[str, Any]]:
         ("sparse_allgather (topk)", compressed("topk", "sparse_allgather", ratio=0.01)),
         ("sparse_rd (topk)", compressed("topk", "sparse_rd", ratio=0.01)),
         ("two_phase (int8)", compressed("int8", "two_phase")),
+        ("two_phase (topk: sizes vary)", compressed("topk", "two_phase", ratio=0.01)),
         ("allgather_decode (int8)", compressed("int8", "allgather_decode")),
         ("powersgd (rank 4)", compressed("powersgd", "powersgd", data=matrix, rank=4)),
         ("fp16 on ring", compressed("fp16", "ring")),

@@ -75,3 +75,23 @@ def test_a_carrying_collective_against_a_plain_one_is_a_mismatch(comm):
         else:
             mpicoll.allreduce(x, comm=comm)
     assert mpicoll.allreduce(x, comm=comm).tobytes() == comm.mpi.bcast(mpicoll.allreduce(x, comm=comm).tobytes())
+
+
+@pytest.mark.parametrize("phase", ["chunk", "owner"])
+def test_a_fixed_size_payload_of_another_size_is_refused_everywhere(comm, monkeypatch, phase):
+    """two_phase exchanges no sizes for fixed-size codecs: a payload unlike the codec's size (a bug or
+    another version on one rank) is replaced by zeros of the right size, and every rank raises."""
+    codec = compression.get("int8")
+    real = codec.compress
+
+    def short(x, key=None, **kwargs):
+        payload, ctx = real(x, key, **kwargs)
+        return (payload[:-1] if isinstance(key, tuple) and phase in key else payload), ctx
+
+    if comm.rank == comm.size - 1:
+        monkeypatch.setattr(codec, "compress", short)
+    with pytest.raises(PayloadError):
+        mpicoll.compressed_allreduce(data(comm), codec, key="w", comm=comm, algorithm="two_phase")
+    monkeypatch.undo()
+    got = mpicoll.compressed_allreduce(data(comm), codec, key="w", comm=comm, algorithm="two_phase")
+    assert comm.mpi.allgather(got.tobytes()) == [got.tobytes()] * comm.size
