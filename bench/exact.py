@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mpicoll.collectives.ops import get_op, work_dtype
+from mpicoll.collectives.internal import get_op, work_dtype
 
 
 def values(count: int, rank: int, op: str, dtype: np.dtype) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 import mpicoll
-from mpicoll.collectives.partition import displacements, even_counts
+from mpicoll.collectives.internal import displacements, even_counts
 from mpicoll.transport import Comm
 
 from .exact import count_wrong, expected, poison, values

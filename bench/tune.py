@@ -13,7 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mpicoll.collectives import algorithm_names, auto
+from mpicoll.collectives import algorithm_names
+from mpicoll.collectives.internal import auto
 
 from .harness import Case, Options, Record, format_row, run_case, say
 from .model import fit

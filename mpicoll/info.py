@@ -43,7 +43,7 @@ def collect() -> dict[str, Any]:
     from mpi4py import MPI
 
     import mpicoll
-    from mpicoll.collectives import auto
+    from mpicoll.collectives.internal import auto
     from mpicoll.kernels import provider_status
 
     world = MPI.COMM_WORLD

@@ -8,10 +8,10 @@ compressed a second time: the only loss is each rank's own compression, which an
 next step. Two-phase (:mod:`.two_phase`) re-compresses the chunk owners' sums, which loses
 accuracy (EF-sign under momentum: several points on digits) in exchange for fewer bytes.
 
-Cost per rank: one allgather round (plus one of 8-byte sizes); receives ``(p-1) c`` bytes for a
+Cost per rank: one allgather round (the 8-byte sizes ride on the call's agreement); receives ``(p-1) c`` bytes for a
 payload of ``c`` bytes, against ``2 (p-1)/p c`` and two rounds for two-phase, and decodes ``p``
 whole arrays. So it never moves more bytes than two-phase on two ranks, and ``p/2`` times as many
-on ``p`` ranks. :func:`prefer_single_pass` is the rule ``auto`` applies (see its docstring).
+on ``p`` ranks. :func:`.choice.prefer_single_pass` is the rule ``auto`` applies (see its docstring).
 """
 
 from __future__ import annotations
@@ -21,35 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from ..collectives.api import allgather
-from ..collectives.partition import displacements
-from ..collectives.registry import register
+from ..collectives.internal import displacements, register
 from ..compression import Compressor
 from ..transport import Comm
-from .path import Parts, Path, Prepared, acc_dtype
-
-ROUND_BYTES = 64 << 10
-"""Bytes that cost as much as one extra message round: latency x bandwidth of the links measured
-here (tens of microseconds at about 1-3 GB/s in shared memory; 200 Mbit/s with ~1 ms between
-network namespaces gives a similar product), rounded to a power of two."""
-
-
-def prefer_single_pass(payload_bytes: int, size: int) -> bool:
-    """Whether ``auto`` takes ``allgather_decode`` rather than ``two_phase`` for quantized payloads.
-
-    Rule (alpha-beta model, one home): single pass saves one round and the second compression;
-    it costs ``(p-1) c - 2 (p-1)/p c = (p-1)(p-2)/p c`` extra bytes received per rank. Take it when
-    those extra bytes cost less than one round, i.e. always on ``p <= 2`` ranks (no extra bytes),
-    and on more ranks while ``(p-1)(p-2)/p * payload_bytes <= ROUND_BYTES`` (a 1-bit payload of
-    about 790 k / 350 k / 220 k elements on 3 / 4 / 5 ranks; int8 of 98 k / 44 k / 27 k).
-
-    Args:
-        payload_bytes: one rank's whole-array payload size (the codec's ``payload_nbytes``).
-        size: the number of ranks.
-    """
-    if size <= 2:
-        return True
-    return (size - 1) * (size - 2) / size * payload_bytes <= ROUND_BYTES
+from .path import Parts, Path, Prepared, acc_dtype, gather_payloads
 
 
 class AllgatherDecode(Path):
@@ -58,19 +33,14 @@ class AllgatherDecode(Path):
     def prepare(self, comm: Comm, x: Any, compressor: Compressor, key: Hashable, parts: Parts = None,
                 average: bool = False) -> Prepared:
         payload, ctx = compressor.compress(x, key)
-        return Prepared(compressor, ctx, payload=payload, average=average)
+        return Prepared(compressor, ctx, payload=payload, average=average, announce=payload.size)
 
     def run(self, comm: Comm, prepared: Prepared) -> Any:
-        ctx, compressor, payload = prepared.ctx, prepared.compressor, prepared.payload
-        sizes = allgather(np.array([payload.size], dtype=np.int64), comm=comm).reshape(-1)
-        bound = compressor.payload_bound(ctx)
-        if ((sizes < 0) | (sizes > bound)).any():  # every rank sees the same sizes: all skip the gather together
-            bad = np.flatnonzero((sizes < 0) | (sizes > bound)).tolist()
-            prepared.errors.append(("PayloadError", f"ranks {bad} announced payloads of {sizes[bad].tolist()} bytes, "
-                                    f"outside what any {compressor.name} payload of this tensor can be "
-                                    f"(0-{bound} bytes)"))
+        ctx = prepared.ctx
+        found = gather_payloads(comm, prepared)
+        if found is None:  # recorded, on every rank alike
             return np.zeros(ctx.numel, dtype=acc_dtype(ctx.dtype)).reshape(ctx.shape)
-        gathered = allgather(payload, counts=sizes, comm=comm)
+        gathered, sizes = found
         return prepared.mean(decode_sum(prepared, gathered, sizes), comm.size)
 
 

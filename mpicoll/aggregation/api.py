@@ -1,27 +1,10 @@
 """``compressed_allreduce``: an all-reduce whose messages are compressed.
 
-The path follows the compressor's traits (see :mod:`mpicoll.compression.base`):
-
-==========  ===========================================  =================================
-kind        algorithms                                   auto
-==========  ===========================================  =================================
-dense,      ring, tree, recursive_doubling,              the all-reduce table's choice for
-summable    rabenseifner (on the wire section)           the wire size
-sparse      sparse_allgather, sparse_rd (SparCML)        sparse_allgather up to 4 ranks,
-                                                         sparse_rd beyond
-quantized   two_phase (compressed reduce-scatter +       allgather_decode on 1-2 ranks and
-            compressed allgather), allgather_decode      for small payloads, else two_phase
-            (single pass: every payload decoded and      (see allgather_decode.
-            summed locally in rank order)                prefer_single_pass)
-lowrank     powersgd (all-reduce P, then Q; hierarchical  powersgd
-            sums across hosts), two_phase, hierarchical
-any         two_phase, allgather_decode; hierarchical    hierarchical when the ranks span
-            (exact sums inside each host, the path       several hosts, several on some
-            above between hosts)
-==========  ===========================================  =================================
-
-Other combinations (a dense algorithm with a sparse compressor, say) raise
-:class:`~mpicoll.errors.UnsupportedError`.
+The path follows the compressor's traits (its ``kind``, see :mod:`mpicoll.compression.base`);
+which paths each kind may take and what ``auto`` picks is written in :mod:`.choice`. The call
+agrees on its arguments across ranks once; the paths then run the collectives' unvalidated
+internal entry points (:mod:`mpicoll.collectives.internal`), and a final exchange agrees on
+whether any step failed anywhere.
 """
 
 from __future__ import annotations
@@ -32,64 +15,18 @@ from collections.abc import Hashable
 from typing import Any
 
 from .. import timeline
-from ..backend import is_cupy
-from ..collectives.buffers import check_array, check_finite
-from ..collectives.nonblocking import Handle, start
-from ..collectives.registry import algorithm_names, get_algorithm
-from ..collectives.validate import Agreement
+from ..collectives import Handle
+from ..collectives.internal import Agreement, check_array, check_finite, get_algorithm, start
 from ..compression import Compressor
-from ..errors import ArgumentError, DtypeError, PayloadError, PeerError, UnsupportedError, accepted
+from ..errors import ArgumentError, DtypeError, PayloadError, PeerError
 from ..transport import Comm, as_comm
 from ..transport.entry import watched
 from ..transport.watchdog import refine, waiting_on
 from . import allgather_decode, hierarchical, lowrank, sparse, summable, two_phase  # noqa: F401  (registration)
+from .choice import choose_path, resolve
 from .path import Parts
 
-_ALLOWED = {
-    "dense": (*summable.DENSE, "two_phase", "allgather_decode", "hierarchical"),
-    "summable": (*summable.DENSE, "two_phase", "allgather_decode", "hierarchical"),
-    "sparse": ("sparse_allgather", "sparse_rd", "two_phase", "allgather_decode", "hierarchical"),
-    "quantized": ("two_phase", "allgather_decode", "hierarchical"),
-    "lowrank": ("powersgd", "two_phase", "hierarchical"),
-}
-
-
-def choose_path(compressor: Compressor, x: Any, comm: Comm) -> str:
-    """The flat path ``auto`` takes for ``compressor`` on ``comm`` (no hierarchy)."""
-    kind = compressor.kind
-    if kind == "sparse":
-        return "sparse_allgather" if comm.size <= 4 else "sparse_rd"
-    if kind == "quantized":
-        payload_bytes = compressor.payload_nbytes(x)
-        payload_bytes = x.nbytes if payload_bytes is None else payload_bytes
-        return "allgather_decode" if allgather_decode.prefer_single_pass(payload_bytes, comm.size) else "two_phase"
-    if kind == "lowrank":
-        return "powersgd"
-    return summable.dense_algorithm(x.nbytes, comm.size)
-
-
-def _resolve(compressor: Compressor, algorithm: str, x: Any, comm: Comm, parts: Parts) -> str:
-    kind = compressor.kind
-    if algorithm == "auto":  # powersgd's own small sums follow the hosts: it stays flat here
-        hierarchy = comm.several_ranks_on_several_hosts and kind != "lowrank"
-        name = "hierarchical" if hierarchy else choose_path(compressor, x, comm)
-    else:
-        name = algorithm
-    if name not in algorithm_names("compressed_allreduce"):
-        raise UnsupportedError(f"compressed_allreduce: unknown algorithm {name!r}; accepted: "
-                               f"{accepted([*algorithm_names('compressed_allreduce'), 'auto'])}")
-    if is_cupy(x) and name not in summable.DENSE:
-        raise UnsupportedError(f"compressed_allreduce: GPU arrays work with the summable compressors on "
-                               f"{accepted(list(summable.DENSE))} (fp16, bf16, randomk, none); {name!r} runs on "
-                               f"the host: pass x.get() or use a summable compressor")
-    if name not in _ALLOWED[kind]:
-        raise UnsupportedError(f"compressed_allreduce: algorithm {name!r} cannot carry {kind} payloads of "
-                               f"{compressor.name!r}; for {kind} compressors use {accepted([*_ALLOWED[kind], 'auto'])}")
-    if kind == "lowrank" and parts is not None and name != "powersgd":
-        raise UnsupportedError(f"compressed_allreduce: {name!r} cuts the array into chunks across the packed "
-                               f"tensors, so it cannot use parts=; use algorithm='powersgd' (or 'auto', which "
-                               f"picks it and sums P and Q hierarchically across hosts)")
-    return name
+__all__ = ["choose_path", "compressed_allreduce", "compressed_iallreduce"]
 
 
 def _shapes(parts: Parts, size: int) -> list[tuple[int, ...]] | None:
@@ -143,7 +80,7 @@ def compressed_allreduce(x: Any, compressor: Compressor, *, key: Hashable = None
         average: divide the sum by the number of ranks (the gradient mean). float16 is divided in
             float32, before its single rounding (fp16 on the wire: each contribution is first
             divided by the largest power of two <= p, exactly, so partial sums stay in range).
-        algorithm: ``"auto"`` or one of the algorithms above.
+        algorithm: ``"auto"`` or a path the compressor's kind allows (the table of :mod:`.choice`).
         parts: when ``x`` packs several tensors one after another (a gradient bucket), their
             shapes in order. PowerSGD then compresses each as its own matrix (and sends the ones
             low rank would not shrink, such as biases, exactly); the other paths ignore it.
@@ -165,7 +102,7 @@ def compressed_allreduce(x: Any, compressor: Compressor, *, key: Hashable = None
     c = as_comm(comm)
     snapshot = compressor.snapshot() if isinstance(compressor, Compressor) else None
     try:
-        with Agreement(c, "compressed_allreduce") as agree:
+        with Agreement(c, "compressed_allreduce", carry=True) as agree:  # carries a payload size
             if not isinstance(compressor, Compressor):
                 raise ArgumentError(f"compressed_allreduce: compressor must come from mpicoll.compression.get, got "
                                     f"{type(compressor).__name__}")
@@ -174,7 +111,7 @@ def compressed_allreduce(x: Any, compressor: Compressor, *, key: Hashable = None
                 raise DtypeError(f"compressed_allreduce: needs a floating array, got {x.dtype}")
             check_finite(x, c.rank, "compressed_allreduce")
             parts = _shapes(parts, x.size)
-            name = _resolve(compressor, algorithm, x, c, parts)
+            name = resolve(compressor, algorithm, x, c, parts)
             refine(name)
             path = get_algorithm("compressed_allreduce", name)
             shapes = [tuple(x.shape)] if parts is None and path.uses_shape else parts
@@ -183,6 +120,8 @@ def compressed_allreduce(x: Any, compressor: Compressor, *, key: Hashable = None
             with timeline.span("compress", path=name):
                 prepared = path.prepare(c, x, compressor, key, parts, average)  # local: failures reach every rank
             agree.set(stream=prepared.stream)
+            agree.carry(prepared.announce)
+        prepared.announced = agree.carried
         with timeline.span("exchange", path=name):
             result = path.run(c, prepared)
         _agree_on_errors(c, prepared.errors)

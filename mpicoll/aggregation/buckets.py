@@ -35,8 +35,7 @@ import numpy as np
 
 from .. import timeline
 from ..backend import xp_of
-from ..collectives.nonblocking import Handle, iallreduce
-from ..collectives.registry import algorithm_names
+from ..collectives import Handle, algorithm_names, iallreduce
 from ..compression import Compressor
 from ..errors import ArgumentError
 from ..transport import as_comm

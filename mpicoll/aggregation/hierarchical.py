@@ -15,11 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from ..collectives.hierarchical import run_hierarchical
-from ..collectives.ops import get_op
-from ..collectives.registry import get_algorithm, register
+from ..collectives.internal import get_algorithm, get_op, register, run_hierarchical
 from ..compression import Compressor
 from ..transport import Comm
+from .choice import choose_path
 from .path import Parts, Path, Prepared, acc_dtype
 
 
@@ -30,12 +29,10 @@ class HierarchicalPath(Path):
                 average: bool = False) -> Prepared:
         flat = np.ascontiguousarray(x).reshape(-1)
         work = flat.astype(acc_dtype(flat.dtype), copy=False)  # sums of float16 in float32
-        return Prepared(compressor, None, parts=(x.shape, work, key), average=average)
+        return Prepared(compressor, None, state=(x.shape, work, key), average=average)
 
     def run(self, comm: Comm, prepared: Prepared) -> Any:
-        from .api import choose_path  # the api module registers this one: import it late
-
-        shape, work, key = prepared.parts
+        shape, work, key = prepared.state
         total = np.empty_like(work)
         commits = []  # the shards' deferred state updates: the API runs them once every rank succeeded
 

@@ -31,15 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from ..collectives.ops import get_op
-from ..collectives.registry import get_algorithm, register
+from ..collectives.internal import choose_for, get_algorithm, get_op, register
 from ..compression import Compressor, ErrorFeedback
 from ..compression.powersgd import WIRE, PowerSGD, as_matrix, orthonormalize, reconstruct
 from ..errors import UnsupportedError
 from ..kernels.threads import blas_share
 from ..transport import Comm
 from .path import GuardedOp, Parts, Path, Prepared
-from .summable import dense_algorithm
 
 
 @dataclass
@@ -110,7 +108,7 @@ def _allreduce_sum(comm: Comm, a: Any, prepared: Prepared) -> None:
     """Sum the flat ``a`` over the ranks, in place: hierarchically when the ranks span several hosts
     with several ranks on some (exact sums inside each host), else the table's dense choice."""
     if a.size:
-        name = "hierarchical" if comm.several_ranks_on_several_hosts else dense_algorithm(a.nbytes, comm.size)
+        name = choose_for("allreduce", a.nbytes, comm, own=True)  # hierarchical across hosts
         get_algorithm("allreduce", name)(comm, a, a, GuardedOp(get_op("sum"), prepared))
 
 
@@ -143,7 +141,7 @@ class LowRankPath(Path):
         with blas_share():
             self._project(power, segments, flat, p, step, matrices)
         work = _Work(power, feedback, key, step, corrected, flat, segments, matrices, p, q_size)
-        return Prepared(compressor, None, parts=work, average=average)
+        return Prepared(compressor, None, state=work, average=average)
 
     @staticmethod
     def _project(power: PowerSGD, segments: list[Segment], flat: Any, p: Any, step: int, matrices: list) -> None:
@@ -158,7 +156,7 @@ class LowRankPath(Path):
                 matrices.append(None)
 
     def run(self, comm: Comm, prepared: Prepared) -> Any:
-        w: _Work = prepared.parts
+        w: _Work = prepared.state
         _allreduce_sum(comm, w.p, prepared)
         q = np.zeros(w.q_size, WIRE)  # stays zero if the local step fails (recorded): the Q sum still runs
         prepared.guard("projecting on the summed P", self._project_q, comm, prepared, q)
@@ -171,7 +169,7 @@ class LowRankPath(Path):
     def _project_q(self, comm: Comm, prepared: Prepared, q: Any) -> None:
         """``Q_t = M_t^T orthonormal(P_t)`` into ``q`` (exact tensors copied), and with error feedback
         what the projection dropped from this rank's own array, kept once every rank has succeeded."""
-        w: _Work = prepared.parts
+        w: _Work = prepared.state
         with blas_share():
             for seg, matrix in zip(w.segments, w.matrices, strict=True):
                 if seg.rank:

@@ -1,12 +1,14 @@
 """What every compressed all-reduce path implements: a local ``prepare`` and a collective ``run``.
 
 ``prepare`` compresses and checks this rank's own data without communicating, so the API can
-run it inside the cross-rank :class:`~mpicoll.collectives.validate.Agreement`: a local failure
+run it inside the cross-rank :class:`~mpicoll.collectives.internal.Agreement`: a local failure
 is then reported on every rank before any rank starts communicating. ``run`` must complete its
 communication whatever happens on the way: a *peer's* payload that turns out malformed, or any
 local step that raises (a decoder, a re-compression), is recorded in :class:`Prepared` by
 :meth:`Prepared.guard` and the protocol goes on (with zeros); the API then raises on every rank.
-Nothing hangs and no rank returns garbage.
+Nothing hangs and no rank returns garbage. ``run`` communicates through the unvalidated entry
+points of :mod:`mpicoll.collectives.internal` (or point-to-point): the API has agreed on the
+arguments already, so a sub-step needs no agreement of its own.
 
 ``run`` returns the sum, or with ``prepared.average`` the mean, in :func:`acc_dtype` (float32 for
 float16 input): a path divides before anything is rounded to float16, so a mean that float16
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .. import timeline
+from ..collectives.internal import allgather
 from ..compression import Compressor, Ctx
 from ..transport import Comm
 
@@ -48,7 +51,9 @@ class Prepared:
     compressor: Compressor
     ctx: Ctx | None
     payload: Any = None
-    parts: Any = None
+    #: what the path's ``run`` needs besides the payload (each path its own; never tensor shapes,
+    #: which are :data:`Parts`)
+    state: Any = None
     average: bool = False
     #: the compressor's :meth:`~mpicoll.compression.Compressor.stream` for this call, agreed across ranks
     stream: int | None = None
@@ -56,6 +61,11 @@ class Prepared:
     errors: list[tuple[str, str]] = field(default_factory=list)
     #: run by the API once every rank has succeeded: state updates that cannot be undone cheaply
     commit: Callable[[], None] | None = None
+    #: a number this rank announces to every rank with the API's agreement (a payload size), -1 if none
+    announce: int = -1
+    #: every rank's ``announce``, in rank order, when the agreement carried them (validation on);
+    #: ``None`` otherwise, and then a path that needs them exchanges them itself
+    announced: Any = None
 
     def guard(self, what: str, step: Any, *args: Any) -> Any:
         """``step(*args)``, or ``None`` (recorded) if it raises anything: the protocol must go on."""
@@ -107,3 +117,31 @@ class Path:
     def run(self, comm: Comm, prepared: Prepared) -> Any:
         """The collective part; returns the sum or mean (``prepared.average``) in :func:`acc_dtype`."""
         raise NotImplementedError
+
+
+def gather_payloads(comm: Comm, prepared: Prepared) -> tuple[Any, Any] | None:
+    """Every rank's ``prepared.payload``, concatenated in rank order, and their sizes (int64).
+
+    The sizes ride on the API's agreement when it ran (:attr:`Prepared.announced`), else they are
+    gathered here first (one round). Every rank sees the same sizes and checks them against the
+    compressor's bound before allocating anything, so all skip the gather together (``None``,
+    recorded) when any is out of range; a payload that differs from its own announcement (never,
+    short of a bug) is recorded and replaced by zeros of the announced size, so the gather stays
+    consistent."""
+    if prepared.announced is not None:
+        sizes = prepared.announced
+    else:
+        sizes = allgather(comm, np.array([prepared.payload.size], dtype=np.int64)).reshape(-1)
+    bound = prepared.compressor.payload_bound(prepared.ctx)
+    bad = np.flatnonzero((sizes < 0) | (sizes > bound))
+    if bad.size:
+        prepared.errors.append(("PayloadError", f"ranks {bad.tolist()} announced payloads of {sizes[bad].tolist()} "
+                                f"bytes, outside what any {prepared.compressor.name} payload of this tensor can be "
+                                f"(0-{bound} bytes)"))
+        return None
+    payload = prepared.payload
+    if payload.size != sizes[comm.rank]:
+        prepared.errors.append(("PayloadError", f"rank {comm.rank} announced a payload of {sizes[comm.rank]} bytes "
+                                f"but holds {payload.size}"))
+        payload = np.zeros(int(sizes[comm.rank]), dtype=np.uint8)
+    return allgather(comm, payload, sizes), sizes

@@ -1,6 +1,7 @@
 """Sparse compressors (top-k, threshold, COO, CSR): allgather the pairs, or merge them pairwise.
 
-- ``sparse_allgather``: payload sizes are exchanged first, then every rank's payload is gathered
+- ``sparse_allgather``: payload sizes ride on the call's agreement (with validation off they are
+  exchanged first), then every rank's payload is gathered
   (``allgatherv``) and every rank scatter-adds all of them, in rank order, into a dense float32
   sum. One round; each rank receives ``(p-1)`` payloads: good for a few ranks.
 - ``sparse_rd``: recursive doubling on sparse vectors (Renggli et al., SparCML, 2019): each
@@ -20,16 +21,13 @@ from typing import Any
 import numpy as np
 
 from .. import kernels
-from ..collectives.api import allgather
-from ..collectives.partition import displacements
-from ..collectives.pof2 import Pof2
-from ..collectives.registry import register
+from ..collectives.internal import Pof2, displacements, register
 from ..compression import Compressor
 from ..compression.sparse import check_indices
 from ..errors import PayloadError
 from ..transport import Comm
-from ..transport.p2p import sendrecv, sendrecv_bounded
-from .path import Parts, Path, Prepared, acc_dtype
+from ..transport.p2p import sendrecv_bounded
+from .path import Parts, Path, Prepared, acc_dtype, gather_payloads
 
 DENSE_SWITCH = 0.25  # a merged vector denser than this continues as a dense array
 
@@ -41,23 +39,20 @@ class SparsePath(Path):
                 average: bool = False) -> Prepared:
         payload, ctx = compressor.compress(x, key)
         idx, values = compressor.sparse_parts(payload, ctx)
-        return Prepared(compressor, ctx, payload=payload, parts=(idx, values), average=average)
+        return Prepared(compressor, ctx, payload=payload, state=(idx, values), average=average,
+                        announce=payload.size)
 
 
 class SparseAllgather(SparsePath):
     """Gather every rank's sparse payload and add them all, in rank order."""
 
     def run(self, comm: Comm, prepared: Prepared) -> Any:
-        ctx, compressor, payload = prepared.ctx, prepared.compressor, prepared.payload
-        sizes = allgather(np.array([payload.size], dtype=np.int64), comm=comm).reshape(-1)
+        ctx, compressor = prepared.ctx, prepared.compressor
         dense = np.zeros(ctx.numel, dtype=acc_dtype(ctx.dtype))
-        bound = compressor.payload_bound(ctx)
-        if (sizes > bound).any():  # every rank sees the same sizes: all skip the gather together
-            prepared.errors.append(("PayloadError", f"ranks {np.flatnonzero(sizes > bound).tolist()} announced "
-                                    f"payloads of {sizes.max()} bytes, more than any {compressor.name} payload of "
-                                    f"this tensor ({bound} bytes)"))
+        found = gather_payloads(comm, prepared)
+        if found is None:  # recorded, on every rank alike
             return dense.reshape(ctx.shape)
-        gathered = allgather(payload, counts=sizes, comm=comm)
+        gathered, sizes = found
         scatter_add = kernels.get("scatter_add", ctx.device)
         for rank, (start, size) in enumerate(zip(displacements(sizes), sizes, strict=True)):
             parts = prepared.guard(f"rank {rank}'s payload", compressor.sparse_parts, gathered[start: start + size],
@@ -69,7 +64,6 @@ class SparseAllgather(SparsePath):
 
 
 register("compressed_allreduce", "sparse_allgather")(SparseAllgather())
-
 
 def _merge(lower: tuple[Any, Any], upper: tuple[Any, Any]) -> tuple[Any, Any]:
     """Sorted union of two sparse vectors, adding values at shared indices (lower's first)."""
@@ -114,17 +108,27 @@ def _unpack(raw: Any, nnz: int, numel: int, dtype: np.dtype) -> tuple[Any, Any] 
 
 def _transfer(comm: Comm, prepared: Prepared, state: Any, peer: int, tag: int, numel: int, dtype: np.dtype,
               send: bool = True, receive: bool = True) -> Any:
-    """Send our state to ``peer`` and/or receive theirs (its element count first, then the data,
-    whose size MPI reports). A malformed vector is recorded and counts as empty."""
-    raw, nnz = _pack(state) if send else (None, 0)
-    theirs = np.zeros(1 if receive else 0, dtype=np.int64)
-    sendrecv(comm, np.array([nnz], dtype=np.int64) if send else theirs[:0], peer, theirs, peer, tag)
-    incoming = sendrecv_bounded(comm, raw, peer if send else None, peer if receive else None, tag,
-                                numel * (8 + dtype.itemsize))
+    """Send our state to ``peer`` and/or receive theirs: one message, its element count (8 bytes)
+    followed by the data, whose size MPI reports (so each round costs one latency, not two). A
+    malformed vector is recorded and counts as empty."""
+    message = None
+    if send:
+        raw, nnz = _pack(state)
+        message = np.concatenate([np.array([nnz], dtype=np.int64).view(np.uint8), raw])
+    incoming = sendrecv_bounded(comm, message, peer if send else None, peer if receive else None, tag,
+                                8 + numel * (8 + dtype.itemsize))
     if not receive:
         return None
-    checked = prepared.guard(f"rank {peer}'s vector", _unpack, incoming, int(theirs[0]), numel, dtype)
+    checked = prepared.guard(f"rank {peer}'s vector", _unpack_message, incoming, numel, dtype)
     return (np.empty(0, np.int64), np.empty(0, dtype)) if checked is None else checked
+
+
+def _unpack_message(message: Any, numel: int, dtype: np.dtype) -> tuple[Any, Any] | Any:
+    """A peer's message: its announced element count, then the vector (see :func:`_unpack`)."""
+    if message is None or message.size < 8:
+        got = "more bytes than any vector of this tensor" if message is None else f"{message.size} bytes"
+        raise PayloadError(f"sparse_rd: a vector message came as {got}")
+    return _unpack(message[8:], int(message[:8].view(np.int64)[0]), numel, dtype)
 
 
 def _combine(lower: Any, upper: Any, numel: int, dtype: np.dtype) -> Any:
@@ -146,7 +150,7 @@ class SparseRecursiveDoubling(SparsePath):
     def run(self, comm: Comm, prepared: Prepared) -> Any:
         ctx = prepared.ctx
         dtype = acc_dtype(ctx.dtype)
-        idx, values = prepared.parts
+        idx, values = prepared.state
         total = _recursive_doubling(comm, prepared, (np.asarray(idx, dtype=np.int64), np.asarray(values, dtype=dtype)),
                                     ctx.numel, dtype)
         return prepared.mean(total, comm.size).reshape(ctx.shape)

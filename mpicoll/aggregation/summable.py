@@ -21,22 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from ..collectives import auto
-from ..collectives.ops import get_op
-from ..collectives.registry import get_algorithm, register
+from ..collectives.internal import OWN_FLAT, get_algorithm, get_op, register
 from ..compression import Compressor
 from ..transport import Comm
 from .path import GuardedOp, Parts, Path, Prepared, acc_dtype
 from .wire import WireSum
-
-DENSE = ("ring", "tree", "recursive_doubling", "rabenseifner")
-
-
-def dense_algorithm(nbytes: int, size: int) -> str:
-    """The all-reduce table's choice for ``nbytes`` on ``size`` ranks among :data:`DENSE` (our own
-    algorithms, whose results are bitwise identical on every rank), else ``ring``."""
-    name = auto.choose("allreduce", nbytes, size)
-    return name if name in DENSE else "ring"
 
 
 class SummablePath(Path):
@@ -52,11 +41,11 @@ class SummablePath(Path):
             x = x.astype(acc_dtype(x.dtype)) / acc_dtype(x.dtype).type(prescale)
         payload, ctx = compressor.compress(x, key)
         section, encoding = compressor.summable_section(payload, ctx)
-        return Prepared(compressor, ctx, payload=payload, parts=(section, encoding, prescale), average=average,
+        return Prepared(compressor, ctx, payload=payload, state=(section, encoding, prescale), average=average,
                         stream=compressor.stream(ctx))
 
     def run(self, comm: Comm, prepared: Prepared) -> Any:
-        section, encoding, prescale = prepared.parts
+        section, encoding, prescale = prepared.state
         algorithm = get_algorithm("allreduce", self.algorithm)
         if encoding == "values":
             work = section.astype(np.float32) if section.dtype == np.float16 else section
@@ -74,5 +63,5 @@ class SummablePath(Path):
         return total
 
 
-for _name in DENSE:
+for _name in OWN_FLAT:
     register("compressed_allreduce", _name)(SummablePath(_name))

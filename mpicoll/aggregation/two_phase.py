@@ -11,7 +11,9 @@ The 1-bit Adam scheme (Tang et al., 2021), for any compressor:
 4. the owners' payloads are allgathered; every rank decodes all ``p`` chunks.
 
 Each rank sends and receives about ``2 (p-1)/p`` compressed arrays, and every rank decodes the
-same phase-2 payloads, so all end with the same bits.
+same phase-2 payloads, so all end with the same bits. A fixed-size codec's payload sizes follow
+from the agreed count and codec, so the two data rounds are all it takes (besides the call's
+agreement and final verdict); other codecs exchange their sizes before each data round.
 """
 
 from __future__ import annotations
@@ -22,9 +24,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from ..collectives.api import allgather
-from ..collectives.partition import displacements, even_counts
-from ..collectives.registry import register
+from ..collectives.internal import allgather, displacements, even_counts, register
 from ..compression import Compressor, Ctx
 from ..transport import Comm
 from ..transport.watchdog import waited, waiting_on
@@ -40,23 +40,45 @@ def _compress_chunks(compressor: Compressor, flat: Any, counts: list[int], key: 
     return payloads, ctxs
 
 
-def _alltoall_bytes(comm: Comm, prepared: Prepared, payloads: list[Any]) -> list[Any] | None:
-    """Send ``payloads[j]`` to rank ``j``; return what every rank sent us, in rank order. ``None`` on
-    every rank (recorded) when any rank was announced a payload larger than it can expect: the sizes
-    are checked before anything is allocated, and the verdict is agreed so that all skip together."""
-    send_sizes = np.array([p.size for p in payloads], dtype=np.int64)
-    recv_sizes = np.empty(comm.size, dtype=np.int64)
-    waiting_on(None, "the exchange of chunk sizes")
-    comm.mpi.Alltoall(send_sizes, recv_sizes)
-    bound = prepared.compressor.payload_bound(prepared.ctx)
-    too_large = [rank for rank, size in enumerate(recv_sizes) if not 0 <= size <= bound]
-    verdict = np.array([len(too_large)], dtype=np.int64)
-    comm.mpi.Allreduce(MPI.IN_PLACE, verdict, op=MPI.MAX)
-    if verdict[0]:
-        if too_large:
-            prepared.errors.append(("PayloadError", f"ranks {too_large} announced chunk payloads larger than any "
-                                    f"{prepared.compressor.name} payload of this chunk ({bound} bytes)"))
-        return None
+def _fixed_size(prepared: Prepared, payload: Any, size: int, what: str, record: bool = True) -> Any:
+    """``payload`` when it has the codec's fixed ``size``, else (never, short of a bug; recorded)
+    zeros of that size, which fail every decode: the exchange stays consistent on every rank."""
+    if payload.size == size:
+        return payload
+    if record:
+        prepared.errors.append(("PayloadError", f"{what} has {payload.size} bytes, not the {size} bytes of every "
+                                f"{prepared.compressor.name} payload of it"))
+    return np.zeros(size, dtype=np.uint8)
+
+
+def _alltoall_bytes(comm: Comm, prepared: Prepared, payloads: list[Any], bounds: list[int],
+                    fixed: bool) -> list[Any] | None:
+    """Send ``payloads[j]`` to rank ``j``; return what every rank sent us, in rank order.
+
+    With a fixed-size codec (``fixed``: int8, int4, qsgd, sign, ...), ``bounds[j]`` is chunk ``j``'s
+    exact payload size, computed alike on every rank from agreed values: no sizes are exchanged.
+    Otherwise the sizes go first, as one allgathered ``p x p`` table (row ``r``: what rank ``r``
+    sends to each rank), so that every rank checks every announced size against the bound of its
+    chunk and all reach the same verdict without a round of their own. ``None`` on every rank
+    (recorded by the receivers concerned) when any size is out of bounds: nothing is allocated
+    from an unchecked size."""
+    if fixed:
+        payloads = [_fixed_size(prepared, payload, bounds[j], f"rank {comm.rank}'s chunk {j}")
+                    for j, payload in enumerate(payloads)]
+        send_sizes = np.asarray(bounds, dtype=np.int64)
+        recv_sizes = np.full(comm.size, bounds[comm.rank], dtype=np.int64)
+    else:
+        send_sizes = np.array([p.size for p in payloads], dtype=np.int64)
+        table = allgather(comm, send_sizes)
+        out_of_bounds = (table < 0) | (table > np.asarray(bounds, dtype=np.int64)[None, :])
+        if out_of_bounds.any():
+            too_large = np.flatnonzero(out_of_bounds[:, comm.rank]).tolist()
+            if too_large:
+                prepared.errors.append(("PayloadError", f"ranks {too_large} announced chunk payloads larger than "
+                                        f"any {prepared.compressor.name} payload of this chunk "
+                                        f"({bounds[comm.rank]} bytes)"))
+            return None
+        recv_sizes = np.ascontiguousarray(table[:, comm.rank])
     sendbuf = np.concatenate(payloads) if payloads else np.empty(0, np.uint8)
     recvbuf = np.empty(int(recv_sizes.sum()), dtype=np.uint8)
     waiting_on(None, "the exchange of chunks")
@@ -75,22 +97,25 @@ class TwoPhase(Path):
         flat = np.ascontiguousarray(x).reshape(-1)
         counts = even_counts(flat.size, comm.size)
         payloads, chunk_ctxs = _compress_chunks(compressor, flat, counts, key)
-        return Prepared(compressor, chunk_ctxs[comm.rank], payload=payloads, parts=(x.shape, counts, key),
-                        average=average)
+        bounds = [compressor.payload_bound(ctx) for ctx in chunk_ctxs]  # exact sizes for a fixed-size codec
+        fixed = compressor.payload_nbytes(flat[: counts[0]]) is not None  # the codec's trait, agreed with it
+        return Prepared(compressor, chunk_ctxs[comm.rank], payload=payloads,
+                        state=(x.shape, counts, bounds, fixed, key), average=average)
 
     def run(self, comm: Comm, prepared: Prepared) -> Any:
-        shape, counts, key = prepared.parts
-        total = prepared.mean(_owner_sum(comm, prepared, prepared.payload, prepared.ctx), comm.size)
-        return _owner_allgather(comm, prepared, total, counts, key).reshape(shape)
+        shape, counts, bounds, fixed, key = prepared.state
+        total = prepared.mean(_owner_sum(comm, prepared, prepared.payload, prepared.ctx, bounds, fixed), comm.size)
+        return _owner_allgather(comm, prepared, total, counts, key, fixed).reshape(shape)
 
 
 register("compressed_allreduce", "two_phase")(TwoPhase())
 
 
-def _owner_sum(comm: Comm, prepared: Prepared, payloads: list[Any], mine: Ctx) -> Any:
+def _owner_sum(comm: Comm, prepared: Prepared, payloads: list[Any], mine: Ctx, bounds: list[int],
+               fixed: bool) -> Any:
     """Phases 1-2: send chunk j to rank j; add the p copies of our chunk, in rank order (in
     :func:`acc_dtype`: float32 for float16)."""
-    received = _alltoall_bytes(comm, prepared, payloads) or []
+    received = _alltoall_bytes(comm, prepared, payloads, bounds, fixed) or []
     total = np.zeros(mine.numel, dtype=acc_dtype(mine.dtype))
     for rank, theirs in enumerate(received):  # rank order: the same additions on every rank
         decoded = prepared.guard(f"rank {rank}'s chunk {comm.rank}", prepared.compressor.decompress, theirs, mine)
@@ -99,22 +124,29 @@ def _owner_sum(comm: Comm, prepared: Prepared, payloads: list[Any], mine: Ctx) -
     return total
 
 
-def _owner_allgather(comm: Comm, prepared: Prepared, total: Any, counts: list[int], key: Hashable) -> Any:
+def _owner_allgather(comm: Comm, prepared: Prepared, total: Any, counts: list[int], key: Hashable,
+                     fixed: bool) -> Any:
     """Phases 3-4: compress the owned chunk again (the sum, or already the mean, so that float16
-    input never overflows on the way), allgather the owners' payloads, decode all."""
+    input never overflows on the way), allgather the owners' payloads (their sizes first, unless
+    the codec's sizes are fixed), decode all."""
     compressor = prepared.compressor
     # ErrorFeedback keeps an owner-side residual under this key
     owned = prepared.guard("compressing the owned chunk", compressor.compress, total, (key, "owner"))
     owner_payload = np.empty(0, np.uint8) if owned is None else owned[0]  # an empty payload fails every decode
     step = -1 if owned is None else owned[1].step  # the same on every rank (every owner compresses this key)
-    sizes = allgather(np.array([owner_payload.size], dtype=np.int64), comm=comm).reshape(-1)
     out = np.zeros(sum(counts), dtype=total.dtype)
     bounds = [compressor.payload_bound(Ctx((count,), total.dtype, (key, "owner"), step, "cpu")) for count in counts]
+    if fixed:  # every owner's payload size is known: no size round
+        owner_payload = _fixed_size(prepared, owner_payload, bounds[comm.rank], f"rank {comm.rank}'s reduced chunk",
+                                    record=owned is not None)
+        sizes = np.asarray(bounds, dtype=np.int64)
+    else:
+        sizes = allgather(comm, np.array([owner_payload.size], dtype=np.int64)).reshape(-1)
     if any(size > bound for size, bound in zip(sizes, bounds, strict=True)):  # the same sizes everywhere
         prepared.errors.append(("PayloadError", f"an owner announced a reduced chunk of {sizes.max()} bytes, more "
                                 f"than any {compressor.name} payload of it"))
         return out
-    gathered = allgather(owner_payload, counts=sizes, comm=comm)
+    gathered = allgather(comm, owner_payload, sizes)
     for j, (start, count, at) in enumerate(zip(displacements(counts), counts, displacements(sizes), strict=True)):
         chunk_ctx = Ctx((count,), total.dtype, (key, "owner"), step, "cpu")
         decoded = prepared.guard(f"rank {j}'s reduced chunk", compressor.decompress, gathered[at: at + sizes[j]],

@@ -1,6 +1,9 @@
 """Collective algorithms and the public collective functions.
 
 Importing this package registers every algorithm (one module each) with :mod:`.registry`.
+Other layers use this package's exports and :mod:`.internal` (the unvalidated entry points and
+the helpers aggregation, the adapters and bench may use); every other module here is private
+to the package, which ``tests/unit/test_structure.py`` checks.
 """
 
 from . import hierarchical, native, rabenseifner, recursive_doubling, ring, shm, tree  # noqa: F401  (registration)

@@ -25,11 +25,10 @@ from ..errors import ArgumentError
 from ..transport import Comm, as_comm
 from ..transport.entry import watched
 from ..transport.p2p import irecv, isend, sendrecv, waitall
-from ..transport.watchdog import refine
-from . import auto
+from .auto import resolve
 from .buffers import check_array, check_out, finish, flat_input, flat_output
 from .partition import check_counts, displacements
-from .registry import get_algorithm, register
+from .registry import register
 from .validate import Agreement
 
 #: ``auto`` with counts: ranks send different amounts, so no size is known alike on every rank
@@ -69,12 +68,6 @@ def linear_alltoall(comm: Comm, sendbuf: Any, sendcounts: Sequence[int], recvbuf
                 if recvcounts[s]]
     requests += [isend(comm, _block(sendbuf, sdispls, sendcounts, d), d, tag) for d in order if sendcounts[d]]
     waitall(requests, None, "alltoall")
-
-
-def _resolve(algorithm: str, nbytes: int, comm: Comm) -> tuple[str, Any]:
-    name = auto.choose("alltoall", nbytes, comm.size) if algorithm == "auto" else algorithm
-    refine(name)
-    return name, get_algorithm("alltoall", name)
 
 
 def _check_even(x: Any, size: int) -> list[int]:
@@ -136,7 +129,7 @@ def alltoall(x: Any, *, sendcounts: Sequence[int] | None = None, recvcounts: Seq
             out = check_out(out, x.shape, x.dtype, x, "alltoall", in_place=False)
         elif wanted is not None:
             out = check_out(out, (sum(wanted),), x.dtype, x, "alltoall", in_place=False)
-        name, algo = _resolve(algorithm, x.nbytes if given is None else _UNBOUNDED, c)
+        name, algo = resolve("alltoall", algorithm, x.nbytes if given is None else _UNBOUNDED, c)
         agree.set(count=x.size if given is None else -1, dtype=x.dtype, algorithm=name)
     if given is None:
         if x.size == 0:  # the same size on every rank (agreed above): nothing moves anywhere

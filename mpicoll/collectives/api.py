@@ -16,22 +16,11 @@ from ..backend import synchronize, xp_of
 from ..errors import ArgumentError
 from ..transport import Comm, as_comm
 from ..transport.entry import watched
-from ..transport.watchdog import refine
-from . import auto
+from .auto import resolve
 from .buffers import check_array, check_finite, check_out, check_root, finish, flat_input, flat_output, in_out
 from .ops import ReduceOp, get_op, work_dtype
 from .partition import check_counts, even_counts
-from .registry import get_algorithm
 from .validate import Agreement
-
-
-def _resolve(collective: str, algorithm: str, nbytes: int, comm: Comm) -> tuple[str, Any]:
-    if algorithm == "auto" and collective == "allreduce" and comm.several_ranks_on_several_hosts:
-        name = "hierarchical"  # one crossing of the network per host instead of one per rank
-    else:
-        name = auto.choose(collective, nbytes, comm.size) if algorithm == "auto" else algorithm
-    refine(name)
-    return name, get_algorithm(collective, name)
 
 
 def _wire(algo: Any, *args: Any) -> None:
@@ -96,15 +85,21 @@ def allreduce(x: Any, op: str | ReduceOp = "sum", *, algorithm: str = "auto", co
         rop.check_dtype(x.dtype, "allreduce")
         check_finite(x, c.rank, "allreduce")
         out = check_out(out, x.shape, x.dtype, x, "allreduce")
-        name, algo = _resolve("allreduce", algorithm, x.nbytes, c)
+        name, algo = resolve("allreduce", algorithm, x.nbytes, c)
         agree.set(count=x.size, dtype=x.dtype, op=rop.name, algorithm=name)
+    return run_allreduce(c, algo, x, rop, out)
+
+
+def run_allreduce(c: Comm, algo: Any, x: Any, rop: ReduceOp, out: Any) -> Any:
+    """The part of :func:`allreduce` after the checks and the agreement (see :mod:`.internal`)."""
     if x.size == 0:
         return out
     synchronize(x)
     send, recv, direct = in_out(c, x, out, work_dtype(x.dtype))
     _wire(algo, c, send, recv, rop)
-    _average(recv, rop, c.size)
-    return _copy_out(recv, out, direct)
+    if rop.average:  # tested here too: the small all-reduce's per-call Python is its cost (issue 20)
+        _average(recv, rop, c.size)
+    return out if direct else _copy_out(recv, out, direct)
 
 
 @watched("reduce_scatter")
@@ -134,7 +129,7 @@ def reduce_scatter(x: Any, op: str | ReduceOp = "sum", *, counts: Sequence[int] 
         if sum(counts) != x.size:
             raise ArgumentError(f"reduce_scatter: counts add up to {sum(counts)} but x has {x.size} elements")
         out = check_out(out, (counts[c.rank],), x.dtype, x, "reduce_scatter", in_place=False)
-        name, algo = _resolve("reduce_scatter", algorithm, x.nbytes, c)
+        name, algo = resolve("reduce_scatter", algorithm, x.nbytes, c)
         agree.set(count=x.size, dtype=x.dtype, op=rop.name, algorithm=name, counts=counts)
     if x.size == 0:
         return out
@@ -175,8 +170,13 @@ def allgather(x: Any, *, counts: Sequence[int] | None = None, algorithm: str = "
         shape = (sum(block_counts),) if given is not None else (c.size, *x.shape)
         out = check_out(out, shape, x.dtype, x, "allgather", in_place=False)
         # the total size, the same on every rank even when contributions differ
-        name, algo = _resolve("allgather", algorithm, sum(block_counts) * x.dtype.itemsize, c)
+        name, algo = resolve("allgather", algorithm, sum(block_counts) * x.dtype.itemsize, c)
         agree.set(count=-1 if given else x.size, dtype=x.dtype, algorithm=name, counts=given)
+    return run_allgather(c, algo, x, block_counts, out)
+
+
+def run_allgather(c: Comm, algo: Any, x: Any, block_counts: Sequence[int], out: Any) -> Any:
+    """The part of :func:`allgather` after the checks and the agreement (see :mod:`.internal`)."""
     if sum(block_counts) == 0:
         return out
     synchronize(x)
@@ -206,7 +206,7 @@ def broadcast(x: Any, root: int = 0, *, algorithm: str = "auto", comm: Any = Non
         x = check_array(x, "broadcast")
         root = check_root(root, c, "broadcast")
         out = check_out(out, x.shape, x.dtype, x, "broadcast")
-        name, algo = _resolve("broadcast", algorithm, x.nbytes, c)
+        name, algo = resolve("broadcast", algorithm, x.nbytes, c)
         agree.set(count=x.size, dtype=x.dtype, root=root, algorithm=name)
     if x.size == 0:
         return out
@@ -240,7 +240,7 @@ def reduce(x: Any, op: str | ReduceOp = "sum", root: int = 0, *, algorithm: str 
         root = check_root(root, c, "reduce")
         at_root = c.rank == root
         out = check_out(out, x.shape, x.dtype, x, "reduce") if at_root else None
-        name, algo = _resolve("reduce", algorithm, x.nbytes, c)
+        name, algo = resolve("reduce", algorithm, x.nbytes, c)
         agree.set(count=x.size, dtype=x.dtype, op=rop.name, root=root, algorithm=name)
     if x.size == 0:
         return out

@@ -12,6 +12,11 @@ writes by default after measuring this machine; the bundled ``auto_table.json``.
 
 Each rule list is sorted by its byte limit; the first rule whose limit is at least the message
 size wins, ``null`` meaning no limit. Rank counts without their own list use ``"default"``.
+
+This module is the one home of the collectives' ``auto`` decisions: :func:`choose_for` adds to the
+table the rule "across hosts, all-reduce hierarchically" (:func:`across_hosts`), and
+:func:`resolve` is what every public collective calls. (The compressed paths have their own
+home one layer up, :mod:`mpicoll.aggregation.choice`, which uses these.)
 """
 
 from __future__ import annotations
@@ -21,13 +26,21 @@ import os
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import config
 from ..errors import ConfigError
-from .registry import COLLECTIVES, algorithm_names
+from ..transport.watchdog import refine
+from .registry import COLLECTIVES, algorithm_names, get_algorithm
+
+if TYPE_CHECKING:
+    from ..transport import Comm
 
 FORMAT = 1
+
+OWN_FLAT = ("ring", "tree", "recursive_doubling", "rabenseifner")
+"""mpicoll's own all-reduce algorithms on one flat communicator: results bitwise identical on
+every rank, and any reduction object works (a compressed path's wire sum, which MPI cannot do)."""
 
 
 def bundled_table_text() -> str:
@@ -143,3 +156,41 @@ def _lookup(configured: str, collective: str, nbytes: int, nranks: int) -> str:
         if limit is None or nbytes <= limit:
             return name
     return rules[-1][1]
+
+
+def across_hosts(comm: Comm) -> bool:
+    """The rule "take hierarchical across hosts": the ranks span several hosts and some host runs
+    several of them. Then one crossing of the network per host beats one per rank."""
+    found = comm.cache.get("across_hosts")  # the hosts never change: asked once per communicator
+    if found is None:
+        found = comm.cache["across_hosts"] = comm.several_ranks_on_several_hosts
+    return found
+
+
+def choose_for(collective: str, nbytes: int, comm: Comm, *, own: bool = False, flat: bool = False) -> str:
+    """``auto``'s algorithm for ``nbytes`` (the same on every rank) on ``comm``.
+
+    Args:
+        collective: the collective's name.
+        nbytes: the message size the table is read with.
+        comm: the communicator (its size and host layout).
+        own: only algorithms of :data:`OWN_FLAT` (the table's choice when it is one, else ``ring``),
+            for reductions MPI cannot do or results that must be bitwise identical everywhere.
+        flat: ignore the hosts (no ``hierarchical``).
+    """
+    if collective == "allreduce" and not flat:
+        several = comm.cache.get("across_hosts")  # memoized by across_hosts: no call on the hot path
+        if several if several is not None else across_hosts(comm):
+            return "hierarchical"
+    name = choose(collective, nbytes, comm.size)
+    if own and name not in OWN_FLAT:
+        return "ring"
+    return name
+
+
+def resolve(collective: str, algorithm: str, nbytes: int, comm: Comm) -> tuple[str, Any]:
+    """The algorithm to run (``"auto"`` resolved by :func:`choose_for`) and its function; the
+    name is given to the watchdog's report and the timeline."""
+    name = choose_for(collective, nbytes, comm) if algorithm == "auto" else algorithm
+    refine(name)
+    return name, get_algorithm(collective, name)

@@ -84,7 +84,7 @@ def hierarchy(comm: Comm) -> Hierarchy:
 
 def _cross_allreduce(op: ReduceOp) -> CrossStep:
     def step(cross: Comm, piece: Any, shard: int) -> None:
-        name = auto.choose("allreduce", piece.nbytes, cross.size)
+        name = auto.choose_for("allreduce", piece.nbytes, cross)  # one rank per host: never hierarchical
         get_algorithm("allreduce", name)(cross, piece, piece, op)
     return step
 

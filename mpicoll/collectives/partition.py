@@ -44,12 +44,13 @@ def check_counts(counts: Sequence[int] | None, size: int, where: str) -> list[in
     return values
 
 
-def segments(count: int, segment_count: int) -> list[tuple[int, int]]:
-    """Split ``count`` elements into ``(start, stop)`` pieces of at most ``segment_count`` elements.
+def segments(count: int, segment_elems: int) -> list[tuple[int, int]]:
+    """Split ``count`` elements into ``(start, stop)`` pieces of at most ``segment_elems`` elements each
+    (elements per segment, as :func:`segment_elements` gives them; not a number of segments).
 
     Zero elements give no segment, so sender and receiver agree to send nothing.
     """
-    step = max(1, int(segment_count))
+    step = max(1, int(segment_elems))
     return [(lo, min(lo + step, count)) for lo in range(0, count, step)]
 
 

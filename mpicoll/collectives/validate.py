@@ -87,12 +87,26 @@ class Agreement:
     Use as ``with Agreement(comm, "allreduce") as agree: ...checks...; agree.set(count=...)``.
     With validation on, leaving the block always performs the exchange, even when a local check
     raised, so that no rank is left waiting in a collective its peers abandoned.
+
+    ``carry=True`` reserves one int64 per rank that rides along uncompared (a payload size, say):
+    :meth:`carry` sets this rank's, and after the block :attr:`carried` holds every rank's (or
+    ``None`` with validation off, when nothing was exchanged). Whether a collective carries is
+    fixed by the collective, never by an argument, so that every rank's row has the same length.
     """
 
-    def __init__(self, comm: Comm, collective: str) -> None:
+    def __init__(self, comm: Comm, collective: str, *, carry: bool = False) -> None:
         self.comm = comm
         self.collective = collective
         self.fields: dict[str, Any] = {}
+        self._carry = -1 if carry else None
+        #: every rank's carried value, in rank order, once the exchange ran (``carry=True`` only)
+        self.carried: np.ndarray | None = None
+
+    def carry(self, value: int) -> None:
+        """This rank's value to hand to every rank with the agreement (``carry=True`` only)."""
+        if self._carry is None:
+            raise RuntimeError(f"Agreement({self.collective!r}) was made without carry=True")
+        self._carry = int(value)
 
     def set(self, **fields: Any) -> None:
         """Record this rank's arguments: count, dtype, op, root, algorithm, counts, compressor, parts, stream."""
@@ -109,7 +123,7 @@ class Agreement:
         if config.get("validate"):
             t0 = timeline.now_ns()
             try:
-                exchange(self.comm, self.collective, error, **self.fields)
+                self.carried = exchange(self.comm, self.collective, error, carry=self._carry, **self.fields)
             finally:
                 timeline.phase("agreement", t0)
         return False
@@ -118,33 +132,65 @@ class Agreement:
 def exchange(comm: Comm, collective: str, error: BaseException | None, *, count: int = -1, dtype: Any = None,
              algorithm: str | None = None, op: str | None = None, root: int = -1,
              counts: Sequence[int] | None = None, compressor: str | None = None,
-             parts: Sequence[tuple[int, ...]] | None = None, stream: int | None = None) -> None:
-    """The collective part of :class:`Agreement`; raises on every rank if anything disagrees."""
+             parts: Sequence[tuple[int, ...]] | None = None, stream: int | None = None,
+             carry: int | None = None) -> np.ndarray | None:
+    """The collective part of :class:`Agreement`; raises on every rank if anything disagrees.
+
+    Returns every rank's ``carry`` value (rank order) when one was given, else ``None``."""
+    key = (collective, count, dtype, algorithm, op, root, None if counts is None else tuple(counts),
+           config.get("segment_bytes"), compressor, None if parts is None else tuple(tuple(s) for s in parts), stream)
+    signature = None if error is not None else _signatures.get(key)
+    if signature is None:
+        signature = _signature(error is not None, key)
+    row = signature
+    if carry is not None:  # every row has the carried column (-1 unused), so lengths match across collectives
+        row = signature.copy()
+        row[-1] = carry
+    table = comm.scratch.get("validate.table", comm.size * row.size, np.int64)
+    waiting_on(None, "the argument check, which every rank must reach")
+    comm.mpi.Allgather(row, table)
+    waited()
+    if carry is None and table.tobytes() == signature.tobytes() * comm.size:  # the common case: one comparison
+        return None
+    table = table.reshape(comm.size, -1)
+    carried, table = table[:, -1].copy(), table[:, :-1]
+    if (table == signature[:-1]).all():
+        return carried if carry is not None else None
+    if table[:, 0].any():
+        _peer_failures(comm, collective, error, table[:, 0].copy())
+        return None  # this rank failed: its own error propagates from the with-block
+    differing = [i for i in range(table.shape[1]) if not (table[:, i] == table[0, i]).all()]
+    raise _mismatch(collective, table.copy(), differing[0])
+
+
+_signatures: dict[tuple[Any, ...], np.ndarray] = {}
+"""Signatures of successful calls by their arguments: a loop repeating one call encodes it once."""
+
+
+def _signature(failed: bool, key: tuple[Any, ...]) -> np.ndarray:
+    """The int64 row one rank contributes to the agreement (see ``_FIELDS``); memoized unless ``failed``."""
+    collective, count, dtype, algorithm, op, root, counts, segment_bytes, compressor, parts, stream = key
+    names = algorithm_names(collective)
     signature = np.array([
-        0 if error is None else 1,
+        1 if failed else 0,
         _COLLECTIVE_CODES[collective],
         count,
         _dtype_code(dtype),
         _OP_CODES.get(op, -1),
         root,
-        algorithm_names(collective).index(algorithm) if algorithm in algorithm_names(collective) else -1,
+        names.index(algorithm) if algorithm in names else -1,
         _counts_code(counts),
-        config.get("segment_bytes"),
+        segment_bytes,
         -1 if compressor is None else zlib.crc32(compressor.encode()),
         -1 if parts is None else zlib.crc32(repr([tuple(s) for s in parts]).encode()),
         -1 if stream is None else stream,
+        -1,  # the carried value (see Agreement), never compared: the same row length for every collective
     ], dtype=np.int64)
-    table = comm.scratch.get("validate.table", comm.size * signature.size, np.int64).reshape(comm.size, -1)
-    waiting_on(None, "the argument check, which every rank must reach")
-    comm.mpi.Allgather(signature, table)
-    waited()
-    if (table == signature).all():  # the common case: one vectorized comparison
-        return
-    if table[:, 0].any():
-        _peer_failures(comm, collective, error, table[:, 0].copy())
-        return  # this rank failed: its own error propagates from the with-block
-    differing = [i for i in range(signature.size) if not (table[:, i] == table[0, i]).all()]
-    raise _mismatch(collective, table.copy(), differing[0])
+    if not failed:
+        if len(_signatures) > 4096:
+            _signatures.clear()
+        _signatures[key] = signature
+    return signature
 
 
 def _peer_failures(comm: Comm, collective: str, error: BaseException | None, failed: np.ndarray) -> None:

@@ -7,7 +7,7 @@ validated header (:mod:`.payload`). ``ErrorFeedback(inner)`` adds error feedback
 ==============  =========  ==============================================================
 name            kind       what crosses the wire
 ==============  =========  ==============================================================
-none            dense      the array
+none            summable   the array
 fp16, bf16      summable   16-bit floats
 randomk         summable   k values (indices derived from seed, step, key on every rank)
 topk            sparse     exactly k (index, value) pairs, largest magnitudes

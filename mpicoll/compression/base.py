@@ -7,14 +7,16 @@ every rank compresses the same tensor shapes under the same keys in the same ord
 
 Traits (class attributes) tell a collective how payloads may be combined:
 
-- ``kind = "summable"``: decoded payloads of all ranks share one layout, so the wire form can be
-  summed element by element (fp16, bf16, random-k with shared indices);
+- ``kind = "summable"``: payloads of all ranks share one layout, so the wire form can be
+  summed element by element (the array itself for ``none``, fp16, bf16, random-k with shared
+  indices);
 - ``kind = "sparse"``: (index, value) pairs, combined by scatter-add (top-k, threshold, COO, CSR);
 - ``kind = "quantized"``: codes plus scales, which must be decoded before adding (int8, int4,
   QSGD, sign);
 - ``kind = "lowrank"``: factors of a low-rank approximation (PowerSGD), all-reduced one after
-  the other by their own path;
-- ``kind = "dense"``: the array itself (``none``).
+  the other by their own path.
+
+(``none`` was once a kind ``"dense"`` of its own; it travels exactly as the summable ones do.)
 
 Compressors never touch MPI and never choose a kernel backend by string: they ask
 :func:`mpicoll.kernels.get` for ``(operation, device)``.
@@ -56,7 +58,7 @@ class Compressor:
 
     name: ClassVar[str] = ""
     codec: ClassVar[int] = 0
-    kind: ClassVar[str] = "dense"
+    kind: ClassVar[str] = "summable"
     lossless: ClassVar[bool] = False
     #: whether the wire format overflows far below the inputs' range (fp16): averaging collectives
     #: then divide each contribution before compressing it

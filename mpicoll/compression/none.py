@@ -15,7 +15,7 @@ class NoCompression(Compressor):
 
     name = "none"
     codec = 1
-    kind = "dense"
+    kind = "summable"
     lossless = True
 
     def payload_nbytes(self, x: Any) -> int | None:

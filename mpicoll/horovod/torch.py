@@ -20,8 +20,7 @@ from typing import Any
 import torch
 
 from .. import compression as _codecs
-from ..collectives import iallgather, iallreduce, ibroadcast
-from ..collectives.nonblocking import Handle
+from ..collectives import Handle, iallgather, iallreduce, ibroadcast
 from ..errors import ArgumentError, MismatchError, UnsupportedError
 from ..torch import DistributedOptimizer as _DistributedOptimizer
 from ..torch import broadcast_optimizer_state as _broadcast_optimizer_state

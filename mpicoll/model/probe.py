@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..collectives.api import allreduce
+from ..collectives import allreduce
 from ..compression import get as get_compressor
 from ..transport import Comm, as_comm
 from .machine import CodecRates, Link, Machine

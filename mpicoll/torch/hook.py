@@ -22,8 +22,7 @@ import torch.distributed as dist
 from .. import timeline
 from ..aggregation import compressed_iallreduce
 from ..aggregation.autocodec import AutoCodec, resolve_compressor
-from ..collectives import iallreduce
-from ..collectives.nonblocking import Handle
+from ..collectives import Handle, iallreduce
 from ..compression import Compressor
 from ..errors import ArgumentError
 from ..transport import as_comm

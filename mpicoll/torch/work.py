@@ -8,7 +8,7 @@ callers reach both methods through torch's ``PyWork`` trampoline.
 Every call of a group, blocking or not, runs on one communicator in the order it was made
 (a blocking call on one rank must meet the asynchronous call of another: torch's ``Join`` does
 exactly that). A blocking call (``async_op=False``) runs on the caller's thread when nothing is
-queued (:func:`~mpicoll.collectives.nonblocking.run_in_order`) and returns a finished
+queued (:func:`~mpicoll.collectives.internal.run_in_order`) and returns a finished
 :class:`Work`. An asynchronous one runs on mpicoll's progress engine; the engine's thread runs
 the collective, then the copy-backs (casts, non-contiguous outputs), then completes the future,
 so a ``wait()`` that returns has every output tensor in place.
@@ -24,8 +24,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..collectives.nonblocking import Handle, run_in_order, start
-from ..collectives.validate import exchange
+from ..collectives import Handle
+from ..collectives.internal import exchange, run_in_order, start
 from ..config import config
 from ..errors import MpicollError, WaitTimeoutError
 

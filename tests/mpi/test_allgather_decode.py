@@ -9,8 +9,7 @@ from mpitools import assert_all, assert_close_all, assert_equal_all, assert_same
 import mpicoll
 from mpicoll import compression
 from mpicoll.aggregation import GradientBuckets
-from mpicoll.aggregation.allgather_decode import ROUND_BYTES, prefer_single_pass
-from mpicoll.aggregation.api import choose_path
+from mpicoll.aggregation.choice import ROUND_BYTES, choose_path, prefer_single_pass
 from mpicoll.compression import ErrorFeedback
 
 CODECS = [("sign", {}), ("sign", {"block": 64}), ("int8", {}), ("int4", {}), ("qsgd", {}), ("topk", {"ratio": 0.05}),

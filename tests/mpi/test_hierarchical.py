@@ -61,9 +61,9 @@ def test_floats_agree_with_float64_and_across_ranks(comm, op):
 def test_auto_picks_hierarchical_only_across_hosts_with_several_ranks(comm):
     x = rank_input(4099, comm.rank, "int64")
     assert_equal_all(comm.mpi, mpicoll.allreduce(x, comm=comm), mpi_allreduce(comm.mpi, x, "sum"))
-    from mpicoll.collectives.api import _resolve
+    from mpicoll.collectives.auto import choose_for
 
-    name, _ = _resolve("allreduce", "auto", x.nbytes, comm)
+    name = choose_for("allreduce", x.nbytes, comm)
     assert_all(comm.mpi, (name == "hierarchical") == comm.several_ranks_on_several_hosts, f"auto chose {name}")
 
 

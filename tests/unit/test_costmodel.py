@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mpicoll import compression
-from mpicoll.aggregation.api import choose_path
+from mpicoll.aggregation.choice import choose_path
 from mpicoll.model import Choice, CodecRates, Layout, Link, Machine, break_even, choose_codec, compressed_seconds, costs
 from mpicoll.model.predict import auto_path, gbit
 
