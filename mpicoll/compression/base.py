@@ -57,7 +57,7 @@ class Compressor:
     """Base class: subclasses implement :meth:`_encode` and :meth:`_decode` on flat arrays."""
 
     name: ClassVar[str] = ""
-    codec: ClassVar[int] = 0
+    wire_id: ClassVar[int] = 0
     kind: ClassVar[str] = "summable"
     lossless: ClassVar[bool] = False
     #: whether the wire format overflows far below the inputs' range (fp16): averaging collectives
@@ -109,7 +109,7 @@ class Compressor:
     def header_of(self, payload: Any, ctx: Ctx) -> Header:
         """The checked header of ``payload`` (this rank's or a peer's), which must describe a tensor
         like ``ctx``: every reader of a payload starts here."""
-        header = parse(payload, self.codec, self.name)
+        header = parse(payload, self.wire_id, self.name)
         if header.numel != ctx.numel:
             raise PayloadError(f"{self.name}: payload holds {header.numel} elements but this tensor has {ctx.numel}; "
                                f"ranks must compress tensors of the same shape under the same key")
@@ -173,12 +173,12 @@ class Compressor:
     def _payload(self, ctx: Ctx, arrays: list[Any], aux0: int = 0, aux1: int = 0, flags: int = 0,
                  out: Any = None) -> Any:
         """A payload holding copies of ``arrays`` (for codecs whose sizes depend on the data)."""
-        return assemble(Header(self.codec, ctx.dtype, flags, ctx.numel, aux0, aux1, 0), arrays, out)
+        return assemble(Header(self.wire_id, ctx.dtype, flags, ctx.numel, aux0, aux1, 0), arrays, out)
 
     def _allocate(self, ctx: Ctx, spec: list[tuple[Any, int]], xp: Any, aux0: int = 0, aux1: int = 0,
                   out: Any = None) -> tuple[Any, list[Any]]:
         """A payload and views of its sections, for kernels to write into directly."""
-        return allocate(Header(self.codec, ctx.dtype, 0, ctx.numel, aux0, aux1, 0), spec, xp, out)
+        return allocate(Header(self.wire_id, ctx.dtype, 0, ctx.numel, aux0, aux1, 0), spec, xp, out)
 
     def _sections(self, payload: Any, header: Header, spec: list[tuple[Any, int]]) -> list[Any]:
         return sections(payload, header, spec, self.name)

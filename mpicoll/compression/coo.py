@@ -15,7 +15,7 @@ class Coo(Compressor):
     """Coordinate format for 1-D (or flattened) sparse arrays."""
 
     name = "coo"
-    codec = 13
+    wire_id = 13
     kind = "sparse"
     lossless = True
 

@@ -23,7 +23,7 @@ class Csr(Compressor):
     """CSR for 2-D arrays."""
 
     name = "csr"
-    codec = 12
+    wire_id = 12
     kind = "sparse"
     lossless = True
 

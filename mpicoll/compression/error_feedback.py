@@ -36,8 +36,8 @@ class ErrorFeedback(Compressor):
         return self.inner.name
 
     @property
-    def codec(self) -> int:  # type: ignore[override]
-        return self.inner.codec
+    def wire_id(self) -> int:  # type: ignore[override]
+        return self.inner.wire_id
 
     @property
     def kind(self) -> str:  # type: ignore[override]

@@ -48,7 +48,7 @@ class Fp16(_Half):
     """IEEE half precision on the wire."""
 
     name = "fp16"
-    codec = 2
+    wire_id = 2
     narrow_range = True
     encode_op, decode_op = "fp16_encode", "fp16_decode"
 
@@ -58,5 +58,5 @@ class Bf16(_Half):
     """bfloat16 on the wire."""
 
     name = "bf16"
-    codec = 3
+    wire_id = 3
     encode_op, decode_op = "bf16_encode", "bf16_decode"

@@ -14,7 +14,7 @@ class NoCompression(Compressor):
     """Identity: the payload is the raw array (header + ``numel * itemsize`` bytes)."""
 
     name = "none"
-    codec = 1
+    wire_id = 1
     kind = "summable"
     lossless = True
 

@@ -5,7 +5,7 @@
     offset  size  field
     0       4     magic b"MPCZ"
     4       1     format version (1)
-    5       1     codec id (which compressor wrote it)
+    5       1     wire_id (which compressor wrote it: its class's ``wire_id``)
     6       1     dtype code of the original array
     7       1     flags (bit 0: indices are uint32 rather than int64)
     8       8     numel: elements of the original array
@@ -54,7 +54,7 @@ def dtype_code(dtype: Any) -> int:
 class Header:
     """The parsed fixed-size header."""
 
-    codec: int
+    wire_id: int
     dtype: np.dtype
     flags: int
     numel: int
@@ -63,7 +63,7 @@ class Header:
     body_nbytes: int
 
     def pack(self) -> bytes:
-        return HEADER.pack(MAGIC, VERSION, self.codec, dtype_code(self.dtype), self.flags, self.numel,
+        return HEADER.pack(MAGIC, VERSION, self.wire_id, dtype_code(self.dtype), self.flags, self.numel,
                            self.aux0, self.aux1, self.body_nbytes)
 
 
@@ -105,7 +105,7 @@ def allocate(header: Header, spec: Sequence[tuple[Any, int]], xp: Any = np, out:
                             f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
     else:
         payload = out
-    head = Header(header.codec, header.dtype, header.flags, header.numel, header.aux0, header.aux1,
+    head = Header(header.wire_id, header.dtype, header.flags, header.numel, header.aux0, header.aux1,
                   total - HEADER_BYTES).pack()
     payload[:HEADER_BYTES] = xp.asarray(np.frombuffer(head, dtype=np.uint8))
     views, end = [], HEADER_BYTES
@@ -125,7 +125,7 @@ def assemble(header: Header, arrays: Sequence[Any], out: Any = None) -> Any:
     return payload
 
 
-def parse(payload: Any, codec: int, codec_name: str) -> Header:
+def parse(payload: Any, wire_id: int, codec_name: str) -> Header:
     """Read and check the header of ``payload`` (a 1-D uint8 array, host or device)."""
     if getattr(payload, "dtype", None) != np.uint8 or payload.ndim != 1 or not payload.flags.c_contiguous:
         raise PayloadError(f"{codec_name}: a payload must be a contiguous 1-D uint8 array, got "
@@ -135,21 +135,21 @@ def parse(payload: Any, codec: int, codec_name: str) -> Header:
                            f"header (truncated?)")
     head = payload[:HEADER_BYTES]
     raw = bytes(head.get() if is_cupy(head) else head)  # synchronize! (device payloads)
-    magic, version, got_codec, dcode, flags, numel, aux0, aux1, body = HEADER.unpack(raw)
+    magic, version, got_id, dcode, flags, numel, aux0, aux1, body = HEADER.unpack(raw)
     if magic != MAGIC:
         raise PayloadError(f"{codec_name}: not an mpicoll payload (magic {magic!r}, expected {MAGIC!r})")
     if version != VERSION:
         raise PayloadError(f"{codec_name}: payload format version {version}, this mpicoll reads {VERSION}; "
                            f"use the same mpicoll version on every rank")
-    if got_codec != codec:
-        raise PayloadError(f"{codec_name}: payload was written by codec #{got_codec}, not {codec_name} (#{codec}); "
+    if got_id != wire_id:
+        raise PayloadError(f"{codec_name}: payload was written by codec #{got_id}, not {codec_name} (#{wire_id}); "
                            f"every rank must use the same compressor")
     if dcode >= len(DTYPES):
         raise PayloadError(f"{codec_name}: unknown dtype code {dcode} in the payload header")
     if body != payload.size - HEADER_BYTES:
         raise PayloadError(f"{codec_name}: header announces {body} body bytes but the payload has "
                            f"{payload.size - HEADER_BYTES} (truncated or padded in transit)")
-    return Header(got_codec, DTYPES[dcode], flags, numel, aux0, aux1, body)
+    return Header(got_id, DTYPES[dcode], flags, numel, aux0, aux1, body)
 
 
 def expect(header: Header, codec_name: str, **fields: int) -> None:

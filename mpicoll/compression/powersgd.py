@@ -93,7 +93,7 @@ class PowerSGD(Compressor):
     """Low-rank compression by power iteration with warm start; see the module docstring."""
 
     name = "powersgd"
-    codec = 14
+    wire_id = 14
     kind = "lowrank"
 
     def __init__(self, rank: int = 4, warm_start: bool = True, seed: int = 0) -> None:

@@ -27,7 +27,7 @@ class Qsgd(Compressor):
     """Unbiased stochastic quantization to ``levels`` levels of the block's L2 norm."""
 
     name = "qsgd"
-    codec = 10
+    wire_id = 10
     kind = "quantized"
 
     def __init__(self, levels: int = 127, block: int = 4096, seed: int = 0) -> None:

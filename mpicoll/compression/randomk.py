@@ -27,7 +27,7 @@ class RandomK(Compressor):
     """Random-k sparsification with indices shared by all ranks."""
 
     name = "randomk"
-    codec = 6
+    wire_id = 6
     kind = "summable"
 
     def __init__(self, ratio: float = 0.01, seed: int = 0) -> None:

@@ -16,10 +16,10 @@ T = TypeVar("T", bound=type)
 
 def register(cls: T) -> T:
     """Class decorator: register a :class:`Compressor` subclass under its ``name`` and ``codec``."""
-    if cls.name in _REGISTRY or cls.codec in _CODECS:
-        raise ValueError(f"compressor {cls.name!r} / codec {cls.codec} is already registered")
+    if cls.name in _REGISTRY or cls.wire_id in _CODECS:
+        raise ValueError(f"compressor {cls.name!r} / codec {cls.wire_id} is already registered")
     _REGISTRY[cls.name] = cls
-    _CODECS[cls.codec] = cls.name
+    _CODECS[cls.wire_id] = cls.name
     return cls
 
 

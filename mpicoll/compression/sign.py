@@ -23,7 +23,7 @@ class Sign(Compressor):
     """1-bit sign compression with mean-magnitude scales."""
 
     name = "sign"
-    codec = 11
+    wire_id = 11
     kind = "quantized"
 
     def __init__(self, block: int | None = None) -> None:

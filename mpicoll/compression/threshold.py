@@ -15,7 +15,7 @@ class Threshold(Compressor):
     """Keep elements whose magnitude reaches ``tau``."""
 
     name = "threshold"
-    codec = 7
+    wire_id = 7
     kind = "sparse"
 
     def __init__(self, tau: float = 1e-3) -> None:

@@ -25,7 +25,7 @@ class TopK(Compressor):
     """Exact top-k by magnitude."""
 
     name = "topk"
-    codec = 4
+    wire_id = 4
     kind = "sparse"
 
     def __init__(self, ratio: float = 0.01) -> None:

@@ -25,7 +25,7 @@ class TopKApprox(Compressor):
     """Approximate top-k by a threshold estimated on a sample."""
 
     name = "topk_approx"
-    codec = 5
+    wire_id = 5
     kind = "sparse"
 
     def __init__(self, ratio: float = 0.01, sample: int = 65536) -> None:

@@ -80,7 +80,7 @@ class Int8(UniformQuantizer):
     """8-bit codes, 4x smaller than float32 (plus scales)."""
 
     name = "int8"
-    codec = 8
+    wire_id = 8
     bits = 8
 
 
@@ -89,5 +89,5 @@ class Int4(UniformQuantizer):
     """4-bit codes, two per byte: 8x smaller than float32 (plus scales)."""
 
     name = "int4"
-    codec = 9
+    wire_id = 9
     bits = 4

@@ -40,7 +40,7 @@ PROVIDERS = ("numpy", "numba-cpu")
 ALLOC_FACTOR, ALLOC_SLACK = 16, 1 << 20
 EDGES = [0, 1, 2, 7, 8, 255, 256, 257, 1 << 31, 1 << 32, (1 << 32) + 1, 1 << 40, 1 << 62, (1 << 63) - 1, 1 << 63,
          (1 << 64) - 1]
-FIELDS = ("magic", "version", "codec", "dtype", "flags", "numel", "aux0", "aux1", "body")
+FIELDS = ("magic", "version", "wire_id", "dtype", "flags", "numel", "aux0", "aux1", "body")
 CODECS = {  # name -> (parameters, needs a 2-D tensor)
     "none": ({}, False), "fp16": ({}, False), "bf16": ({}, False), "randomk": ({"ratio": 0.3}, False),
     "topk": ({"ratio": 0.2}, False), "topk_approx": ({"ratio": 0.2, "sample": 16}, False),
@@ -71,7 +71,7 @@ def mutate(payload: np.ndarray, how: tuple, itemsize: int) -> np.ndarray:
         _, field, value = how
         fields = list(HEADER.unpack(bytes(raw[:HEADER_BYTES])))
         index = FIELDS.index(field)
-        fields[index] = {"magic": b"XXXX", "version": value % 256, "codec": value % 256, "dtype": value % 256,
+        fields[index] = {"magic": b"XXXX", "version": value % 256, "wire_id": value % 256, "dtype": value % 256,
                          "flags": value % 256}.get(field, value % (1 << 64))
         raw[:HEADER_BYTES] = np.frombuffer(HEADER.pack(*fields), np.uint8)
     elif kind == "truncate":

@@ -22,7 +22,7 @@ from mpicoll.compression.payload import HEADER, HEADER_BYTES
 from mpicoll.errors import ArgumentError, PayloadError
 
 PROVIDERS = ["numpy", "numba-cpu"]
-FIELDS = ("magic", "version", "codec", "dtype", "flags", "numel", "aux0", "aux1", "body")
+FIELDS = ("magic", "version", "wire_id", "dtype", "flags", "numel", "aux0", "aux1", "body")
 
 
 @pytest.fixture(params=PROVIDERS)

@@ -49,7 +49,7 @@ class Counting(Compressor):
         self.payloads: dict[Hashable, int] = {}
 
     name = property(lambda self: self.inner.name)  # type: ignore[assignment]
-    codec = property(lambda self: self.inner.codec)  # type: ignore[assignment]
+    wire_id = property(lambda self: self.inner.wire_id)  # type: ignore[assignment]
     kind = property(lambda self: self.inner.kind)  # type: ignore[assignment]
     lossless = property(lambda self: self.inner.lossless)  # type: ignore[assignment]
 
