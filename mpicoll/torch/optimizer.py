@@ -363,33 +363,19 @@ class DistributedOptimizer(torch.optim.Optimizer):
         forwarded = [k for k in ("grad_scale", "found_inf") if k in self.__dict__]  # GradScaler, fused path
         for key in forwarded:
             setattr(self.optimizer, key, self.__dict__[key])
-        applied = self._applied_groups()
         try:
-            if closure is None:
-                stepped = self.optimizer.step()
-                loss = stepped if loss is None else loss
-            else:
-                loss = self.optimizer.step(closure)
+            with momentum.applied(self.param_groups if self.momentum_correction else []):
+                if closure is None:
+                    stepped = self.optimizer.step()
+                    loss = stepped if loss is None else loss
+                else:
+                    loss = self.optimizer.step(closure)
         finally:
-            for group, saved in applied:
-                group.update(saved)
             for key in forwarded:
                 delattr(self.optimizer, key)
         self.steps += 1
         self._synced = False
         return loss
-
-    def _applied_groups(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-        """Set the SGD settings momentum correction applied already to their neutral values in the
-        corrected groups, for the wrapped step; returns (group, saved settings) to restore."""
-        if not self.momentum_correction:
-            return []
-        applied = []
-        for group in self.param_groups:
-            if group.get("momentum", 0) != 0:
-                applied.append((group, {k: group[k] for k in momentum.APPLIED if k in group}))
-                group.update({k: v for k, v in momentum.APPLIED.items() if k in group})
-        return applied
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """The wrapped optimizer's ``zero_grad``; also starts a new step (its round is still to come)."""
@@ -424,16 +410,8 @@ class DistributedOptimizer(torch.optim.Optimizer):
         another world size, or by an optimizer without correction (its ranks would step apart)."""
         state = dict(state_dict)
         ours, own = state.pop(_STATE_KEY, None), state.pop(_OWN_KEY, None)
-        if own is not None and own.get("momentum_correction"):
-            if own.get("world_size") != self._size:
-                raise ArgumentError(f"DistributedOptimizer.load_state_dict: the checkpoint was taken on "
-                                    f"{own.get('world_size')} ranks with momentum correction, this job has "
-                                    f"{self._size}; momenta are per rank and cannot be redistributed, so restart "
-                                    f"on {own.get('world_size')} ranks (or start the optimizer afresh)")
-            if not self.momentum_correction:
-                raise ArgumentError("DistributedOptimizer.load_state_dict: the checkpoint holds per-rank momenta "
-                                    "(saved with momentum correction) and this optimizer has none, so ranks would "
-                                    "step apart; pass momentum_correction=True (or the same compressor)")
+        if own is not None:
+            momentum.check_checkpoint(own, self._size, self.momentum_correction)
         self.optimizer.load_state_dict(state)
         if ours is not None and self.compressor is not None:
             self.compressor.load_state_dict(ours)

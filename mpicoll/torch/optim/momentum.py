@@ -14,6 +14,8 @@ corrects) and by :class:`~mpicoll.torch.DistributedOptimizer` (``momentum_correc
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -76,3 +78,37 @@ def mask(state: dict[str, Any], left: Any) -> None:
     buffer = state.get("momentum_buffer")
     if buffer is not None:
         buffer.masked_fill_(torch.as_tensor(left == 0, device=buffer.device).reshape(buffer.shape), 0)
+
+
+@contextlib.contextmanager
+def applied(groups: list[dict[str, Any]]) -> Iterator[None]:
+    """Inside, the groups of ``groups`` with ``momentum != 0`` (the corrected ones) have momentum,
+    weight decay, Nesterov, dampening and maximize at their neutral values (:data:`APPLIED`), so
+    that ``torch.optim.SGD.step`` does ``w -= lr * grad`` there; restored on the way out."""
+    saved = []
+    for group in groups:
+        if group.get("momentum", 0) != 0:
+            saved.append((group, {k: group[k] for k in APPLIED if k in group}))
+            group.update({k: v for k, v in APPLIED.items() if k in group})
+    try:
+        yield
+    finally:
+        for group, settings in saved:
+            group.update(settings)
+
+
+def check_checkpoint(saved: dict[str, Any], size: int, correcting: bool) -> None:
+    """Refuse a DistributedOptimizer checkpoint whose per-rank momenta cannot be used here: saved
+    with correction on ``saved["world_size"]`` ranks, loaded on ``size`` ranks, or by an optimizer
+    that does not correct (``correcting``; its ranks would step apart). The same on every rank."""
+    if not saved.get("momentum_correction"):
+        return
+    if saved.get("world_size") != size:
+        raise ArgumentError(f"DistributedOptimizer.load_state_dict: the checkpoint was taken on "
+                            f"{saved.get('world_size')} ranks with momentum correction, this job has {size}; "
+                            f"momenta are per rank and cannot be redistributed, so restart on "
+                            f"{saved.get('world_size')} ranks (or start the optimizer afresh)")
+    if not correcting:
+        raise ArgumentError("DistributedOptimizer.load_state_dict: the checkpoint holds per-rank momenta (saved "
+                            "with momentum correction) and this optimizer has none, so ranks would step apart; "
+                            "pass momentum_correction=True (or the same compressor)")
