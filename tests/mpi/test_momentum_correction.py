@@ -238,3 +238,27 @@ def test_closure_and_add_param_group(comm):
         assert_same_on_all_ranks(comm.mpi, p.detach().numpy(), f"tensor {i} after add_param_group")
     assert_all(comm.mpi, "momentum_buffer" in opt.state[extra], "the new group was not corrected")
     opt.remove_hooks()
+
+
+def test_accumulation_and_predivide_equal_momentum_sgd(comm):
+    """Forced correction without compression, two backward passes per step and a predivide factor:
+    momentum SGD (Nesterov, weight decay) on the averaged gradients, up to rounding."""
+    size, hyper = comm.size, dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)
+    params = [torch.nn.Parameter(p.clone()) for p in initial()]
+    opt = mt.DistributedOptimizer(torch.optim.SGD(params, **hyper), [(f"p{i}", p) for i, p in enumerate(params)],
+                                  comm=comm, backward_passes_per_step=2, gradient_predivide_factor=2.0,
+                                  momentum_correction=True)
+    ref = [torch.nn.Parameter(p.clone()) for p in initial()]
+    sgd = torch.optim.SGD(ref, **hyper, foreach=False)
+    for step in range(4):
+        opt.zero_grad()
+        for micro in range(2):
+            sum((p * g).sum() for p, g in zip(params, grads(10 * step + micro, comm.rank), strict=True)).backward()
+        opt.step()
+        for i, p in enumerate(ref):
+            p.grad = sum(grads(10 * step + micro, r)[i] for r in range(size) for micro in range(2)) / size
+        sgd.step()
+    for i, (a, b) in enumerate(zip(params, ref, strict=True)):
+        assert_same_on_all_ranks(comm.mpi, a.detach().numpy(), f"tensor {i}")
+        assert_all(comm.mpi, torch.allclose(a.detach(), b.detach(), rtol=1e-5, atol=1e-6), f"tensor {i} differs")
+    opt.remove_hooks()
