@@ -97,6 +97,8 @@ class DistributedOptimizer(torch.optim.Optimizer):
         momentum_correction: ``"auto"`` (default), ``True`` or ``False``: all-reduce each rank's
             momentum-corrected velocity instead of its gradient (see the module docstring; auto:
             SGD with an error-feedback, lossy, not low-rank compressor).
+        momentum_masking: with momentum correction and a sparse codec, zero each rank's momentum
+            where its velocity was sent (DGC's momentum factor masking).
 
     Making one is collective: the ranks check that they passed the same parameters.
     """
@@ -105,7 +107,8 @@ class DistributedOptimizer(torch.optim.Optimizer):
                  named_parameters: Iterable[tuple[str, torch.Tensor]] | None = None, *,
                  compressor: Compressor | None = None, backward_passes_per_step: int = 1, op: str = "avg",
                  gradient_predivide_factor: float = 1.0, bucket_bytes: int = 25 << 20, comm: Any = None,
-                 algorithm: str = "auto", warmup_steps: int = 0, momentum_correction: bool | str = "auto") -> None:
+                 algorithm: str = "auto", warmup_steps: int = 0, momentum_correction: bool | str = "auto",
+                 momentum_masking: bool = True) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer) or isinstance(optimizer, DistributedOptimizer):
             raise ArgumentError(f"DistributedOptimizer wraps a torch.optim.Optimizer (not a distributed one), "
                                 f"got {type(optimizer).__name__}")
@@ -129,6 +132,7 @@ class DistributedOptimizer(torch.optim.Optimizer):
         except ArgumentError as exc:
             error = str(exc)
         self._plan(named, error)
+        self.momentum_masking = bool(momentum_masking)
         self._velocities: dict[str, torch.Tensor] = {}  # name -> this round's velocity (corrected groups)
         self._groups: dict[int, dict[str, Any]] | None = None
         self._callback_queued = self._pending = self._synced = self._skip = False
@@ -319,7 +323,8 @@ class DistributedOptimizer(torch.optim.Optimizer):
         """``name``'s slice of its bucket's error-feedback residual after this round, when the codec
         is sparse and the path keeps one residual per bucket (else ``None``: no masking)."""
         compressor = self.compressor
-        if compressor is None or compressor.kind != "sparse" or not hasattr(compressor, "residual"):
+        if (not self.momentum_masking or compressor is None or compressor.kind != "sparse"
+                or not hasattr(compressor, "residual")):
             return None
         bucket = self.buckets.bucket_of[name]
         # GradientBuckets keys a bucket's compressed all-reduce f"{key_prefix}{index}"

@@ -55,14 +55,14 @@ def groups_of(params, hyper, plain_last):
 
 
 def train(comm, steps, *, codec, hyper, warmup=0, schedule=None, plain_last=False, start=None, state=None,
-          correction="auto", first=0):
+          correction="auto", first=0, masking=True):
     """DistributedOptimizer(SGD) on the tensors of :func:`initial`; parameters after every step."""
     params = [torch.nn.Parameter(p.clone()) for p in (start if start is not None else initial())]
     sgd = torch.optim.SGD(groups_of(params, hyper, plain_last), lr=hyper["lr"], foreach=False)
     compressor = EF[codec]() if codec else None
     opt = mt.DistributedOptimizer(sgd, [(f"p{i}", p) for i, p in enumerate(params)], compressor=compressor,
                                   comm=comm, algorithm=PATH.get(codec, "auto"), warmup_steps=warmup,
-                                  momentum_correction=correction)
+                                  momentum_correction=correction, momentum_masking=masking)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule) if schedule else None
     if state is not None:
         opt.load_state_dict(state[0])
@@ -79,7 +79,7 @@ def train(comm, steps, *, codec, hyper, warmup=0, schedule=None, plain_last=Fals
     return history, opt, sched
 
 
-def reference(size, steps, *, codec, hyper, warmup=0, schedule=None, plain_last=False):
+def reference(size, steps, *, codec, hyper, warmup=0, schedule=None, plain_last=False, masking=True):
     """The same algorithm, every rank simulated: local momentum, velocity error feedback over one
     fused bucket (tensors in reverse order), momentum masking for top-k, then ``w -= lr * average``."""
     params = initial()
@@ -110,7 +110,7 @@ def reference(size, steps, *, codec, hyper, warmup=0, schedule=None, plain_last=
                 continue
             payload, ctx = efs[r].compress(flats[r], key="bucket")
             total += efs[r].decompress(payload, ctx).reshape(-1)
-            if efs[r].kind == "sparse":  # momentum factor masking
+            if masking and efs[r].kind == "sparse":  # momentum factor masking
                 left = np.split(efs[r].residual("bucket"), np.cumsum(counts)[:-1])
                 for i, part in zip(order, left, strict=True):
                     if corrected[i]:
@@ -147,12 +147,13 @@ def test_sign_nesterov_weight_decay_scheduler_and_a_plain_group(comm):
                f"the group's settings were not restored after step: {group}")
 
 
-def test_topk_masking_and_dense_warmup_boundary(comm):
+@pytest.mark.parametrize("masking", [True, False])
+def test_topk_masking_and_dense_warmup_boundary(comm, masking):
     hyper = dict(lr=0.1, momentum=0.5)
-    got, opt, _ = train(comm, 6, codec="topk", hyper=hyper, warmup=2, schedule=HALF)
+    got, opt, _ = train(comm, 6, codec="topk", hyper=hyper, warmup=2, schedule=HALF, masking=masking)
     assert_all(comm.mpi, opt.momentum_correction, "auto did not correct EF(top-k) under momentum SGD")
-    want = reference(comm.size, 6, codec="topk", hyper=hyper, warmup=2, schedule=HALF)
-    assert_history(comm, got, want, "EF(top-k), momentum-corrected, dense warm-up 2")
+    want = reference(comm.size, 6, codec="topk", hyper=hyper, warmup=2, schedule=HALF, masking=masking)
+    assert_history(comm, got, want, f"EF(top-k), momentum-corrected, masking={masking}, dense warm-up 2")
 
 
 def test_checkpoint_round_trip_mid_run(comm):
