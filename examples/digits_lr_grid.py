@@ -14,8 +14,8 @@ Methods (``--methods``, comma-separated):
   momentum-corrected (error feedback on each rank's velocity), the others are not (error feedback
   on the *gradient* for PowerSGD);
 - ``topkgrad``, ``signgrad``: the same with ``momentum_correction=False`` (error feedback on the
-  gradient: what ``topk`` and ``sign`` were before the correction existed); ``topknomask``:
-  ``topk`` momentum-corrected without momentum factor masking;
+  gradient: what ``topk`` and ``sign`` were before the correction existed); ``topkmask``:
+  ``topk`` momentum-corrected with DGC's momentum factor masking (``momentum_masking=True``);
 - ``dgc1``, ``dgc01`` (top-k 1% / 0.1%, sparsity warm-up over the first 4 epochs), ``dgcsign``
   (sign): :class:`mpicoll.torch.DGC`, error feedback on the momentum-corrected *velocity*.
 
@@ -46,7 +46,7 @@ WRAPPED = {"none": lambda: None, "fp16": lambda: compression.get("fp16"),
 def optimizer_for(method: str, model: torch.nn.Module, lr: float, steps_per_epoch: int) -> torch.optim.Optimizer:
     """The optimizer of one method (momentum 0.9 everywhere)."""
     base, correction = (method[:-4], False) if method in ("topkgrad", "signgrad") else (method, "auto")
-    base, masking = (base[:-6], False) if base == "topknomask" else (base, True)
+    base, masking = (base[:-4], True) if base == "topkmask" else (base, False)
     if base in WRAPPED:
         sgd = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
         return mt.DistributedOptimizer(sgd, model.named_parameters(), compressor=WRAPPED[base](),
