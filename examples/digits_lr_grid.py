@@ -10,7 +10,12 @@ Methods (``--methods``, comma-separated):
 
 - ``none``, ``fp16``, ``topk`` (1% + error feedback), ``sign`` (+ error feedback), ``powersgd``
   (rank 4 + error feedback): :class:`mpicoll.torch.DistributedOptimizer` around
-  ``torch.optim.SGD``, error feedback on the *gradient*;
+  ``torch.optim.SGD`` with its default ``momentum_correction="auto"``: ``topk`` and ``sign`` are
+  momentum-corrected (error feedback on each rank's velocity), the others are not (error feedback
+  on the *gradient* for PowerSGD);
+- ``topkgrad``, ``signgrad``: the same with ``momentum_correction=False`` (error feedback on the
+  gradient: what ``topk`` and ``sign`` were before the correction existed); ``topkmask``:
+  ``topk`` momentum-corrected with DGC's momentum factor masking (``momentum_masking=True``);
 - ``dgc1``, ``dgc01`` (top-k 1% / 0.1%, sparsity warm-up over the first 4 epochs), ``dgcsign``
   (sign): :class:`mpicoll.torch.DGC`, error feedback on the momentum-corrected *velocity*.
 
@@ -40,9 +45,12 @@ WRAPPED = {"none": lambda: None, "fp16": lambda: compression.get("fp16"),
 
 def optimizer_for(method: str, model: torch.nn.Module, lr: float, steps_per_epoch: int) -> torch.optim.Optimizer:
     """The optimizer of one method (momentum 0.9 everywhere)."""
-    if method in WRAPPED:
+    base, correction = (method[:-4], False) if method in ("topkgrad", "signgrad") else (method, "auto")
+    base, masking = (base[:-4], True) if base == "topkmask" else (base, False)
+    if base in WRAPPED:
         sgd = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-        return mt.DistributedOptimizer(sgd, model.named_parameters(), compressor=WRAPPED[method]())
+        return mt.DistributedOptimizer(sgd, model.named_parameters(), compressor=WRAPPED[base](),
+                                       momentum_correction=correction, momentum_masking=masking)
     warmup = 4 * steps_per_epoch
     if method == "dgc1":
         return mt.DGC(model.parameters(), lr=lr, momentum=0.9, compressor=compression.get("topk", ratio=0.01),

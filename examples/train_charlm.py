@@ -12,7 +12,9 @@ the same windows for every method (drawn from ``--seed`` and the step), split ov
     mpiexec -n 4 python -m mpi4py examples/train_charlm.py --steps 600 --json out.jsonl
 
 Methods (``--methods``): ``adam`` (uncompressed, DistributedOptimizer around torch.optim.Adam),
-``onebit`` (:class:`mpicoll.torch.OneBitAdam`, ``--freeze`` warm-up steps), ``topk`` (1% + error
+``onebit`` (:class:`mpicoll.torch.OneBitAdam`, ``--freeze`` warm-up steps), ``zeroone``
+(:class:`mpicoll.torch.ZeroOneAdam`, ``--var-freeze``, ``--local-scaler``, ``--local-clipper``;
+validated on rank 0's parameters, which are every rank's when the last step synchronized), ``topk`` (1% + error
 feedback), ``sign`` (+ error feedback), ``powersgd`` (rank 4 + error feedback): the last three
 wrap torch.optim.Adam in DistributedOptimizer. Each reports its validation loss (mean
 cross-entropy in nats per character over fixed held-out windows) and the gradient bytes rank 0
@@ -86,6 +88,9 @@ def make_optimizer(method: str, model: torch.nn.Module, args: argparse.Namespace
     if method == "onebit":
         sign = compression.get("sign", block=args.sign_block) if args.sign_block else compression.get("sign")
         return mt.OneBitAdam(model.parameters(), lr=args.lr, freeze_step=args.freeze, compressor=sign), None
+    if method == "zeroone":
+        return mt.ZeroOneAdam(model.parameters(), lr=args.lr, var_freeze_step=args.var_freeze,
+                              local_step_scaler=args.local_scaler, local_step_clipper=args.local_clipper), None
     adam = torch.optim.Adam(model.parameters(), lr=args.lr)
     EF = compression.ErrorFeedback
     inner = {"adam": None, "topk": lambda: Counting(EF(compression.get("topk", ratio=0.01))),
@@ -99,7 +104,7 @@ def traffic(method: str, optimizer: Any, counting: Any, model: torch.nn.Module, 
     """Gradient bytes this rank sent over the run."""
     comm, size = mpicoll.default_comm(), mpicoll.size()
     nbytes = sum(p.numel() * 4 for p in model.parameters())
-    if method == "onebit":
+    if method in ("onebit", "zeroone"):
         return optimizer.traffic_bytes
     if method == "adam":
         return steps * dense_sent_bytes(nbytes, size)
@@ -144,7 +149,9 @@ def train(method: str, args: argparse.Namespace, codes: np.ndarray, split: int) 
     onebit = method == "onebit"
     return {"method": method, "ranks": size, "steps": args.steps, "freeze_step": args.freeze if onebit else None,
             "sign_block": args.sign_block if onebit else None, "validation_loss": curve[-1][1], "curve": curve,
-            "traffic_bytes": sent,
+            "traffic_bytes": sent, "synchronized": getattr(optimizer, "synchronized", True),
+            "zeroone": {"var_freeze_step": args.var_freeze, "local_step_scaler": args.local_scaler,
+                        "local_step_clipper": args.local_clipper} if method == "zeroone" else None,
             "parameters": sum(p.numel() for p in model.parameters()), "seconds": time.perf_counter() - start}
 
 
@@ -155,6 +162,9 @@ def main() -> int:
     parser.add_argument("--freeze", type=int, default=60, help="OneBitAdam's warm-up steps")
     parser.add_argument("--sign-block", type=int, default=256, help="OneBitAdam: one scale per this many "
                         "elements (0: one per chunk)")
+    parser.add_argument("--var-freeze", type=int, default=60, help="ZeroOneAdam's var_freeze_step")
+    parser.add_argument("--local-scaler", type=int, default=40, help="ZeroOneAdam's local_step_scaler")
+    parser.add_argument("--local-clipper", type=int, default=8, help="ZeroOneAdam's local_step_clipper")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--lr-warmup", type=int, default=20, help="linear lr warm-up steps (LambdaLR)")
     parser.add_argument("--hidden", type=int, default=256, help="LSTM width (256: 0.37 M parameters)")

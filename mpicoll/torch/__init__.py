@@ -24,7 +24,7 @@ from .backend import ProcessGroup
 from .broadcast import broadcast_optimizer_state, broadcast_parameters
 from .hook import HookState, allreduce_hook
 from .join import Join
-from .optim import DGC, OneBitAdam
+from .optim import DGC, OneBitAdam, ZeroOneAdam
 from .optimizer import DistributedOptimizer
 from .process_group import init_process_group
 from .tensors import as_array
@@ -39,6 +39,7 @@ __all__ = [
     "Join",
     "OneBitAdam",
     "ProcessGroup",
+    "ZeroOneAdam",
     "allreduce_hook",
     "as_array",
     "broadcast_optimizer_state",

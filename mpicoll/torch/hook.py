@@ -9,6 +9,12 @@ DDP rebuilds its buckets once, after the first iteration (in the order gradients
 Error-feedback residuals are kept per bucket, so compression starts only at iteration
 ``start_iter`` (default 2), as PyTorch's PowerSGD hook does: before that, buckets are averaged
 uncompressed and no residual can belong to a bucket layout that is about to change.
+
+No momentum correction here: a hook sees gradient buckets, not the optimizer, so it cannot keep
+the momentum (or weight decay, learning rate) that DGC-style correction must apply before
+compressing; error feedback stays on the gradient. For compressed momentum SGD use
+:class:`~mpicoll.torch.DistributedOptimizer` (``momentum_correction="auto"``) or
+:class:`~mpicoll.torch.DGC`.
 """
 
 # No `from __future__ import annotations` here: DDP checks the hook's annotations as objects.

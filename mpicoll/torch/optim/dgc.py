@@ -37,7 +37,7 @@ import torch
 from ...compression import Compressor, get
 from ...errors import ArgumentError
 from ...transport import as_comm
-from . import checkpoint
+from . import checkpoint, momentum
 from .exchange import compressed_average, dense_average, residual, wrap_compressor
 
 
@@ -140,16 +140,7 @@ class DGC(torch.optim.Optimizer):
 
     def _velocity(self, group: dict[str, Any], p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """Momentum correction: update the local momentum; return what this step sends."""
-        d = g.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else g.clone()
-        if group["momentum"] == 0:
-            return d.contiguous()
-        state = self.state[p]
-        if "momentum_buffer" not in state:
-            state["momentum_buffer"] = d.clone()  # torch.optim.SGD's first step
-        else:
-            state["momentum_buffer"].mul_(group["momentum"]).add_(d)
-        u = state["momentum_buffer"]
-        return (d.add(u, alpha=group["momentum"]) if group["nesterov"] else u.clone()).contiguous()
+        return momentum.velocity(self.state[p], group, p, g)
 
     def _mask(self, index: int, entry: tuple[dict[str, Any], torch.Tensor]) -> None:
         """Momentum factor masking: zero the momentum where the velocity went out (residual now 0)."""
@@ -157,8 +148,7 @@ class DGC(torch.optim.Optimizer):
         left = residual(self.compressor, ("dgc", index))
         if not self.momentum_masking or self.compressor.kind != "sparse" or left is None or group["momentum"] == 0:
             return
-        buffer = self.state[p]["momentum_buffer"]
-        buffer.masked_fill_(torch.as_tensor(left == 0).reshape(buffer.shape), 0)
+        momentum.mask(self.state[p], left)
 
     def state_dict(self) -> dict[str, Any]:
         """torch's optimizer state (momenta) plus step count, world size and this rank's residuals."""

@@ -1,0 +1,192 @@
+"""``ZeroOneAdam``: 0/1 Adam (Lu et al., 2022), after DeepSpeed's ``ZeroOneAdam``.
+
+Two stages, on every rank, with a step ``t`` counted from 1:
+
+- **variance stage** (``t <= var_freeze_step``): the variance ``v`` is updated only at steps
+  whose number is a multiple of ``var_interval``, from the gradients averaged uncompressed (with
+  the momentum ``m`` from the same average); at every other step the gradients are averaged
+  1-bit compressed (error feedback) and only ``m`` is updated. ``var_interval`` starts at 1 and
+  doubles after every ``var_update_scaler`` variance updates. The update is
+  ``w -= lr (m / (sqrt(v) + eps) + weight_decay w)`` (no bias correction, as in DeepSpeed);
+- **local-step stage** (``t > var_freeze_step``; the residuals restart empty): each rank updates
+  ``m`` with its *local* gradient and takes the step locally, accumulating ``lr`` and its updates
+  (``state["lrs"]``, ``state["accumulator"]``);
+  every ``local_interval`` steps the ranks synchronize: the accumulated updates times
+  ``sqrt(v) + eps`` (the summed ``-lr m``) are averaged 1-bit compressed, the parameters become
+  those of the last synchronization plus that average over ``sqrt(v) + eps``, and ``m`` becomes
+  the average divided by ``-sum(lr)``. ``local_interval`` starts at 1 and doubles after every
+  ``local_step_scaler`` steps, up to ``local_step_clipper``.
+
+Between synchronizations the ranks' parameters differ (that is the algorithm); at a
+synchronization they are set from a copy taken at the previous one, not by subtracting the local
+steps again (DeepSpeed's way, whose rounding would let the ranks drift apart), so after it every
+rank holds the same bits. ``synchronized`` says whether the last step ended with a
+synchronization (evaluate, checkpoint or stop there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from ...compression import Compressor, get
+from ...errors import ArgumentError
+from ...transport import as_comm
+from . import checkpoint
+from .exchange import compressed_average, dense_average, wrap_compressor
+
+_KEY = "zero-one-adam"
+_SCHEDULE = ("var_interval", "var_counter", "local_interval", "local_counter")
+
+
+class ZeroOneAdam(torch.optim.Optimizer):
+    """0/1 Adam (see the module docstring).
+
+    Args:
+        params: parameters or groups, as for ``torch.optim.Adam``; the same on every rank.
+        lr, betas, eps, weight_decay: per group (schedulers work); weight decay is added to the
+            update, as in DeepSpeed.
+        var_freeze_step: the last step of the variance stage.
+        var_update_scaler: variance updates between doublings of their interval (kappa).
+        local_step_scaler: steps between doublings of the local-step interval.
+        local_step_clipper: the largest local-step interval (H).
+        compressor: the 1-bit codec (default ``get("sign", block=256)``); error feedback is added.
+        comm: the communicator; algorithm: the compressed path (``allgather_decode`` or
+            ``two_phase``, ...; ``auto`` by the cost model).
+
+    ``traffic_bytes`` counts the bytes this rank has sent (:mod:`.traffic`).
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, *, var_freeze_step: int = 100000,
+                 var_update_scaler: int = 16, local_step_scaler: int = 32678, local_step_clipper: int = 16,
+                 compressor: Compressor | None = None, comm: Any = None, algorithm: str = "auto") -> None:
+        if lr < 0 or eps < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
+            raise ArgumentError(f"ZeroOneAdam: lr={lr}, betas={betas}, eps={eps}, weight_decay={weight_decay}; "
+                                f"accepted: lr, eps, weight_decay >= 0 and betas in [0, 1)")
+        counts = {"var_freeze_step": var_freeze_step, "var_update_scaler": var_update_scaler,
+                  "local_step_scaler": local_step_scaler, "local_step_clipper": local_step_clipper}
+        bad = {k: v for k, v in counts.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
+        if bad:
+            raise ArgumentError(f"ZeroOneAdam: {bad}; accepted: integers >= 1")
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
+        self.compressor = wrap_compressor(get("sign", block=256) if compressor is None else compressor, "ZeroOneAdam")
+        self.comm, self.algorithm = as_comm(comm), algorithm
+        self.var_freeze_step, self.var_update_scaler = var_freeze_step, var_update_scaler
+        self.local_step_scaler, self.local_step_clipper = local_step_scaler, local_step_clipper
+        self.steps = 0
+        self.traffic_bytes = 0.0
+        self.schedule = {"var_interval": 1, "var_counter": 0, "local_interval": 1, "local_counter": 0}
+        self.synchronized = True
+
+    def _entries(self) -> list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]:
+        """(group, parameter, local gradient) for every parameter, zeros for no gradient."""
+        return [(group, p, p.grad if p.grad is not None else torch.zeros_like(p))
+                for group in self.param_groups for p in group["params"]]
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One 0/1 Adam step (see the module docstring)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        entries = self._entries()
+        for _, p, _ in entries:
+            state = self.state[p]
+            if not state:
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        self.steps += 1
+        if self.steps <= self.var_freeze_step:
+            self._variance_step(entries)
+        else:
+            if self.steps == self.var_freeze_step + 1:  # residuals of gradients, not of accumulated momenta
+                self.compressor.load_state_dict({})
+            self._local_step(entries)
+        return loss
+
+    def _average(self, tensors: list[torch.Tensor], compressed: bool) -> list[torch.Tensor]:
+        if not compressed:
+            averaged, sent = dense_average(tensors, self.comm)
+            self.traffic_bytes += sent
+            return averaged
+        flat = torch.cat([t.reshape(-1) for t in tensors]).contiguous()
+        mean, sent = compressed_average(flat, self.compressor, _KEY, self.comm, self.algorithm)
+        self.traffic_bytes += sent
+        return [part.view_as(t) for part, t in zip(torch.split(mean, [t.numel() for t in tensors]), tensors,
+                                                   strict=True)]
+
+    def _variance_step(self, entries: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]) -> None:
+        s = self.schedule
+        update_variance = self.steps % s["var_interval"] == 0
+        grads = self._average([g for _, _, g in entries], compressed=not update_variance)
+        for (group, p, _), g in zip(entries, grads, strict=True):
+            b1, b2 = group["betas"]
+            state = self.state[p]
+            if update_variance:
+                state["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
+            state["exp_avg"].mul_(b1).add_(g.to(p.dtype), alpha=1 - b1)
+            p.add_(self._update(group, p), alpha=-group["lr"])
+        if update_variance:
+            s["var_counter"] += 1
+            if s["var_counter"] == self.var_update_scaler:
+                s["var_counter"], s["var_interval"] = 0, 2 * s["var_interval"]
+        self.synchronized = True
+
+    def _local_step(self, entries: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]) -> None:
+        s = self.schedule
+        for group, p, g in entries:
+            state = self.state[p]
+            if "anchor" not in state:  # the parameters at the last synchronization
+                state["anchor"], state["accumulator"], state["lrs"] = p.detach().clone(), torch.zeros_like(p), 0.0
+            state["lrs"] += group["lr"]
+            state["exp_avg"].mul_(group["betas"][0]).add_(g, alpha=1 - group["betas"][0])
+            update = self._update(group, p)
+            p.add_(update, alpha=-group["lr"])
+            state["accumulator"].add_(update, alpha=-group["lr"])
+        self.synchronized = self.steps % s["local_interval"] == 0
+        if self.synchronized:
+            self._synchronize(entries)
+        s["local_counter"] += 1
+        if s["local_counter"] == self.local_step_scaler:
+            s["local_counter"], s["local_interval"] = 0, min(self.local_step_clipper, 2 * s["local_interval"])
+
+    def _synchronize(self, entries: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]) -> None:
+        sent = []
+        for group, p, _ in entries:
+            state = self.state[p]
+            sent.append(state["accumulator"].mul_(state["exp_avg_sq"].sqrt().add_(group["eps"])))
+        averaged = self._average(sent, compressed=True)
+        for (group, p, _), mean in zip(entries, averaged, strict=True):
+            state = self.state[p]
+            mean = mean.to(p.dtype)
+            if state["lrs"]:  # the averaged momentum: the summed -lr m over the summed lr
+                state["exp_avg"].copy_(mean / -state["lrs"])
+            p.copy_(state["anchor"] + mean / state["exp_avg_sq"].sqrt().add_(group["eps"]))
+            state["anchor"].copy_(p)
+            state["accumulator"].zero_()
+            state["lrs"] = 0.0
+
+    def _update(self, group: dict[str, Any], p: torch.Tensor) -> torch.Tensor:
+        state = self.state[p]
+        update = state["exp_avg"] / state["exp_avg_sq"].sqrt().add_(group["eps"])
+        return update.add_(p, alpha=group["weight_decay"]) if group["weight_decay"] else update
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state (momenta, variances, anchors, accumulators) plus the interval schedule,
+        steps, world size and residuals."""
+        state = checkpoint.attach(super().state_dict(), self)
+        state[checkpoint.STATE_KEY]["schedule"] = dict(self.schedule, synchronized=self.synchronized)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; refuses a checkpoint taken at another world size."""
+        rest, ours = checkpoint.split(state_dict, "ZeroOneAdam", self.comm.size)
+        super().load_state_dict(rest)
+        checkpoint.apply(self, ours)
+        schedule = dict(ours["schedule"])
+        self.synchronized = bool(schedule.pop("synchronized"))
+        self.schedule = {k: schedule[k] for k in _SCHEDULE}

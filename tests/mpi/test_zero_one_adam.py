@@ -1,0 +1,190 @@
+"""ZeroOneAdam under real MPI, step by step against a single-process reference (p simulated ranks).
+
+Gradients are small integers, so the dense averages of the variance steps are exact in any
+order; the compressed averages run on ``allgather_decode``, which adds the decoded payloads in
+rank order, as the reference does. So every rank's parameters equal the reference's bit for bit
+at every step, local steps included.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+from mpitools import assert_all, assert_equal_all, assert_same_on_all_ranks
+
+torch = pytest.importorskip("torch")
+
+import mpicoll  # noqa: E402
+import mpicoll.torch as mt  # noqa: E402
+from mpicoll import compression  # noqa: E402
+from mpicoll.compression import ErrorFeedback  # noqa: E402
+
+SHAPES = [(6, 5), (5,), (3, 6)]
+HYPER = dict(lr=0.01, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+SCHEDULE = dict(var_freeze_step=5, var_update_scaler=2, local_step_scaler=2, local_step_clipper=4)
+
+
+@pytest.fixture(scope="module")
+def comm():
+    torch.set_num_threads(1)
+    with mpicoll.Comm() as c:
+        yield c
+
+
+def initial() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    return [torch.randn(s, generator=g) for s in SHAPES]
+
+
+def grads(step: int, rank: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1000 * step + rank)
+    return [torch.randint(-8, 9, s, generator=g).float() for s in SHAPES]
+
+
+def train(comm, steps, *, start=None, state=None, lr_schedule=None):
+    params = [torch.nn.Parameter(p.clone()) for p in (start if start is not None else initial())]
+    opt = mt.ZeroOneAdam(params, **HYPER, **SCHEDULE, comm=comm, algorithm="allgather_decode")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule) if lr_schedule else None
+    if state is not None:
+        opt.load_state_dict(state[0])
+        if sched is not None:
+            sched.load_state_dict(state[1])
+    history, first = [], opt.steps
+    for step in range(first, first + steps):
+        for p, g in zip(params, grads(step, comm.rank), strict=True):
+            p.grad = g.clone()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        history.append(([p.detach().clone() for p in params], opt.synchronized))
+    return history, opt, sched
+
+
+def compressed_mean(efs, flats):
+    total = np.zeros(flats[0].size, dtype=np.float32)
+    for ef, x in zip(efs, flats, strict=True):
+        payload, ctx = ef.compress(x, key="k")
+        total += ef.decompress(payload, ctx).reshape(-1)
+    return total / np.float32(len(flats))
+
+
+def split_like(flat, like):
+    parts = np.split(flat, np.cumsum([t.numel() for t in like])[:-1])
+    return [torch.from_numpy(part.copy()).reshape(t.shape) for part, t in zip(parts, like, strict=True)]
+
+
+def reference(size, steps, lr_schedule=None):
+    """Every rank's parameters after every step."""
+    b1, b2, eps, wd = HYPER["betas"][0], HYPER["betas"][1], HYPER["eps"], HYPER["weight_decay"]
+    params = [[p.clone() for p in initial()] for _ in range(size)]
+    m = [[torch.zeros_like(p) for p in params[0]] for _ in range(size)]
+    v = [torch.zeros_like(p) for p in params[0]]
+    efs = [ErrorFeedback(compression.get("sign", block=256)) for _ in range(size)]
+    vi, vc, li, lc = 1, 0, 1, 0
+    anchor = acc = lrs = None
+    history = []
+    for t in range(1, steps + 1):
+        lr = HYPER["lr"] * (lr_schedule(t - 1) if lr_schedule else 1.0)
+        local = [grads(t - 1, r) for r in range(size)]
+
+        def update(r, i):
+            u = m[r][i] / v[i].sqrt().add_(eps)
+            return u.add_(params[r][i], alpha=wd)
+
+        if t <= SCHEDULE["var_freeze_step"]:
+            dense = t % vi == 0
+            if dense:
+                avg = [sum(g[i] for g in local) / size for i in range(len(v))]
+            else:
+                flats = [torch.cat([g.reshape(-1) for g in local[r]]).numpy() for r in range(size)]
+                avg = split_like(compressed_mean(efs, flats), v)
+            for i in range(len(v)):
+                if dense:
+                    v[i].mul_(b2).addcmul_(avg[i], avg[i], value=1 - b2)
+                for r in range(size):
+                    m[r][i].mul_(b1).add_(avg[i], alpha=1 - b1)
+                    params[r][i].add_(update(r, i), alpha=-lr)
+            if dense:
+                vc += 1
+                if vc == SCHEDULE["var_update_scaler"]:
+                    vc, vi = 0, 2 * vi
+            synced = True
+        else:
+            if anchor is None:
+                efs = [ErrorFeedback(compression.get("sign", block=256)) for _ in range(size)]
+                anchor = [[p.clone() for p in params[r]] for r in range(size)]
+                acc = [[torch.zeros_like(p) for p in params[r]] for r in range(size)]
+                lrs = [0.0] * size
+            for r in range(size):
+                lrs[r] += lr
+                for i in range(len(v)):
+                    m[r][i].mul_(b1).add_(local[r][i], alpha=1 - b1)
+                    u = update(r, i)
+                    params[r][i].add_(u, alpha=-lr)
+                    acc[r][i].add_(u, alpha=-lr)
+            synced = t % li == 0
+            if synced:
+                flats = [torch.cat([acc[r][i].mul_(v[i].sqrt().add_(eps)).reshape(-1) for i in range(len(v))]).numpy()
+                         for r in range(size)]
+                mean = split_like(compressed_mean(efs, flats), v)
+                for r in range(size):
+                    for i in range(len(v)):
+                        m[r][i].copy_(mean[i] / -lrs[r])
+                        params[r][i].copy_(anchor[r][i] + mean[i] / v[i].sqrt().add_(eps))
+                        anchor[r][i].copy_(params[r][i])
+                        acc[r][i].zero_()
+                    lrs[r] = 0.0
+            lc += 1
+            if lc == SCHEDULE["local_step_scaler"]:
+                lc, li = 0, min(SCHEDULE["local_step_clipper"], 2 * li)
+        history.append(([[p.clone() for p in params[r]] for r in range(size)], synced))
+    return history
+
+
+def assert_matches(comm, got, want, what):
+    assert_all(comm.mpi, len(got) == len(want), f"{what}: {len(got)} steps, want {len(want)}")
+    for step, ((mine, synced), (every, want_synced)) in enumerate(zip(got, want, strict=True)):
+        assert_all(comm.mpi, synced == want_synced, f"{what}: step {step + 1} synchronized={synced}")
+        for i, (a, b) in enumerate(zip(mine, every[comm.rank], strict=True)):
+            assert_equal_all(comm.mpi, a.numpy(), b.numpy(), f"{what}: step {step + 1}, tensor {i}")
+            if synced:
+                assert_same_on_all_ranks(comm.mpi, a.numpy(), f"{what}: step {step + 1}, tensor {i}")
+
+
+SLOW = lambda s: 0.95 ** s  # noqa: E731
+
+
+def test_zero_one_adam_matches_reference(comm):
+    got, _, _ = train(comm, 14, lr_schedule=SLOW)
+    want = reference(comm.size, 14, lr_schedule=SLOW)
+    # variance stage 1-5; local interval 1, 1, 2, 2, 4, ... (doubling every 2 steps, at most 4)
+    assert_all(comm.mpi, [s for _, s in want] == [True] * 8 + [False, False, False, True, False, False],
+               f"synchronizations {[s for _, s in want]}")
+    assert_matches(comm, got, want, "ZeroOneAdam")
+
+
+def test_zero_one_adam_checkpoint_mid_local_steps(comm):
+    straight, _, _ = train(comm, 13, lr_schedule=SLOW)
+    first, opt, sched = train(comm, 9, lr_schedule=SLOW)
+    assert_all(comm.mpi, not opt.synchronized or comm.size == 1, "step 9 should be a local step")
+    saved = (copy.deepcopy(opt.state_dict()), copy.deepcopy(sched.state_dict()))
+    resumed, opt2, _ = train(comm, 4, start=first[-1][0], state=saved, lr_schedule=SLOW)
+    assert_all(comm.mpi, opt2.steps == 13, f"steps after resume {opt2.steps}")
+    for step, ((a, sa), (b, sb)) in enumerate(zip(first + resumed, straight, strict=True)):
+        assert_all(comm.mpi, sa == sb, f"step {step + 1}: synchronized {sa} vs {sb}")
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_equal_all(comm.mpi, x.numpy(), y.numpy(), f"resumed: step {step + 1}, tensor {i}")
+    moved = copy.deepcopy(saved[0])
+    moved["mpicoll"]["world_size"] = comm.size + 1
+    with pytest.raises(mpicoll.ArgumentError, match="ranks"):
+        opt2.load_state_dict(moved)
+
+
+def test_zero_one_adam_bad_arguments(comm):
+    ps = [torch.nn.Parameter(torch.zeros(3))]
+    with pytest.raises(mpicoll.ArgumentError, match="var_freeze_step"):
+        mt.ZeroOneAdam(ps, var_freeze_step=0, comm=comm)
+    with pytest.raises(mpicoll.UnsupportedError, match="low-rank"):
+        mt.ZeroOneAdam(ps, compressor=compression.get("powersgd"), comm=comm)
