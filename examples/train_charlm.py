@@ -39,7 +39,7 @@ import torch
 import mpicoll
 import mpicoll.torch as mt
 from mpicoll import compression
-from mpicoll.aggregation.api import choose_path
+from mpicoll.aggregation.choice import choose_path
 from mpicoll.torch.optim.traffic import Counting, compressed_sent_bytes, dense_sent_bytes
 
 VOCAB = 97  # newline, printable ASCII 32..126, anything else

@@ -23,10 +23,10 @@ from ..transport import Comm, as_comm
 from ..transport.entry import watched
 from ..transport.watchdog import refine, waiting_on
 from . import allgather_decode, hierarchical, lowrank, sparse, summable, two_phase  # noqa: F401  (registration)
-from .choice import choose_path, resolve
+from .choice import resolve
 from .path import Parts
 
-__all__ = ["choose_path", "compressed_allreduce", "compressed_iallreduce"]
+__all__ = ["compressed_allreduce", "compressed_iallreduce"]
 
 
 def _shapes(parts: Parts, size: int) -> list[tuple[int, ...]] | None:

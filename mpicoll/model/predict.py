@@ -2,7 +2,7 @@
 takes, and a training step's buckets; the pure decision of which codec to use.
 
 The path ``auto`` takes for a codec is :func:`auto_path`; it mirrors
-:func:`mpicoll.aggregation.api.choose_path` and the hierarchical rule (a test keeps the two equal).
+:func:`mpicoll.aggregation.choice.choose_path` and the hierarchical rule (a test keeps the two equal).
 """
 
 from __future__ import annotations

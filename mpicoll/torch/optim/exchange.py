@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ...aggregation import compressed_allreduce
-from ...aggregation.api import choose_path
+from ...aggregation.choice import choose_path
 from ...collectives import allreduce
 from ...compression import Compressor, ErrorFeedback
 from ...errors import UnsupportedError
