@@ -55,7 +55,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="module")
 def comm():
-    """A communicator of every rank for one test module, freed (collectively) at its end."""
+    """A communicator of every rank for one test module, freed (collectively) at its end. In the
+    torch test modules (torch already imported) torch's own thread pool is cut to one thread: the
+    ranks share few cores."""
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
     with mpicoll.Comm() as c:
         yield c
 

@@ -28,13 +28,6 @@ EF = {"sign": lambda: ErrorFeedback(compression.get("sign")),
 PATH = {"sign": "allgather_decode", "topk": "sparse_allgather"}
 
 
-@pytest.fixture(scope="module")
-def comm():
-    torch.set_num_threads(1)
-    with mpicoll.Comm() as c:
-        yield c
-
-
 def initial() -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(7)
     return [torch.randn(s, generator=g) for s in SHAPES]

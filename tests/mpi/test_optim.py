@@ -25,13 +25,6 @@ from mpicoll.compression.base import Ctx  # noqa: E402
 SHAPES = [(6, 5), (5,), (3, 6)]
 
 
-@pytest.fixture(scope="module")
-def comm():
-    torch.set_num_threads(1)
-    with mpicoll.Comm() as c:
-        yield c
-
-
 def initial() -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(7)
     return [torch.randn(s, generator=g) for s in SHAPES]

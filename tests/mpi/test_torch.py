@@ -18,13 +18,6 @@ STEPS = 4
 
 
 @pytest.fixture(scope="module")
-def comm():
-    torch.set_num_threads(1)
-    with mpicoll.Comm() as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def process_group(comm):
     mt.init_process_group()
     yield

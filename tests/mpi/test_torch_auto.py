@@ -10,19 +10,11 @@ torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
 from torchtools import assert_identical_and_close, global_batch, mine, model, reference  # noqa: E402
 
-import mpicoll  # noqa: E402
 import mpicoll.torch as mt  # noqa: E402
 from mpicoll.aggregation import AutoCodec  # noqa: E402
 from mpicoll.model import CodecRates, Link, Machine  # noqa: E402
 
 STEPS = 4
-
-
-@pytest.fixture(scope="module")
-def comm():
-    torch.set_num_threads(1)
-    with mpicoll.Comm() as c:
-        yield c
 
 
 def machine(gbit: float) -> Machine:

@@ -13,13 +13,6 @@ import mpicoll  # noqa: E402
 import mpicoll.torch as mt  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def comm():
-    torch.set_num_threads(1)
-    with mpicoll.Comm() as c:
-        yield c
-
-
 def pairs_net(seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)  # first dimensions of 2 everywhere: what a (name, tensor) pair looks like
     return torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))

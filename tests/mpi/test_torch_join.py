@@ -10,18 +10,10 @@ from mpitools import assert_all, assert_equal_all
 torch = pytest.importorskip("torch")
 from torchtools import assert_identical_and_close, global_batch, loss_of, mine, model, reference  # noqa: E402
 
-import mpicoll  # noqa: E402
 import mpicoll.torch as mt  # noqa: E402
 from mpicoll import compression  # noqa: E402
 
 STEPS = 6
-
-
-@pytest.fixture(scope="module")
-def comm():
-    torch.set_num_threads(1)
-    with mpicoll.Comm() as c:
-        yield c
 
 
 def batches_of(rank: int, size: int, fewer: str) -> int:

@@ -26,13 +26,6 @@ from mpicoll import compression  # noqa: E402
 STEPS = 4
 
 
-@pytest.fixture(scope="module")
-def comm():
-    torch.set_num_threads(1)
-    with mpicoll.Comm() as c:
-        yield c
-
-
 def distributed(comm, net, opt=None, **kwargs):
     opt = opt or torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     return mt.DistributedOptimizer(opt, net.named_parameters(), comm=comm, bucket_bytes=64, **kwargs)

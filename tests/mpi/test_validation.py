@@ -10,12 +10,6 @@ import mpicoll
 from mpicoll.errors import ArgumentError, DtypeError, MismatchError, PeerError, UnsupportedError
 
 
-@pytest.fixture(scope="module")
-def comm():
-    with mpicoll.Comm() as c:
-        yield c
-
-
 def raises_everywhere(comm, exc_type, fn, *match):
     """Collective: ``fn()`` raises ``exc_type`` on every rank, with every ``match`` text in the message."""
     try:

@@ -26,13 +26,6 @@ HYPER = dict(lr=0.01, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
 SCHEDULE = dict(var_freeze_step=5, var_update_scaler=2, local_step_scaler=2, local_step_clipper=4)
 
 
-@pytest.fixture(scope="module")
-def comm():
-    torch.set_num_threads(1)
-    with mpicoll.Comm() as c:
-        yield c
-
-
 def initial() -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(7)
     return [torch.randn(s, generator=g) for s in SHAPES]
