@@ -221,7 +221,7 @@ def test_probe_predict_and_model_check(tmp_path):
     document = json.loads(model.read_text())
     assert {k: document["probed_on"][k] for k in ("ranks", "hosts", "per_host")} == {"ranks": 3, "hosts": 1,
                                                                                    "per_host": 3}
-    assert [size for size, _ in document["probed_on"]["pings"]["intra"]] == [8, 256 << 10, 4 << 20]
+    assert [size for size, _ in document["probed_on"]["pings"]["intra"]] == [8, 1 << 20, 4 << 20]
     assert set(document["codecs"]) >= {"fp16", "sign", "topk", "powersgd"}
     out, png = tmp_path / "pred.json", tmp_path / "pred.png"
     predicted = subprocess.run([sys.executable, "-m", "mpicoll.bench", "predict", "--model", str(model), "--ranks",
