@@ -29,6 +29,7 @@ import numpy as np
 
 from ..collectives import allreduce
 from ..compression import get as get_compressor
+from ..kernels.threads import blas_share
 from ..transport import Comm, as_comm
 from .machine import CodecRates, Link, Machine
 
@@ -107,7 +108,8 @@ def _local_rates(codecs: dict[str, dict[str, Any]], repeats: int) -> tuple[float
     gamma = _median_seconds(lambda: np.add(y, x, out=y), repeats) / x.nbytes
     a = rng.standard_normal((1024, 1024)).astype(np.float32)
     q = rng.standard_normal((1024, 4)).astype(np.float32)
-    flops = 2 * 1024 * 1024 * 4 / _median_seconds(lambda: a.T @ (a @ q), repeats) * 2
+    with blas_share():  # as PowerSGD's products run (kernels.threads): this rank's share of the cores
+        flops = 2 * 1024 * 1024 * 4 / _median_seconds(lambda: a.T @ (a @ q), repeats) * 2
     rates: dict[str, CodecRates] = {}
     for name, params in codecs.items():
         compressor = get_compressor(name, **params)

@@ -109,6 +109,9 @@ _registry_lock = threading.Lock()
 def default_comm() -> Comm:
     """The process-wide default: a private ``Dup()`` of ``MPI.COMM_WORLD``, made on first use."""
     global _default
+    made = _default
+    if made is not None:  # every collective asks: no lock once it exists (a read of a global is atomic)
+        return made
     with _registry_lock:
         if _default is None:
             _default = Comm()
