@@ -70,6 +70,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--min-ms", type=float, default=50.0,
                    help="rows measured above this many ms count toward the target (default 50)")
     p.add_argument("--target", type=float, default=0.25, help="largest |error| that meets the target (default 0.25)")
+    p.add_argument("--repredict", action="store_true",
+                   help="predict again with the current formulas from the model each file recorded (its own probe)")
 
 
 # ----------------------------------------------------------------------------------------------- probe
@@ -198,7 +200,6 @@ def run_model_check(args: argparse.Namespace, comm: Any) -> int:
     import mpicoll
     from mpicoll import compression
     from mpicoll.model import Layout, Machine
-    from mpicoll.model.predict import allreduce_seconds, compressed_seconds
     from mpicoll.model.probe import probe
 
     machine = Machine.load(args.model) if args.model else probe(comm)
@@ -223,15 +224,13 @@ def run_model_check(args: argparse.Namespace, comm: Any) -> int:
 
                 def call(compressor: Any = compressor, path: str = path, x: np.ndarray = x) -> Any:
                     return mpicoll.compressed_allreduce(x, compressor, key="check", comm=comm, algorithm=path)
-
-                predicted = compressed_seconds(machine, codec, size, layout, path)[1]
             else:
                 out = np.empty_like(x)
 
                 def call(path: str = path, out: np.ndarray = out, x: np.ndarray = x) -> Any:
                     return mpicoll.allreduce(x, algorithm=path, comm=comm, out=out)
 
-                predicted = allreduce_seconds(machine, path, size, layout)
+            predicted = predict_entry(machine, entry, size, layout)
             measured = _median_call(comm, call, args.repeats)
             error = None if predicted is None else (predicted - measured) / measured
             rows.append({"path": entry, "bytes": size, "predicted_s": predicted, "measured_s": measured,
@@ -243,6 +242,16 @@ def run_model_check(args: argparse.Namespace, comm: Any) -> int:
         Path(args.json).write_text(json.dumps({"model": machine.to_json(), "rows": rows}, indent=1) + "\n")
     say(comm, f"# wrote {args.json}" if args.json else "")
     return 0
+
+
+def predict_entry(machine: Any, entry: str, size: float, layout: Any) -> float | None:
+    """The model's seconds for one model-check entry: a dense algorithm, or ``codec:path``."""
+    from mpicoll.model.predict import allreduce_seconds, compressed_seconds
+
+    codec, _, path = entry.rpartition(":")
+    if codec:
+        return compressed_seconds(machine, codec, size, layout, path)[1]
+    return allreduce_seconds(machine, path, size, layout)
 
 
 def _median_call(comm: Any, call: Any, repeats: int) -> float:
@@ -264,23 +273,36 @@ def run_model_report(args: argparse.Namespace) -> int:
     """``mpicoll-bench model-report``: one markdown table of predicted against measured, per file
     (a bed configuration), and how many rows above ``--min-ms`` meet ``--target``."""
     counted = met = 0
+    per_path: dict[str, list[float]] = {}
     print("| configuration | path | size | predicted ms | measured ms | error |")
     print("|---|---|---|---|---|---|")
+    from mpicoll.model import Layout, Machine
+
     for name in args.files:
         document = json.loads(Path(name).read_text())
         where = Path(name).stem
+        machine = Machine.from_json(document["model"])
         for row in document["rows"]:
             measured_ms = row["measured_s"] * 1e3
             predicted = row["predicted_s"]
-            error = row["error"]
+            if args.repredict:
+                layout = Layout(row["hosts"], row["ranks"] // row["hosts"])
+                predicted = predict_entry(machine, row["path"], row["bytes"], layout)
+            error = None if predicted is None else (predicted - row["measured_s"]) / row["measured_s"]
             counts = predicted is not None and measured_ms >= args.min_ms
             if counts:
                 counted += 1
                 met += abs(error) <= args.target
+                per_path.setdefault(row["path"], []).append(error)
             flag = "" if not counts or abs(error) <= args.target else " **"
             shown = "-" if predicted is None else f"{predicted * 1e3:.1f}"
             err = "-" if error is None else f"{error:+.0%}{flag}"
             print(f"| {where} | {row['path']} | {_human(row['bytes'])} | {shown} | {measured_ms:.1f} | {err} |")
     print(f"\n{met} of {counted} predictions of calls above {args.min_ms:g} ms within {args.target:.0%} "
-          f"(** marks the others)")
+          f"(** marks the others)\n")
+    print("| path | within target / counted | errors (above the time floor) |")
+    print("|---|---|---|")
+    for path, errors in per_path.items():
+        inside = sum(abs(e) <= args.target for e in errors)
+        print(f"| {path} | {inside} / {len(errors)} | {min(errors):+.0%} .. {max(errors):+.0%} |")
     return 0
