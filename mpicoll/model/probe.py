@@ -20,6 +20,7 @@ broadcast, so every rank returns the same :class:`Machine`.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -113,15 +114,17 @@ def _local_rates(codecs: dict[str, dict[str, Any]], repeats: int) -> tuple[float
     rates: dict[str, CodecRates] = {}
     for name, params in codecs.items():
         compressor = get_compressor(name, **params)
-        if compressor.kind == "lowrank":  # its cost is products (flops) and two small all-reduces
-            rates[name] = CodecRates("lowrank", 0.0, 1e30, 1e30, rank=int(params.get("rank", 4)))
-            continue
-        payload, ctx = compressor.compress(x, key=("probe", name))
+        # PowerSGD's one-rank compress and decompress are its products (M Q, M^T P, P Q^T) and the
+        # Gram-Schmidt, timed as its path runs them (BLAS at this rank's share of the cores): they
+        # price its compute per byte like any codec's
+        with blas_share() if compressor.kind == "lowrank" else contextlib.nullcontext():
+            payload, ctx = compressor.compress(x, key=("probe", name))
+            t_c = _median_seconds(lambda c=compressor, n=name: c.compress(x, key=("probe", n)), repeats)
+            t_d = _median_seconds(lambda c=compressor, p=payload, k=ctx: c.decompress(p, k), repeats)
         ratio = _payload_bytes(payload) / x.nbytes
-        t_c = _median_seconds(lambda c=compressor, n=name: c.compress(x, key=("probe", n)), repeats)
-        t_d = _median_seconds(lambda c=compressor, p=payload, k=ctx: c.decompress(p, k), repeats)
         widen = 2.0 if compressor.kind == "summable" and 0.4 < ratio < 0.6 else 1.0
-        rates[name] = CodecRates(compressor.kind, ratio, x.nbytes / t_c, x.nbytes / t_d, widen=widen)
+        rank = int(params.get("rank", 0)) if compressor.kind == "lowrank" else 0
+        rates[name] = CodecRates(compressor.kind, ratio, x.nbytes / t_c, x.nbytes / t_d, widen=widen, rank=rank)
     return gamma, flops, rates
 
 

@@ -58,10 +58,15 @@ def test_compressed_paths():
     assert sparse.rounds == {"inter": 3} and sparse.bytes["inter"] == pytest.approx(0.14 * MB)
 
 
+def test_tree_counts_its_busiest_link():
+    c = costs.tree(MB, Layout(4, 1))  # the root has two children: 2n in, 2n out, overlapping but for n
+    assert c.rounds == {"inter": 4} and c.bytes == {"inter": 3 * MB} and c.reduce_bytes == 2 * MB
+
+
 def test_powersgd_sends_the_two_factors():
     c = costs.powersgd(4 * 1024 * 1024, 4, Layout(2, 1))  # a 1024 x 1024 float32 matrix, rank 4
     assert c.bytes["inter"] == pytest.approx(2 * (4 * 1024 * 4))  # P and Q, each 2(p-1)/p = 1 of its bytes
-    assert c.flops == 6 * 1024 * 1024 * 4 + 2 * 1024 * 16
+    assert c.compress_bytes == c.decode_bytes == 4 * 1024 * 1024  # its products, priced by its measured speed
 
 
 def machine(gbps: float = 0.2) -> Machine:
