@@ -28,6 +28,7 @@ from .errors import (
     PeerError,
     RendezvousError,
     UnsupportedError,
+    UsageError,
     WaitTimeoutError,
 )
 
@@ -106,6 +107,7 @@ __all__ = [
     "PeerError",
     "RendezvousError",
     "UnsupportedError",
+    "UsageError",
     "WaitTimeoutError",
     "__version__",
     "algorithm_names",

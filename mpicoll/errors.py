@@ -61,6 +61,11 @@ class PeerError(MpicollError, RuntimeError):
         self.rank = rank
 
 
+class UsageError(MpicollError, RuntimeError):
+    """mpicoll was driven in an order it does not support, e.g. more backward passes in one round
+    than ``backward_passes_per_step``."""
+
+
 class RendezvousError(MpicollError, RuntimeError):
     """Setting up a job's rendezvous (torch's ``mpi://``) failed here: no reachable address, no store."""
 

@@ -28,6 +28,7 @@ from typing import Any
 from .. import timeline
 from ..backend import is_cupy, synchronize
 from ..config import config
+from ..errors import WaitTimeoutError
 from ..transport import Comm, as_comm
 from ..transport.p2p import patient_waits
 from .alltoall import alltoall
@@ -86,10 +87,11 @@ class Handle:
         """Block until the collective finishes and return its result (re-raising its error).
 
         Raises:
-            TimeoutError: not finished within ``timeout`` seconds (the collective goes on).
+            WaitTimeoutError: not finished within ``timeout`` seconds (the collective goes on); a
+                ``TimeoutError``.
         """
         if not self._event.wait(timeout):
-            raise TimeoutError(f"{self.description} did not finish within {timeout} s")
+            raise WaitTimeoutError(f"{self.description} did not finish within {timeout} s")
         if self._error is not None:
             raise self._error
         return self._result

@@ -62,7 +62,7 @@ import torch
 from ..aggregation import GradientBuckets
 from ..aggregation.autocodec import resolve_compressor
 from ..compression import Compressor
-from ..errors import ArgumentError
+from ..errors import ArgumentError, UsageError
 from ..transport import as_comm
 from .agreement import StepAgreement
 from .join import Join, shadow
@@ -216,7 +216,7 @@ class DistributedOptimizer(torch.optim.Optimizer):
                 torch.autograd.Variable._execution_engine.queue_callback(self._end_of_backward)
                 self._callback_queued = True
             if self._passes[name] > self.backward_passes_per_step:
-                raise RuntimeError(f"DistributedOptimizer: {self._passes[name]} backward passes reached {name!r} "
+                raise UsageError(f"DistributedOptimizer: {self._passes[name]} backward passes reached {name!r} "
                                    f"in one round of backward_passes_per_step={self.backward_passes_per_step}")
             if self._passes[name] == self.backward_passes_per_step:
                 self.buckets.ready(name, self._outgoing(name, param, param.grad))
