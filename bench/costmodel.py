@@ -48,6 +48,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--repeats", type=int, default=5, help="samples per measurement (default 5)")
     p = sub.add_parser("predict", help="project the cost model to other rank counts, networks and sizes (no MPI)")
     p.add_argument("--model", required=True, help="a probe's JSON (mpicoll-bench probe --json)")
+    p.add_argument("--intra-model", default=None,
+                   help="a probe's JSON whose link inside a host to use (e.g. one probed with 2 ranks on one host, "
+                        "when --model was probed with one rank per host)")
     p.add_argument("--ranks", default="8,64,256,1024", help="rank counts (default 8,64,256,1024)")
     p.add_argument("--ranks-per-host", type=int, default=8, help="ranks per host (default 8)")
     p.add_argument("--rate", default="1gbit,10gbit,25gbit,100gbit",
@@ -114,7 +117,15 @@ def run_predict(args: argparse.Namespace) -> int:
     from mpicoll.model.predict import gbit
 
     machine = Machine.load(args.model)
+    if args.intra_model:
+        inside = Machine.load(args.intra_model).links.get("intra")
+        if inside is None:
+            raise SystemExit(f"{args.intra_model} has no link inside a host: probe it with 2 ranks on one host")
+        machine.links["intra"] = inside
     ranks = [int(r) for r in args.ranks.split(",")]
+    if args.ranks_per_host > 1 and "intra" not in machine.links:
+        raise SystemExit(f"{args.model} was probed with one rank per host, so it has no link inside a host; give "
+                         f"--intra-model (a probe with 2 ranks on one host) or --ranks-per-host 1")
     rates = [r.strip() for r in args.rate.split(",")]
     sizes = [parse_size(s) for s in args.size.split(",")]
     codecs = [c.strip() for c in args.compressors.split(",")]
