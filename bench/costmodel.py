@@ -296,7 +296,9 @@ def run_model_report(args: argparse.Namespace) -> int:
         for row in document["rows"]:
             measured_ms = row["measured_s"] * 1e3
             predicted = row["predicted_s"]
-            if args.repredict:
+            codec = row["path"].rpartition(":")[0]
+            unmeasured = codec in machine.codecs and machine.codecs[codec].compress_Bps >= 1e29
+            if args.repredict and not unmeasured:  # a probe that never timed a codec keeps its own prediction
                 layout = Layout(row["hosts"], row["ranks"] // row["hosts"])
                 predicted = predict_entry(machine, row["path"], row["bytes"], layout)
             error = None if predicted is None else (predicted - row["measured_s"]) / row["measured_s"]
