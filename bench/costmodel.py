@@ -173,8 +173,10 @@ def run_predict(args: argparse.Namespace) -> int:
 def plot_speedups(rows: list[dict[str, Any]], out: str) -> str:
     """One panel per link rate: predicted speedup of each codec over uncompressed against rank count,
     one line per codec and size."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("predict --plot needs matplotlib: pip install 'mpicoll[bench]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
