@@ -50,6 +50,8 @@ def _in_place_window(comm: Comm, sendbuf: Any, recvbuf: Any) -> tuple[SharedWind
     """The shared window and offset of an in-place call on shared arrays, if every rank's call is
     one at the same window and offset (agreed: one small allgather); else ``None``."""
     found = window_of(sendbuf) if sendbuf is recvbuf and isinstance(sendbuf, np.ndarray) else None
+    if found is not None and (found[0].comm.size, found[0].comm.rank) != (comm.size, comm.rank):
+        found = None  # a window of another group of ranks: stage instead
     mine = (found[0].serial, found[1]) if found is not None else None
     every = comm.mpi.allgather(mine)
     if mine is None or any(other != mine for other in every):
@@ -66,7 +68,7 @@ def run_shm(comm: Comm, window: SharedWindow, offset: int, dtype: Any, count: in
     counts = even_counts(count, p)
     displs = displacements(counts)
     lo, hi = displs[r], displs[r] + counts[r]
-    window.fence()  # every rank's input is in place
+    window.fence(comm)  # every rank's input is in place
     mine = segs[r][lo:hi]
     if r <= 1 and p >= 2:  # this rank's own block is an operand of the first combine: reduce in place
         op.combine(segs[0][lo:hi], segs[1][lo:hi], out=mine)
@@ -78,14 +80,14 @@ def run_shm(comm: Comm, window: SharedWindow, offset: int, dtype: Any, count: in
         for k in range(2, p):
             op.combine(acc, segs[k][lo:hi], out=acc)
         mine[...] = acc
-    window.fence()  # every block is reduced
+    window.fence(comm)  # every block is reduced
     out = segs[r] if recvbuf is None else recvbuf.reshape(-1)
     for k in range(p):
         if recvbuf is None and k == r:  # already there
             continue
         start, stop = displs[k], displs[k] + counts[k]
         out[start:stop] = segs[k][start:stop]
-    window.fence()  # nobody reads a segment any more: the next call may write it
+    window.fence(comm)  # nobody reads a segment any more: the next call may write it
 
 
 @register("allreduce", "shm")

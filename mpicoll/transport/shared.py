@@ -84,10 +84,14 @@ class SharedWindow:
             return start - base
         return None
 
-    def fence(self) -> None:
-        """Every rank's writes so far are visible to all, and nobody goes on before all got here."""
+    def fence(self, comm: Comm | None = None) -> None:
+        """Every rank's writes so far are visible to all, and nobody goes on before all got here.
+
+        ``comm``: the communicator whose barrier synchronizes (default the window's own). A
+        collective running on the progress engine passes its own duplicate, so that it never
+        enters a barrier on a communicator the caller's thread may be using at the same time."""
         self.win.Sync()
-        self.comm.mpi.Barrier()
+        (comm or self.comm).mpi.Barrier()
         self.win.Sync()
 
     def free(self) -> None:
