@@ -39,6 +39,7 @@ from ...errors import ArgumentError
 from ...transport import as_comm
 from . import checkpoint, momentum
 from .exchange import compressed_average, dense_average, residual, wrap_compressor
+from .steps import run_closure
 
 
 class DGC(torch.optim.Optimizer):
@@ -113,10 +114,7 @@ class DGC(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One step: compute the velocities, all-reduce them (compressed), update the parameters."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         entries = [(group, p) for group in self.param_groups for p in group["params"]]
         grads = self._local_gradients([p for _, p in entries])
         sends = [self._velocity(group, p, g) for (group, p), g in zip(entries, grads, strict=True)]

@@ -35,6 +35,7 @@ from ...errors import ArgumentError
 from ...transport import as_comm
 from . import checkpoint
 from .exchange import compressed_average, dense_average, wrap_compressor
+from .steps import adam_moments, run_closure
 
 _KEY = "onebit-adam"
 
@@ -85,16 +86,9 @@ class OneBitAdam(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One Adam step: uncompressed until ``freeze_step``, then with 1-bit momentum."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         entries = self._entries()
-        for _, p, _ in entries:
-            state = self.state[p]
-            if not state:
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        adam_moments(self.state, (p for _, p, _ in entries))
         self.steps += 1
         if self.steps <= self.freeze_step:
             self._warmup_step(entries)
