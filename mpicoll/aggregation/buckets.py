@@ -166,8 +166,10 @@ class GradientBuckets:
             bucket.handle = iallreduce(bucket.buffer, op, algorithm=dense, comm=self.comm, out=bucket.buffer)
         else:
             parts = [tuple(self.arrays[name].shape) for name in bucket.names]
+            # shm is a dense algorithm: a compressed bucket on shared buffers takes the compressed auto path
+            compressed_algorithm = "auto" if self.algorithm == "shm" else self.algorithm
             bucket.handle = compressed_iallreduce(bucket.buffer, compressor, key=key, comm=self.comm,
-                                                  average=self.average, algorithm=self.algorithm, parts=parts)
+                                                  average=self.average, algorithm=compressed_algorithm, parts=parts)
         if timeline.recording():  # from launch to done, on the launching thread's row
             launched, tid, step = timeline.now_ns(), threading.get_native_id(), self.step
             bucket.handle.add_done_callback(lambda h, b=bucket: timeline.complete(

@@ -68,3 +68,14 @@ def test_gradient_buckets_reduce_in_shared_memory(comm):
     for name, value in arrays.items():
         assert_same_on_all_ranks(comm.mpi, value, name)
         assert_close_all(comm.mpi, value, expected[name], rtol=1e-6, atol=1e-6)
+
+
+def test_compressed_buckets_on_shared_buffers_take_the_compressed_path(comm):
+    from mpicoll import compression
+    from mpicoll.aggregation import GradientBuckets
+
+    arrays = {"w": rank_input(5000, comm.rank, "float32", "float", seed=3)}
+    buckets = GradientBuckets(arrays, algorithm="shm", compressor=compression.get("fp16"), comm=comm)
+    buckets.ready("w")
+    buckets.wait()
+    assert_same_on_all_ranks(comm.mpi, arrays["w"], "fp16 on a shared fusion buffer")
