@@ -18,8 +18,10 @@ residuals together, on every rank, at a point the caller chooses (e.g. between e
 
 The default allowed set holds the codecs that kept accuracy at the user's own learning rate in
 the digits and language-model grids (bench/RESULTS.md, issue 14): ``fp16`` and PowerSGD rank 4
-with error feedback. Top-k and sign need DGC's momentum correction (mpicoll.torch.DGC), so they
-are opt-in here.
+with error feedback. Top-k and sign need DGC's momentum correction (mpicoll.torch.DGC, or
+``DistributedOptimizer``'s automatic correction for a fixed error-feedback codec), so they are
+opt-in here; ``DistributedOptimizer`` does not apply that correction to an ``AutoCodec``, whose
+codec is not known when the optimizer is made.
 """
 
 from __future__ import annotations
