@@ -216,9 +216,8 @@ def run_model_check(args: argparse.Namespace, comm: Any) -> int:
     from mpicoll.model.probe import probe
 
     machine = Machine.load(args.model) if args.model else probe(comm)
-    hosts = len(set(comm.hosts))
-    per_host = max(comm.hosts.count(h) for h in set(comm.hosts))
-    layout = Layout(hosts, per_host)
+    layout = Layout.of(comm.hosts)
+    hosts = layout.hosts
     say(comm, describe(machine))
     say(comm, f"# model-check: {comm.size} ranks on {hosts} host(s); median of {args.repeats} calls after a warm-up")
     say(comm, f"{'path':>28} {'size':>8} {'predicted ms':>13} {'measured ms':>12} {'error':>8}")
@@ -228,7 +227,7 @@ def run_model_check(args: argparse.Namespace, comm: Any) -> int:
         x = np.random.default_rng(comm.rank).standard_normal(size // 4).astype(np.float32)
         for entry in [e.strip() for e in args.paths.split(",") if e.strip()]:
             codec, _, path = entry.rpartition(":")
-            if path == "hierarchical" and not (hosts > 1 and per_host > 1):
+            if path == "hierarchical" and not (layout.hosts > 1 and layout.per_host > 1):
                 continue
             if codec:
                 if codec not in machine.codecs:

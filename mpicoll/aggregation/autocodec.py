@@ -109,9 +109,7 @@ class AutoCodec:
         if name is None:
             if self._ready is None:
                 raise ArgumentError("AutoCodec.resolve before prepare(): call prepare(comm) on every rank first")
-            hosts = len(set(comm.hosts))
-            per_host = max(comm.hosts.count(h) for h in set(comm.hosts))
-            choice = choose_codec(self._ready, nbytes, Layout(hosts, per_host), self.allowed, margin=self.margin)
+            choice = choose_codec(self._ready, nbytes, Layout.of(comm.hosts), self.allowed, margin=self.margin)
             name = self.decisions[key] = choice.codec
             self.predictions[key] = choice.predicted
             if comm.rank == 0:

@@ -37,6 +37,13 @@ class Layout:
     def p(self) -> int:
         return self.hosts * self.per_host
 
+    @classmethod
+    def of(cls, hosts: tuple[int, ...]) -> Layout:
+        """The layout of a communicator from its ``Comm.hosts`` (each rank's host index); uneven
+        hosts count as many ranks per host as the fullest one has."""
+        names = set(hosts)
+        return cls(len(names), max(hosts.count(h) for h in names))
+
 
 @dataclass
 class Cost:

@@ -32,6 +32,7 @@ from ..collectives import allreduce
 from ..compression import get as get_compressor
 from ..kernels.threads import blas_share
 from ..transport import Comm, as_comm
+from .costs import Layout
 from .machine import CodecRates, Link, Machine
 
 #: ping-pong sizes: the largest must be well past any burst a link allows (a token bucket's, a
@@ -172,8 +173,8 @@ def probe(comm: Any = None, *, codecs: dict[str, dict[str, Any]] | None = None, 
         c.mpi.Barrier()
         t = _median_seconds(lambda x=x, out=out: allreduce(x, algorithm="native", comm=c, out=out), repeats)
         native.append((float(size), c.mpi.allreduce(t, op=MPI.MAX)))
-    hosts = len(set(c.hosts))
+    layout = Layout.of(c.hosts)
     machine = Machine(links, gamma, flops, slowest, {c.size: native} if native else {},
-                      {"ranks": c.size, "hosts": hosts, "per_host": max(c.hosts.count(h) for h in set(c.hosts)),
+                      {"ranks": c.size, "hosts": layout.hosts, "per_host": layout.per_host,
                        "pings": pings})
     return Machine.from_json(c.mpi.bcast(machine.to_json(), root=0))  # one model, bit for bit, on every rank

@@ -140,3 +140,9 @@ def test_the_model_takes_the_path_mpicoll_takes(name, params, p, elements):
         assert got == "summable"
     else:
         assert got == expected
+
+
+def test_layout_of_a_communicators_hosts():
+    assert Layout.of((0, 0, 1, 1)) == Layout(2, 2)
+    assert Layout.of((0, 0, 0, 1)) == Layout(2, 3)  # uneven: the fullest host counts
+    assert Layout.of((0,)) == Layout(1, 1)
