@@ -7,8 +7,10 @@ Run under MPI, e.g.::
 Every call mpicoll makes goes through ``Comm.mpi``; here that attribute is replaced by a proxy
 that counts, per rank, each MPI call by name and by the mpicoll function that made it (the caller
 outside mpi4py). A *collective round* is one MPI collective call (``Allgather``, ``Alltoallv``,
-``allgather``, ...); point-to-point messages are counted as the sends of this rank (``Isend``,
-``Send``, ``Sendrecv``). Each case runs once to warm up (schedules, scratch buffers) and is then
+``allgather``, ...) or one argument agreement (an allgather of a few int64 per rank that mpicoll
+runs itself, along recursive doubling's schedule, :mod:`mpicoll.collectives.inband`; a small
+all-reduce rides in it); point-to-point messages are counted as the sends of this rank
+(``Isend``, ``Send``, ``Sendrecv``). Each case runs once to warm up (schedules, scratch buffers) and is then
 counted on its second call. Rank 0 prints one row per case: the collective rounds by purpose
 and the messages sent.
 
@@ -33,6 +35,7 @@ COLLECTIVE_CALLS = {
     "Allgather", "Allgatherv", "Allreduce", "Alltoall", "Alltoallv", "Alltoallw", "Bcast", "Reduce",
     "Reduce_scatter", "Reduce_scatter_block", "Barrier", "Gather", "Gatherv", "Scatter", "Scatterv", "Scan",
     "Exscan", "allgather", "allreduce", "alltoall", "bcast", "gather", "scatter", "reduce", "barrier",
+    "agreement exchange",
 }
 SEND_CALLS = {"Isend", "Send", "Sendrecv", "Ssend", "Issend", "Rsend", "send", "isend", "sendrecv"}
 
@@ -110,14 +113,24 @@ def cases(count: int) -> list[tuple[str, Any]]:
 
 
 def count(comm: Any, call: Any) -> Counter[tuple[str, str]]:
+    from mpicoll.collectives.internal import inband
+
     proxy: CountingComm = comm.mpi
     call(comm)  # warm-up: schedules and scratch buffers are made on first use
     proxy.calls.clear()
+    real = inband.gather_rows
+
+    def agreement(*args: Any, **kwargs: Any) -> Any:  # one round, whatever its messages (counted as sends)
+        proxy.calls[("agreement exchange", "validate.exchange")] += 1
+        return real(*args, **kwargs)
+
     proxy.counting = True
+    inband.gather_rows = agreement
     try:
         call(comm)
     finally:
         proxy.counting = False
+        inband.gather_rows = real
     return Counter(proxy.calls)
 
 

@@ -13,11 +13,13 @@ from typing import Any
 
 from .. import timeline
 from ..backend import synchronize, xp_of
+from ..config import config
 from ..errors import ArgumentError
 from ..transport import Comm, as_comm
 from ..transport.entry import watched
 from .auto import resolve
 from .buffers import check_array, check_finite, check_out, check_root, finish, flat_input, flat_output, in_out
+from .inband import carries
 from .ops import ReduceOp, get_op, work_dtype
 from .partition import check_counts, even_counts
 from .validate import Agreement
@@ -85,8 +87,20 @@ def allreduce(x: Any, op: str | ReduceOp = "sum", *, algorithm: str = "auto", co
         rop.check_dtype(x.dtype, "allreduce")
         check_finite(x, c.rank, "allreduce")
         out = check_out(out, x.shape, x.dtype, x, "allreduce")
-        name, algo = resolve("allreduce", algorithm, x.nbytes, c)
+        dtype = work_dtype(x.dtype)
+        if algorithm in ("auto", "recursive_doubling") and config.get("validate") \
+                and carries(x, x.size * dtype.itemsize):
+            # small and checked: recursive doubling in the agreement's own messages (see .inband)
+            name, algo = "recursive_doubling", None
+            work = c.scratch.get("inband.work", x.size, dtype)  # x and out stay untouched if refused
+            work.reshape(x.shape)[...] = x
+            agree.reduce_along(work, rop)
+        else:
+            name, algo = resolve("allreduce", algorithm, x.nbytes, c)
         agree.set(count=x.size, dtype=x.dtype, op=rop.name, algorithm=name)
+    if agree.reduced:
+        _average(work, rop, c.size)
+        return finish(work, out, False)
     return run_allreduce(c, algo, x, rop, out)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from .. import timeline
 from ..backend import xp_of
 from ..transport import Comm
-from . import auto
+from . import auto, inband
 from .api import run_allgather, run_allreduce
 from .auto import OWN_FLAT, across_hosts, choose_for, resolve
 from .buffers import check_array, check_finite
@@ -50,6 +50,7 @@ __all__ = [
     "exchange",
     "get_algorithm",
     "get_op",
+    "inband",
     "register",
     "resolve",
     "run_hierarchical",

@@ -3,16 +3,17 @@
 A mismatch (one rank passes 1000 elements, another 999; float32 against float64; different
 roots; one rank's arguments rejected locally while the others go on) would otherwise hang or
 corrupt memory. With ``config.validate`` on (the default) every collective runs its local
-checks inside an :class:`Agreement`, then exchanges a small signature with one
-``MPI_Allgather`` of a few int64s:
+checks inside an :class:`Agreement`, then exchanges a small signature, a few int64s, with every
+rank (an allgather along recursive doubling's schedule, :mod:`.inband`; a small all-reduce's
+data rides in the same messages):
 
 - if a rank's local checks failed, that rank raises its own error and every other rank raises
   :class:`~mpicoll.errors.PeerError` naming it and quoting its message;
 - if any field differs, every rank raises the same :class:`~mpicoll.errors.MismatchError`,
   naming the ranks and their values.
 
-``MPICOLL_VALIDATE=0`` skips the exchange once a program is known to be correct: it costs one
-small collective (about 8-10 us at 2 ranks here) per call.
+``MPICOLL_VALIDATE=0`` skips the exchange once a program is known to be correct: it costs
+``log2 p`` small messages per call, and nothing extra for an all-reduce of at most 64 KiB.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from ..config import config
 from ..errors import MismatchError, PeerError
 from ..transport import Comm
 from ..transport.watchdog import waited, waiting_on
-from .ops import op_names
+from . import inband as inband_
+from .ops import ReduceOp, op_names
 from .registry import COLLECTIVES, algorithm_names
 
 _DTYPES = [np.dtype(t) for t in (
@@ -37,7 +39,7 @@ _DTYPES = [np.dtype(t) for t in (
     "float16", "float32", "float64", "complex64", "complex128",
 )]
 _FIELDS = ("failed", "collective", "count", "dtype", "op", "root", "algorithm", "counts", "segment_bytes",
-           "compressor", "parts", "stream")
+           "compressor", "parts", "stream", "inband")
 _COLLECTIVE_CODES = {name: i for i, name in enumerate(COLLECTIVES)}
 _OP_CODES = {name: i for i, name in enumerate(op_names())}
 _DTYPE_CODES = {dtype: i for i, dtype in enumerate(_DTYPES)}
@@ -78,6 +80,8 @@ def _describe(field: str, collective: str, code: int) -> str:
         return "(none)" if code == -1 else f"tensor shapes with checksum {code:#x}"
     if field == "stream":
         return "(none)" if code == -1 else f"random stream {code:#x}"
+    if field == "inband":
+        return "data in band (a host array of at most 64 KiB)" if code == 1 else "no data in band"
     return str(code)
 
 
@@ -101,6 +105,15 @@ class Agreement:
         self._carry = -1 if carry else None
         #: every rank's carried value, in rank order, once the exchange ran (``carry=True`` only)
         self.carried: np.ndarray | None = None
+        self._inband: tuple[Any, ReduceOp] | None = None
+        #: whether the exchange also all-reduced the array given to :meth:`reduce_along`
+        self.reduced = False
+
+    def reduce_along(self, work: Any, op: ReduceOp) -> None:
+        """All-reduce ``work`` (1-D host array, see :func:`.inband.carries`) in place in the
+        agreement's own messages; afterwards :attr:`reduced` says whether it happened (it does
+        whenever the agreement succeeds with validation on). Call it last in the block."""
+        self._inband = (work, op)
 
     def carry(self, value: int) -> None:
         """This rank's value to hand to every rank with the agreement (``carry=True`` only)."""
@@ -123,7 +136,10 @@ class Agreement:
         if config.get("validate"):
             t0 = timeline.now_ns()
             try:
-                self.carried = exchange(self.comm, self.collective, error, carry=self._carry, **self.fields)
+                inband = self._inband if error is None else None
+                self.carried = exchange(self.comm, self.collective, error, carry=self._carry, inband=inband,
+                                        **self.fields)
+                self.reduced = inband is not None
             finally:
                 timeline.phase("agreement", t0)
         return False
@@ -133,12 +149,16 @@ def exchange(comm: Comm, collective: str, error: BaseException | None, *, count:
              algorithm: str | None = None, op: str | None = None, root: int = -1,
              counts: Sequence[int] | None = None, compressor: str | None = None,
              parts: Sequence[tuple[int, ...]] | None = None, stream: int | None = None,
-             carry: int | None = None) -> np.ndarray | None:
+             carry: int | None = None, inband: tuple[Any, ReduceOp] | None = None) -> np.ndarray | None:
     """The collective part of :class:`Agreement`; raises on every rank if anything disagrees.
+
+    ``inband``: ``(work, op)`` to all-reduce in the same messages (see :mod:`.inband`); it holds
+    the result when this returns without raising.
 
     Returns every rank's ``carry`` value (rank order) when one was given, else ``None``."""
     key = (collective, count, dtype, algorithm, op, root, None if counts is None else tuple(counts),
-           config.get("segment_bytes"), compressor, None if parts is None else tuple(tuple(s) for s in parts), stream)
+           config.get("segment_bytes"), compressor, None if parts is None else tuple(tuple(s) for s in parts), stream,
+           inband is not None)
     signature = None if error is not None else _signatures.get(key)
     if signature is None:
         signature = _signature(error is not None, key)
@@ -146,13 +166,18 @@ def exchange(comm: Comm, collective: str, error: BaseException | None, *, count:
     if carry is not None:  # every row has the carried column (-1 unused), so lengths match across collectives
         row = signature.copy()
         row[-1] = carry
-    table = comm.scratch.get("validate.table", comm.size * row.size, np.int64)
+    table = comm.cache.get("validate.table")
+    if table is None:  # one table per communicator, the same object every call (inband memoizes its view)
+        table = comm.cache["validate.table"] = np.empty((comm.size, row.size), dtype=np.int64)
+    table[comm.rank] = row
     waiting_on(None, "the argument check, which every rank must reach")
-    comm.mpi.Allgather(row, table)
+    sizes_ok = inband_.gather_rows(comm, table, *(inband or ()))
     waited()
     if carry is None and table.tobytes() == signature.tobytes() * comm.size:  # the common case: one comparison
+        if not sizes_ok:  # cannot happen: equal rows mean every message had the length expected
+            raise RuntimeError(f"{collective}: the argument check's messages had unexpected lengths although "
+                               f"every rank's arguments agree (an mpicoll bug; please report it)")
         return None
-    table = table.reshape(comm.size, -1)
     carried, table = table[:, -1].copy(), table[:, :-1]
     if (table == signature[:-1]).all():
         return carried if carry is not None else None
@@ -169,7 +194,7 @@ _signatures: dict[tuple[Any, ...], np.ndarray] = {}
 
 def _signature(failed: bool, key: tuple[Any, ...]) -> np.ndarray:
     """The int64 row one rank contributes to the agreement (see ``_FIELDS``); memoized unless ``failed``."""
-    collective, count, dtype, algorithm, op, root, counts, segment_bytes, compressor, parts, stream = key
+    collective, count, dtype, algorithm, op, root, counts, segment_bytes, compressor, parts, stream, inband = key
     names = algorithm_names(collective)
     signature = np.array([
         1 if failed else 0,
@@ -184,6 +209,7 @@ def _signature(failed: bool, key: tuple[Any, ...]) -> np.ndarray:
         -1 if compressor is None else zlib.crc32(compressor.encode()),
         -1 if parts is None else zlib.crc32(repr([tuple(s) for s in parts]).encode()),
         -1 if stream is None else stream,
+        1 if inband else 0,
         -1,  # the carried value (see Agreement), never compared: the same row length for every collective
     ], dtype=np.int64)
     if not failed:
@@ -230,6 +256,9 @@ def _mismatch(collective: str, table: np.ndarray, column: int) -> MismatchError:
     elif field == "stream":
         message = (f"{collective}: ranks would draw different random indices: {listing}. Every rank must use the "
                    f"same seed and key and compress each key equally often (check restored step counters).")
+    elif field == "inband":
+        message = (f"{collective}: {listing}. Ranks passed arrays of the same size that live in different "
+                   f"places (host or device); pass them all on the host or all on the device.")
     elif field == "segment_bytes":
         message = (f"{collective}: ranks use different pipeline segment sizes: {listing}. Set segment_bytes "
                    f"(MPICOLL_SEGMENT_BYTES) to the same value on every rank.")

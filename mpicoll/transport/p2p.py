@@ -58,10 +58,12 @@ def patient_waits(enabled: bool = True) -> None:
     _style.patient = enabled
 
 
-def _poll(requests: list[MPI.Request]) -> None:
+def _poll(requests: list[MPI.Request], status: MPI.Status | None = None) -> None:
+    """Test ``requests`` with growing sleeps until all are done; ``status`` gets the first one's."""
     limit = config.get("engine_poll_us") * 1e-6
     tries, pause = 0, 1e-6
-    while not MPI.Request.Testall(requests):
+    statuses = None if status is None else [status] + [MPI.Status() for _ in requests[1:]]
+    while not MPI.Request.Testall(requests, statuses):
         tries += 1
         if tries > _SPINS and limit > 0:
             time.sleep(pause)
@@ -106,6 +108,37 @@ def sendrecv(comm: Comm, sendbuf: Any, dest: int, recvbuf: Any, source: int, tag
     elif recvbuf.size:
         comm.mpi.Recv([recvbuf, MPI.BYTE], source, tag)
     waited()
+
+
+def sendrecv_count(comm: Comm, sendbuf: Any, dest: int | None, recvbuf: Any, source: int | None, tag: int) -> int:
+    """Send the host array ``sendbuf`` to ``dest`` while receiving into ``recvbuf`` from ``source``
+    a message of at most ``recvbuf.nbytes`` bytes; ``None`` skips a side.
+
+    Returns:
+        The number of bytes received (0 when ``source`` is None). A longer message is an MPI
+        error (truncation), never an overflow.
+    """
+    status = MPI.Status()
+    if getattr(_style, "patient", False):
+        requests = [comm.mpi.Irecv([recvbuf, MPI.BYTE], source, tag)] if source is not None else []
+        requests += [comm.mpi.Isend([sendbuf, MPI.BYTE], dest, tag)] if dest is not None else []
+        waiting_on(source if source is not None else dest, "sendrecv")
+        _poll(requests, status if source is not None else None)
+        waited()
+    elif dest is not None and source is not None:
+        waiting_on(source, "sendrecv")
+        comm.mpi.Sendrecv([sendbuf, MPI.BYTE], dest, tag, [recvbuf, MPI.BYTE], source, tag, status)
+        waited()
+    elif dest is not None:
+        waiting_on(dest, "send")
+        comm.mpi.Send([sendbuf, MPI.BYTE], dest, tag)
+        waited()
+        return 0
+    elif source is not None:
+        waiting_on(source, "recv")
+        comm.mpi.Recv([recvbuf, MPI.BYTE], source, tag, status)
+        waited()
+    return status.Get_count(MPI.BYTE) if source is not None else 0
 
 
 def _probe(comm: Comm, source: int, tag: int) -> tuple[MPI.Message, MPI.Status]:
