@@ -39,6 +39,8 @@ from .pof2 import Pof2
 TAG = 99
 #: the largest all-reduce (bytes of the working array) that may ride in the agreement's messages
 INBAND_BYTES = 64 * 1024
+#: what the stall watchdog says a rank waits for here
+STEP = "the argument check (every rank must reach it)"
 
 
 def carries(x: Any, nbytes: int) -> bool:
@@ -50,6 +52,36 @@ def carries(x: Any, nbytes: int) -> bool:
 def _first_rank(group: Pof2, newrank: int) -> int:
     """The lowest real rank a group member stands for (members below ``rem`` stand for two)."""
     return 2 * newrank if newrank < group.rem else newrank + group.rem
+
+
+Step = tuple[int, int, "int | None", int, int, "int | None", "bool | None"]
+
+
+def schedule(comm: Comm) -> list[Step]:
+    """This rank's messages, in order (memoized per communicator): ``(lo, hi, dest, plo, phi,
+    source, peer_first)``: send rows ``[lo, hi)`` and the data to ``dest``; receive rows
+    ``[plo, phi)`` and the peer's data from ``source``; combine them when ``peer_first`` is not
+    None (the peer's operand first when True). ``None`` skips a side."""
+    found = comm.cache.get("inband.schedule")
+    if found is not None:
+        return found
+    p, r = comm.size, comm.rank
+    group = Pof2.of(comm)
+    steps: list[Step] = []
+    if r < 2 * group.rem and r % 2 == 0:  # an extra rank: hand over row and data, get everything back
+        steps += [(r, r + 1, r + 1, 0, 0, None, None), (0, 0, None, 0, p, r + 1, None)]
+    else:
+        if r < 2 * group.rem:  # r-1's row and data folded in, r-1's data first
+            steps.append((0, 0, None, r - 1, r, r - 1, True))
+        for k, (partner, peer_first) in enumerate(group.partners):
+            mine = (group.newrank >> k) << k
+            theirs = mine ^ (1 << k)
+            steps.append((_first_rank(group, mine), _first_rank(group, mine + (1 << k)), partner,
+                          _first_rank(group, theirs), _first_rank(group, theirs + (1 << k)), partner, peer_first))
+        if r < 2 * group.rem:  # the finished table and result back to r-1
+            steps.append((0, p, r - 1, 0, 0, None, None))
+    comm.cache["inband.schedule"] = steps
+    return steps
 
 
 def _bytes_of(comm: Comm, array: Any) -> Any:
@@ -83,7 +115,7 @@ def gather_rows(comm: Comm, table: np.ndarray, work: Any = None, op: ReduceOp | 
         reduction over all ranks, provided every rank also carried data of the same size, which
         the caller learns by comparing the rows).
     """
-    p, r = comm.size, comm.rank
+    p = comm.size
     if p == 1:
         return True
     rowbytes = table.shape[1] * 8
@@ -92,14 +124,8 @@ def gather_rows(comm: Comm, table: np.ndarray, work: Any = None, op: ReduceOp | 
     rows = _bytes_of(comm, table)  # (p, rowbytes)
     send = comm.scratch.get("inband.send", p * rowbytes + nbytes, np.uint8)
     recv = comm.scratch.get("inband.recv", p * rowbytes + INBAND_BYTES, np.uint8)
-    group = Pof2.of(comm)
     ok = True
-
-    def exchange(lo: int, hi: int, dest: int | None, plo: int, phi: int, source: int | None,
-                 peer_first: bool | None) -> None:
-        """Send rows ``[lo, hi)`` and the data to ``dest``; receive rows ``[plo, phi)`` and the
-        peer's data from ``source`` and, when ``peer_first`` is not None, combine them."""
-        nonlocal ok
+    for lo, hi, dest, plo, phi, source, peer_first in schedule(comm):
         out = send[:0]
         if dest is not None:
             head = (hi - lo) * rowbytes
@@ -107,39 +133,24 @@ def gather_rows(comm: Comm, table: np.ndarray, work: Any = None, op: ReduceOp | 
             out[:head] = rows[lo:hi].reshape(-1)
             if nbytes:
                 out[head:] = data
-        got = sendrecv_count(comm, out, dest, recv if source is not None else recv[:0], source, TAG)
+        got = sendrecv_count(comm, out, dest, recv if source is not None else recv[:0], source, TAG, STEP)
         if source is None:
-            return
+            continue
         head = (phi - plo) * rowbytes
-        if got != head + nbytes:  # another count, or no data where this rank sent some
+        if got < head:  # cannot come from an mpicoll rank of this communicator: it disagrees with everything
             ok = False
-            rows[plo:phi] = 0
-            rows[plo:phi, :8] = 0xFF  # "failed" = -1: nothing of theirs agrees with anything
-            if got >= head:
-                rows[plo:phi] = recv[:head].reshape(phi - plo, rowbytes)
-            return
+            rows[plo:phi] = 0xFF  # "failed" = -1
+            continue
         rows[plo:phi] = recv[:head].reshape(phi - plo, rowbytes)
-        if nbytes and peer_first is not None and ok:
-            theirs = recv[head: head + nbytes].view(work.dtype)
-            if peer_first:
-                op.combine(theirs, work, out=work)
-            else:
-                op.combine(work, theirs, out=work)
-
-    extra = r < 2 * group.rem and r % 2 == 0
-    if extra:  # hand my row and data to r+1, get everything back at the end
-        exchange(r, r + 1, r + 1, 0, 0, None, None)
-        exchange(0, 0, None, 0, p, r + 1, None)
-        if nbytes and ok:
-            work[...] = recv[p * rowbytes: p * rowbytes + nbytes].view(work.dtype)
-        return ok
-    if r < 2 * group.rem:  # r-1's row and data folded in, r-1's data first
-        exchange(0, 0, None, r - 1, r, r - 1, True)
-    for k, (partner, peer_first) in enumerate(group.partners):
-        mine = (group.newrank >> k) << k
-        theirs = mine ^ (1 << k)
-        exchange(_first_rank(group, mine), _first_rank(group, mine + (1 << k)), partner,
-                 _first_rank(group, theirs), _first_rank(group, theirs + (1 << k)), partner, peer_first)
-    if r < 2 * group.rem:  # the finished table and result back to r-1
-        exchange(0, p, r - 1, 0, 0, None, None)
+        if got != head + nbytes:  # another count, or no data where this rank sent some: the rows will say
+            ok = False
+        elif nbytes and ok:
+            if phi - plo == p:  # the finished result, from the rank this one folded into
+                work[...] = recv[head: head + nbytes].view(work.dtype)
+            elif peer_first is not None:
+                theirs = recv[head: head + nbytes].view(work.dtype)
+                if peer_first:
+                    op.combine(theirs, work, out=work)
+                else:
+                    op.combine(work, theirs, out=work)
     return ok

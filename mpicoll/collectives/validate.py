@@ -29,7 +29,7 @@ from .. import timeline
 from ..config import config
 from ..errors import MismatchError, PeerError
 from ..transport import Comm
-from ..transport.watchdog import waited, waiting_on
+from ..transport.watchdog import waiting_on
 from . import inband as inband_
 from .ops import ReduceOp, op_names
 from .registry import COLLECTIVES, algorithm_names
@@ -141,7 +141,8 @@ class Agreement:
                                         **self.fields)
                 self.reduced = inband is not None
             finally:
-                timeline.phase("agreement", t0)
+                if timeline.recording():
+                    timeline.phase("agreement", t0)
         return False
 
 
@@ -170,9 +171,7 @@ def exchange(comm: Comm, collective: str, error: BaseException | None, *, count:
     if table is None:  # one table per communicator, the same object every call (inband memoizes its view)
         table = comm.cache["validate.table"] = np.empty((comm.size, row.size), dtype=np.int64)
     table[comm.rank] = row
-    waiting_on(None, "the argument check, which every rank must reach")
-    sizes_ok = inband_.gather_rows(comm, table, *(inband or ()))
-    waited()
+    sizes_ok = inband_.gather_rows(comm, table, *(inband or ()))  # tells the watchdog what it waits for
     if carry is None and table.tobytes() == signature.tobytes() * comm.size:  # the common case: one comparison
         if not sizes_ok:  # cannot happen: equal rows mean every message had the length expected
             raise RuntimeError(f"{collective}: the argument check's messages had unexpected lengths although "

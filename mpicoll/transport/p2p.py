@@ -110,9 +110,11 @@ def sendrecv(comm: Comm, sendbuf: Any, dest: int, recvbuf: Any, source: int, tag
     waited()
 
 
-def sendrecv_count(comm: Comm, sendbuf: Any, dest: int | None, recvbuf: Any, source: int | None, tag: int) -> int:
+def sendrecv_count(comm: Comm, sendbuf: Any, dest: int | None, recvbuf: Any, source: int | None, tag: int,
+                   step: str = "sendrecv") -> int:
     """Send the host array ``sendbuf`` to ``dest`` while receiving into ``recvbuf`` from ``source``
-    a message of at most ``recvbuf.nbytes`` bytes; ``None`` skips a side.
+    a message of at most ``recvbuf.nbytes`` bytes; ``None`` skips a side (``step`` names the wait
+    for the watchdog).
 
     Returns:
         The number of bytes received (0 when ``source`` is None). A longer message is an MPI
@@ -122,20 +124,20 @@ def sendrecv_count(comm: Comm, sendbuf: Any, dest: int | None, recvbuf: Any, sou
     if getattr(_style, "patient", False):
         requests = [comm.mpi.Irecv([recvbuf, MPI.BYTE], source, tag)] if source is not None else []
         requests += [comm.mpi.Isend([sendbuf, MPI.BYTE], dest, tag)] if dest is not None else []
-        waiting_on(source if source is not None else dest, "sendrecv")
+        waiting_on(source if source is not None else dest, step)
         _poll(requests, status if source is not None else None)
         waited()
     elif dest is not None and source is not None:
-        waiting_on(source, "sendrecv")
+        waiting_on(source, step)
         comm.mpi.Sendrecv([sendbuf, MPI.BYTE], dest, tag, [recvbuf, MPI.BYTE], source, tag, status)
         waited()
     elif dest is not None:
-        waiting_on(dest, "send")
+        waiting_on(dest, step)
         comm.mpi.Send([sendbuf, MPI.BYTE], dest, tag)
         waited()
         return 0
     elif source is not None:
-        waiting_on(source, "recv")
+        waiting_on(source, step)
         comm.mpi.Recv([recvbuf, MPI.BYTE], source, tag, status)
         waited()
     return status.Get_count(MPI.BYTE) if source is not None else 0
