@@ -141,9 +141,10 @@ def _algorithms(case: Case, requested: str | None) -> list[str]:
     if requested is None:
         return [*names, "auto"]
     chosen = [a.strip() for a in requested.split(",") if a.strip()]
-    unknown = [a for a in chosen if a not in (*names, "auto")]
+    unknown = [a for a in chosen if a not in (*names, "auto", *case.baselines)]
     if unknown:
-        raise SystemExit(f"unknown algorithm(s) {unknown} for {case.collective}; known: {[*names, 'auto']}")
+        raise SystemExit(f"unknown algorithm(s) {unknown} for {case.collective}; known: "
+                         f"{[*names, 'auto', *case.baselines]}")
     return chosen
 
 

@@ -79,6 +79,8 @@ class Case:
     prepare: Callable[[Comm, int, np.dtype, str, int], Prepared]
     has_op: bool = True
     has_root: bool = False
+    #: baselines ``--algo`` also accepts beside mpicoll's algorithms (e.g. the bare MPI call)
+    baselines: tuple[str, ...] = ()
 
 
 @dataclass
