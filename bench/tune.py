@@ -61,8 +61,9 @@ def run_tune(args: argparse.Namespace, comm: Any, cases: dict[str, Case],
     for collective in [c.strip() for c in args.collectives.split(",") if c.strip()]:
         if collective not in cases or collective == "sendrecv":
             raise SystemExit(f"cannot tune {collective!r}; choose from {sorted(set(cases) - {'sendrecv'})}")
-        # shm works only where every rank shares one host, and the table is keyed by rank count
-        # alone, so a table tuned on one host would send auto to shm across hosts: not a candidate
+        # shm reads host memory only, and the table is keyed by size and rank count alone, so a
+        # table that said shm would fail GPU arrays: not a candidate (pass algorithm="shm", or
+        # GradientBuckets(algorithm="shm"), where it pays: in place on shared buffers)
         opts = make_options(args, [a for a in algorithm_names(collective) if a != "shm"])
         say(comm, f"# tuning {collective} on {comm.size} ranks")
         records = run_case(cases[collective], comm, opts, lambda r: say(comm, format_row(r)))

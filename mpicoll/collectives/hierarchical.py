@@ -52,6 +52,24 @@ class Hierarchy:
     def owned(self) -> range:
         return self.local_shards[self.local.rank]
 
+    def layout(self, count: int) -> tuple[list[int], list[int], list[int]]:
+        """How ``count`` elements split: each shard's count and start, and each local rank's
+        count (its owned shards are contiguous, so its block starts at its first shard's start)."""
+        shard_counts = even_counts(count, self.shards)
+        local_counts = [sum(shard_counts[s] for s in owned) for owned in self.local_shards]
+        return shard_counts, displacements(shard_counts), local_counts
+
+    def cross_steps(self, recvbuf: Any, shard_counts: list[int], shard_displs: list[int],
+                    cross_step: CrossStep, base: int = 0) -> None:
+        """``cross_step`` on every shard this rank owns; ``recvbuf`` holds elements from ``base`` on."""
+        if self.hosts == 1:
+            return
+        for s in self.owned:
+            lo = shard_displs[s] - base
+            piece = recvbuf[lo: lo + shard_counts[s]]
+            if piece.size:
+                cross_step(self.cross[s], piece, s)
+
     def close(self) -> None:
         """Free the sub-communicators. Collective (from :meth:`Comm.free`)."""
         for c in (self.local, *self.cross.values()):
@@ -82,7 +100,8 @@ def hierarchy(comm: Comm) -> Hierarchy:
     return found
 
 
-def _cross_allreduce(op: ReduceOp) -> CrossStep:
+def cross_allreduce(op: ReduceOp) -> CrossStep:
+    """The cross-host step of an all-reduce: ``auto``'s algorithm among one rank per host."""
     def step(cross: Comm, piece: Any, shard: int) -> None:
         name = auto.choose_for("allreduce", piece.nbytes, cross)  # one rank per host: never hierarchical
         get_algorithm("allreduce", name)(cross, piece, piece, op)
@@ -93,9 +112,7 @@ def run_hierarchical(comm: Comm, sendbuf: Any, recvbuf: Any, op: ReduceOp, cross
     """Reduce-scatter in the host, ``cross_step(cross_comm, piece, shard)`` on every owned shard
     (in place, any reduction across hosts), allgather in the host."""
     h = hierarchy(comm)
-    shard_counts = even_counts(sendbuf.size, h.shards)
-    shard_displs = displacements(shard_counts)
-    local_counts = [sum(shard_counts[s] for s in owned) for owned in h.local_shards]
+    shard_counts, shard_displs, local_counts = h.layout(sendbuf.size)
     start = shard_displs[h.owned.start]
     mine = recvbuf[start: start + local_counts[h.local.rank]]
     if h.local.size == 1:
@@ -106,11 +123,7 @@ def run_hierarchical(comm: Comm, sendbuf: Any, recvbuf: Any, op: ReduceOp, cross
             sendbuf = comm.scratch.get("hier.send", sendbuf.size, sendbuf.dtype, xp)
             sendbuf[...] = recvbuf
         ring_reduce_scatter(h.local, sendbuf, mine, op, local_counts)
-    if h.hosts > 1:
-        for s in h.owned:
-            piece = recvbuf[shard_displs[s]: shard_displs[s] + shard_counts[s]]
-            if piece.size:
-                cross_step(h.cross[s], piece, s)
+    h.cross_steps(recvbuf, shard_counts, shard_displs, cross_step)
     if h.local.size > 1:
         ring_allgather(h.local, mine, recvbuf, local_counts)
 
@@ -118,4 +131,4 @@ def run_hierarchical(comm: Comm, sendbuf: Any, recvbuf: Any, op: ReduceOp, cross
 @register("allreduce", "hierarchical")
 def hierarchical_allreduce(comm: Comm, sendbuf: Any, recvbuf: Any, op: ReduceOp) -> None:
     """Hierarchical all-reduce (see the module docstring); the cross-host step uses ``auto``."""
-    run_hierarchical(comm, sendbuf, recvbuf, op, _cross_allreduce(op))
+    run_hierarchical(comm, sendbuf, recvbuf, op, cross_allreduce(op))

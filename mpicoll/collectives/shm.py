@@ -18,12 +18,17 @@ rank ends with the same bits. Memory traffic per rank: ``n`` read and ``n/p`` wr
 reduction, ``(p-1)/p n`` copied by the allgather, plus ``n`` copied in on the staging path;
 nothing goes through MPI's own buffers.
 
-Only for communicators whose ranks all share memory (one host); across hosts
-``hierarchical`` is the algorithm to use.
+**Across hosts** ``shm`` is :mod:`.hierarchical` with these steps inside each host: the buffer's
+shards are laid out over each host's ranks as there; rank ``j`` of a host reduces its block from
+every local segment (step 2), runs the cross-host all-reduce of its shards on that block in place
+in its own segment, and after a fence every local rank copies the finished blocks (step 3).
+Zero copy there too when the array comes from :func:`mpicoll.shared_empty` on that communicator
+(which then shares memory per host).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -31,6 +36,7 @@ import numpy as np
 from ..errors import UnsupportedError
 from ..transport import Comm
 from ..transport.shared import SharedWindow, window_of
+from .hierarchical import cross_allreduce, hierarchy
 from .ops import ReduceOp
 from .partition import displacements, even_counts
 from .registry import register
@@ -60,12 +66,15 @@ def _in_place_window(comm: Comm, sendbuf: Any, recvbuf: Any) -> tuple[SharedWind
 
 
 def run_shm(comm: Comm, window: SharedWindow, offset: int, dtype: Any, count: int, recvbuf: Any,
-            op: ReduceOp) -> None:
+            op: ReduceOp, counts: list[int] | None = None, between: Callable[[Any], None] | None = None) -> None:
     """Phases 2-3 (see the module docstring) on ``count`` elements at ``offset`` of every rank's
-    segment; the result goes to ``recvbuf`` (``None``: into this rank's segment itself)."""
+    segment; the result goes to ``recvbuf`` (``None``: into this rank's segment itself).
+
+    ``counts``: each rank's block (default: as even as possible); ``between(block)`` runs on this
+    rank's reduced block, in place in its segment, before anyone copies it (the cross-host step)."""
     p, r = comm.size, comm.rank
     segs = [window.view(k, dtype, count, offset) for k in range(p)]
-    counts = even_counts(count, p)
+    counts = counts if counts is not None else even_counts(count, p)
     displs = displacements(counts)
     lo, hi = displs[r], displs[r] + counts[r]
     window.fence(comm)  # every rank's input is in place
@@ -80,6 +89,8 @@ def run_shm(comm: Comm, window: SharedWindow, offset: int, dtype: Any, count: in
         for k in range(2, p):
             op.combine(acc, segs[k][lo:hi], out=acc)
         mine[...] = acc
+    if between is not None:
+        between(mine)
     window.fence(comm)  # every block is reduced
     out = segs[r] if recvbuf is None else recvbuf.reshape(-1)
     for k in range(p):
@@ -101,6 +112,9 @@ def shm_allreduce(comm: Comm, sendbuf: Any, recvbuf: Any, op: ReduceOp) -> None:
     if not isinstance(flat, np.ndarray):
         raise UnsupportedError("allreduce: algorithm 'shm' reads host memory; GPU arrays go through the other "
                                "algorithms (or MPICOLL_CUDA_AWARE=0, which stages them through host memory)")
+    if len(set(comm.hosts)) > 1:
+        _across_hosts(comm, sendbuf, recvbuf, op)
+        return
     placed = _in_place_window(comm, sendbuf, recvbuf)
     if placed is not None:
         window, offset = placed
@@ -109,3 +123,28 @@ def shm_allreduce(comm: Comm, sendbuf: Any, recvbuf: Any, op: ReduceOp) -> None:
     window = _staging(comm, flat.nbytes)
     window.view(comm.rank, flat.dtype, flat.size)[...] = flat
     run_shm(comm, window, 0, flat.dtype, flat.size, recvbuf, op)
+
+
+def _across_hosts(comm: Comm, sendbuf: Any, recvbuf: Any, op: ReduceOp) -> None:
+    """Hierarchical, with the steps inside each host in shared memory (see the module docstring)."""
+    h = hierarchy(comm)
+    shard_counts, shard_displs, local_counts = h.layout(sendbuf.size)
+    start = shard_displs[h.owned.start]
+    step = cross_allreduce(op)
+    if h.local.size == 1:  # nothing to share on this host: the cross-host step is all there is
+        if recvbuf is not sendbuf:
+            recvbuf.reshape(-1)[...] = sendbuf
+        h.cross_steps(recvbuf.reshape(-1), shard_counts, shard_displs, step)
+        return
+
+    def cross(block: Any) -> None:
+        h.cross_steps(block, shard_counts, shard_displs, step, base=start)
+
+    placed = _in_place_window(h.local, sendbuf, recvbuf)
+    if placed is not None:
+        window, offset = placed
+        run_shm(h.local, window, offset, sendbuf.dtype, sendbuf.size, None, op, local_counts, cross)
+        return
+    window = _staging(h.local, sendbuf.nbytes)
+    window.view(h.local.rank, sendbuf.dtype, sendbuf.size)[...] = sendbuf
+    run_shm(h.local, window, 0, sendbuf.dtype, sendbuf.size, recvbuf, op, local_counts, cross)

@@ -125,18 +125,45 @@ class SharedArray(np.ndarray):
         self.window = getattr(obj, "window", None)
 
 
-def shared_empty(shape: int | tuple[int, ...], dtype: Any = np.float32, *, comm: Any = None) -> SharedArray:
-    """An uninitialised array in shared memory that every rank of ``comm`` can read in place.
+def host_comm(comm: Comm) -> Comm:
+    """``comm`` itself on one host; else the communicator of this rank's host (by ``comm.hosts``,
+    split the way :mod:`mpicoll.collectives.hierarchical` splits it), made once (collectively) and
+    kept with ``comm``."""
+    if len(set(comm.hosts)) == 1:
+        return comm
+    found = comm.cache.get("shm.host")
+    if found is None:
+        host = comm.hosts[comm.rank]
+        split = comm.mpi.Split(host, comm.rank)
+        found = comm.cache["shm.host"] = _HostComm(Comm(split, dup=False, hosts=(0,) * comm.hosts.count(host)))
+    return found.comm
 
-    Collective over ``comm`` (all ranks on one host; same ``shape`` and ``dtype`` everywhere).
-    ``mpicoll.allreduce(a, out=a, algorithm="shm")`` on such arrays reads the peers' data where it
-    lies: no copy into a staging buffer and none out of it. The memory lives as long as the array
-    (or a view of it) does.
+
+class _HostComm:
+    """A host's communicator kept in its parent's cache: freed with the parent (:meth:`Comm.free`
+    closes what its cache holds)."""
+
+    def __init__(self, comm: Comm) -> None:
+        self.comm = comm
+
+    def close(self) -> None:
+        self.comm.free()
+        self.comm.mpi.Free()
+
+
+def shared_empty(shape: int | tuple[int, ...], dtype: Any = np.float32, *, comm: Any = None) -> SharedArray:
+    """An uninitialised array in shared memory that every rank of ``comm`` on its host can read in place.
+
+    Collective over ``comm`` (same ``shape`` and ``dtype`` everywhere). On one host every rank
+    reads every other's; when ``comm`` spans hosts (``comm.hosts``), each host's ranks share one
+    window among themselves. ``mpicoll.allreduce(a, out=a, algorithm="shm")`` on such arrays
+    reads the peers' data where it lies: no copy into a staging buffer and none out of it (across
+    hosts: inside each host). The memory lives as long as the array (or a view of it) does.
 
     Raises:
-        UnsupportedError: the ranks do not all share memory.
+        UnsupportedError: the ranks of one host do not share memory.
     """
-    c = as_comm(comm)
+    c = host_comm(as_comm(comm))
     dtype = np.dtype(dtype)
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(int(d) for d in shape)
     count = int(np.prod(shape, dtype=np.int64))

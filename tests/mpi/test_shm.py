@@ -79,3 +79,54 @@ def test_compressed_buckets_on_shared_buffers_take_the_compressed_path(comm):
     buckets.ready("w")
     buckets.wait()
     assert_same_on_all_ranks(comm.mpi, arrays["w"], "fp16 on a shared fusion buffer")
+
+
+LAYOUTS = {"one host": lambda r: 0, "pairs": lambda r: r // 2, "alternating": lambda r: r % 2,
+           "one rank per host": lambda r: r}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("n", [1, 7, 1000, 100_003])
+def test_across_hosts_staging_and_zero_copy(layout, n):
+    """``shm`` across (simulated) hosts: hierarchical with shared-memory steps inside each host."""
+    from mpi4py import MPI
+
+    world = MPI.COMM_WORLD
+    hosts = tuple(LAYOUTS[layout](r) for r in range(world.Get_size()))
+    with mpicoll.Comm(world, hosts=hosts) as c:
+        x = rank_input(n, c.rank, "float64", "float", seed=n)
+        staged = mpicoll.allreduce(x, algorithm="shm", comm=c)
+        assert_same_on_all_ranks(c.mpi, staged, f"{layout}: staging result")
+        want = mpi_allreduce(c.mpi, x, "sum")
+        assert_close_all(c.mpi, staged, want, rtol=1e-12, atol=1e-9)
+        shared = mpicoll.shared_empty(n, np.float64, comm=c)
+        assert_all(c.mpi, window_of(shared) is not None, "shared_empty across hosts")
+        shared[...] = x
+        mpicoll.allreduce(shared, out=shared, algorithm="shm", comm=c)
+        assert_all(c.mpi, np.array_equal(shared, staged), f"{layout}: zero copy and staging give the same bits")
+        mixed = shared if c.rank % 2 else x.copy()  # some ranks in place on shared memory, some not
+        mixed[...] = x
+        mpicoll.allreduce(mixed, out=mixed, algorithm="shm", comm=c)
+        assert_all(c.mpi, np.array_equal(mixed, staged), f"{layout}: mixed inputs")
+        avg = mpicoll.allreduce(x, "avg", algorithm="shm", comm=c)
+        assert_close_all(c.mpi, avg, want / c.size, rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("layout", ["pairs", "one rank per host"])
+def test_gradient_buckets_across_hosts(layout):
+    from mpi4py import MPI
+
+    from mpicoll.aggregation import GradientBuckets
+
+    world = MPI.COMM_WORLD
+    with mpicoll.Comm(world, hosts=tuple(LAYOUTS[layout](r) for r in range(world.Get_size()))) as c:
+        arrays = {f"w{i}": rank_input(n, c.rank, "float32", "float", seed=i) for i, n in enumerate([300, 70_000, 5])}
+        expected = {k: mpicoll.allreduce(v, "avg", algorithm="shm", comm=c) for k, v in arrays.items()}
+        buckets = GradientBuckets(arrays, bucket_bytes=64 << 10, algorithm="shm", comm=c)
+        assert_all(c.mpi, all(window_of(b.buffer) is not None for b in buckets.buckets), "per-host fusion buffers")
+        for name in arrays:
+            buckets.ready(name)
+        buckets.wait()
+        for name, value in arrays.items():
+            assert_same_on_all_ranks(c.mpi, value, name)
+            assert_all(c.mpi, np.array_equal(value, expected[name]), f"{name}: zero copy equals staging")
