@@ -127,6 +127,33 @@ def exchange_combine(comm: Comm, sendbuf: Any, keepbuf: Any, peer: int, op: Redu
     waitall(sends, peer, "sends")
 
 
+def exchange(comm: Comm, sendbuf: Any, recvbuf: Any, peer: int, tag: int) -> None:
+    """Send ``sendbuf`` to ``peer`` while receiving ``recvbuf.size`` elements from it, segmented.
+
+    The copy-only counterpart of :func:`exchange_combine` (an allgather step, the return of a finished result):
+    both sides go in pipeline segments, up to ``depth`` receives in flight straight into
+    ``recvbuf``, so no message is longer than one segment. Either side may be empty (one-way); the
+    two buffers must not overlap. The segments of a message depend only on its own length, so the
+    peer's message boundaries match whichever path each side takes.
+    """
+    pipe = Pipeline.for_dtype(recvbuf.dtype)
+    if max(sendbuf.size, recvbuf.size) <= pipe.segment_elems:
+        sendrecv(comm, sendbuf, peer, recvbuf, peer, tag)
+        return
+    sends = [isend(comm, sendbuf[lo:hi], peer, tag) for lo, hi in segments(sendbuf.size, pipe.segment_elems)]
+    recv_segs = segments(recvbuf.size, pipe.segment_elems)
+
+    def describe(i: int) -> tuple[Any, int]:
+        lo, hi = recv_segs[i]
+        return recvbuf[lo:hi], peer
+
+    window = RecvWindow(comm, tag, len(recv_segs), pipe.depth, describe)
+    for _ in recv_segs:
+        window.take()
+        window.release()
+    waitall(sends, peer, "sends")
+
+
 def _fold(op: ReduceOp, theirs: Any, mine: Any, peer_first: bool) -> None:
     """``mine = theirs (op) mine`` or ``mine (op) theirs``."""
     if peer_first:
