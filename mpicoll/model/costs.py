@@ -14,6 +14,13 @@ A flat algorithm on several hosts runs in lockstep, so each of its steps takes t
 slowest hop: the model charges every round to the inter-host class as soon as any hop of that
 round crosses hosts.
 
+Segments: mpicoll's algorithms move any message longer than ``config.segment_bytes`` as pipeline
+segments with up to ``pipeline_depth`` of them in flight, so a round's segments overlap each
+other's latency and a round is charged one ``alpha`` however many segments it has. That is a
+property of the algorithms, not of the formula: an unsegmented 8 MiB message over the TCP bed ran
+at about half the link's rate, and the only path that still sent one (Rabenseifner's allgather,
+issue 17) measured 32-37% above its formula until it was segmented.
+
 Each function below names the module whose algorithm it models and gives its formula. ``w`` is a
 codec's wire size (``ratio * n``); the codec terms use compress / decode rates in input bytes per
 second. The formulas are checked against hand-computed cases in tests/unit/test_costmodel.py and
@@ -125,7 +132,14 @@ def recursive_doubling(n: float, layout: Layout) -> Cost:
 def rabenseifner(n: float, layout: Layout) -> Cost:
     """:mod:`mpicoll.collectives.rabenseifner`: recursive-halving reduce-scatter then
     recursive-doubling allgather; stage ``i`` moves ``n / 2^(i+1)`` bytes each way, partners
-    ``k/2, k/4, ...`` apart in the reduce-scatter and the reverse in the allgather."""
+    ``k/2, k/4, ...`` apart in the reduce-scatter and the reverse in the allgather.
+
+    ``2 log2 k`` rounds (plus the fold's 2), ``2 (k-1)/k n`` bytes (plus the fold's ``2 n``), and
+    ``(k-1)/k n`` reduced: on ``k`` ranks of one host each, the same bytes as the ring in
+    ``log2 k`` instead of ``k-1`` rounds per phase. Both phases and the fold go in pipeline
+    segments (see the module docstring), so each stage is one latency plus its bytes; the stages
+    themselves do not overlap (stage ``i+1`` starts when stage ``i`` is done), which the sum of
+    per-stage terms already says."""
     k = _pof2(layout.p)
     cost = _fold(n, layout)
     stages = int(math.log2(k))
