@@ -32,6 +32,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from .rules import DENSE_SWITCH
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -228,9 +230,6 @@ def sparse_allgather(n: float, ratio: float, layout: Layout) -> Cost:
     return cost
 
 
-SPARSE_DENSE_SWITCH = 0.25  # mpicoll.aggregation.sparse.DENSE_SWITCH
-
-
 def sparse_rd(n: float, ratio: float, layout: Layout) -> Cost:
     """:mod:`mpicoll.aggregation.sparse` (``sparse_rd``): ``ceil(log2 p)`` pairwise merges; the
     merged set at most doubles each stage (disjoint indices: the worst case, which random data
@@ -240,7 +239,7 @@ def sparse_rd(n: float, ratio: float, layout: Layout) -> Cost:
     size = ratio * n
     for i in range(math.ceil(math.log2(p)) if p > 1 else 0):
         link, share = _stage_link(1 << i, layout)
-        nbytes = min(size, n) if size <= SPARSE_DENSE_SWITCH * 2 * n else n
+        nbytes = min(size, n) if size <= DENSE_SWITCH * 2 * n else n
         cost = cost + _msg(link, 1, nbytes * share)
         cost.reduce_bytes += nbytes
         size *= 2

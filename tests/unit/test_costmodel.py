@@ -11,6 +11,7 @@ from mpicoll import compression
 from mpicoll.aggregation.choice import choose_path
 from mpicoll.model import Choice, CodecRates, Layout, Link, Machine, break_even, choose_codec, compressed_seconds, costs
 from mpicoll.model.predict import auto_path, gbit
+from mpicoll.model.rules import ROUND_BYTES, SPARSE_ALLGATHER_MAX_RANKS, prefer_single_pass, sparse_path
 
 MB = 1 << 20
 
@@ -162,3 +163,24 @@ def test_layout_of_a_communicators_hosts():
     assert Layout.of((0, 0, 1, 1)) == Layout(2, 2)
     assert Layout.of((0, 0, 0, 1)) == Layout(2, 3)  # uneven: the fullest host counts
     assert Layout.of((0,)) == Layout(1, 1)
+
+
+def test_prefer_single_pass_rule():
+    assert prefer_single_pass(1 << 40, 1) and prefer_single_pass(1 << 40, 2)
+    assert prefer_single_pass(ROUND_BYTES * 3 // 2, 3) and not prefer_single_pass(ROUND_BYTES * 3 // 2 + 3, 3)
+    assert not prefer_single_pass(1 << 20, 5)
+
+
+def test_sparse_path_rule():
+    assert sparse_path(SPARSE_ALLGATHER_MAX_RANKS) == "sparse_allgather"
+    assert sparse_path(SPARSE_ALLGATHER_MAX_RANKS + 1) == "sparse_rd"
+
+
+def test_the_rules_have_one_home():
+    """aggregation acts on the same objects the model predicts with, not on copies."""
+    from mpicoll.aggregation import choice, sparse
+    from mpicoll.model import costs, predict, rules
+
+    assert choice.prefer_single_pass is predict.prefer_single_pass is rules.prefer_single_pass
+    assert choice.sparse_path is predict.sparse_path is rules.sparse_path
+    assert sparse.DENSE_SWITCH is costs.DENSE_SWITCH is rules.DENSE_SWITCH
