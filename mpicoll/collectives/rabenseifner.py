@@ -10,8 +10,10 @@ messages when the latency of the ring's ``2(p-1)`` steps matters.
 Both phases move pipeline segments (``config.segment_bytes``, up to ``pipeline_depth`` receives
 in flight), as the ring does: the reduce-scatter folds each segment while the next ones arrive
 (:func:`~.pipeline.exchange_combine`), the allgather and the fold-out copy them
-(:func:`~.pipeline.exchange`). Rounds still follow one another; segmenting never changes which
-values are combined in which order, so results stay bitwise identical on every rank.
+(:func:`~.pipeline.exchange`). The last halving round and the first doubling round have the same
+partner, so they run as one: each folded segment of the finished block goes back to the partner
+at once, as the ring's two phases overlap. Other rounds follow one another. None of this changes
+which values are combined in which order, so results stay bitwise identical on every rank.
 """
 
 from __future__ import annotations
@@ -50,11 +52,14 @@ def rabenseifner_allreduce(comm: Comm, sendbuf: Any, recvbuf: Any, op: ReduceOp)
             partner = me ^ mask
             mid = (lo + hi) // 2
             keep, give = ((mid, hi), (lo, mid)) if me & mask else ((lo, mid), (mid, hi))
+            # the last halving round and the first doubling round have the same partner: fused,
+            # each finished segment goes back while the next ones are folded
             exchange_combine(comm, recvbuf[_span(displs, *give)], recvbuf[_span(displs, *keep)],
-                             group.real(partner), op, peer_first=partner < me, tag=tag)
-            lo, hi = keep
+                             group.real(partner), op, peer_first=partner < me, tag=tag, send_back=mask == 1)
+            if mask > 1:
+                lo, hi = keep
             mask >>= 1
-        mask = 1
+        mask = 2  # the fused round left this rank both finished blocks of its pair
         while mask < group.pof2:  # recursive doubling: swap owned ranges
             partner = me ^ mask
             theirs = (lo ^ mask, (lo ^ mask) + mask)  # my range is mask blocks, aligned

@@ -139,9 +139,12 @@ def rabenseifner(n: float, layout: Layout) -> Cost:
     ``2 log2 k`` rounds (plus the fold's 2), ``2 (k-1)/k n`` bytes (plus the fold's ``2 n``), and
     ``(k-1)/k n`` reduced: on ``k`` ranks of one host each, the same bytes as the ring in
     ``log2 k`` instead of ``k-1`` rounds per phase. Both phases and the fold go in pipeline
-    segments (see the module docstring), so each stage is one latency plus its bytes; the stages
-    themselves do not overlap (stage ``i+1`` starts when stage ``i`` is done), which the sum of
-    per-stage terms already says."""
+    segments (see the module docstring), so each stage is one latency plus its bytes, and the
+    stages follow one another (the sum of per-stage terms). The last halving stage and the first
+    doubling stage (same partner) run fused, each finished segment sent back at once, as the
+    ring's two phases overlap: a segment still crosses twice (two latencies) and each direction
+    still carries both stages' bytes, so no term changes; the fusion only hides the reduce-scatter's
+    tail, which the model does not price for the ring either."""
     k = _pof2(layout.p)
     cost = _fold(n, layout)
     stages = int(math.log2(k))
