@@ -149,11 +149,11 @@ def exchange_combine(comm: Comm, sendbuf: Any, keepbuf: Any, peer: int, op: Redu
 def exchange(comm: Comm, sendbuf: Any, recvbuf: Any, peer: int, tag: int) -> None:
     """Send ``sendbuf`` to ``peer`` while receiving ``recvbuf.size`` elements from it, segmented.
 
-    The copy-only counterpart of :func:`exchange_combine` (an allgather step, the return of a finished result):
-    both sides go in pipeline segments, up to ``depth`` receives in flight straight into
-    ``recvbuf``, so no message is longer than one segment. Either side may be empty (one-way); the
-    two buffers must not overlap. The segments of a message depend only on its own length, so the
-    peer's message boundaries match whichever path each side takes.
+    The copy-only counterpart of :func:`exchange_combine` (an allgather step, or handing back a
+    finished result): both sides go in pipeline segments, up to ``depth`` receives in flight
+    straight into ``recvbuf``, so no message is longer than one segment. Either side may be empty
+    (one-way); the two buffers must not overlap. The segments of a message depend only on its own
+    length, so the peer's message boundaries match whichever path each side takes.
     """
     pipe = Pipeline.for_dtype(recvbuf.dtype)
     if max(sendbuf.size, recvbuf.size) <= pipe.segment_elems:
