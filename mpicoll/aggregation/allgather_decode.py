@@ -11,7 +11,7 @@ accuracy (EF-sign under momentum: several points on digits) in exchange for fewe
 Cost per rank: one allgather round (the 8-byte sizes ride on the call's agreement); receives ``(p-1) c`` bytes for a
 payload of ``c`` bytes, against ``2 (p-1)/p c`` and two rounds for two-phase, and decodes ``p``
 whole arrays. So it never moves more bytes than two-phase on two ranks, and ``p/2`` times as many
-on ``p`` ranks. :func:`.choice.prefer_single_pass` is the rule ``auto`` applies (see its docstring).
+on ``p`` ranks. :func:`mpicoll.model.rules.prefer_single_pass` is the rule ``auto`` applies (see its docstring).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ sparse      sparse_allgather, sparse_rd (SparCML)        sparse_allgather up to 
                                                          sparse_rd beyond
 quantized   two_phase (compressed reduce-scatter +       allgather_decode on 1-2 ranks and
             compressed allgather), allgather_decode      for small payloads, else two_phase
-            (single pass: every payload decoded and      (:func:`prefer_single_pass`)
+            (single pass: every payload decoded and      (:func:`~mpicoll.model.rules.prefer_single_pass`)
             summed locally in rank order)
 lowrank     powersgd (all-reduce P, then Q; hierarchical  powersgd
             sums across hosts), two_phase, hierarchical
@@ -33,6 +33,7 @@ from ..backend import is_cupy
 from ..collectives.internal import OWN_FLAT, across_hosts, algorithm_names, choose_for
 from ..compression import Compressor
 from ..errors import UnsupportedError, accepted
+from ..model.rules import prefer_single_pass, sparse_path
 from ..transport import Comm
 from .path import Parts
 
@@ -44,30 +45,6 @@ ALLOWED = {
 }
 """The paths that can carry each compressor kind's payloads."""
 
-ROUND_BYTES = 64 << 10
-"""Bytes that cost as much as one extra message round: latency x bandwidth of the links measured
-here (tens of microseconds at about 1-3 GB/s in shared memory; 200 Mbit/s with ~1 ms between
-network namespaces gives a similar product), rounded to a power of two."""
-
-
-def prefer_single_pass(payload_bytes: int, size: int) -> bool:
-    """Whether ``auto`` takes ``allgather_decode`` rather than ``two_phase`` for quantized payloads.
-
-    Rule (alpha-beta model): single pass saves one round and the second compression;
-    it costs ``(p-1) c - 2 (p-1)/p c = (p-1)(p-2)/p c`` extra bytes received per rank. Take it when
-    those extra bytes cost less than one round, i.e. always on ``p <= 2`` ranks (no extra bytes),
-    and on more ranks while ``(p-1)(p-2)/p * payload_bytes <= ROUND_BYTES`` (a 1-bit payload of
-    about 790 k / 350 k / 220 k elements on 3 / 4 / 5 ranks; int8 of 98 k / 44 k / 27 k).
-
-    Args:
-        payload_bytes: one rank's whole-array payload size (the codec's ``payload_nbytes``).
-        size: the number of ranks.
-    """
-    if size <= 2:
-        return True
-    return (size - 1) * (size - 2) / size * payload_bytes <= ROUND_BYTES
-
-
 def summable_algorithm(nbytes: int, comm: Comm) -> str:
     """The dense algorithm a summable payload section of ``nbytes`` is reduced with on ``comm``:
     the all-reduce table's choice among mpicoll's own flat algorithms (else ``ring``)."""
@@ -78,7 +55,7 @@ def choose_path(compressor: Compressor, x: Any, comm: Comm) -> str:
     """The flat path ``auto`` takes for ``compressor`` on ``comm`` (no hierarchy)."""
     kind = compressor.kind
     if kind == "sparse":
-        return "sparse_allgather" if comm.size <= 4 else "sparse_rd"
+        return sparse_path(comm.size)
     if kind == "quantized":
         payload_bytes = compressor.payload_nbytes(x)
         payload_bytes = x.nbytes if payload_bytes is None else payload_bytes

@@ -6,8 +6,9 @@
   sum. One round; each rank receives ``(p-1)`` payloads: good for a few ranks.
 - ``sparse_rd``: recursive doubling on sparse vectors (Renggli et al., SparCML, 2019): each
   round merges the partner's (index, value) pairs into one's own, lower group first. Once a
-  merged vector passes ``DENSE_SWITCH`` of the dense size, it continues as a dense vector, since
-  pairs would then cost more than the dense array. ``ceil(log2 p)`` rounds: good for many ranks.
+  merged vector passes ``DENSE_SWITCH`` of the dense size (:mod:`mpicoll.model.rules`, which the
+  cost model reads too), it continues as a dense vector, since pairs would then cost more than the
+  dense array. ``ceil(log2 p)`` rounds: good for many ranks.
 
 Both give every rank the same bits: the additions happen in an order that does not depend on
 the rank that performs them.
@@ -25,11 +26,10 @@ from ..collectives.internal import Pof2, displacements, register
 from ..compression import Compressor
 from ..compression.sparse import check_indices
 from ..errors import PayloadError
+from ..model.rules import DENSE_SWITCH
 from ..transport import Comm
 from ..transport.p2p import sendrecv_bounded
 from .path import Parts, Path, Prepared, acc_dtype, gather_payloads
-
-DENSE_SWITCH = 0.25  # a merged vector denser than this continues as a dense array
 
 
 class SparsePath(Path):

@@ -94,7 +94,7 @@ class RecvWindow:
 
 
 def exchange_combine(comm: Comm, sendbuf: Any, keepbuf: Any, peer: int, op: ReduceOp,
-                     peer_first: bool, tag: int) -> None:
+                     peer_first: bool, tag: int, send_back: bool = False) -> None:
     """Send ``sendbuf`` to ``peer`` and fold the peer's message (``keepbuf.size`` elements) into ``keepbuf``.
 
     ``keepbuf = peer (op) keepbuf`` when ``peer_first`` else ``keepbuf (op) peer``: callers pass
@@ -102,27 +102,73 @@ def exchange_combine(comm: Comm, sendbuf: Any, keepbuf: Any, peer: int, op: Redu
     ``keepbuf`` itself (recursive doubling); then each segment's send completes before that
     segment is overwritten. Either side may be empty (a one-way fold). Segmented and pipelined;
     sends ``sendbuf.nbytes`` and receives ``keepbuf.nbytes``.
+
+    With ``send_back`` (both partners pass it; ``sendbuf`` and ``keepbuf`` must not overlap) each
+    folded segment of ``keepbuf`` goes back to ``peer`` at once, and the peer's folded segments
+    land in ``sendbuf``: a two-rank all-reduce of ``sendbuf`` and ``keepbuf`` whose two phases
+    overlap segment by segment, as the ring's do. Sends and receives twice as much.
     """
     pipe = Pipeline.for_dtype(keepbuf.dtype)
     if max(sendbuf.size, keepbuf.size) <= pipe.segment_elems:
         _exchange_combine_once(comm, sendbuf, keepbuf, peer, op, peer_first, tag, pipe)
+        if send_back:
+            sendrecv(comm, keepbuf, peer, sendbuf, peer, tag)
         return
     send_segs = segments(sendbuf.size, pipe.segment_elems)
     recv_segs = segments(keepbuf.size, pipe.segment_elems)
     sends = [isend(comm, sendbuf[lo:hi], peer, tag) for lo, hi in send_segs]
     aliased = sendbuf is keepbuf or bool(xp_of(keepbuf).shares_memory(sendbuf, keepbuf))
     slots = pipe.slots(comm, "exchange.recv", keepbuf, largest=keepbuf.size)
+    back = send_segs if send_back else []
 
     def describe(i: int) -> tuple[Any, int]:
-        lo, hi = recv_segs[i]
-        return slots[i % pipe.depth, : hi - lo], peer
+        if i < len(recv_segs):
+            lo, hi = recv_segs[i]
+            return slots[i % pipe.depth, : hi - lo], peer
+        i -= len(recv_segs)  # the peer's result lands where our segment i was sent from
+        wait(sends[i], peer, "send")
+        lo, hi = back[i]
+        return sendbuf[lo:hi], peer
 
-    window = RecvWindow(comm, tag, len(recv_segs), pipe.depth, describe)
+    window = RecvWindow(comm, tag, len(recv_segs) + len(back), pipe.depth, describe)
+    returns = []
     for i, (lo, hi) in enumerate(recv_segs):
         theirs = window.take()
         if aliased:
             wait(sends[i], peer, "send")
         _fold(op, theirs, keepbuf[lo:hi], peer_first)
+        window.release()
+        if send_back:
+            returns.append(isend(comm, keepbuf[lo:hi], peer, tag))
+    for _ in back:
+        window.take()
+        window.release()
+    waitall(sends + returns, peer, "sends")
+
+
+def exchange(comm: Comm, sendbuf: Any, recvbuf: Any, peer: int, tag: int) -> None:
+    """Send ``sendbuf`` to ``peer`` while receiving ``recvbuf.size`` elements from it, segmented.
+
+    The copy-only counterpart of :func:`exchange_combine` (an allgather step, or handing back a
+    finished result): both sides go in pipeline segments, up to ``depth`` receives in flight
+    straight into ``recvbuf``, so no message is longer than one segment. Either side may be empty
+    (one-way); the two buffers must not overlap. The segments of a message depend only on its own
+    length, so the peer's message boundaries match whichever path each side takes.
+    """
+    pipe = Pipeline.for_dtype(recvbuf.dtype)
+    if max(sendbuf.size, recvbuf.size) <= pipe.segment_elems:
+        sendrecv(comm, sendbuf, peer, recvbuf, peer, tag)
+        return
+    sends = [isend(comm, sendbuf[lo:hi], peer, tag) for lo, hi in segments(sendbuf.size, pipe.segment_elems)]
+    recv_segs = segments(recvbuf.size, pipe.segment_elems)
+
+    def describe(i: int) -> tuple[Any, int]:
+        lo, hi = recv_segs[i]
+        return recvbuf[lo:hi], peer
+
+    window = RecvWindow(comm, tag, len(recv_segs), pipe.depth, describe)
+    for _ in recv_segs:
+        window.take()
         window.release()
     waitall(sends, peer, "sends")
 

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..transport import Comm
-from ..transport.p2p import sendrecv
 from .ops import ReduceOp
-from .pipeline import exchange_combine
+from .pipeline import exchange, exchange_combine
 
 
 @dataclass(frozen=True)
@@ -71,12 +70,12 @@ def fold_in(comm: Comm, group: Pof2, buf: Any, op: ReduceOp, tag: int) -> None:
 
 
 def fold_out(comm: Comm, group: Pof2, buf: Any, tag: int) -> None:
-    """Odd ranks below ``2*rem`` return the finished result to ``r-1``."""
+    """Odd ranks below ``2*rem`` return the finished result to ``r-1`` (in pipeline segments)."""
     r = comm.rank
     if r >= 2 * group.rem:
         return
     empty = buf[:0]
     if r % 2:
-        sendrecv(comm, buf, r - 1, empty, r - 1, tag)
+        exchange(comm, buf, empty, r - 1, tag)
     else:
-        sendrecv(comm, empty, r + 1, buf, r + 1, tag)
+        exchange(comm, empty, buf, r + 1, tag)

@@ -6,6 +6,14 @@ partner's copy of the half it keeps into its own. After ``k`` rounds group membe
 finished block ``i``; the allgather doubles the owned range back up. ``2 log2 p`` rounds (two more
 for a non-power-of-two rank count) moving ``2(p-1)/p * nbytes``: good for medium and large
 messages when the latency of the ring's ``2(p-1)`` steps matters.
+
+Both phases move pipeline segments (``config.segment_bytes``, up to ``pipeline_depth`` receives
+in flight), as the ring does: the reduce-scatter folds each segment while the next ones arrive
+(:func:`~.pipeline.exchange_combine`), the allgather and the fold-out copy them
+(:func:`~.pipeline.exchange`). The last halving round and the first doubling round have the same
+partner, so they run as one: each folded segment of the finished block goes back to the partner
+at once, as the ring's two phases overlap. Other rounds follow one another. None of this changes
+which values are combined in which order, so results stay bitwise identical on every rank.
 """
 
 from __future__ import annotations
@@ -13,10 +21,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..transport import Comm
-from ..transport.p2p import sendrecv
 from .ops import ReduceOp
 from .partition import displacements, even_counts
-from .pipeline import exchange_combine
+from .pipeline import exchange, exchange_combine
 from .pof2 import Pof2, fold_in, fold_out
 from .registry import register
 
@@ -45,16 +52,19 @@ def rabenseifner_allreduce(comm: Comm, sendbuf: Any, recvbuf: Any, op: ReduceOp)
             partner = me ^ mask
             mid = (lo + hi) // 2
             keep, give = ((mid, hi), (lo, mid)) if me & mask else ((lo, mid), (mid, hi))
+            # the last halving round and the first doubling round have the same partner: fused,
+            # each finished segment goes back while the next ones are folded
             exchange_combine(comm, recvbuf[_span(displs, *give)], recvbuf[_span(displs, *keep)],
-                             group.real(partner), op, peer_first=partner < me, tag=tag)
-            lo, hi = keep
+                             group.real(partner), op, peer_first=partner < me, tag=tag, send_back=mask == 1)
+            if mask > 1:
+                lo, hi = keep
             mask >>= 1
-        mask = 1
+        mask = 2  # the fused round left this rank both finished blocks of its pair
         while mask < group.pof2:  # recursive doubling: swap owned ranges
             partner = me ^ mask
             theirs = (lo ^ mask, (lo ^ mask) + mask)  # my range is mask blocks, aligned
-            sendrecv(comm, recvbuf[_span(displs, lo, hi)], group.real(partner),
-                     recvbuf[_span(displs, *theirs)], group.real(partner), tag)
+            exchange(comm, recvbuf[_span(displs, lo, hi)], recvbuf[_span(displs, *theirs)],
+                     group.real(partner), tag)
             lo, hi = min(lo, theirs[0]), max(hi, theirs[1])
             mask <<= 1
     fold_out(comm, group, recvbuf, tag)

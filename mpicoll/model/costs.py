@@ -14,6 +14,13 @@ A flat algorithm on several hosts runs in lockstep, so each of its steps takes t
 slowest hop: the model charges every round to the inter-host class as soon as any hop of that
 round crosses hosts.
 
+Segments: mpicoll's algorithms move any message longer than ``config.segment_bytes`` as pipeline
+segments with up to ``pipeline_depth`` of them in flight, so a round's segments overlap each
+other's latency and a round is charged one ``alpha`` however many segments it has. That is a
+property of the algorithms, not of the formula: an unsegmented 8 MiB message over the TCP bed ran
+at about half the link's rate, and the only path that still sent one (Rabenseifner's allgather,
+issue 17) measured 32-37% above its formula until it was segmented.
+
 Each function below names the module whose algorithm it models and gives its formula. ``w`` is a
 codec's wire size (``ratio * n``); the codec terms use compress / decode rates in input bytes per
 second. The formulas are checked against hand-computed cases in tests/unit/test_costmodel.py and
@@ -24,6 +31,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+
+from .rules import DENSE_SWITCH
 
 
 @dataclass(frozen=True)
@@ -125,7 +134,17 @@ def recursive_doubling(n: float, layout: Layout) -> Cost:
 def rabenseifner(n: float, layout: Layout) -> Cost:
     """:mod:`mpicoll.collectives.rabenseifner`: recursive-halving reduce-scatter then
     recursive-doubling allgather; stage ``i`` moves ``n / 2^(i+1)`` bytes each way, partners
-    ``k/2, k/4, ...`` apart in the reduce-scatter and the reverse in the allgather."""
+    ``k/2, k/4, ...`` apart in the reduce-scatter and the reverse in the allgather.
+
+    ``2 log2 k`` rounds (plus the fold's 2), ``2 (k-1)/k n`` bytes (plus the fold's ``2 n``), and
+    ``(k-1)/k n`` reduced: on ``k`` ranks of one host each, the same bytes as the ring in
+    ``log2 k`` instead of ``k-1`` rounds per phase. Both phases and the fold go in pipeline
+    segments (see the module docstring), so each stage is one latency plus its bytes, and the
+    stages follow one another (the sum of per-stage terms). The last halving stage and the first
+    doubling stage (same partner) run fused, each finished segment sent back at once, as the
+    ring's two phases overlap: a segment still crosses twice (two latencies) and each direction
+    still carries both stages' bytes, so no term changes; the fusion only hides the reduce-scatter's
+    tail, which the model does not price for the ring either."""
     k = _pof2(layout.p)
     cost = _fold(n, layout)
     stages = int(math.log2(k))
@@ -214,9 +233,6 @@ def sparse_allgather(n: float, ratio: float, layout: Layout) -> Cost:
     return cost
 
 
-SPARSE_DENSE_SWITCH = 0.25  # mpicoll.aggregation.sparse.DENSE_SWITCH
-
-
 def sparse_rd(n: float, ratio: float, layout: Layout) -> Cost:
     """:mod:`mpicoll.aggregation.sparse` (``sparse_rd``): ``ceil(log2 p)`` pairwise merges; the
     merged set at most doubles each stage (disjoint indices: the worst case, which random data
@@ -226,7 +242,7 @@ def sparse_rd(n: float, ratio: float, layout: Layout) -> Cost:
     size = ratio * n
     for i in range(math.ceil(math.log2(p)) if p > 1 else 0):
         link, share = _stage_link(1 << i, layout)
-        nbytes = min(size, n) if size <= SPARSE_DENSE_SWITCH * 2 * n else n
+        nbytes = min(size, n) if size <= DENSE_SWITCH * 2 * n else n
         cost = cost + _msg(link, 1, nbytes * share)
         cost.reduce_bytes += nbytes
         size *= 2

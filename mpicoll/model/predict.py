@@ -3,6 +3,8 @@ takes, and a training step's buckets; the pure decision of which codec to use.
 
 The path ``auto`` takes for a codec is :func:`auto_path`; it mirrors
 :func:`mpicoll.aggregation.choice.choose_path` and the hierarchical rule (a test keeps the two equal).
+The thresholds and rules for sparse and quantized payloads are not mirrored but shared: both
+import them from :mod:`.rules`.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from dataclasses import dataclass
 from . import costs
 from .costs import Cost, Layout
 from .machine import Machine
+from .rules import prefer_single_pass, sparse_path
 
 OWN = ("ring", "recursive_doubling", "rabenseifner", "tree")
-SINGLE_PASS_ROUND_BYTES = 64 << 10  # mpicoll.aggregation.allgather_decode.ROUND_BYTES
 
 
 def allreduce_seconds(machine: Machine, algorithm: str, n: float, layout: Layout) -> float | None:
@@ -43,10 +45,9 @@ def best_uncompressed(machine: Machine, n: float, layout: Layout, *, native: boo
 def auto_path(kind: str, payload_bytes: float, p: int) -> str:
     """The flat compressed path ``auto`` takes for a codec of ``kind`` (see the module docstring)."""
     if kind == "sparse":
-        return "sparse_allgather" if p <= 4 else "sparse_rd"
+        return sparse_path(p)
     if kind == "quantized":
-        single = p <= 2 or (p - 1) * (p - 2) / p * payload_bytes <= SINGLE_PASS_ROUND_BYTES
-        return "allgather_decode" if single else "two_phase"
+        return "allgather_decode" if prefer_single_pass(payload_bytes, p) else "two_phase"
     if kind == "lowrank":
         return "powersgd"
     return "summable"

@@ -9,7 +9,7 @@ from mpitools import assert_all, assert_close_all, assert_equal_all, assert_same
 import mpicoll
 from mpicoll import compression
 from mpicoll.aggregation import GradientBuckets
-from mpicoll.aggregation.choice import ROUND_BYTES, choose_path, prefer_single_pass
+from mpicoll.aggregation.choice import choose_path
 from mpicoll.compression import ErrorFeedback
 
 CODECS = [("sign", {}), ("sign", {"block": 64}), ("int8", {}), ("int4", {}), ("qsgd", {}), ("topk", {"ratio": 0.05}),
@@ -50,12 +50,6 @@ def test_auto_takes_the_single_pass_when_its_extra_bytes_cost_less_than_a_round(
     assert_all(comm.mpi, choose_path(sign, small, comm) == "allgather_decode", "small payload: single pass")
     want_large = "allgather_decode" if comm.size <= 2 else "two_phase"
     assert_all(comm.mpi, choose_path(sign, large, comm) == want_large, f"16M elements on {comm.size} ranks")
-
-
-def test_prefer_single_pass_rule():
-    assert prefer_single_pass(1 << 40, 1) and prefer_single_pass(1 << 40, 2)
-    assert prefer_single_pass(ROUND_BYTES * 3 // 2, 3) and not prefer_single_pass(ROUND_BYTES * 3 // 2 + 3, 3)
-    assert not prefer_single_pass(1 << 20, 5)
 
 
 def test_gradient_buckets_dense_warmup_then_clean_residuals(comm):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from mpitools import (
     all_inputs,
+    assert_all,
     assert_close_all,
     assert_equal_all,
     assert_same_on_all_ranks,
@@ -148,3 +149,83 @@ def test_bitwise_ops_match_mpi(comm, algorithm, op, dtype):
             assert_equal_all(comm.mpi, got, want, f"op={op} count={count}")
     with pytest.raises(mpicoll.DtypeError, match="integer bits"):
         mpicoll.allreduce(np.zeros(3, np.float32), op, algorithm=algorithm, comm=comm)
+
+
+def rabenseifner_order(inputs: list[np.ndarray], work: np.dtype) -> np.ndarray:
+    """Rabenseifner's sum replayed in NumPy, in ``work`` precision: each extra rank ``r < 2 rem``
+    (even) folds into ``r + 1``, lower rank first; then, from the highest bit of the group index
+    down to the lowest, partners add lower index first (the recursive halving). The allgather and
+    the fold-out only copy, so this is every element's order whatever the segment size."""
+    p = len(inputs)
+    pof2 = 1 << (p.bit_length() - 1)
+    rem = p - pof2
+    group = [inputs[2 * i].astype(work) + inputs[2 * i + 1].astype(work) if i < rem else inputs[i + rem].astype(work)
+             for i in range(pof2)]
+    mask = pof2 >> 1
+    while mask:
+        group = [group[i & ~mask] + group[i | mask] for i in range(pof2)]
+        mask >>= 1
+    return group[0]
+
+
+class MessageSizes:
+    """Delegates to an mpi4py communicator and records the byte size of every message sent."""
+
+    def __init__(self, mpi):
+        self._mpi, self.sizes = mpi, []
+
+    def __getattr__(self, name):
+        target = getattr(self._mpi, name)
+        if name not in ("Isend", "Send", "Sendrecv"):
+            return target
+
+        def recorded(buf, *args, **kwargs):
+            self.sizes.append(np.asarray(buf[0]).nbytes)
+            return target(buf, *args, **kwargs)
+
+        return recorded
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize("segment_bytes", [1024, 4096, 1 << 20])
+def test_rabenseifner_segments_keep_its_reduction_order(comm, dtype, segment_bytes):
+    """Segmenting the phases changes how bytes move, never the order of a reduction: the result is
+    bitwise the replayed order (and so the same as before segmenting, and on every rank), close to
+    the float64 sum and to MPI_Allreduce; integer sums equal MPI's exactly. The counts are not
+    multiples of a segment, span one to many segments per block, and include fewer elements than
+    blocks."""
+    work = np.dtype(np.float32) if dtype == "float16" else np.dtype(dtype)
+    seg = segment_bytes // work.itemsize
+    counts = sorted({1, comm.size + 1, seg + 1, 2 * seg * (1 << (comm.size.bit_length() - 1)) + 7,
+                     min(5 * seg + 3, 1 << 19)})
+    tol = {"float16": 2e-2, "float32": 1e-5, "float64": 1e-12}[dtype] * comm.size
+    with mpicoll.config.override(segment_bytes=segment_bytes):
+        for count in counts:
+            inputs = all_inputs(count, comm.size, dtype, "float", seed=17)
+            got = mpicoll.allreduce(inputs[comm.rank], algorithm="rabenseifner", comm=comm)
+            want = rabenseifner_order(inputs, work).astype(dtype)
+            assert_equal_all(comm.mpi, got, want, f"count={count}: the replayed order")
+            assert_close_all(comm.mpi, got, reference(inputs, "sum"), rtol=tol, atol=tol, what=f"count={count}")
+            assert_close_all(comm.mpi, got, mpi_allreduce(comm.mpi, inputs[comm.rank], "sum").astype(np.float64),
+                             rtol=tol, atol=tol, what=f"count={count} against MPI_Allreduce")
+            exact = rank_input(count, comm.rank, "int64")
+            assert_equal_all(comm.mpi, mpicoll.allreduce(exact, algorithm="rabenseifner", comm=comm),
+                             mpi_allreduce(comm.mpi, exact, "sum"), f"count={count} int64")
+
+
+@pytest.mark.parametrize("algorithm", ["rabenseifner", "recursive_doubling"])
+def test_no_message_is_longer_than_a_segment(comm, algorithm):
+    """Rabenseifner's phases and the fold of extra ranks send pipeline segments, never a whole half
+    (over TCP one 8 MiB message ran 2x slower than the ring's 1 MiB segments: bench/RESULTS.md,
+    issue 17)."""
+    x = rank_input(10_007, comm.rank, "float64")
+    want = mpi_allreduce(comm.mpi, x, "sum")
+    real = comm.mpi
+    comm.mpi = spy = MessageSizes(real)
+    try:
+        with mpicoll.config.override(segment_bytes=4096, validate=False):
+            got = mpicoll.allreduce(x, algorithm=algorithm, comm=comm)
+    finally:
+        comm.mpi = real
+    assert_equal_all(comm.mpi, got, want)
+    assert_all(comm.mpi, max(spy.sizes, default=0) <= 4096, f"{algorithm} sent messages of {sorted(set(spy.sizes))}")

@@ -11,6 +11,7 @@ from mpicoll import compression
 from mpicoll.aggregation.choice import choose_path
 from mpicoll.model import Choice, CodecRates, Layout, Link, Machine, break_even, choose_codec, compressed_seconds, costs
 from mpicoll.model.predict import auto_path, gbit
+from mpicoll.model.rules import ROUND_BYTES, SPARSE_ALLGATHER_MAX_RANKS, prefer_single_pass, sparse_path
 
 MB = 1 << 20
 
@@ -36,6 +37,22 @@ def test_recursive_doubling_folds_the_extra_ranks():
 def test_rabenseifner_moves_twice_k_minus_one_over_k():
     c = costs.rabenseifner(MB, Layout(1, 4))
     assert c.rounds == {"intra": 4} and c.bytes == {"intra": 1.5 * MB} and c.reduce_bytes == 0.75 * MB
+    # one rank per host: the ring's bytes in log2 p rounds per phase instead of p - 1
+    flat, ring = costs.rabenseifner(MB, Layout(8, 1)), costs.ring(MB, Layout(8, 1))
+    assert flat.rounds == {"inter": 6} and ring.rounds == {"inter": 14}
+    assert flat.bytes == ring.bytes == {"inter": 1.75 * MB} and flat.reduce_bytes == ring.reduce_bytes
+
+
+def test_rabenseifner_across_hosts_and_with_a_fold():
+    # 2 hosts x 2 ranks: stage 0 (partners 2 apart, n/2 each way, twice) crosses hosts with both
+    # ranks of a host on its link (2 * n/2 * 2 = 2n); stage 1 (1 apart, n/4, twice) stays inside
+    c = costs.rabenseifner(MB, Layout(2, 2))
+    assert c.rounds == {"inter": 2, "intra": 2} and c.bytes == {"inter": 2 * MB, "intra": 0.5 * MB}
+    assert c.reduce_bytes == 0.75 * MB
+    # 3 hosts: rank 0 folds into rank 1 and gets the result back (2 rounds, 2n, n reduced), then
+    # one stage between two ranks (n/2 each way in each phase)
+    c = costs.rabenseifner(MB, Layout(3, 1))
+    assert c.rounds == {"inter": 4} and c.bytes == {"inter": 3 * MB} and c.reduce_bytes == 1.5 * MB
 
 
 def test_hierarchical_crosses_the_network_once_per_host():
@@ -146,3 +163,24 @@ def test_layout_of_a_communicators_hosts():
     assert Layout.of((0, 0, 1, 1)) == Layout(2, 2)
     assert Layout.of((0, 0, 0, 1)) == Layout(2, 3)  # uneven: the fullest host counts
     assert Layout.of((0,)) == Layout(1, 1)
+
+
+def test_prefer_single_pass_rule():
+    assert prefer_single_pass(1 << 40, 1) and prefer_single_pass(1 << 40, 2)
+    assert prefer_single_pass(ROUND_BYTES * 3 // 2, 3) and not prefer_single_pass(ROUND_BYTES * 3 // 2 + 3, 3)
+    assert not prefer_single_pass(1 << 20, 5)
+
+
+def test_sparse_path_rule():
+    assert sparse_path(SPARSE_ALLGATHER_MAX_RANKS) == "sparse_allgather"
+    assert sparse_path(SPARSE_ALLGATHER_MAX_RANKS + 1) == "sparse_rd"
+
+
+def test_the_rules_have_one_home():
+    """aggregation acts on the same objects the model predicts with, not on copies."""
+    from mpicoll.aggregation import choice, sparse
+    from mpicoll.model import costs, predict, rules
+
+    assert choice.prefer_single_pass is predict.prefer_single_pass is rules.prefer_single_pass
+    assert choice.sparse_path is predict.sparse_path is rules.sparse_path
+    assert sparse.DENSE_SWITCH is costs.DENSE_SWITCH is rules.DENSE_SWITCH
