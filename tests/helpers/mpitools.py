@@ -23,6 +23,29 @@ def assert_all(comm: MPI.Comm, ok: bool, message: str = "") -> None:
         raise AssertionError(f"failed on {len(bad)} of {comm.Get_size()} rank(s): {details}")
 
 
+def raises_everywhere(comm: Any, exc_type: type[BaseException], fn: Any, *match: str) -> str:
+    """Collective: ``fn()`` raises ``exc_type`` on every rank, with every ``match`` text in the
+    message; a :class:`mpicoll.MismatchError` must also read the same, word for word, everywhere.
+    ``comm`` is an :class:`mpicoll.Comm`. Returns this rank's message."""
+    from mpicoll.errors import MismatchError
+
+    try:
+        fn()
+    except exc_type as exc:
+        text = str(exc)
+        missing = [m for m in match if m not in text]
+        assert_all(comm.mpi, not missing, f"message lacks {missing}: {text}")
+        if issubclass(exc_type, MismatchError):
+            texts = comm.mpi.allgather(text)
+            assert_all(comm.mpi, len(set(texts)) == 1, f"messages differ between ranks: {texts}")
+        return text
+    except Exception as exc:  # any other type is a failure, reported collectively
+        assert_all(comm.mpi, False, f"raised {type(exc).__name__}: {exc}")
+    else:
+        assert_all(comm.mpi, False, f"did not raise {exc_type.__name__}")
+    return ""
+
+
 def assert_equal_all(comm: MPI.Comm, got: Any, want: Any, what: str = "result") -> None:
     """Collective: ``got`` equals ``want`` exactly (same dtype, shape and values) on every rank."""
     got = np.asarray(got)

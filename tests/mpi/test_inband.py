@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from mpitools import assert_all
+from mpitools import assert_all, raises_everywhere
 
 import mpicoll
 from mpicoll.collectives.internal import inband
@@ -19,22 +19,6 @@ from mpicoll.errors import MismatchError, PeerError
 multi = pytest.mark.skipif(mpicoll.size() < 2, reason="needs at least 2 ranks to disagree")
 SMALL = 10
 LARGE = inband.INBAND_BYTES // 4 + 1000  # float32 elements: too large to ride in band
-
-
-def raises_everywhere(comm, exc_type, fn, *match):
-    try:
-        fn()
-    except exc_type as exc:
-        text = str(exc)
-        missing = [m for m in match if m not in text]
-        assert_all(comm.mpi, not missing, f"message lacks {missing}: {text}")
-        texts = comm.mpi.allgather(text)
-        assert_all(comm.mpi, len(set(texts)) == 1 or exc_type is not MismatchError, f"messages differ: {texts}")
-        return
-    except Exception as exc:
-        assert_all(comm.mpi, False, f"raised {type(exc).__name__}: {exc}")
-    else:
-        assert_all(comm.mpi, False, f"did not raise {exc_type.__name__}")
 
 
 def still_works(comm):

@@ -4,27 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from mpitools import assert_all
+from mpitools import assert_all, raises_everywhere
 
 import mpicoll
 from mpicoll.errors import ArgumentError, DtypeError, MismatchError, PeerError, UnsupportedError
-
-
-def raises_everywhere(comm, exc_type, fn, *match):
-    """Collective: ``fn()`` raises ``exc_type`` on every rank, with every ``match`` text in the message."""
-    try:
-        fn()
-    except exc_type as exc:
-        text = str(exc)
-        missing = [m for m in match if m not in text]
-        assert_all(comm.mpi, not missing, f"message lacks {missing}: {text}")
-        return text
-    except Exception as exc:  # any other type is a failure, reported collectively
-        assert_all(comm.mpi, False, f"raised {type(exc).__name__}: {exc}")
-    else:
-        assert_all(comm.mpi, False, f"did not raise {exc_type.__name__}")
-    return ""
-
 
 multi = pytest.mark.skipif(mpicoll.size() < 2, reason="needs at least 2 ranks to disagree")
 
