@@ -17,12 +17,13 @@ from ..config import config
 from ..errors import ArgumentError
 from ..transport import Comm, as_comm
 from ..transport.entry import watched
+from . import inband
 from .auto import resolve
 from .buffers import check_array, check_finite, check_out, check_root, finish, flat_input, flat_output, in_out
 from .inband import carries
 from .ops import ReduceOp, get_op, work_dtype
 from .partition import check_counts, even_counts
-from .validate import Agreement
+from .validate import WIDTH, Agreement
 
 
 def _wire(algo: Any, *args: Any) -> None:
@@ -92,8 +93,11 @@ def allreduce(x: Any, op: str | ReduceOp = "sum", *, algorithm: str = "auto", co
                 and carries(x, x.size * dtype.itemsize):
             # small and checked: recursive doubling in the agreement's own messages (see .inband)
             name, algo = "recursive_doubling", None
-            work = c.scratch.get("inband.work", x.size, dtype)  # x and out stay untouched if refused
-            work.reshape(x.shape)[...] = x
+            work = inband.buffer(c, x.size, dtype, WIDTH)  # x and out stay untouched if refused
+            if x.ndim == 1:
+                work[...] = x
+            else:
+                work.reshape(x.shape)[...] = x
             agree.reduce_along(work, rop)
         else:
             name, algo = resolve("allreduce", algorithm, x.nbytes, c)

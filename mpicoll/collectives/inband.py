@@ -84,30 +84,98 @@ def schedule(comm: Comm) -> list[Step]:
     return steps
 
 
-def _bytes_of(comm: Comm, array: Any) -> Any:
-    """``array`` viewed as bytes, memoized for the scratch arrays a loop passes again and again
-    (a view costs microseconds, which is what a small all-reduce is made of)."""
-    if array is None:
-        return b""
-    views = comm.cache.get("inband.views")
-    if views is None:
-        views = comm.cache["inband.views"] = {}
-    found = views.get(id(array))
-    if found is None or found[0] is not array:
-        if len(views) > 64:
-            views.clear()
-        found = views[id(array)] = (array, array.view(np.uint8))
-    return found[1]
+class _Step:
+    """One message of the schedule with every view it needs, made once per data size."""
+
+    __slots__ = (
+        "dest",
+        "expect",
+        "final",
+        "message",
+        "peer_first",
+        "phi",
+        "plo",
+        "receive",
+        "rows_got",
+        "rows_in",
+        "rows_out",
+        "rows_tail",
+        "source",
+        "theirs",
+    )
+
+    def __init__(self, b: _Buffers, step: Step, nbytes: int, dtype: Any) -> None:
+        lo, hi, dest, plo, phi, source, peer_first = step
+        rb = b.rowbytes
+        self.dest, self.source, self.peer_first, self.plo, self.phi = dest, source, peer_first, plo, phi
+        head = (hi - lo) * rb
+        # a message is the sender's data (at the front, where the caller's working array lives) then its rows
+        self.message = b.send[: nbytes + head] if dest is not None else b.send[:0]
+        self.rows_out = b.send[nbytes: nbytes + head].reshape(hi - lo, rb) if dest is not None else None
+        self.rows_in = b.rows[lo:hi] if dest is not None else None
+        self.receive = b.recv if source is not None else b.recv[:0]
+        phead = (phi - plo) * rb
+        self.expect = nbytes + phead
+        self.rows_got = b.rows[plo:phi]
+        self.rows_tail = b.recv[nbytes: nbytes + phead].reshape(phi - plo, rb)
+        self.theirs = b.recv[:nbytes].view(dtype) if nbytes else None
+        self.final = phi - plo == len(b.rows)
+
+
+class _Buffers:
+    """One communicator's agreement table, message buffers (the largest message an mpicoll rank
+    of it can send, each way) and schedule, with views memoized per data size: a small all-reduce
+    is made of microseconds, and a NumPy view costs about one."""
+
+    def __init__(self, comm: Comm, width: int) -> None:
+        p = comm.size
+        self.table = np.zeros((p, width), dtype=np.int64)
+        self.rows = self.table.view(np.uint8)  # (p, rowbytes)
+        self.rowbytes = width * 8
+        self.send = np.empty(INBAND_BYTES + p * self.rowbytes, dtype=np.uint8)
+        self.recv = np.empty(INBAND_BYTES + p * self.rowbytes, dtype=np.uint8)
+        self.schedule = schedule(comm)
+        self.plans: dict[tuple[int, Any], tuple[Any, list[_Step]]] = {}
+
+    def plan(self, nbytes: int, dtype: Any) -> tuple[Any, list[_Step]]:
+        """The working array (at the front of the send buffer) and the steps, for ``nbytes`` of ``dtype``."""
+        key = (nbytes, dtype)
+        found = self.plans.get(key)
+        if found is None:
+            if len(self.plans) > 64:
+                self.plans.clear()
+            work = self.send[:nbytes].view(dtype) if nbytes else None
+            found = self.plans[key] = (work, [_Step(self, step, nbytes, dtype) for step in self.schedule])
+        return found
+
+
+def _buffers(comm: Comm, width: int) -> _Buffers:
+    found = comm.cache.get("inband")
+    if found is None or found.table.shape[1] != width:
+        found = comm.cache["inband"] = _Buffers(comm, width)
+    return found
+
+
+def table(comm: Comm, width: int) -> np.ndarray:
+    """The communicator's agreement table: ``(p, width)`` int64, the same array every call."""
+    return _buffers(comm, width).table
+
+
+def buffer(comm: Comm, count: int, dtype: Any, width: int) -> np.ndarray:
+    """Where a caller puts its contribution to an in-band all-reduce (``count`` elements of
+    ``dtype``): the front of the send buffer, so that nothing is copied to send it."""
+    return _buffers(comm, width).plan(count * np.dtype(dtype).itemsize, np.dtype(dtype))[0]
 
 
 def gather_rows(comm: Comm, table: np.ndarray, work: Any = None, op: ReduceOp | None = None) -> bool:
-    """Fill ``table`` (one int64 row per rank, this rank's row already in place) on every rank.
+    """Fill ``table`` (:func:`table`'s array, this rank's row already in place) on every rank.
 
     Args:
         comm: the communicator.
-        table: ``(p, w)`` int64, C-contiguous; row ``comm.rank`` is this rank's signature.
+        table: the array :func:`table` returned; row ``comm.rank`` is this rank's signature.
         work: optionally a 1-D contiguous host array of at most :data:`INBAND_BYTES` holding this
-            rank's contribution to an all-reduce; it is reduced in place with ``op`` along the way.
+            rank's contribution to an all-reduce (best the array :func:`buffer` returned: then
+            nothing is copied); it is reduced in place with ``op`` along the way.
         op: the reduction (with ``work``).
 
     Returns:
@@ -115,42 +183,39 @@ def gather_rows(comm: Comm, table: np.ndarray, work: Any = None, op: ReduceOp | 
         reduction over all ranks, provided every rank also carried data of the same size, which
         the caller learns by comparing the rows).
     """
-    p = comm.size
-    if p == 1:
+    if comm.size == 1:
         return True
-    rowbytes = table.shape[1] * 8
-    data = _bytes_of(comm, work)
-    nbytes = len(data)
-    rows = _bytes_of(comm, table)  # (p, rowbytes)
-    send = comm.scratch.get("inband.send", p * rowbytes + nbytes, np.uint8)
-    recv = comm.scratch.get("inband.recv", p * rowbytes + INBAND_BYTES, np.uint8)
+    b = _buffers(comm, table.shape[1])
+    if table is not b.table:
+        raise ValueError("gather_rows needs the array inband.table(comm, width) returned")
+    nbytes = 0 if work is None else work.nbytes
+    front, steps = b.plan(nbytes, None if work is None else work.dtype)
+    if front is not None and work is not front:
+        front[...] = work
     ok = True
-    for lo, hi, dest, plo, phi, source, peer_first in schedule(comm):
-        out = send[:0]
-        if dest is not None:
-            head = (hi - lo) * rowbytes
-            out = send[: head + nbytes]
-            out[:head] = rows[lo:hi].reshape(-1)
-            if nbytes:
-                out[head:] = data
-        got = sendrecv_count(comm, out, dest, recv if source is not None else recv[:0], source, TAG, STEP)
-        if source is None:
+    for s in steps:
+        if s.rows_out is not None:
+            s.rows_out[...] = s.rows_in
+        got = sendrecv_count(comm, s.message, s.dest, s.receive, s.source, TAG, STEP)
+        if s.source is None:
             continue
-        head = (phi - plo) * rowbytes
-        if got < head:  # cannot come from an mpicoll rank of this communicator: it disagrees with everything
-            ok = False
-            rows[plo:phi] = 0xFF  # "failed" = -1
+        if got == s.expect:
+            s.rows_got[...] = s.rows_tail
+            if nbytes and ok:
+                if s.final:  # the finished result, from the rank this one folded into
+                    front[...] = s.theirs
+                elif s.peer_first is not None:
+                    if s.peer_first:
+                        op.combine(s.theirs, front, out=front)
+                    else:
+                        op.combine(front, s.theirs, out=front)
             continue
-        rows[plo:phi] = recv[:head].reshape(phi - plo, rowbytes)
-        if got != head + nbytes:  # another count, or no data where this rank sent some: the rows will say
-            ok = False
-        elif nbytes and ok:
-            if phi - plo == p:  # the finished result, from the rank this one folded into
-                work[...] = recv[head: head + nbytes].view(work.dtype)
-            elif peer_first is not None:
-                theirs = recv[head: head + nbytes].view(work.dtype)
-                if peer_first:
-                    op.combine(theirs, work, out=work)
-                else:
-                    op.combine(work, theirs, out=work)
+        ok = False  # another count, or no data where this rank sent some: the rows (at the tail) will say
+        phead = s.rows_got.nbytes
+        if got >= phead:
+            s.rows_got[...] = b.recv[got - phead: got].reshape(s.rows_got.shape)
+        else:  # cannot come from an mpicoll rank of this communicator: it disagrees with everything
+            s.rows_got[...] = 0xFF  # "failed" = -1
+    if front is not None and work is not front:
+        work[...] = front
     return ok

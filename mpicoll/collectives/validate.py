@@ -38,6 +38,8 @@ _DTYPES = [np.dtype(t) for t in (
     "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
     "float16", "float32", "float64", "complex64", "complex128",
 )]
+#: int64 per rank in the agreement: the fields, then the carried value
+WIDTH = 14
 _FIELDS = ("failed", "collective", "count", "dtype", "op", "root", "algorithm", "counts", "segment_bytes",
            "compressor", "parts", "stream", "inband")
 _COLLECTIVE_CODES = {name: i for i, name in enumerate(COLLECTIVES)}
@@ -167,9 +169,7 @@ def exchange(comm: Comm, collective: str, error: BaseException | None, *, count:
     if carry is not None:  # every row has the carried column (-1 unused), so lengths match across collectives
         row = signature.copy()
         row[-1] = carry
-    table = comm.cache.get("validate.table")
-    if table is None:  # one table per communicator, the same object every call (inband memoizes its view)
-        table = comm.cache["validate.table"] = np.empty((comm.size, row.size), dtype=np.int64)
+    table = inband_.table(comm, row.size)  # one per communicator, the same array every call
     table[comm.rank] = row
     sizes_ok = inband_.gather_rows(comm, table, *(inband or ()))  # tells the watchdog what it waits for
     if carry is None and table.tobytes() == signature.tobytes() * comm.size:  # the common case: one comparison
@@ -211,6 +211,8 @@ def _signature(failed: bool, key: tuple[Any, ...]) -> np.ndarray:
         1 if inband else 0,
         -1,  # the carried value (see Agreement), never compared: the same row length for every collective
     ], dtype=np.int64)
+    if signature.size != WIDTH:  # made once per distinct call: the check costs nothing in a loop
+        raise RuntimeError(f"agreement row of {signature.size} int64, WIDTH says {WIDTH}")
     if not failed:
         if len(_signatures) > 4096:
             _signatures.clear()
