@@ -182,6 +182,7 @@ class Config:
         self._lock = threading.Lock()
         self._values: dict[str, Any] | None = None
         self._thread = threading.local()
+        self._pins = 0  # pinned() blocks open in any thread: while none is, get() skips the thread-local
 
     def _load(self) -> dict[str, Any]:
         with self._lock:
@@ -219,9 +220,10 @@ class Config:
 
     def get(self, key: str) -> Any:
         """Return the current value of ``key`` (this thread's :meth:`pinned` values first)."""
-        pinned = getattr(self._thread, "values", None)
-        if pinned is not None and key in pinned:
-            return pinned[key]
+        if self._pins:  # a thread's own pinned() raised this before any of its reads: no race for it
+            pinned = getattr(self._thread, "values", None)
+            if pinned is not None and key in pinned:
+                return pinned[key]
         values = self._values
         if values is not None and key in values:  # the hot path: one dict lookup, no lock
             return values[key]
@@ -258,11 +260,15 @@ class Config:
         threads set meanwhile: the non-blocking engine runs each collective with the settings in
         force when it was started, so every rank runs it the same way."""
         previous = getattr(self._thread, "values", None)
+        with self._lock:
+            self._pins += 1
         self._thread.values = values
         try:
             yield
         finally:
             self._thread.values = previous
+            with self._lock:
+                self._pins -= 1
 
     def as_dict(self) -> dict[str, Any]:
         """A copy of every key and its current value."""
