@@ -66,8 +66,9 @@ def _add_sweep_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=float, default=0.5,
                    help="at most about this many seconds per measurement (default 0.5): fewer iterations "
                         "for large messages")
-    p.add_argument("--validate", action="store_true",
-                   help="keep the cross-rank argument check on inside the timed loop (off by default)")
+    p.add_argument("--validate", action=argparse.BooleanOptionalAction, default=True,
+                   help="the cross-rank argument check inside the timed loop: on by default, as users get it "
+                        "(--no-validate times the algorithms alone; tune always does)")
     p.add_argument("--stats", action="store_true",
                    help="also report min/p50/p95/p99/max over the timed iterations (us, each iteration's "
                         "slowest rank) and the per-rank spread; JSON carries them")

@@ -196,7 +196,7 @@ class Options:
     iters: int = 1000
     budget_s: float = 0.5
     repeats: int = 3
-    validate: bool = False
+    validate: bool = True  # as users get it
     timing: str = "back-to-back"
     stats: bool = False
 
