@@ -62,12 +62,10 @@ def run_tune(args: argparse.Namespace, comm: Any, cases: dict[str, Case],
     for collective in [c.strip() for c in args.collectives.split(",") if c.strip()]:
         if collective not in cases or collective == "sendrecv":
             raise SystemExit(f"cannot tune {collective!r}; choose from {sorted(set(cases) - {'sendrecv'})}")
-        # shm reads host memory only, and the table is keyed by size and rank count alone, so a
-        # table that said shm would fail GPU arrays: not a candidate (pass algorithm="shm", or
-        # GradientBuckets(algorithm="shm"), where it pays: in place on shared buffers)
         # the table ranks the algorithms themselves: with the check on, every one of them pays the same
-        # agreement (and auto's small all-reduces ride in it, whatever the table says)
-        opts = replace(make_options(args, [a for a in algorithm_names(collective) if a != "shm"]), validate=False)
+        # agreement (and auto's small all-reduces ride in it, whatever the table says). shm is a
+        # candidate: auto takes ring in its place for GPU arrays (auto.choose_for)
+        opts = replace(make_options(args, list(algorithm_names(collective))), validate=False)
         say(comm, f"# tuning {collective} on {comm.size} ranks")
         records = run_case(cases[collective], comm, opts, lambda r: say(comm, format_row(r)))
         broken = sorted({r.algorithm for r in records if r.wrong})

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from .. import timeline
 from ..backend import synchronize, xp_of
 from ..config import config
@@ -100,7 +102,7 @@ def allreduce(x: Any, op: str | ReduceOp = "sum", *, algorithm: str = "auto", co
                 work.reshape(x.shape)[...] = x
             agree.reduce_along(work, rop)
         else:
-            name, algo = resolve("allreduce", algorithm, x.nbytes, c)
+            name, algo = resolve("allreduce", algorithm, x.nbytes, c, host=isinstance(x, np.ndarray))
         agree.set(count=x.size, dtype=x.dtype, op=rop.name, algorithm=name)
     if agree.reduced:
         _average(work, rop, c.size)

@@ -167,7 +167,8 @@ def across_hosts(comm: Comm) -> bool:
     return found
 
 
-def choose_for(collective: str, nbytes: int, comm: Comm, *, own: bool = False, flat: bool = False) -> str:
+def choose_for(collective: str, nbytes: int, comm: Comm, *, own: bool = False, flat: bool = False,
+               host: bool = True) -> str:
     """``auto``'s algorithm for ``nbytes`` (the same on every rank) on ``comm``.
 
     Args:
@@ -177,20 +178,22 @@ def choose_for(collective: str, nbytes: int, comm: Comm, *, own: bool = False, f
         own: only algorithms of :data:`OWN_FLAT` (the table's choice when it is one, else ``ring``),
             for reductions MPI cannot do or results that must be bitwise identical everywhere.
         flat: ignore the hosts (no ``hierarchical``).
+        host: the arrays are in host memory; ``shm`` (which reads host memory directly) is taken
+            only then, ``ring`` in its place otherwise.
     """
     if collective == "allreduce" and not flat:
         several = comm.cache.get("across_hosts")  # memoized by across_hosts: no call on the hot path
         if several if several is not None else across_hosts(comm):
             return "hierarchical"
     name = choose(collective, nbytes, comm.size)
-    if own and name not in OWN_FLAT:
+    if (own and name not in OWN_FLAT) or (name == "shm" and not host):
         return "ring"
     return name
 
 
-def resolve(collective: str, algorithm: str, nbytes: int, comm: Comm) -> tuple[str, Any]:
-    """The algorithm to run (``"auto"`` resolved by :func:`choose_for`) and its function; the
-    name is given to the watchdog's report and the timeline."""
-    name = choose_for(collective, nbytes, comm) if algorithm == "auto" else algorithm
+def resolve(collective: str, algorithm: str, nbytes: int, comm: Comm, host: bool = True) -> tuple[str, Any]:
+    """The algorithm to run (``"auto"`` resolved by :func:`choose_for`; ``host``: the arrays are
+    in host memory) and its function; the name is given to the watchdog's report and the timeline."""
+    name = choose_for(collective, nbytes, comm, host=host) if algorithm == "auto" else algorithm
     refine(name)
     return name, get_algorithm(collective, name)

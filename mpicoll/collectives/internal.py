@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from .. import timeline
 from ..backend import xp_of
 from ..transport import Comm
@@ -95,5 +97,5 @@ def allreduce(comm: Comm, x: Any, op: str | ReduceOp = "sum", *, algorithm: str 
     rop = get_op(op)
     out = xp_of(x).empty_like(x) if out is None else out
     with _recorded("allreduce", comm, x):
-        _, algo = resolve("allreduce", algorithm, x.nbytes, comm)
+        _, algo = resolve("allreduce", algorithm, x.nbytes, comm, host=isinstance(x, np.ndarray))
         return run_allreduce(comm, algo, x, rop, out)

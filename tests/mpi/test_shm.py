@@ -125,3 +125,22 @@ def test_gradient_buckets_across_hosts(layout):
     world = MPI.COMM_WORLD
     with mpicoll.Comm(world, hosts=tuple(LAYOUTS[layout](r) for r in range(world.Get_size()))) as c:
         check_buckets_in_shared_memory(c)
+
+
+def test_auto_takes_shm_where_a_tuned_table_says_so(comm, tmp_path_factory):
+    """A table tuned here may name shm; auto then takes it for host arrays, and ring for GPU ones."""
+    import json
+
+    from mpicoll.collectives.internal import auto, choose_for
+
+    table = json.loads(auto.bundled_table_text())
+    table["allreduce"] = {"default": [[None, "shm"]]}
+    path = tmp_path_factory.mktemp(f"table{comm.rank}") / "auto.json"
+    path.write_text(auto.format_table(table))
+    x = rank_input(70_000, comm.rank, "float64", "float", seed=5)
+    with mpicoll.config.override(auto_table=str(path)):
+        assert choose_for("allreduce", x.nbytes, comm, flat=True) == "shm"
+        assert choose_for("allreduce", x.nbytes, comm, flat=True, host=False) == "ring"
+        got = mpicoll.allreduce(x, comm=comm)
+    auto.reset()
+    assert_all(comm.mpi, np.array_equal(got, mpicoll.allreduce(x, algorithm="shm", comm=comm)), "auto took shm")
