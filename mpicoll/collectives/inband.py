@@ -3,7 +3,7 @@
 Every collective with ``config.validate`` on first makes every rank's signature row (see
 :mod:`.validate`) known to every rank: an allgather of a few int64 per rank. This module does
 that allgather itself, along the recursive-doubling schedule (non-powers of two fold the extra
-ranks in and out, :mod:`.pof2`), on one tag reserved for it:
+ranks in and out, :mod:`.pof2`), on one tag reserved for it (``Comm.agreement_tag``):
 
 - the schedule (partners, number of rounds) depends only on the rank count, never on the
   arguments being checked, so ranks that disagree about everything still meet and learn it;
@@ -35,8 +35,6 @@ from ..transport.p2p import sendrecv_count
 from .ops import ReduceOp
 from .pof2 import Pof2
 
-#: the tag of every agreement message (mpicoll's other tags start at 100 on its private ``Dup``)
-TAG = 99
 #: the largest all-reduce (bytes of the working array) that may ride in the agreement's messages
 INBAND_BYTES = 64 * 1024
 #: what the stall watchdog says a rank waits for here
@@ -196,7 +194,7 @@ def gather_rows(comm: Comm, table: np.ndarray, work: Any = None, op: ReduceOp | 
     for s in steps:
         if s.rows_out is not None:
             s.rows_out[...] = s.rows_in
-        got = sendrecv_count(comm, s.message, s.dest, s.receive, s.source, TAG, STEP)
+        got = sendrecv_count(comm, s.message, s.dest, s.receive, s.source, comm.agreement_tag, STEP)
         if s.source is None:
             continue
         if got == s.expect:

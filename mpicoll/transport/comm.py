@@ -52,7 +52,9 @@ class Comm:
         self.rank: int = self.mpi.Get_rank()
         self.size: int = self.mpi.Get_size()
         tag_ub = self.mpi.Get_attr(MPI.TAG_UB) or 32767
-        self._tag_span = max(1, min(int(tag_ub), 1 << 22) - _FIRST_TAG)
+        self._tag_span = max(1, min(int(tag_ub), 1 << 22) - _FIRST_TAG - 1)
+        #: the one tag of the argument agreement's messages (never handed out by :meth:`new_tag`)
+        self.agreement_tag: int = _FIRST_TAG + self._tag_span
         self._tags = itertools.count()  # next() on a count is atomic under the GIL: no lock needed
         self.scratch = ScratchPool()
         #: the host index of every rank (collective to find out, so done here, where all ranks are)
