@@ -19,13 +19,12 @@ from ..config import config
 from ..errors import ArgumentError
 from ..transport import Comm, as_comm
 from ..transport.entry import watched
-from . import inband
 from .auto import resolve
 from .buffers import check_array, check_finite, check_out, check_root, finish, flat_input, flat_output, in_out
 from .inband import carries
 from .ops import ReduceOp, get_op, work_dtype
 from .partition import check_counts, even_counts
-from .validate import WIDTH, Agreement
+from .validate import Agreement
 
 
 def _wire(algo: Any, *args: Any) -> None:
@@ -95,18 +94,14 @@ def allreduce(x: Any, op: str | ReduceOp = "sum", *, algorithm: str = "auto", co
                 and carries(x, x.size * dtype.itemsize):
             # small and checked: recursive doubling in the agreement's own messages (see .inband)
             name, algo = "recursive_doubling", None
-            work = inband.buffer(c, x.size, dtype, WIDTH)  # x and out stay untouched if refused
-            if x.ndim == 1:
-                work[...] = x
-            else:
-                work.reshape(x.shape)[...] = x
-            agree.reduce_along(work, rop)
+            agree.reduce_along(flat_input(c, x, dtype, "api.send"), rop)  # read only: x and out untouched if refused
         else:
             name, algo = resolve("allreduce", algorithm, x.nbytes, c, host=isinstance(x, np.ndarray))
         agree.set(count=x.size, dtype=x.dtype, op=rop.name, algorithm=name)
-    if agree.reduced:
-        _average(work, rop, c.size)
-        return finish(work, out, False)
+    if agree.reduced is not None:  # a scratch array, or on one rank the (read-only) input itself
+        if c.size > 1:
+            _average(agree.reduced, rop, c.size)
+        return finish(agree.reduced, out, False)
     return run_allreduce(c, algo, x, rop, out)
 
 

@@ -83,68 +83,84 @@ def schedule(comm: Comm) -> list[Step]:
 
 
 class _Step:
-    """One message of the schedule with every view it needs, made once per data size."""
+    """One message of the schedule and the views it needs, made once per data size and dtype."""
 
-    __slots__ = (
-        "dest",
-        "expect",
-        "final",
-        "message",
-        "peer_first",
-        "phi",
-        "plo",
-        "receive",
-        "rows_got",
-        "rows_in",
-        "rows_out",
-        "rows_tail",
-        "source",
-        "theirs",
-    )
+    __slots__ = ("dest", "expect", "final", "head", "lo", "peer_first", "phead", "receive", "rows_got", "rows_in",
+                 "rows_tail", "source", "theirs")
 
     def __init__(self, b: _Buffers, step: Step, nbytes: int, dtype: Any) -> None:
         lo, hi, dest, plo, phi, source, peer_first = step
         rb = b.rowbytes
-        self.dest, self.source, self.peer_first, self.plo, self.phi = dest, source, peer_first, plo, phi
-        head = (hi - lo) * rb
-        # a message is the sender's data (at the front, where the caller's working array lives) then its rows
-        self.message = b.send[: nbytes + head] if dest is not None else b.send[:0]
-        self.rows_out = b.send[nbytes: nbytes + head].reshape(hi - lo, rb) if dest is not None else None
-        self.rows_in = b.rows[lo:hi] if dest is not None else None
+        self.dest, self.source, self.peer_first, self.lo = dest, source, peer_first, lo
+        self.head = (hi - lo) * rb
+        self.rows_in = b.rows[lo:hi].reshape(-1) if dest is not None else None  # contiguous: sent where it lies
         self.receive = b.recv if source is not None else b.recv[:0]
-        phead = (phi - plo) * rb
-        self.expect = nbytes + phead
+        self.phead = (phi - plo) * rb
+        self.expect = nbytes + self.phead
         self.rows_got = b.rows[plo:phi]
-        self.rows_tail = b.recv[nbytes: nbytes + phead].reshape(phi - plo, rb)
+        self.rows_tail = b.recv[nbytes: nbytes + self.phead].reshape(phi - plo, rb)
         self.theirs = b.recv[:nbytes].view(dtype) if nbytes else None
         self.final = phi - plo == len(b.rows)
 
 
 class _Buffers:
-    """One communicator's agreement table, message buffers (the largest message an mpicoll rank
-    of it can send, each way) and schedule, with views memoized per data size: a small all-reduce
-    is made of microseconds, and a NumPy view costs about one."""
+    """One communicator's agreement table, receive buffer (the largest message an mpicoll rank of
+    it can send), result array and schedule, with views memoized per data size (a small all-reduce
+    is made of microseconds, and a NumPy view costs about one), and the MPI datatypes that send a
+    rank's data and rows as one message from where they lie.
+
+    Nothing a rank sends is copied into a send buffer, and no array a peer has just read is
+    written again in the same call where that can be helped: on this VM, writing 64 KiB that the
+    other rank's core had just read cost 15 us more than writing fresh memory (the cache lines go
+    back across cores), about the whole cost of the exchange (bench/RESULTS.md, issue 20)."""
 
     def __init__(self, comm: Comm, width: int) -> None:
+        from mpi4py import MPI
+
+        self.MPI = MPI
         p = comm.size
         self.table = np.zeros((p, width), dtype=np.int64)
         self.rows = self.table.view(np.uint8)  # (p, rowbytes)
         self.rowbytes = width * 8
-        self.send = np.empty(INBAND_BYTES + p * self.rowbytes, dtype=np.uint8)
         self.recv = np.empty(INBAND_BYTES + p * self.rowbytes, dtype=np.uint8)
+        self.result = np.empty(INBAND_BYTES, dtype=np.uint8)
         self.schedule = schedule(comm)
         self.plans: dict[tuple[int, Any], tuple[Any, list[_Step]]] = {}
+        self.types: dict[tuple[int, int, int, int], Any] = {}
 
     def plan(self, nbytes: int, dtype: Any) -> tuple[Any, list[_Step]]:
-        """The working array (at the front of the send buffer) and the steps, for ``nbytes`` of ``dtype``."""
+        """The result array and the steps, for ``nbytes`` of ``dtype``."""
         key = (nbytes, dtype)
         found = self.plans.get(key)
         if found is None:
             if len(self.plans) > 64:
                 self.plans.clear()
-            work = self.send[:nbytes].view(dtype) if nbytes else None
-            found = self.plans[key] = (work, [_Step(self, step, nbytes, dtype) for step in self.schedule])
+            result = self.result[:nbytes].view(dtype) if nbytes else None
+            found = self.plans[key] = (result, [_Step(self, step, nbytes, dtype) for step in self.schedule])
         return found
+
+    def message(self, data: Any, step: _Step) -> Any:
+        """The MPI message of ``data`` (1-D contiguous host array) followed by ``step``'s rows."""
+        MPI = self.MPI
+        if data is None:
+            return step.rows_in
+        address = MPI.Get_address(data)
+        key = (address, data.nbytes, step.lo, step.head)
+        found = self.types.get(key)
+        if found is None:
+            if len(self.types) > 64:
+                for kind in self.types.values():
+                    kind.Free()
+                self.types.clear()
+            found = self.types[key] = MPI.Datatype.Create_struct(
+                [data.nbytes, step.head], [address, MPI.Get_address(step.rows_in)], [MPI.BYTE, MPI.BYTE]).Commit()
+        return [MPI.BOTTOM, 1, found]
+
+    def close(self) -> None:
+        """Free the datatypes (with the communicator: :meth:`Comm.free` closes what its cache holds)."""
+        for kind in self.types.values():
+            kind.Free()
+        self.types.clear()
 
 
 def _buffers(comm: Comm, width: int) -> _Buffers:
@@ -159,61 +175,52 @@ def table(comm: Comm, width: int) -> np.ndarray:
     return _buffers(comm, width).table
 
 
-def buffer(comm: Comm, count: int, dtype: Any, width: int) -> np.ndarray:
-    """Where a caller puts its contribution to an in-band all-reduce (``count`` elements of
-    ``dtype``): the front of the send buffer, so that nothing is copied to send it."""
-    return _buffers(comm, width).plan(count * np.dtype(dtype).itemsize, np.dtype(dtype))[0]
-
-
-def gather_rows(comm: Comm, table: np.ndarray, work: Any = None, op: ReduceOp | None = None) -> bool:
+def gather_rows(comm: Comm, table: np.ndarray, work: Any = None, op: ReduceOp | None = None) -> Any:
     """Fill ``table`` (:func:`table`'s array, this rank's row already in place) on every rank.
 
     Args:
         comm: the communicator.
         table: the array :func:`table` returned; row ``comm.rank`` is this rank's signature.
-        work: optionally a 1-D contiguous host array of at most :data:`INBAND_BYTES` holding this
-            rank's contribution to an all-reduce (best the array :func:`buffer` returned: then
-            nothing is copied); it is reduced in place with ``op`` along the way.
+        work: optionally a 1-D contiguous host array of at most :data:`INBAND_BYTES`: this rank's
+            contribution to an all-reduce with ``op``, reduced along the way. It is only read.
         op: the reduction (with ``work``).
 
     Returns:
-        Whether every message had the length this rank expected (then ``work`` holds the
-        reduction over all ranks, provided every rank also carried data of the same size, which
-        the caller learns by comparing the rows).
+        ``False`` when a message had a length this rank did not expect; else ``True`` without
+        ``work``, or the array (valid until the next call on ``comm``) holding the reduction over
+        all ranks, provided every rank carried data of the same size, which the caller learns by
+        comparing the rows.
     """
     if comm.size == 1:
-        return True
+        return True if work is None else work
     b = _buffers(comm, table.shape[1])
     if table is not b.table:
         raise ValueError("gather_rows needs the array inband.table(comm, width) returned")
     nbytes = 0 if work is None else work.nbytes
-    front, steps = b.plan(nbytes, None if work is None else work.dtype)
-    if front is not None and work is not front:
-        front[...] = work
+    result, steps = b.plan(nbytes, None if work is None else work.dtype)
+    current = work  # what this rank sends: its own contribution, then its partial results
     ok = True
     for s in steps:
-        if s.rows_out is not None:
-            s.rows_out[...] = s.rows_in
-        got = sendrecv_count(comm, s.message, s.dest, s.receive, s.source, comm.agreement_tag, STEP)
+        message = b.message(current, s) if s.dest is not None else b.recv[:0]
+        got = sendrecv_count(comm, message, s.dest, s.receive, s.source, comm.agreement_tag, STEP)
         if s.source is None:
             continue
         if got == s.expect:
             s.rows_got[...] = s.rows_tail
             if nbytes and ok:
                 if s.final:  # the finished result, from the rank this one folded into
-                    front[...] = s.theirs
-                elif s.peer_first is not None:
-                    if s.peer_first:
-                        op.combine(s.theirs, front, out=front)
-                    else:
-                        op.combine(front, s.theirs, out=front)
+                    result[...] = s.theirs
+                elif s.peer_first:
+                    op.combine(s.theirs, current, out=result)
+                else:
+                    op.combine(current, s.theirs, out=result)
+                current = result
             continue
         ok = False  # another count, or no data where this rank sent some: the rows (at the tail) will say
-        phead = s.rows_got.nbytes
-        if got >= phead:
-            s.rows_got[...] = b.recv[got - phead: got].reshape(s.rows_got.shape)
+        if got >= s.phead:
+            s.rows_got[...] = b.recv[got - s.phead: got].reshape(s.rows_got.shape)
         else:  # cannot come from an mpicoll rank of this communicator: it disagrees with everything
             s.rows_got[...] = 0xFF  # "failed" = -1
-    if front is not None and work is not front:
-        work[...] = front
-    return ok
+    if not ok:
+        return False
+    return True if work is None else current

@@ -108,13 +108,14 @@ class Agreement:
         #: every rank's carried value, in rank order, once the exchange ran (``carry=True`` only)
         self.carried: np.ndarray | None = None
         self._inband: tuple[Any, ReduceOp] | None = None
-        #: whether the exchange also all-reduced the array given to :meth:`reduce_along`
-        self.reduced = False
+        #: the all-reduce of the array given to :meth:`reduce_along`, once the agreement succeeded
+        #: (``None`` with validation off, or without one); valid until the next call on the communicator
+        self.reduced: Any = None
 
     def reduce_along(self, work: Any, op: ReduceOp) -> None:
-        """All-reduce ``work`` (1-D host array, see :func:`.inband.carries`) in place in the
-        agreement's own messages; afterwards :attr:`reduced` says whether it happened (it does
-        whenever the agreement succeeds with validation on). Call it last in the block."""
+        """All-reduce ``work`` (1-D contiguous host array, see :func:`.inband.carries`; only read)
+        in the agreement's own messages; afterwards :attr:`reduced` holds the result whenever the
+        agreement succeeds with validation on. Call it last in the block."""
         self._inband = (work, op)
 
     def carry(self, value: int) -> None:
@@ -139,9 +140,11 @@ class Agreement:
             t0 = timeline.now_ns()
             try:
                 inband = self._inband if error is None else None
-                self.carried = exchange(self.comm, self.collective, error, carry=self._carry, inband=inband,
-                                        **self.fields)
-                self.reduced = inband is not None
+                got = exchange(self.comm, self.collective, error, carry=self._carry, inband=inband, **self.fields)
+                if inband is None:
+                    self.carried = got
+                else:
+                    self.reduced = got
             finally:
                 if timeline.recording():
                     timeline.phase("agreement", t0)
@@ -155,10 +158,10 @@ def exchange(comm: Comm, collective: str, error: BaseException | None, *, count:
              carry: int | None = None, inband: tuple[Any, ReduceOp] | None = None) -> np.ndarray | None:
     """The collective part of :class:`Agreement`; raises on every rank if anything disagrees.
 
-    ``inband``: ``(work, op)`` to all-reduce in the same messages (see :mod:`.inband`); it holds
-    the result when this returns without raising.
+    ``inband``: ``(work, op)`` to all-reduce in the same messages (see :mod:`.inband`).
 
-    Returns every rank's ``carry`` value (rank order) when one was given, else ``None``."""
+    Returns every rank's ``carry`` value (rank order) when one was given; with ``inband``, the
+    all-reduced array; else ``None``."""
     key = (collective, count, dtype, algorithm, op, root, None if counts is None else tuple(counts),
            config.get("segment_bytes"), compressor, None if parts is None else tuple(tuple(s) for s in parts), stream,
            inband is not None)
@@ -171,12 +174,12 @@ def exchange(comm: Comm, collective: str, error: BaseException | None, *, count:
         row[-1] = carry
     table = inband_.table(comm, row.size)  # one per communicator, the same array every call
     table[comm.rank] = row
-    sizes_ok = inband_.gather_rows(comm, table, *(inband or ()))  # tells the watchdog what it waits for
+    got = inband_.gather_rows(comm, table, *(inband or ()))  # tells the watchdog what it waits for
     if carry is None and table.tobytes() == signature.tobytes() * comm.size:  # the common case: one comparison
-        if not sizes_ok:  # cannot happen: equal rows mean every message had the length expected
+        if got is False:  # cannot happen: equal rows mean every message had the length expected
             raise RuntimeError(f"{collective}: the argument check's messages had unexpected lengths although "
                                f"every rank's arguments agree (an mpicoll bug; please report it)")
-        return None
+        return None if inband is None else got
     carried, table = table[:, -1].copy(), table[:, :-1]
     if (table == signature[:-1]).all():
         return carried if carry is not None else None

@@ -112,8 +112,9 @@ def sendrecv(comm: Comm, sendbuf: Any, dest: int, recvbuf: Any, source: int, tag
 
 def sendrecv_count(comm: Comm, sendbuf: Any, dest: int | None, recvbuf: Any, source: int | None, tag: int,
                    step: str = "sendrecv") -> int:
-    """Send the host array ``sendbuf`` to ``dest`` while receiving into ``recvbuf`` from ``source``
-    a message of at most ``recvbuf.nbytes`` bytes; ``None`` skips a side (``step`` names the wait
+    """Send the host array ``sendbuf`` (or an mpi4py message spec given as a list, e.g.
+    ``[MPI.BOTTOM, 1, datatype]``) to ``dest`` while receiving into ``recvbuf`` from ``source`` a
+    message of at most ``recvbuf.nbytes`` bytes; ``None`` skips a side (``step`` names the wait
     for the watchdog).
 
     Returns:
@@ -121,19 +122,20 @@ def sendrecv_count(comm: Comm, sendbuf: Any, dest: int | None, recvbuf: Any, sou
         error (truncation), never an overflow.
     """
     status = MPI.Status()
+    send = sendbuf if isinstance(sendbuf, list) else [sendbuf, MPI.BYTE]  # a list: an MPI message spec as is
     if getattr(_style, "patient", False):
         requests = [comm.mpi.Irecv([recvbuf, MPI.BYTE], source, tag)] if source is not None else []
-        requests += [comm.mpi.Isend([sendbuf, MPI.BYTE], dest, tag)] if dest is not None else []
+        requests += [comm.mpi.Isend(send, dest, tag)] if dest is not None else []
         waiting_on(source if source is not None else dest, step)
         _poll(requests, status if source is not None else None)
         waited()
     elif dest is not None and source is not None:
         waiting_on(source, step)
-        comm.mpi.Sendrecv([sendbuf, MPI.BYTE], dest, tag, [recvbuf, MPI.BYTE], source, tag, status)
+        comm.mpi.Sendrecv(send, dest, tag, [recvbuf, MPI.BYTE], source, tag, status)
         waited()
     elif dest is not None:
         waiting_on(dest, step)
-        comm.mpi.Send([sendbuf, MPI.BYTE], dest, tag)
+        comm.mpi.Send(send, dest, tag)
         waited()
         return 0
     elif source is not None:
