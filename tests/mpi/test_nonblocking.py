@@ -143,3 +143,18 @@ def test_run_in_order_meets_a_peers_nonblocking_call(comm):
         first = handle.wait(timeout=120)
     assert_equal_all(comm.mpi, first, mpi_allreduce(comm.mpi, x, "sum"), "first")
     assert_equal_all(comm.mpi, second, mpi_allreduce(comm.mpi, y, "sum"), "second")
+
+
+def test_freeing_a_communicator_ends_its_engine_which_then_refuses_work(comm):
+    from mpicoll.collectives.nonblocking import engine_of
+    from mpicoll.errors import UsageError
+
+    x = rank_input(1000, comm.rank, "int64")
+    c = mpicoll.Comm(comm.mpi)
+    assert_equal_all(comm.mpi, mpicoll.iallreduce(x, comm=c).wait(timeout=120), mpi_allreduce(comm.mpi, x, "sum"))
+    engine = engine_of(c)
+    c.free()  # collective: the engine finishes its queue, its thread ends, its communicator is freed
+    assert_all(comm.mpi, not engine._thread.is_alive(), "the engine's thread has ended")
+    with pytest.raises(UsageError, match="stopped"):
+        engine.submit("allreduce", lambda c: None)
+    engine.close()  # a second close does nothing

@@ -279,6 +279,11 @@ def test_send_recv_ring_and_any_source(groups):
     send.wait()
     recv.wait()
     same(out, data(4, torch.bfloat16, left), "isend/irecv ring")
+    late = torch.empty(3)
+    future = dist.irecv(late, src=left, group=world, tag=6).get_future()  # completed by a background waiter
+    dist.isend(data(3, torch.float32), dst=right, group=world, tag=6).wait()
+    future.wait()
+    same(late, data(3, torch.float32, left), "irecv's future")
     if size > 1:
         if rank == 0:
             got = torch.empty(size - 1, 3)
