@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from mpitools import assert_all, assert_close_all, assert_equal_all, mpi_allreduce, rank_input
@@ -158,3 +160,15 @@ def test_freeing_a_communicator_ends_its_engine_which_then_refuses_work(comm):
     with pytest.raises(UsageError, match="stopped"):
         engine.submit("allreduce", lambda c: None)
     engine.close()  # a second close does nothing
+
+
+def test_the_engine_completes_a_collective_nobody_waits_for(comm):
+    """Progress never depends on the caller: while it runs Python (holding the GIL but for the
+    interpreter's switches) and never calls wait() or test(), the collective completes."""
+    x = rank_input(200_003, comm.rank, "int64")
+    handle = mpicoll.iallreduce(x, algorithm="ring", comm=comm)
+    deadline, busy = time.monotonic() + 60, 0
+    while not handle.done and time.monotonic() < deadline:
+        busy += sum(range(1000))  # the caller's own work: pure Python
+    assert_all(comm.mpi, handle.done, "completed without wait()")
+    assert_equal_all(comm.mpi, handle.wait(timeout=0), mpi_allreduce(comm.mpi, x, "sum"))
