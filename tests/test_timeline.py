@@ -138,17 +138,6 @@ DDP_JOB = textwrap.dedent("""
                                           generator=g)).backward()
         opt.step()
     dist.destroy_process_group()
-    # End here, after the trace is merged, without the interpreter's teardown: 1 run in 7 of this
-    # job aborted *at exit* ("terminate called without an active exception", a C++ thread torn
-    # down with DDP and the mpicoll backend), after all its work was done. That abort is its own
-    # open finding (see bench/RESULTS.md, issue 16), not what this test checks.
-    from mpi4py import MPI
-    from mpicoll import timeline
-    timeline.stop()
-    MPI.Finalize()
-    import os, sys
-    sys.stdout.flush()
-    os._exit(0)
 """)
 
 

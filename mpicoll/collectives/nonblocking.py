@@ -13,6 +13,10 @@ every rank, as the same error the blocking call would raise. The engine needs
 ``MPI_THREAD_MULTIPLE`` (mpi4py asks for it by default); with a lower thread level the
 collectives run at once, inside the ``i*`` call, and a warning says so once.
 
+The engine's thread ends when its communicator is freed (:meth:`Engine.close`), and at the latest
+when the interpreter exits: :mod:`~mpicoll.transport.teardown` lets it finish what is queued
+first, so that no collective or future completion is cut off by the interpreter's finalization.
+
 The input arrays must not be modified, and ``out`` not read, until ``wait()`` returns.
 """
 
@@ -28,8 +32,8 @@ from typing import Any
 from .. import timeline
 from ..backend import is_cupy, synchronize
 from ..config import config
-from ..errors import WaitTimeoutError
-from ..transport import Comm, as_comm
+from ..errors import UsageError, WaitTimeoutError
+from ..transport import Comm, as_comm, teardown
 from ..transport.p2p import patient_waits
 from .alltoall import alltoall
 from .api import allgather, allreduce, broadcast, reduce, reduce_scatter
@@ -110,13 +114,23 @@ class Engine:
         self._busy = threading.Lock()  # held by whichever thread runs a collective on self.comm
         self._pending = 0  # submitted and not finished
         self._count = threading.Lock()
+        self._stopped = False  # no more work is taken: the queue ends with its sentinel
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"mpicoll-engine-{comm.rank}", daemon=True)
         self._thread.start()
+        teardown.end_before_exit(self._thread, self._stop, self._describe)
 
     def submit(self, description: str, work: Callable[[Comm], Any], like: Any = None) -> Handle:
-        """Queue ``work``; it runs with the configuration of now and on ``like``'s GPU, if any."""
+        """Queue ``work``; it runs with the configuration of now and on ``like``'s GPU, if any.
+
+        Raises:
+            UsageError: the engine has stopped (its communicator was freed, or the interpreter is exiting).
+        """
         handle = Handle(description)
         with self._count:
+            if self._stopped:
+                raise UsageError(f"{description}: the progress engine of this communicator has stopped (the "
+                                 f"communicator was freed, or the interpreter is exiting); nothing can start on it")
             self._pending += 1
         self._queue.put((handle, work, config.as_dict(), like, timeline.now_ns()))
         return handle
@@ -155,10 +169,29 @@ class Engine:
                     self._pending -= 1
             handle._finish(result=result, error=error)
 
-    def close(self) -> None:
-        """Finish what is queued, stop the thread and free the engine's communicator. Collective."""
+    def _stop(self) -> None:
+        """Let the thread end once what is queued has run (never blocks; idempotent)."""
+        with self._count:
+            if self._stopped:
+                return
+            self._stopped = True
         self._queue.put(None)
-        self._thread.join()
+
+    def _describe(self) -> str:
+        with self._count:
+            pending = self._pending
+        return f"mpicoll's progress engine on rank {self.comm.rank} ({pending} collective(s) not finished)"
+
+    def close(self) -> None:
+        """Finish what is queued, stop the thread and free the engine's communicator. Collective;
+        idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop()
+        if threading.current_thread() is not self._thread:  # from a callback of its own: it ends after it
+            self._thread.join()
+            teardown.forget(self._thread)
         self.comm.free()
 
 

@@ -7,7 +7,9 @@ a collective completes whenever its message arrives, as with gloo.
 
 Every call starts the MPI request at once and returns a :class:`RequestWork`. ``wait()`` drives
 the request on the caller's thread; the first ``get_future()`` starts a small daemon thread that
-drives it (polling with short sleeps, so it does not take a core) and completes the future.
+drives it (polling with short sleeps, so it does not take a core) and completes the future; at
+interpreter exit it gives up a message that never came, and is joined before finalization
+(:mod:`~mpicoll.transport.teardown`: a thread cut off inside the future's completion aborts the process).
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ import torch
 from mpi4py import MPI
 
 from ..errors import ArgumentError, UnsupportedError
-from ..transport import Comm
+from ..transport import Comm, teardown
 from ..transport.p2p import irecv, isend, patient_waits, waitall
 from .buffers import Buffer, for_bytes
 from .work import Work
+
+#: the background waiter looks at :data:`~mpicoll.transport.teardown.exiting` this often (seconds)
+_WAITER_SLICE_S = 0.1
 
 
 class RequestWork(Work):
@@ -84,11 +89,13 @@ class RequestWork(Work):
                 self._waiter = threading.Thread(target=self._wait_in_background, daemon=True,
                                                 name=f"mpicoll-{self.description}")
                 self._waiter.start()
+                teardown.end_before_exit(self._waiter, None, lambda: f"the background wait of {self.description}")
         return self._future
 
     def _wait_in_background(self) -> None:
         patient_waits()
-        self._drive()
+        while not self._done.is_set() and not teardown.exiting.is_set():
+            self._drive(time.monotonic() + _WAITER_SLICE_S)
 
     def is_completed(self) -> bool:
         """Whether the message is through; tests the request without blocking."""

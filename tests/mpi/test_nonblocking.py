@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from mpitools import assert_all, assert_close_all, assert_equal_all, mpi_allreduce, rank_input
@@ -143,3 +145,30 @@ def test_run_in_order_meets_a_peers_nonblocking_call(comm):
         first = handle.wait(timeout=120)
     assert_equal_all(comm.mpi, first, mpi_allreduce(comm.mpi, x, "sum"), "first")
     assert_equal_all(comm.mpi, second, mpi_allreduce(comm.mpi, y, "sum"), "second")
+
+
+def test_freeing_a_communicator_ends_its_engine_which_then_refuses_work(comm):
+    from mpicoll.collectives.nonblocking import engine_of
+    from mpicoll.errors import UsageError
+
+    x = rank_input(1000, comm.rank, "int64")
+    c = mpicoll.Comm(comm.mpi)
+    assert_equal_all(comm.mpi, mpicoll.iallreduce(x, comm=c).wait(timeout=120), mpi_allreduce(comm.mpi, x, "sum"))
+    engine = engine_of(c)
+    c.free()  # collective: the engine finishes its queue, its thread ends, its communicator is freed
+    assert_all(comm.mpi, not engine._thread.is_alive(), "the engine's thread has ended")
+    with pytest.raises(UsageError, match="stopped"):
+        engine.submit("allreduce", lambda c: None)
+    engine.close()  # a second close does nothing
+
+
+def test_the_engine_completes_a_collective_nobody_waits_for(comm):
+    """Progress never depends on the caller: while it runs Python (holding the GIL but for the
+    interpreter's switches) and never calls wait() or test(), the collective completes."""
+    x = rank_input(200_003, comm.rank, "int64")
+    handle = mpicoll.iallreduce(x, algorithm="ring", comm=comm)
+    deadline, busy = time.monotonic() + 60, 0
+    while not handle.done and time.monotonic() < deadline:
+        busy += sum(range(1000))  # the caller's own work: pure Python
+    assert_all(comm.mpi, handle.done, "completed without wait()")
+    assert_equal_all(comm.mpi, handle.wait(timeout=0), mpi_allreduce(comm.mpi, x, "sum"))

@@ -9,6 +9,7 @@ gives the same bits and results must be equal exactly.
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -279,6 +280,11 @@ def test_send_recv_ring_and_any_source(groups):
     send.wait()
     recv.wait()
     same(out, data(4, torch.bfloat16, left), "isend/irecv ring")
+    late = torch.empty(3)
+    future = dist.irecv(late, src=left, group=world, tag=6).get_future()  # completed by a background waiter
+    dist.isend(data(3, torch.float32), dst=right, group=world, tag=6).wait()
+    future.wait()
+    same(late, data(3, torch.float32, left), "irecv's future")
     if size > 1:
         if rank == 0:
             got = torch.empty(size - 1, 3)
@@ -377,6 +383,87 @@ def test_ddp_with_join_and_uneven_inputs_finishes_like_gloo(groups):
                f"differs from gloo by {float((ours - gloo).abs().max()):.3g}")
     copies = WORLD.allgather(ours.numpy())
     assert_all(WORLD, all(np.array_equal(c, copies[0]) for c in copies), "the same on every rank")
+
+
+class _HoldBackward(torch.autograd.Function):
+    """Identity whose backward holds up the rest of backward until ``until()`` is true (60 s at most)."""
+
+    @staticmethod
+    def forward(ctx, x, until, seen):
+        ctx.until, ctx.seen = until, seen
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        deadline = time.monotonic() + 60
+        while not ctx.until() and time.monotonic() < deadline:
+            time.sleep(0.001)  # no wait() on anything: only the engine can finish the all-reduce
+        ctx.seen.append(ctx.until())
+        return grad, None, None
+
+
+class _Held(torch.nn.Module):
+    """Two layers; the first one's backward waits for ``until()`` (see :class:`_HoldBackward`)."""
+
+    def __init__(self, until, seen) -> None:
+        super().__init__()
+        self.first, self.last = torch.nn.Linear(8, 32), torch.nn.Linear(32, 200)  # last: 26 KB, a bucket
+        self.until, self.seen = until, seen
+
+    def forward(self, x):
+        return self.last(torch.relu(_HoldBackward.apply(self.first(x), self.until, self.seen)))
+
+
+def _arrives(request, seconds: float = 60.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not request.Test():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+def test_ddp_first_bucket_is_all_reduced_while_backward_still_runs(groups):
+    """DDP launches a bucket's all-reduce as soon as its gradients are ready; on this backend the
+    launch returns at once and the progress engine runs it, so the last layer's bucket is
+    all-reduced while the first layer's backward has not started, with nobody calling wait().
+
+    The first layer's backward is held until that bucket's Work completes (60 s at most). Rank 1
+    starts each backward only when rank 0's launch of that bucket has returned (60 s at most), so
+    a launch that ran the collective on the caller's thread would be seen too."""
+    world, _ = groups
+    rank, size = WORLD.Get_rank(), WORLD.Get_size()
+    torch.manual_seed(0)
+    works, seen, step, signals, received = [], [], [0], [], []
+    launch = world.allreduce  # DDP's C++ reducer calls the group's allreduce: record its Works
+
+    def recording(tensors, opts=None):
+        works.append(launch(tensors, opts))
+        if rank == 0 and size > 1 and step[0] > 0 and len(works) == 1:
+            signals.append(WORLD.issend(step[0], dest=1, tag=41))  # the launch has returned
+        return works[-1]
+
+    world.allreduce = recording
+    try:
+        # DDP's first step has a single bucket (built by size after it, then in order of readiness)
+        net = _Held(lambda: step[0] == 0 or (len(works) == 1 and works[0].is_completed()), seen)
+        ddp = torch.nn.parallel.DistributedDataParallel(net, process_group=world, bucket_cap_mb=0.01)
+        g = torch.Generator().manual_seed(rank)
+        counts = []
+        for step[0] in range(4):
+            works.clear()
+            out = ddp(torch.randn(4, 8, generator=g))  # (the forward of step 1 rebuilds the buckets: collective)
+            if rank == 1 and step[0] > 0:
+                received.append(_arrives(WORLD.Irecv(np.empty(64, dtype=np.uint8), source=0, tag=41)))
+            out.sum().backward()
+            counts.append(len(works))
+        for request in signals:
+            request.Wait()
+    finally:
+        del world.allreduce
+    assert_all(WORLD, counts == [1, 2, 2, 2], f"all-reduces per step: {counts}")
+    assert_all(WORLD, seen == [True] * 4, f"the first bucket done while backward was held: {seen}")
+    assert_all(WORLD, received == ([True] * 3 if rank == 1 else []), f"rank 0's launches returned: {received}")
 
 
 def test_fsdp_fully_shard_on_cpu_equals_gloo(groups):
