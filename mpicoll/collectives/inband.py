@@ -36,7 +36,10 @@ from .ops import ReduceOp
 from .pof2 import Pof2
 
 #: the largest all-reduce (bytes of the working array) that may ride in the agreement's messages
-INBAND_BYTES = 64 * 1024
+#: (16 KiB: above it, the two parts of a message leave MPI's contiguous fast path, since MPICH packs
+#: a struct datatype itself; at 64 KiB that cost 26 us against 12 for the data alone, more than the
+#: agreement's separate small round saves; bench/RESULTS.md, issue 20)
+INBAND_BYTES = 16 * 1024
 #: what the stall watchdog says a rank waits for here
 STEP = "the argument check (every rank must reach it)"
 
