@@ -14,8 +14,9 @@ ranks in and out, :mod:`.pof2`), on one tag reserved for it (``Comm.agreement_ta
   agreement of one rank with the n-th of another, whatever collectives they are in.
 
 **In band.** A small all-reduce on host arrays (at most :data:`INBAND_BYTES`) travels in the same
-messages: each message is the sender's rows followed by its partial result, combined on the way
-in recursive doubling's order (lower group first), so the agreement and the data cost one
+messages: each message is the sender's data (its contribution, then its partial result)
+followed by its rows, sent from where they lie as one MPI struct datatype, and combined on the
+way in recursive doubling's order (lower group first), so the agreement and the data cost one
 schedule of ``log2 p`` exchanges instead of the agreement's round trip followed by the data's
 (issue 20: the check was a whole extra round trip at 4-64 KiB). The result is used only once
 every rank holds every row and they agree; otherwise it is discarded and the caller raises the
@@ -37,8 +38,8 @@ from .pof2 import Pof2
 
 #: the largest all-reduce (bytes of the working array) that may ride in the agreement's messages
 #: (16 KiB: above it, the two parts of a message leave MPI's contiguous fast path, since MPICH packs
-#: a struct datatype itself; at 64 KiB that cost 26 us against 12 for the data alone, more than the
-#: agreement's separate small round saves; bench/RESULTS.md, issue 20)
+#: a struct datatype itself; at 64 KiB that cost 24 us against 11 for the data alone, more than the
+#: agreement's separate small round saves; ``python -m mpicoll.bench.writeback``)
 INBAND_BYTES = 16 * 1024
 #: what the stall watchdog says a rank waits for here
 STEP = "the argument check (every rank must reach it)"
