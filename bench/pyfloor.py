@@ -9,18 +9,17 @@ No checks, no mpicoll: what any Python implementation pays at least per call::
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
+
+from .microtime import alternated, peer_of_two, print_row
 
 
 def main() -> int:
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
-    if comm.Get_size() != 2:
-        raise SystemExit("run on exactly 2 ranks: mpiexec -n 2 python -m mpicoll.bench.pyfloor")
-    peer = comm.rank ^ 1
+    peer = peer_of_two(comm, "pyfloor")
     for count in (1024, 4096, 16384):
         x = np.ones(count, np.float32)
         out, theirs = np.empty_like(x), np.empty_like(x)
@@ -35,19 +34,8 @@ def main() -> int:
             else:
                 np.add(theirs, x, out=out)
 
-        times: dict[str, list[float]] = {"MPI_Allreduce": [], "Sendrecv + np.add": []}
-        for _ in range(9):  # alternated, median of 9 rounds of 2000 calls
-            for name, fn in (("MPI_Allreduce", library), ("Sendrecv + np.add", python)):
-                for _ in range(100):
-                    fn()
-                comm.Barrier()
-                t0 = time.perf_counter()
-                for _ in range(2000):
-                    fn()
-                times[name].append((time.perf_counter() - t0) / 2000 * 1e6)
-        if comm.rank == 0:
-            cells = "  ".join(f"{name} {np.median(t):.2f} us" for name, t in times.items())
-            print(f"{count * 4:>6} bytes  {cells}", flush=True)
+        print_row(comm, x.nbytes, alternated(comm, {"MPI_Allreduce": library, "Sendrecv + np.add": python},
+                                             rounds=9, repeat=2000))
     return 0
 
 

@@ -13,18 +13,17 @@ sends data from where it lies, sums into an array no peer has read, and rides in
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
+
+from .microtime import alternated, peer_of_two, print_row
 
 
 def main() -> int:
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
-    if comm.Get_size() != 2:
-        raise SystemExit("run on exactly 2 ranks: mpiexec -n 2 python -m mpicoll.bench.writeback")
-    peer = comm.rank ^ 1
+    peer = peer_of_two(comm, "writeback")
     for count in (4096, 16384, 65536):  # float32: 16 KiB .. 256 KiB
         x = np.ones(count, np.float32)
         fresh, theirs = np.empty_like(x), np.empty_like(x)
@@ -48,21 +47,10 @@ def main() -> int:
         def struct(both: MPI.Datatype = both, received: np.ndarray = received) -> None:
             comm.Sendrecv([MPI.BOTTOM, 1, both], peer, 6, [received, MPI.BYTE], peer, 6)
 
-        times: dict[str, list[float]] = {"write a fresh array": [], "write the array just sent": [],
-                                         "send x alone": [], "send x + row as a struct": []}
-        for _ in range(7):  # alternated, median of 7 rounds of 1000 calls
-            for name, fn in zip(times, (write_fresh, write_sent, alone, struct), strict=True):
-                for _ in range(100):
-                    fn()
-                comm.Barrier()
-                t0 = time.perf_counter()
-                for _ in range(1000):
-                    fn()
-                times[name].append((time.perf_counter() - t0) / 1000 * 1e6)
+        times = alternated(comm, {"write a fresh array": write_fresh, "write the array just sent": write_sent,
+                                  "send x alone": alone, "send x + row as a struct": struct})
         both.Free()
-        if comm.rank == 0:
-            cells = "  ".join(f"{name} {np.median(t):.1f} us" for name, t in times.items())
-            print(f"{count * 4:>7} bytes  {cells}", flush=True)
+        print_row(comm, x.nbytes, times)
     return 0
 
 
