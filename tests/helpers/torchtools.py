@@ -11,6 +11,26 @@ from mpitools import assert_all, assert_equal_all
 PER_RANK = 6
 
 
+#: the tensors the optimizer tests train (test_optim, test_momentum_correction, test_zero_one_adam)
+SHAPES = [(6, 5), (5,), (3, 6)]
+
+
+def initial() -> list[torch.Tensor]:
+    """Starting values of the :data:`SHAPES` tensors, the same on every rank."""
+    g = torch.Generator().manual_seed(7)
+    return [torch.randn(s, generator=g) for s in SHAPES]
+
+
+def grads(step: int, rank: int, zero_rows: bool = False) -> list[torch.Tensor]:
+    """Rank ``rank``'s integer-valued gradients at ``step`` (exact in float32 sums); with
+    ``zero_rows`` one "unused embedding row" whose gradient is always zero on every rank."""
+    g = torch.Generator().manual_seed(1000 * step + rank)
+    out = [torch.randint(-8, 9, s, generator=g).float() for s in SHAPES]
+    if zero_rows:
+        out[0][2] = 0
+    return out
+
+
 def model(seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3))
@@ -28,6 +48,22 @@ def mine(batch: tuple[torch.Tensor, torch.Tensor], rank: int) -> tuple[torch.Ten
 def loss_of(net: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     x, y = batch
     return torch.nn.functional.cross_entropy(net(x), y)
+
+
+def train_ddp_with_hook(state: object, hook: Callable, steps: int, size: int, rank: int,
+                        momentum: float = 0.0) -> torch.nn.Module:
+    """DDP around ``model(seed=0)`` with the comm hook ``hook(state, bucket)``: ``steps`` SGD steps
+    (lr 0.1) on this rank's slice of each global batch. Returns the trained module."""
+    net = model(seed=0)
+    ddp = torch.nn.parallel.DistributedDataParallel(net)
+    ddp.register_comm_hook(state, hook)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=momentum)
+    for step in range(steps):
+        opt.zero_grad()
+        x, y = mine(global_batch(step, size), rank)
+        torch.nn.functional.cross_entropy(ddp(x), y).backward()
+        opt.step()
+    return net
 
 
 def rank_grads(net: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> list[torch.Tensor]:

@@ -16,26 +16,16 @@ import pytest
 from mpitools import assert_all, assert_equal_all, assert_same_on_all_ranks
 
 torch = pytest.importorskip("torch")
+from torchtools import grads, initial  # noqa: E402
 
 import mpicoll  # noqa: E402
 import mpicoll.torch as mt  # noqa: E402
 from mpicoll import compression  # noqa: E402
 from mpicoll.compression import ErrorFeedback  # noqa: E402
 
-SHAPES = [(6, 5), (5,), (3, 6)]
 EF = {"sign": lambda: ErrorFeedback(compression.get("sign")),
       "topk": lambda: ErrorFeedback(compression.get("topk", ratio=0.3))}
 PATH = {"sign": "allgather_decode", "topk": "sparse_allgather"}
-
-
-def initial() -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(7)
-    return [torch.randn(s, generator=g) for s in SHAPES]
-
-
-def grads(step: int, rank: int) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(1000 * step + rank)
-    return [torch.randint(-8, 9, s, generator=g).float() for s in SHAPES]
 
 
 def groups_of(params, hyper, plain_last):

@@ -14,6 +14,7 @@ import pytest
 from mpitools import assert_all, assert_equal_all
 
 torch = pytest.importorskip("torch")
+from torchtools import grads, initial  # noqa: E402
 
 import mpicoll  # noqa: E402
 import mpicoll.torch as mt  # noqa: E402
@@ -21,21 +22,6 @@ from mpicoll import compression  # noqa: E402
 from mpicoll.collectives.partition import even_counts  # noqa: E402
 from mpicoll.compression import ErrorFeedback  # noqa: E402
 from mpicoll.compression.base import Ctx  # noqa: E402
-
-SHAPES = [(6, 5), (5,), (3, 6)]
-
-
-def initial() -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(7)
-    return [torch.randn(s, generator=g) for s in SHAPES]
-
-
-def grads(step: int, rank: int, zero_rows: bool = False) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(1000 * step + rank)
-    out = [torch.randint(-8, 9, s, generator=g).float() for s in SHAPES]
-    if zero_rows:  # an "unused embedding row": its gradient is always zero on every rank
-        out[0][2] = 0
-    return out
 
 
 def run(comm, make, steps: int, lr_schedule=None, zero_rows=False, start=None, state=None):

@@ -8,7 +8,7 @@ from mpitools import assert_all, assert_equal_all
 
 torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
-from torchtools import assert_identical_and_close, global_batch, mine, model  # noqa: E402
+from torchtools import assert_identical_and_close, global_batch, mine, model, train_ddp_with_hook  # noqa: E402
 
 import mpicoll  # noqa: E402
 import mpicoll.torch as mt  # noqa: E402
@@ -77,29 +77,13 @@ def test_a_short_accumulation_is_still_averaged(comm):
 
 
 def test_ddp_comm_hook_equals_single_process_training(comm, process_group):
-    net = model(seed=0)
-    ddp = torch.nn.parallel.DistributedDataParallel(net)
-    ddp.register_comm_hook(mt.HookState(comm=comm), mt.allreduce_hook)
-    opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
-    for step in range(STEPS):
-        opt.zero_grad()
-        x, y = mine(global_batch(step, comm.size), comm.rank)
-        torch.nn.functional.cross_entropy(ddp(x), y).backward()
-        opt.step()
+    net = train_ddp_with_hook(mt.HookState(comm=comm), mt.allreduce_hook, STEPS, comm.size, comm.rank, momentum=0.9)
     assert_matches_reference(comm, net, reference(STEPS, comm.size))
 
 
 def test_compressed_ddp_hook_keeps_ranks_identical(comm, process_group):
-    net = model(seed=0)
-    ddp = torch.nn.parallel.DistributedDataParallel(net)
     state = mt.HookState(compression.ErrorFeedback(compression.get("topk", ratio=0.3)), comm=comm)
-    ddp.register_comm_hook(state, mt.allreduce_hook)
-    opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
-    for step in range(STEPS):
-        opt.zero_grad()
-        x, y = mine(global_batch(step, comm.size), comm.rank)
-        torch.nn.functional.cross_entropy(ddp(x), y).backward()
-        opt.step()
+    net = train_ddp_with_hook(state, mt.allreduce_hook, STEPS, comm.size, comm.rank)
     assert state.iteration == STEPS
     assert_all(comm.mpi, bool(state.compressor.residuals), "error feedback kept residuals")
     for p in net.parameters():

@@ -8,7 +8,7 @@ from mpitools import assert_all, assert_equal_all
 
 torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
-from torchtools import assert_identical_and_close, global_batch, mine, model, reference  # noqa: E402
+from torchtools import assert_identical_and_close, global_batch, mine, model, reference, train_ddp_with_hook  # noqa: E402
 
 import mpicoll.torch as mt  # noqa: E402
 from mpicoll.aggregation import AutoCodec  # noqa: E402
@@ -64,16 +64,8 @@ def test_optimizer_on_a_slow_link_compresses_alike_everywhere_and_checkpoints(co
 def test_ddp_hook_with_auto_keeps_ranks_identical(comm):
     mt.init_process_group()
     try:
-        net = model(seed=0)
-        ddp = torch.nn.parallel.DistributedDataParallel(net)
         state = mt.HookState(AutoCodec(["fp16", "powersgd"], model=machine(0.0001), margin=0.0), comm=comm)
-        ddp.register_comm_hook(state, mt.allreduce_hook)
-        opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
-        for step in range(STEPS):
-            opt.zero_grad()
-            x, y = mine(global_batch(step, comm.size), comm.rank)
-            torch.nn.functional.cross_entropy(ddp(x), y).backward()
-            opt.step()
+        net = train_ddp_with_hook(state, mt.allreduce_hook, STEPS, comm.size, comm.rank)
         decided = comm.mpi.allgather(sorted(state.compressor.decisions.items()))
         assert_all(comm.mpi, all(d == decided[0] for d in decided) and decided[0], f"decisions {decided}")
         for p in net.parameters():

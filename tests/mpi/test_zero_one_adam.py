@@ -15,25 +15,15 @@ import pytest
 from mpitools import assert_all, assert_equal_all, assert_same_on_all_ranks
 
 torch = pytest.importorskip("torch")
+from torchtools import grads, initial  # noqa: E402
 
 import mpicoll  # noqa: E402
 import mpicoll.torch as mt  # noqa: E402
 from mpicoll import compression  # noqa: E402
 from mpicoll.compression import ErrorFeedback  # noqa: E402
 
-SHAPES = [(6, 5), (5,), (3, 6)]
 HYPER = dict(lr=0.01, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
 SCHEDULE = dict(var_freeze_step=5, var_update_scaler=2, local_step_scaler=2, local_step_clipper=4)
-
-
-def initial() -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(7)
-    return [torch.randn(s, generator=g) for s in SHAPES]
-
-
-def grads(step: int, rank: int) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(1000 * step + rank)
-    return [torch.randint(-8, 9, s, generator=g).float() for s in SHAPES]
 
 
 def train(comm, steps, *, start=None, state=None, lr_schedule=None):
