@@ -17,7 +17,11 @@ Methods (``--methods``, comma-separated):
   gradient: what ``topk`` and ``sign`` were before the correction existed); ``topkmask``:
   ``topk`` momentum-corrected with DGC's momentum factor masking (``momentum_masking=True``);
 - ``dgc1``, ``dgc01`` (top-k 1% / 0.1%, sparsity warm-up over the first 4 epochs), ``dgcsign``
-  (sign): :class:`mpicoll.torch.DGC`, error feedback on the momentum-corrected *velocity*.
+  (sign): :class:`mpicoll.torch.DGC`, error feedback on the momentum-corrected *velocity*;
+- ``adam`` (uncompressed ``torch.optim.Adam`` in :class:`mpicoll.torch.DistributedOptimizer`) and
+  ``onebit`` (:class:`mpicoll.torch.OneBitAdam`: Adam for the first ``--freeze-epochs``, then
+  1-bit momentum), ``zeroone`` (:class:`mpicoll.torch.ZeroOneAdam`, its variance stage as long):
+  all at ``--adam-lr`` (``--lr`` is SGD's), with the same cosine schedule.
 
 Rank 0 prints one line per method and writes the final test accuracies (``--json``). A run whose
 parameters become non-finite stops early and is reported as diverged.
@@ -43,8 +47,17 @@ WRAPPED = {"none": lambda: None, "fp16": lambda: compression.get("fp16"),
            "powersgd": lambda: EF(compression.get("powersgd", rank=4))}
 
 
-def optimizer_for(method: str, model: torch.nn.Module, lr: float, steps_per_epoch: int) -> torch.optim.Optimizer:
-    """The optimizer of one method (momentum 0.9 everywhere)."""
+def optimizer_for(method: str, model: torch.nn.Module, lr: float, steps_per_epoch: int,
+                  args: argparse.Namespace | None = None) -> torch.optim.Optimizer:
+    """The optimizer of one method (momentum 0.9 for the SGD ones; ``args`` for the Adam ones)."""
+    if method in ("adam", "onebit", "zeroone"):
+        adam_lr = 1e-3 if args is None else args.adam_lr
+        if method == "adam":
+            return mt.DistributedOptimizer(torch.optim.Adam(model.parameters(), lr=adam_lr), model.named_parameters())
+        freeze = max(1, round((1.0 if args is None else args.freeze_epochs) * steps_per_epoch))
+        if method == "zeroone":  # the variance stage as long as onebit's warm-up; the rest 0/1 Adam's defaults
+            return mt.ZeroOneAdam(model.parameters(), lr=adam_lr, var_freeze_step=freeze)
+        return mt.OneBitAdam(model.parameters(), lr=adam_lr, freeze_step=freeze)
     base, correction = (method[:-4], False) if method in ("topkgrad", "signgrad") else (method, "auto")
     base, masking = (base[:-4], True) if base == "topkmask" else (base, False)
     if base in WRAPPED:
@@ -71,7 +84,7 @@ def train(method: str, args: argparse.Namespace) -> dict:
     mt.broadcast_parameters(model, root=0)
     per_rank = args.batch // size
     steps_per_epoch = len(x_train) // (per_rank * size)
-    optimizer = optimizer_for(method, model, args.lr, steps_per_epoch)
+    optimizer = optimizer_for(method, model, args.lr, steps_per_epoch, args)
     inner = getattr(optimizer, "optimizer", optimizer)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(inner, args.epochs)
     start, history, diverged, train_seconds, elapsed = time.perf_counter(), [], False, [], 0.0
@@ -92,7 +105,10 @@ def train(method: str, args: argparse.Namespace) -> dict:
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             diverged = True
             break
-    return {"method": method, "lr": args.lr, "seed": args.seed, "ranks": size, "epochs": args.epochs,
+    adam = method in ("adam", "onebit", "zeroone")
+    return {"method": method, "lr": args.adam_lr if adam else args.lr,
+            "freeze_epochs": args.freeze_epochs if method in ("onebit", "zeroone") else None,
+            "seed": args.seed, "ranks": size, "epochs": args.epochs,
             "final_accuracy": history[-1], "best_accuracy": max(history), "diverged": diverged,
             "accuracy_per_epoch": history, "train_seconds_per_epoch": train_seconds,
             "traffic_bytes": getattr(optimizer, "traffic_bytes", None),
@@ -102,7 +118,10 @@ def train(method: str, args: argparse.Namespace) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", default="none,fp16,topk,sign,dgc1,dgc01,dgcsign,powersgd")
-    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--lr", type=float, default=0.1, help="the SGD methods' learning rate")
+    parser.add_argument("--adam-lr", type=float, default=1e-3, help="adam's and onebit's learning rate")
+    parser.add_argument("--freeze-epochs", type=float, default=1.0,
+                        help="onebit: epochs of uncompressed Adam before the variance freezes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch", type=int, default=64, help="global batch size (split over the ranks)")
@@ -114,7 +133,7 @@ def main() -> int:
         result = train(method.strip(), args)
         if mpicoll.rank() == 0:
             flag = " DIVERGED" if result["diverged"] else ""
-            sys.stdout.write(f"lr {args.lr} seed {args.seed} {result['method']:>8}: "
+            sys.stdout.write(f"lr {result['lr']} seed {args.seed} {result['method']:>8}: "
                              f"final {100 * result['final_accuracy']:.2f}% best {100 * result['best_accuracy']:.2f}%"
                              f"{flag} ({result['seconds']:.0f} s)\n")
             sys.stdout.flush()

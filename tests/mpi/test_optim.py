@@ -168,7 +168,7 @@ def two_phase_mean(efs, xs, key):
 def onebit_reference(size, steps, *, lr, betas, eps, freeze, zero_rows):
     params = initial()
     b1, b2 = betas
-    m = [[torch.zeros_like(p) for p in params] for _ in range(size)]
+    m = [[torch.zeros_like(p) for p in params] for _ in range(size)]  # per simulated rank
     v = [torch.zeros_like(p) for p in params]
     efs = [ErrorFeedback(compression.get("sign", block=256)) for _ in range(size)]
     history = []
@@ -183,22 +183,28 @@ def onebit_reference(size, steps, *, lr, betas, eps, freeze, zero_rows):
             tv = t
         else:
             masks = [vi > 0 for vi in v]
+            denoms = [(vi.sqrt() / (1 - b2 ** freeze) ** 0.5).add_(eps) for vi in v]
             flats = []
             for r in range(size):
                 for i in range(len(params)):
                     m[r][i].lerp_(rank_grads[r][i], 1 - b1)
-                flats.append(torch.cat([m[r][i][masks[i]] for i in range(len(params))]).numpy())
+                # the momentum is averaged preconditioned by the frozen variance: m / (sqrt(v_hat) + eps)
+                flats.append(torch.cat([(m[r][i] / denoms[i])[masks[i]] for i in range(len(params))]).numpy())
             mean = torch.from_numpy(two_phase_mean(efs, flats, "onebit-adam"))
-            for r in range(size):
-                offset = 0
-                for i in range(len(params)):
-                    count = int(masks[i].sum())
-                    m[r][i].zero_()
-                    m[r][i][masks[i]] = mean[offset: offset + count]
-                    offset += count
-            tv = freeze
+            updates = []
+            for i in range(len(params)):
+                offset = sum(int(mask.sum()) for mask in masks[:i])
+                u = torch.zeros_like(params[i])
+                u[masks[i]] = mean[offset: offset + int(masks[i].sum())]
+                updates.append(u)
+                for r in range(size):
+                    m[r][i] = u * denoms[i]
+            for i, p in enumerate(params):
+                p.add_(updates[i], alpha=-lr / (1 - b1 ** t))
+            history.append([p.clone() for p in params])
+            continue
         for i, p in enumerate(params):
-            denom = (v[i].sqrt() / (1 - b2 ** tv) ** 0.5).add_(eps)
+            denom = (v[i].sqrt() / (1 - b2 ** t) ** 0.5).add_(eps)
             p.addcdiv_(m[0][i], denom, value=-lr / (1 - b1 ** t))
         history.append([p.clone() for p in params])
     return history
@@ -213,6 +219,28 @@ def test_onebit_adam_matches_reference_with_mask(comm):
     assert_equal_all(comm.mpi, frozen_row.numpy(), initial()[0][2].numpy(), "masked row (always-zero gradient)")
     assert_all(comm.mpi, bool((opt.state[opt.param_groups[0]["params"][0]]["exp_avg"][2] == 0).all()),
                "masked momentum stays zero")
+
+
+def test_onebit_adam_steps_stay_adam_sized_after_a_tiny_warmup_variance(comm):
+    """An element whose gradient was tiny during the warm-up (a rare input feature, say) has a
+    tiny frozen variance. Sign compression gives every element of a block the block's mean
+    magnitude; compressing the raw momentum then moved that element by lr * scale / sqrt(v), about
+    10^4 lr here, and training diverged (the digits MLP at lr 1e-3, any freeze step). The momentum
+    is compressed preconditioned instead, where every element has Adam's unit scale."""
+    lr, freeze, steps, n = 1e-3, 3, 12, 512
+    weights = torch.nn.Parameter(torch.zeros(n))
+    opt = mt.OneBitAdam([weights], lr=lr, freeze_step=freeze, comm=comm)
+    rng = torch.Generator().manual_seed(7)
+    largest = 0.0
+    for t in range(1, steps + 1):
+        noise = torch.randn(comm.size, n, generator=rng) * 1e-2  # the same draws on every rank
+        g = noise[comm.rank].clone()
+        g[0] = 1e-6 if t == 1 else 0.0  # element 0: one tiny gradient, then none
+        weights.grad = g
+        before = weights.detach().clone()
+        opt.step()
+        largest = max(largest, float((weights.detach() - before).abs().max()))
+    assert_all(comm.mpi, largest < 20 * lr, f"an element moved {largest / lr:.0f} lr in one step")
 
 
 def test_onebit_adam_warmup_is_adam(comm):
