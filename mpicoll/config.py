@@ -183,6 +183,7 @@ class Config:
         self._values: dict[str, Any] | None = None
         self._thread = threading.local()
         self._pins = 0  # pinned() blocks open in any thread: while none is, get() skips the thread-local
+        self._generation = 0  # bumped by every change of a value (see stamp)
 
     def _load(self) -> dict[str, Any]:
         with self._lock:
@@ -232,6 +233,13 @@ class Config:
     def __getitem__(self, key: str) -> Any:
         return self.get(key)
 
+    @property
+    def stamp(self) -> int:
+        """A number that changes whenever any value may have changed (:meth:`set`, :meth:`override`,
+        :meth:`reload`), and ``-1`` while a :meth:`pinned` block is open in any thread: what was
+        derived from the settings under one stamp (a planned call, say) holds while it is the same."""
+        return -1 if self._pins else self._generation
+
     def set(self, **values: Any) -> None:
         """Set one or more keys for the rest of the process, after checking every value."""
         checked = {}
@@ -242,6 +250,7 @@ class Config:
             except ValueError as exc:
                 raise ConfigError(f"mpicoll setting {key}={value!r} is invalid: {exc}") from None
         self._load().update(checked)
+        self._generation += 1
 
     @contextmanager
     def override(self, **values: Any) -> Iterator[None]:
@@ -253,6 +262,7 @@ class Config:
             yield
         finally:
             current.update(saved)
+            self._generation += 1
 
     @contextmanager
     def pinned(self, values: dict[str, Any]) -> Iterator[None]:
@@ -278,6 +288,7 @@ class Config:
         """Forget values set in code and read the environment again (for tests)."""
         with self._lock:
             self._values = None
+            self._generation += 1
 
 
 config = Config()

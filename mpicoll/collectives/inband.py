@@ -89,11 +89,15 @@ def schedule(comm: Comm) -> list[Step]:
 class _Step:
     """One message of the schedule and the views it needs, made once per data size and dtype."""
 
-    __slots__ = ("dest", "expect", "final", "head", "lo", "peer_first", "phead", "receive", "rows_got", "rows_in",
-                 "rows_tail", "source", "theirs")
+    __slots__ = ("dest", "expect", "final", "first", "head", "last", "lo", "peer_first", "phead", "receive", "rows_got",
+                 "rows_in", "rows_tail", "source", "theirs")
 
-    def __init__(self, b: _Buffers, step: Step, nbytes: int, dtype: Any) -> None:
+    def __init__(self, b: _Buffers, step: Step, nbytes: int, dtype: Any, first: bool, last: bool) -> None:
         lo, hi, dest, plo, phi, source, peer_first = step
+        #: the rank's first message, and its data is its own contribution (rows: its own row only)
+        self.first = first
+        #: the rank's last step, and it receives: what it computes there is the call's result
+        self.last = last
         rb = b.rowbytes
         self.dest, self.source, self.peer_first, self.lo = dest, source, peer_first, lo
         self.head = (hi - lo) * rb
@@ -140,7 +144,10 @@ class _Buffers:
             if len(self.plans) > 64:
                 self.plans.clear()
             result = self.result[:nbytes].view(dtype) if nbytes else None
-            found = self.plans[key] = (result, [_Step(self, step, nbytes, dtype) for step in self.schedule])
+            n = len(self.schedule)
+            found = self.plans[key] = (result, [_Step(self, step, nbytes, dtype, i == 0 and step[2] is not None,
+                                                      i == n - 1 and step[5] is not None)
+                                                for i, step in enumerate(self.schedule)])
         return found
 
     def message(self, data: Any, step: _Step) -> Any:
@@ -179,7 +186,8 @@ def table(comm: Comm, width: int) -> np.ndarray:
     return _buffers(comm, width).table
 
 
-def gather_rows(comm: Comm, table: np.ndarray, work: Any = None, op: ReduceOp | None = None) -> Any:
+def gather_rows(comm: Comm, table: np.ndarray, work: Any = None, op: ReduceOp | None = None, *,
+                sent: Any = None, into: Any = None) -> Any:
     """Fill ``table`` (:func:`table`'s array, this rank's row already in place) on every rank.
 
     Args:
@@ -188,12 +196,16 @@ def gather_rows(comm: Comm, table: np.ndarray, work: Any = None, op: ReduceOp | 
         work: optionally a 1-D contiguous host array of at most :data:`INBAND_BYTES`: this rank's
             contribution to an all-reduce with ``op``, reduced along the way. It is only read.
         op: the reduction (with ``work``).
+        sent: optionally ``work``'s bytes followed by this rank's row, in one uint8 array: sent as
+            is where the rank's first message would be assembled from them (:mod:`.repeat`).
+        into: optionally a 1-D array like ``work`` for the result, written where the result is
+            computed in the last step (else the result is in a scratch array).
 
     Returns:
         ``False`` when a message had a length this rank did not expect; else ``True`` without
-        ``work``, or the array (valid until the next call on ``comm``) holding the reduction over
-        all ranks, provided every rank carried data of the same size, which the caller learns by
-        comparing the rows.
+        ``work``, or the array holding the reduction over all ranks (``into``, or a scratch array
+        valid until the next call on ``comm``, or on one rank ``work`` itself), provided every rank
+        carried data of the same size, which the caller learns by comparing the rows.
     """
     if comm.size == 1:
         return True if work is None else work
@@ -205,20 +217,26 @@ def gather_rows(comm: Comm, table: np.ndarray, work: Any = None, op: ReduceOp | 
     current = work  # what this rank sends: its own contribution, then its partial results
     ok = True
     for s in steps:
-        message = b.message(current, s) if s.dest is not None else b.recv[:0]
+        if s.dest is None:
+            message = b.recv[:0]
+        elif s.first and sent is not None:
+            message = sent
+        else:
+            message = b.message(current, s)
         got = sendrecv_count(comm, message, s.dest, s.receive, s.source, comm.agreement_tag, STEP)
         if s.source is None:
             continue
         if got == s.expect:
             s.rows_got[...] = s.rows_tail
             if nbytes and ok:
+                target = into if s.last and into is not None else result
                 if s.final:  # the finished result, from the rank this one folded into
-                    result[...] = s.theirs
+                    target[...] = s.theirs
                 elif s.peer_first:
-                    op.combine(s.theirs, current, out=result)
+                    op.combine(s.theirs, current, out=target)
                 else:
-                    op.combine(current, s.theirs, out=result)
-                current = result
+                    op.combine(current, s.theirs, out=target)
+                current = target
             continue
         ok = False  # another count, or no data where this rank sent some: the rows (at the tail) will say
         if got >= s.phead:

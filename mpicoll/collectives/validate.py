@@ -162,9 +162,7 @@ def exchange(comm: Comm, collective: str, error: BaseException | None, *, count:
 
     Returns every rank's ``carry`` value (rank order) when one was given; with ``inband``, the
     all-reduced array; else ``None``."""
-    key = (collective, count, dtype, algorithm, op, root, None if counts is None else tuple(counts),
-           config.get("segment_bytes"), compressor, None if parts is None else tuple(tuple(s) for s in parts), stream,
-           inband is not None)
+    key = _key(collective, count, dtype, algorithm, op, root, counts, compressor, parts, stream, inband is not None)
     signature = None if error is not None else _signatures.get(key)
     if signature is None:
         signature = _signature(error is not None, key)
@@ -175,11 +173,31 @@ def exchange(comm: Comm, collective: str, error: BaseException | None, *, count:
     table = inband_.table(comm, row.size)  # one per communicator, the same array every call
     table[comm.rank] = row
     got = inband_.gather_rows(comm, table, *(inband or ()))  # tells the watchdog what it waits for
+    return judge(comm, collective, error, table, signature, got, carry=carry, inband=inband is not None)
+
+
+def signature_of(collective: str, *, count: int = -1, dtype: Any = None, algorithm: str | None = None,
+                 op: str | None = None, root: int = -1, counts: Sequence[int] | None = None,
+                 compressor: str | None = None, parts: Sequence[tuple[int, ...]] | None = None,
+                 stream: int | None = None, inband: bool = False) -> np.ndarray:
+    """The row a rank whose local checks passed contributes to :func:`exchange` for these
+    arguments (read only: it is the memoized array)."""
+    key = _key(collective, count, dtype, algorithm, op, root, counts, compressor, parts, stream, inband)
+    found = _signatures.get(key)
+    return found if found is not None else _signature(False, key)
+
+
+def judge(comm: Comm, collective: str, error: BaseException | None, table: np.ndarray, signature: np.ndarray,
+          got: Any, *, carry: int | None = None, inband: bool = False) -> Any:
+    """Decide from the gathered ``table`` (every rank's row; ``signature`` is this rank's without
+    the carried value, ``got`` what :func:`.inband.gather_rows` returned): the same outcome on every
+    rank, since every rank holds the same table. Raises :class:`MismatchError` /
+    :class:`PeerError` as :func:`exchange` documents; else returns what it returns."""
     if carry is None and table.tobytes() == signature.tobytes() * comm.size:  # the common case: one comparison
         if got is False:  # cannot happen: equal rows mean every message had the length expected
             raise RuntimeError(f"{collective}: the argument check's messages had unexpected lengths although "
                                f"every rank's arguments agree (an mpicoll bug; please report it)")
-        return None if inband is None else got
+        return got if inband else None
     carried, table = table[:, -1].copy(), table[:, :-1]
     if (table == signature[:-1]).all():
         return carried if carry is not None else None
@@ -188,6 +206,15 @@ def exchange(comm: Comm, collective: str, error: BaseException | None, *, count:
         return None  # this rank failed: its own error propagates from the with-block
     differing = [i for i in range(table.shape[1]) if not (table[:, i] == table[0, i]).all()]
     raise _mismatch(collective, table.copy(), differing[0])
+
+
+def _key(collective: str, count: int, dtype: Any, algorithm: str | None, op: str | None, root: int,
+         counts: Sequence[int] | None, compressor: str | None, parts: Sequence[tuple[int, ...]] | None,
+         stream: int | None, inband: bool) -> tuple[Any, ...]:
+    """What a signature depends on (the settings' pipeline segment size included), hashable."""
+    return (collective, count, dtype, algorithm, op, root, None if counts is None else tuple(counts),
+            config.get("segment_bytes"), compressor, None if parts is None else tuple(tuple(s) for s in parts),
+            stream, inband)
 
 
 _signatures: dict[tuple[Any, ...], np.ndarray] = {}

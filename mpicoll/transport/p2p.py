@@ -58,6 +58,11 @@ def patient_waits(enabled: bool = True) -> None:
     _style.patient = enabled
 
 
+def is_patient() -> bool:
+    """Whether this thread's waits poll (:func:`patient_waits`)."""
+    return getattr(_style, "patient", False)
+
+
 def _poll(requests: list[MPI.Request], status: MPI.Status | None = None) -> None:
     """Test ``requests`` with growing sleeps until all are done; ``status`` gets the first one's."""
     limit = config.get("engine_poll_us") * 1e-6

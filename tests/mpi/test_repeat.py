@@ -1,0 +1,146 @@
+"""Repeated small all-reduces run from a plan (issue 20, ``mpicoll.collectives.repeat``).
+
+A plan skips the local checks and sends the full path's messages. These tests put ranks that run
+a plan against ranks on the full path (a first call with other arguments, another collective, a
+local failure) and check that every disagreement is still caught on every rank, on the first call
+where it happens, and that a plan's bits equal the full path's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mpitools import assert_all, raises_everywhere
+
+import mpicoll
+from mpicoll.collectives import repeat
+from mpicoll.errors import ArgumentError, MismatchError, PeerError
+
+multi = pytest.mark.skipif(mpicoll.size() < 2, reason="needs at least 2 ranks to disagree")
+
+
+def planned(comm, x, op="sum", algorithm="auto"):
+    """Call twice (the first call plans, the second runs the plan) and check the plan exists."""
+    first = mpicoll.allreduce(x, op, algorithm=algorithm, comm=comm)
+    assert_all(comm.mpi, repeat.lookup(comm, x, op, algorithm) is not None, "no plan after a checked small call")
+    second = mpicoll.allreduce(x, op, algorithm=algorithm, comm=comm)
+    assert_all(comm.mpi, first.tobytes() == second.tobytes(), "the plan's result differs from the full path's")
+    return second
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "int64"])
+@pytest.mark.parametrize("op", ["sum", "prod", "min", "max", "avg", "bor"])
+@pytest.mark.parametrize("shape", [(1,), (7,), (31, 33), (2048,)])  # up to 16 KiB: in band
+def test_plan_bits_equal_the_full_path(comm, dtype, op, shape):
+    dtype = np.dtype(dtype)
+    if (op == "avg" and dtype.kind != "f") or (op == "bor" and dtype.kind == "f"):
+        pytest.skip("op not defined for this dtype")
+    rng = np.random.default_rng(comm.rank + 31 * len(shape))
+    x = rng.integers(1, 3 if op == "prod" else 200, size=shape).astype(dtype)
+    got = planned(comm, x, op)
+    with mpicoll.config.override(validate=False):
+        want = mpicoll.allreduce(x, op, algorithm="recursive_doubling", comm=comm)
+    assert_all(comm.mpi, got.tobytes() == want.tobytes() and got.shape == x.shape and got.dtype == x.dtype,
+               f"plan differs from recursive doubling ({dtype}, {op}, {shape})")
+    assert_all(comm.mpi, len(set(comm.mpi.allgather(got.tobytes()))) == 1, "ranks differ")
+    again = mpicoll.allreduce(x.copy(), op, comm=comm)  # another array of the key: the same plan
+    assert_all(comm.mpi, again.tobytes() == got.tobytes() and again is not got, "a new array, the same bits")
+
+
+def test_against_mpi_and_float64(comm):
+    from mpi4py import MPI
+
+    for step in range(5):  # a loop of calls: the first plans, the rest run the plan, with new data each time
+        x = np.linspace(-1, 1, 999, dtype=np.float32) * (comm.rank + 1 + step)
+        got = mpicoll.allreduce(x, comm=comm)
+        ref = np.empty(999)
+        comm.mpi.Allreduce(x.astype(np.float64), ref, op=MPI.SUM)
+        assert_all(comm.mpi, np.allclose(got, ref, atol=1e-4), f"wrong sum at step {step}")
+
+
+@multi
+@pytest.mark.parametrize("theirs", [12, 5000], ids=["small", "large"])
+def test_planned_ranks_meet_another_count(comm, theirs):
+    x = np.ones(11, dtype=np.float32)
+    planned(comm, x)
+    mine = np.ones(theirs, dtype=np.float32) if comm.rank == 1 else x
+    raises_everywhere(comm, MismatchError, lambda: mpicoll.allreduce(mine, comm=comm), "count", f"rank 1: {theirs}")
+    planned(comm, x)  # back in step, the plan still good
+
+
+@multi
+def test_planned_ranks_meet_another_dtype_and_op(comm):
+    x = np.ones(16, dtype=np.float32)
+    planned(comm, x)
+    mine = x.view(np.int32) if comm.rank == 1 else x  # the same bytes
+    raises_everywhere(comm, MismatchError, lambda: mpicoll.allreduce(mine, comm=comm), "dtype")
+    op = "max" if comm.rank == comm.size - 1 else "sum"
+    raises_everywhere(comm, MismatchError, lambda: mpicoll.allreduce(x, op, comm=comm), "op")
+
+
+@multi
+def test_both_sides_on_plans_with_different_counts(comm):
+    """Every rank has plans for 9 and 8 elements; rank 0 runs one, the others the other."""
+    nine, eight = np.ones(9), np.ones(8)
+    planned(comm, nine)
+    planned(comm, eight)
+    x = nine if comm.rank == 0 else eight
+    for _ in range(2):
+        raises_everywhere(comm, MismatchError, lambda: mpicoll.allreduce(x, comm=comm), "count", "rank 0: 9")
+    planned(comm, nine)
+
+
+@multi
+@pytest.mark.parametrize("other", ["broadcast", "allgather", "reduce_scatter"])
+def test_planned_ranks_meet_another_collective(comm, other):
+    x = np.ones(2 * comm.size, dtype=np.float32)
+    planned(comm, x)
+    call = (lambda: getattr(mpicoll, other)(x, comm=comm)) if comm.rank == 0 else \
+        (lambda: mpicoll.allreduce(x, comm=comm))
+    raises_everywhere(comm, MismatchError, call, "different collectives", f"rank 0: {other}")
+    planned(comm, x)
+
+
+@multi
+def test_planned_ranks_meet_a_local_failure(comm):
+    x = np.ones(6, dtype=np.float32)
+    planned(comm, x)
+    if comm.rank == 1:
+        raises_everywhere(comm, ArgumentError, lambda: mpicoll.allreduce([1.0] * 6, comm=comm), "NumPy")
+    else:
+        raises_everywhere(comm, PeerError, lambda: mpicoll.allreduce(x, comm=comm), "rank 1")
+    planned(comm, x)
+
+
+@multi
+def test_one_rank_skips_a_planned_call(comm):
+    x, y = np.ones(5, dtype=np.float32), np.ones(10, dtype=np.float32)
+    planned(comm, x)
+    planned(comm, y)
+    first = y if comm.rank == 1 else x
+    raises_everywhere(comm, MismatchError, lambda: mpicoll.allreduce(first, comm=comm), "count")
+    z = mpicoll.allreduce(y, comm=comm)
+    assert_all(comm.mpi, bool((z == comm.size).all()), "the next call")
+
+
+def test_settings_changes_and_non_plain_arrays_take_the_full_path(comm):
+    x = np.arange(10, dtype=np.float64)
+    planned(comm, x)
+    with mpicoll.config.override(segment_bytes=4096):  # a setting the signature holds: the plan is stale
+        assert_all(comm.mpi, repeat.lookup(comm, x, "sum", "auto") is None, "a plan outlived a settings change")
+        y = mpicoll.allreduce(x, comm=comm)
+    assert_all(comm.mpi, np.array_equal(y, x * comm.size), "sum under other settings")
+    strided = np.arange(20, dtype=np.float64)[::2]
+    assert_all(comm.mpi, repeat.lookup(comm, strided, "sum", "auto") is None, "a strided view took a plan")
+    assert_all(comm.mpi, np.array_equal(mpicoll.allreduce(strided, comm=comm), strided * comm.size), "strided sum")
+    with mpicoll.config.override(check_finite=True):  # a check on the values: never skipped
+        x[3] = np.nan
+        raises_everywhere(comm, mpicoll.errors.NonFiniteError if comm.size == 1 or comm.rank == 0 else PeerError,
+                          lambda: mpicoll.allreduce(x if comm.rank == 0 else np.arange(10.0), comm=comm))
+
+
+def test_plan_limit(comm):
+    for n in range(1, repeat.LIMIT + 5):  # more distinct calls than a communicator keeps plans for
+        y = mpicoll.allreduce(np.ones(n, dtype=np.int32), comm=comm)
+        assert_all(comm.mpi, bool((y == comm.size).all()), f"count {n}")
+    assert_all(comm.mpi, len(comm.cache[repeat._SLOT]) <= repeat.LIMIT, "plans beyond the limit")
