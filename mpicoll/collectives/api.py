@@ -85,10 +85,9 @@ def allreduce(x: Any, op: str | ReduceOp = "sum", *, algorithm: str = "auto", co
     """
     c = as_comm(comm)
     given = out
-    if out is None:  # a repeat of a small checked call: its plan (see .repeat), the same messages
-        plan = repeat.lookup(c, x, op, algorithm)
-        if plan is not None:
-            return plan.run(x)
+    planned = repeat.lookup(c, x, op, algorithm, out)  # a repeat of a checked call: its plan, the same messages
+    if planned is not None:
+        return planned[0].run(x, out, planned[1])
     with Agreement(c, "allreduce") as agree:
         rop = get_op(op)
         x = check_array(x, "allreduce")
@@ -107,9 +106,9 @@ def allreduce(x: Any, op: str | ReduceOp = "sum", *, algorithm: str = "auto", co
     if agree.reduced is not None:  # a scratch array, or on one rank the (read-only) input itself
         if c.size > 1:
             _average(agree.reduced, rop, c.size)
-        if given is None:
-            repeat.remember(c, x, op, rop, algorithm)
+        repeat.remember(c, x, given, op, rop, algorithm, name, None)
         return finish(agree.reduced, out, False)
+    repeat.remember(c, x, given, op, rop, algorithm, name, algo)
     return run_allreduce(c, algo, x, rop, out)
 
 

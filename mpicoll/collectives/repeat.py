@@ -1,29 +1,32 @@
-"""A repeated small all-reduce, planned once: the checked in-band path in a few Python steps.
+"""Repeated all-reduces, planned once: the checked call path in a few Python steps.
 
-Training loops and solvers call ``allreduce`` on the same few small arrays (a loss, a norm, a
-metric) thousands of times. At 4 KiB the messages cost microseconds, and the full call path's
-local checks, agreement bookkeeping and buffer views cost about as much again (issue 20:
-``python -m mpicoll.bench.pyfloor``). So a successful checked in-band all-reduce
-(:mod:`.inband`: ``auto`` or ``recursive_doubling``, a host array of at most 16 KiB, ``out`` not
-given) leaves a :class:`Plan` on its communicator, keyed by shape, dtype, op and algorithm. A
+Training loops and solvers call ``allreduce`` on the same arrays (a loss, a norm, a metric, a
+gradient bucket) thousands of times. At 4-64 KiB the messages cost microseconds, and the full
+call path's local checks, agreement bookkeeping and buffer views cost about as much again (issue
+20: ``python -m mpicoll.bench.pyfloor``). So a checked all-reduce on plain NumPy arrays, once
+agreed, leaves a :class:`Plan` on its communicator, keyed by shape, dtype, op and algorithm. A
 later call with the same key, a plain C-contiguous ``numpy.ndarray`` and unchanged settings
-(:attr:`mpicoll.config.Config.stamp`) runs the plan:
+(:attr:`mpicoll.config.Config.stamp`) runs the plan, with ``out`` not given, ``out=x`` or
+another plain array of the same shape and dtype:
 
-- the local checks are skipped: they depend only on the key (shape, dtype, op, algorithm), and
-  they passed for it; the data-dependent ``check_finite`` is a setting, so a plan is made only
-  with it off;
+- the local checks are skipped: they depend only on the key, and they passed for it; the
+  data-dependent ``check_finite`` is a setting, so a plan is made only with it off;
 - the messages are the full path's, byte for byte: the same schedule, the same signature row,
   the same reserved tag. A rank running a plan and a rank on the full path (its first call with
   other arguments, say, or another collective) therefore meet as before, and a disagreement is
   judged by :func:`.validate.judge` from the same table, so every rank raises the same error, on
   the first call where it happens;
-- the rank's first message is its data copied behind its own row into one buffer (a 4-16 KiB
-  copy), instead of an MPI struct datatype over the caller's array, which would have to be made
-  again for every new array;
-- the result is computed straight into the array returned.
+- a small call (:mod:`.inband`: at most 16 KiB, ``auto`` or ``recursive_doubling``) sends its
+  first message as its data copied behind its own row into one buffer (a 4-16 KiB copy), instead
+  of an MPI struct datatype over the caller's array, which would have to be made again for
+  every new array; a larger one runs the agreement's small round, then the algorithm ``auto``
+  chose the first time (or the one named);
+- a new result is computed straight into the array returned; ``x`` and ``out`` are written only
+  once every row agreed, so a refused call changes nothing, as on the full path.
 
-Timelines (which record the full path's phases), the non-blocking engine's thread (its waits poll)
-and ``pinned`` settings take the full path.
+With validation off (``MPICOLL_VALIDATE=0``) a plan skips the local checks and runs the
+algorithm: the same saving, no agreement. Timelines (which record the full path's phases), the
+non-blocking engine's thread (its waits poll) and ``pinned`` settings take the full path.
 """
 
 from __future__ import annotations
@@ -36,68 +39,116 @@ from .. import timeline
 from ..config import config
 from ..transport import Comm
 from ..transport.p2p import is_patient
+from ..transport.watchdog import refine
 from . import inband
 from .ops import ReduceOp, work_dtype
 from .validate import WIDTH, judge, signature_of
 
 #: the plans one communicator keeps (distinct shapes, dtypes, ops, algorithms): a loop has a few
 LIMIT = 64
+#: where a planned call's result goes: a new array, ``x`` itself, the caller's ``out``
+NEW, IN_PLACE, OUT = 0, 1, 2
 _SLOT = "repeat.plans"
 
 
 class Plan:
-    """One planned all-reduce: its signature row, its send buffer (own row already in place) and
-    the table the rows are gathered into."""
+    """One planned all-reduce: its signature row (``None`` with validation off), the table the rows
+    are gathered into, and either its send buffer (data riding in band, own row already in place)
+    or its algorithm (run after the agreement's own small round, for calls too large to ride in
+    band or unchecked)."""
 
-    __slots__ = ("comm", "data", "expected", "op", "row", "sent", "signature", "stamp", "table")
+    __slots__ = ("algo", "comm", "data", "expected", "name", "op", "row", "sent", "signature", "stamp", "table")
 
-    def __init__(self, comm: Comm, x: np.ndarray, op: ReduceOp, signature: np.ndarray) -> None:
+    def __init__(self, comm: Comm, x: np.ndarray, op: ReduceOp, signature: np.ndarray | None, name: str,
+                 algo: Any) -> None:
         self.comm, self.op, self.signature, self.stamp = comm, op, signature, config.stamp
+        self.name, self.algo = name, algo
+        self.sent = self.data = self.table = self.row = self.expected = None
+        if signature is None:  # validation off: no agreement to run
+            return
         self.table = inband.table(comm, WIDTH)
         self.row = self.table[comm.rank]
         self.expected = signature.tobytes() * comm.size
-        self.sent = np.empty(x.nbytes + signature.nbytes, dtype=np.uint8)
-        self.sent[x.nbytes:] = signature.view(np.uint8)
-        self.data = self.sent[:x.nbytes].view(x.dtype).reshape(x.shape)
+        if algo is None:
+            self.sent = np.empty(x.nbytes + signature.nbytes, dtype=np.uint8)
+            self.sent[x.nbytes:] = signature.view(np.uint8)
+            self.data = self.sent[:x.nbytes].view(x.dtype).reshape(x.shape)
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """The all-reduce of ``x`` (the key's shape and dtype, C-contiguous): a new array."""
+    def run(self, x: np.ndarray, out: np.ndarray | None, kind: int) -> np.ndarray:
+        """The all-reduce of ``x`` (the key's shape and dtype, C-contiguous) into a new array
+        (``kind`` :data:`NEW`), into ``x`` (:data:`IN_PLACE`) or into ``out`` (:data:`OUT`)."""
         c = self.comm
-        result = np.empty(x.shape, dtype=x.dtype)
+        result = np.empty(x.shape, dtype=x.dtype) if kind == NEW else x if kind == IN_PLACE else out
+        send = x.reshape(-1)
+        flat = send if kind == IN_PLACE else result.reshape(-1)
         if c.size == 1:
-            result[...] = x
-        else:
+            if kind != IN_PLACE:
+                flat[...] = send
+        elif self.algo is None:  # the data rides in the agreement's messages
             self.row[...] = self.signature
             self.data[...] = x
-            flat = result.reshape(-1)
-            got = inband.gather_rows(c, self.table, x.reshape(-1), self.op, sent=self.sent, into=flat)
-            if got is False or self.table.tobytes() != self.expected:
-                judge(c, "allreduce", None, self.table, self.signature, got, inband=True)  # raises everywhere
-                raise RuntimeError("allreduce: the argument check failed without an error (an mpicoll bug; "
-                                   "please report it)")
-            if got is not flat:  # computed in a scratch array (a rank that folds out sends it on)
+            # the caller's arrays are written only once every row agreed (a refused call changes nothing)
+            got = inband.gather_rows(c, self.table, send, self.op, sent=self.sent, into=flat if kind == NEW else None)
+            self._agreed(got)
+            if got is not flat:
                 flat[...] = got
+        else:  # the agreement's round (unless validation is off), then the algorithm (in place: x twice)
+            refine(self.name)  # for the watchdog's report, as the full path's resolve does
+            if self.signature is not None:
+                self.row[...] = self.signature
+                self._agreed(inband.gather_rows(c, self.table))
+            self.algo(c, send, flat, self.op)
         if self.op.average and c.size > 1:
             np.divide(result, c.size, out=result)
         return result
 
+    def _agreed(self, got: Any) -> None:
+        """Raise on every rank unless every rank's row equals this one (:func:`.validate.judge`)."""
+        if got is False or self.table.tobytes() != self.expected:
+            judge(self.comm, "allreduce", None, self.table, self.signature, got, inband=self.algo is None)
+            raise RuntimeError("allreduce: the argument check failed without an error (an mpicoll bug; "
+                               "please report it)")
 
-def lookup(comm: Comm, x: Any, op: Any, algorithm: str) -> Plan | None:
-    """The plan for this call, or ``None`` when it must take the full path."""
+
+def _kind(x: Any, out: Any) -> int | None:
+    """How a call with these arrays can run from a plan (:data:`NEW`, :data:`IN_PLACE`,
+    :data:`OUT`), or ``None`` when only the full path can judge them (``x`` not a plain C-contiguous
+    ndarray; ``out`` of another type, shape or dtype, non-contiguous, read-only or overlapping ``x``)."""
+    if type(x) is not np.ndarray or not x.flags.c_contiguous:
+        return None
+    if out is None:
+        return NEW
+    flags = out.flags if type(out) is np.ndarray else None
+    if flags is None or not flags.writeable:
+        return None
+    if out is x:
+        return IN_PLACE
+    if not flags.c_contiguous or out.shape != x.shape or out.dtype != x.dtype or np.may_share_memory(out, x):
+        return None
+    return OUT
+
+
+def lookup(comm: Comm, x: Any, op: Any, algorithm: str, out: Any) -> tuple[Plan, int] | None:
+    """The plan for this call and how to run it (see :meth:`Plan.run`), or ``None`` when it must
+    take the full path."""
     plans = comm.cache.get(_SLOT)
-    if not plans or type(x) is not np.ndarray or type(op) is not str or type(algorithm) is not str:
+    if not plans or type(op) is not str or type(algorithm) is not str:
+        return None
+    kind = _kind(x, out)
+    if kind is None:
         return None
     plan = plans.get((x.shape, x.dtype, op, algorithm))
-    if plan is None or plan.stamp != config.stamp or plan.stamp < 0 or not x.flags.c_contiguous \
-            or timeline.recording() or is_patient():
+    if plan is None or plan.stamp != config.stamp or plan.stamp < 0 or timeline.recording() or is_patient():
         return None
-    return plan
+    return plan, kind
 
 
-def remember(comm: Comm, x: Any, op: Any, rop: ReduceOp, algorithm: str) -> None:
-    """After a successful checked in-band all-reduce of ``x`` with ``out=None``: plan repeats of it."""
-    if type(x) is not np.ndarray or type(op) is not str or not x.flags.c_contiguous or work_dtype(x.dtype) != x.dtype \
-            or config.stamp < 0 or config.get("check_finite") or not config.get("validate"):
+def remember(comm: Comm, x: Any, out: Any, op: Any, rop: ReduceOp, algorithm: str, name: str, algo: Any) -> None:
+    """After an all-reduce of ``x`` into ``out`` (as the caller passed them) was agreed, or checked
+    locally with validation off (``algorithm`` as the caller passed it, ``name`` and ``algo`` what
+    it resolved to; ``algo`` ``None`` when the data rode in band): plan repeats of it."""
+    if type(op) is not str or type(algorithm) is not str or _kind(x, out) is None or not x.size \
+            or work_dtype(x.dtype) != x.dtype or config.stamp < 0 or config.get("check_finite"):
         return
     plans = comm.cache.setdefault(_SLOT, {})
     key = (x.shape, x.dtype, op, algorithm)
@@ -106,6 +157,6 @@ def remember(comm: Comm, x: Any, op: Any, rop: ReduceOp, algorithm: str) -> None
         return
     if len(plans) >= LIMIT:
         plans.clear()
-    signature = signature_of("allreduce", count=x.size, dtype=x.dtype, op=rop.name, algorithm="recursive_doubling",
-                             inband=True)
-    plans[key] = Plan(comm, x, rop, signature)
+    signature = None if not config.get("validate") else \
+        signature_of("allreduce", count=x.size, dtype=x.dtype, op=rop.name, algorithm=name, inband=algo is None)
+    plans[key] = Plan(comm, x, rop, signature, name, algo)

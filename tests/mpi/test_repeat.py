@@ -22,7 +22,7 @@ multi = pytest.mark.skipif(mpicoll.size() < 2, reason="needs at least 2 ranks to
 def planned(comm, x, op="sum", algorithm="auto"):
     """Call twice (the first call plans, the second runs the plan) and check the plan exists."""
     first = mpicoll.allreduce(x, op, algorithm=algorithm, comm=comm)
-    assert_all(comm.mpi, repeat.lookup(comm, x, op, algorithm) is not None, "no plan after a checked small call")
+    assert_all(comm.mpi, repeat.lookup(comm, x, op, algorithm, None) is not None, "no plan after a checked small call")
     second = mpicoll.allreduce(x, op, algorithm=algorithm, comm=comm)
     assert_all(comm.mpi, first.tobytes() == second.tobytes(), "the plan's result differs from the full path's")
     return second
@@ -45,6 +45,44 @@ def test_plan_bits_equal_the_full_path(comm, dtype, op, shape):
     assert_all(comm.mpi, len(set(comm.mpi.allgather(got.tobytes()))) == 1, "ranks differ")
     again = mpicoll.allreduce(x.copy(), op, comm=comm)  # another array of the key: the same plan
     assert_all(comm.mpi, again.tobytes() == got.tobytes() and again is not got, "a new array, the same bits")
+    out = np.full_like(x, 3)
+    assert_all(comm.mpi, mpicoll.allreduce(x, op, comm=comm, out=out) is out and out.tobytes() == got.tobytes(),
+               "out= differs")
+    inplace = x.copy()
+    assert_all(comm.mpi, mpicoll.allreduce(inplace, op, comm=comm, out=inplace) is inplace
+               and inplace.tobytes() == got.tobytes(), "in place differs")
+
+
+@pytest.mark.parametrize("algorithm", ["auto", "ring", "recursive_doubling", "rabenseifner", "tree", "native"])
+@pytest.mark.parametrize("count", [5000, 70001])
+def test_large_plan_bits_equal_the_full_path(comm, algorithm, count):
+    """Too large to ride in band: the plan runs the agreement's round, then the algorithm."""
+    x = np.random.default_rng(comm.rank).standard_normal(count).astype(np.float32)
+    got = planned(comm, x, "sum", algorithm)
+    with mpicoll.config.override(validate=False):
+        want = mpicoll.allreduce(x, algorithm=algorithm, comm=comm)
+    if algorithm != "native":  # MPI's own may round differently from call to call
+        assert_all(comm.mpi, got.tobytes() == want.tobytes(), f"{algorithm}: the plan differs from the algorithm")
+        assert_all(comm.mpi, len(set(comm.mpi.allgather(got.tobytes()))) == 1, "ranks differ")
+    ref = np.empty(count)
+    from mpi4py import MPI
+    comm.mpi.Allreduce(x.astype(np.float64), ref, op=MPI.SUM)
+    assert_all(comm.mpi, np.allclose(got, ref, atol=1e-3), f"{algorithm}: wrong sum")
+
+
+@multi
+def test_large_planned_ranks_meet_another_count_and_algorithm(comm):
+    x = np.ones(6000, dtype=np.float32)
+    planned(comm, x, "sum", "ring")
+    mine = np.ones(6001, dtype=np.float32) if comm.rank == 1 else x
+    raises_everywhere(comm, MismatchError, lambda: mpicoll.allreduce(mine, algorithm="ring", comm=comm), "count")
+    algorithm = "tree" if comm.rank == 0 else "ring"
+    raises_everywhere(comm, MismatchError, lambda: mpicoll.allreduce(x, algorithm=algorithm, comm=comm), "algorithm")
+    small = np.ones(6, dtype=np.float32)  # a small planned call against a large planned one
+    planned(comm, small)
+    mine = small if comm.rank == 0 else x
+    raises_everywhere(comm, MismatchError, lambda: mpicoll.allreduce(mine, algorithm="ring", comm=comm), "count")
+    planned(comm, x, "sum", "ring")
 
 
 def test_against_mpi_and_float64(comm):
@@ -123,20 +161,67 @@ def test_one_rank_skips_a_planned_call(comm):
     assert_all(comm.mpi, bool((z == comm.size).all()), "the next call")
 
 
+@multi
+@pytest.mark.parametrize("count", [12, 6000], ids=["in-band", "separate"])
+def test_refused_planned_calls_change_nothing(comm, count):
+    """Planned calls with out= and in place, against a rank with another count: x and out keep
+    their bytes on every rank."""
+    x = np.arange(count, dtype=np.float32)
+    out = np.zeros_like(x)
+    planned(comm, x)
+    mpicoll.allreduce(x, out=out, comm=comm)  # plans are per key: every kind of out runs the same plan
+    mine = np.arange(count + 1, dtype=np.float32) if comm.rank == 1 else x
+    before, out_before = mine.copy(), out.copy()
+    raises_everywhere(comm, MismatchError, lambda: mpicoll.allreduce(mine, out=mine, comm=comm), "count")
+    raises_everywhere(comm, MismatchError, lambda: mpicoll.allreduce(
+        mine, out=out if mine is x else np.zeros_like(mine), comm=comm), "count")
+    assert_all(comm.mpi, mine.tobytes() == before.tobytes() and out.tobytes() == out_before.tobytes(),
+               "a refused call wrote x or out")
+
+
+def test_out_arguments_the_plan_leaves_to_the_full_path(comm):
+    x = np.ones(10, dtype=np.float64)
+    planned(comm, x)
+    for out in (np.empty(10, dtype=np.float32), np.empty(11), np.empty(20)[::2], x[::-1]):
+        assert_all(comm.mpi, repeat.lookup(comm, x, "sum", "auto", out) is None, f"planned with out {out.shape}")
+    readonly = np.empty(10)
+    readonly.flags.writeable = False
+    assert_all(comm.mpi, repeat.lookup(comm, x, "sum", "auto", readonly) is None, "planned with a read-only out")
+    raises_everywhere(comm, mpicoll.errors.ArgumentError, lambda: mpicoll.allreduce(x, out=readonly, comm=comm),
+                      "read-only")
+    raises_everywhere(comm, mpicoll.errors.ArgumentError, lambda: mpicoll.allreduce(x, out=x[::-1], comm=comm),
+                      "overlaps")
+    planned(comm, x)
+
+
 def test_settings_changes_and_non_plain_arrays_take_the_full_path(comm):
     x = np.arange(10, dtype=np.float64)
     planned(comm, x)
     with mpicoll.config.override(segment_bytes=4096):  # a setting the signature holds: the plan is stale
-        assert_all(comm.mpi, repeat.lookup(comm, x, "sum", "auto") is None, "a plan outlived a settings change")
+        assert_all(comm.mpi, repeat.lookup(comm, x, "sum", "auto", None) is None, "a plan outlived a settings change")
         y = mpicoll.allreduce(x, comm=comm)
     assert_all(comm.mpi, np.array_equal(y, x * comm.size), "sum under other settings")
     strided = np.arange(20, dtype=np.float64)[::2]
-    assert_all(comm.mpi, repeat.lookup(comm, strided, "sum", "auto") is None, "a strided view took a plan")
+    assert_all(comm.mpi, repeat.lookup(comm, strided, "sum", "auto", None) is None, "a strided view took a plan")
     assert_all(comm.mpi, np.array_equal(mpicoll.allreduce(strided, comm=comm), strided * comm.size), "strided sum")
     with mpicoll.config.override(check_finite=True):  # a check on the values: never skipped
         x[3] = np.nan
         raises_everywhere(comm, mpicoll.errors.NonFiniteError if comm.size == 1 or comm.rank == 0 else PeerError,
                           lambda: mpicoll.allreduce(x if comm.rank == 0 else np.arange(10.0), comm=comm))
+
+
+@multi
+def test_unchecked_plans_run_the_algorithm(comm):
+    """Validation off: a plan skips the local checks, runs no agreement, gives the same bits; and
+    turning validation back on makes it stale (the next call agrees again, and catches a mismatch)."""
+    x = np.random.default_rng(comm.rank).standard_normal(3000).astype(np.float32)
+    with mpicoll.config.override(validate=False):
+        got = planned(comm, x, "sum", "ring")
+        want = mpicoll.allreduce(x, algorithm="ring", comm=comm, out=np.empty_like(x))
+    assert_all(comm.mpi, got.tobytes() == want.tobytes(), "unchecked plan differs")
+    assert_all(comm.mpi, repeat.lookup(comm, x, "sum", "ring", None) is None, "stale plan after the setting changed")
+    mine = x[:-1].copy() if comm.rank == 1 else x
+    raises_everywhere(comm, MismatchError, lambda: mpicoll.allreduce(mine, algorithm="ring", comm=comm), "count")
 
 
 def test_plan_limit(comm):
