@@ -49,7 +49,15 @@ def irecv(comm: Comm, buf: Any, source: int, tag: int) -> Request:
     return comm.mpi.Irecv([buf, MPI.BYTE], source, tag)
 
 
-_style = threading.local()
+class _Style(threading.local):
+    """Per thread: whether waits poll. A class default, not ``getattr(local, name, False)``: a
+    missing attribute of a ``threading.local`` costs a raised and caught AttributeError, about 1 us,
+    paid per message."""
+
+    patient = False
+
+
+_style = _Style()
 _SPINS = 16  # tests before the first sleep: short waits stay fast
 
 
@@ -60,7 +68,7 @@ def patient_waits(enabled: bool = True) -> None:
 
 def is_patient() -> bool:
     """Whether this thread's waits poll (:func:`patient_waits`)."""
-    return getattr(_style, "patient", False)
+    return _style.patient
 
 
 def _poll(requests: list[MPI.Request], status: MPI.Status | None = None) -> None:
@@ -86,7 +94,7 @@ def waitall(requests: Sequence[Request], peer: int | None = None, step: str = ""
         return
     waiting_on(peer, step)
     plain = [r.request if isinstance(r, StagedRequest) else r for r in requests]
-    if getattr(_style, "patient", False):
+    if _style.patient:
         _poll(plain)
     else:
         MPI.Request.Waitall(plain)
@@ -98,7 +106,7 @@ def waitall(requests: Sequence[Request], peer: int | None = None, step: str = ""
 
 def sendrecv(comm: Comm, sendbuf: Any, dest: int, recvbuf: Any, source: int, tag: int) -> None:
     """Send ``sendbuf`` to ``dest`` while receiving ``recvbuf`` from ``source``; empty sides are skipped."""
-    if getattr(_style, "patient", False) or needs_staging(sendbuf) or needs_staging(recvbuf):
+    if _style.patient or needs_staging(sendbuf) or needs_staging(recvbuf):
         requests = [irecv(comm, recvbuf, source, tag)] if recvbuf.size else []
         requests += [isend(comm, sendbuf, dest, tag)] if sendbuf.size else []
         waitall(requests, source if recvbuf.size else dest, "sendrecv")
@@ -128,7 +136,7 @@ def sendrecv_count(comm: Comm, sendbuf: Any, dest: int | None, recvbuf: Any, sou
     """
     status = MPI.Status()
     send = sendbuf if isinstance(sendbuf, list) else [sendbuf, MPI.BYTE]  # a list: an MPI message spec as is
-    if getattr(_style, "patient", False):
+    if _style.patient:
         requests = [comm.mpi.Irecv([recvbuf, MPI.BYTE], source, tag)] if source is not None else []
         requests += [comm.mpi.Isend(send, dest, tag)] if dest is not None else []
         waiting_on(source if source is not None else dest, step)
@@ -152,7 +160,7 @@ def sendrecv_count(comm: Comm, sendbuf: Any, dest: int | None, recvbuf: Any, sou
 
 def _probe(comm: Comm, source: int, tag: int) -> tuple[MPI.Message, MPI.Status]:
     status = MPI.Status()
-    if not getattr(_style, "patient", False):
+    if not _style.patient:
         return comm.mpi.Mprobe(source, tag, status), status
     limit, tries, pause = config.get("engine_poll_us") * 1e-6, 0, 1e-6
     while (message := comm.mpi.Improbe(source, tag, status)) is None:
