@@ -81,10 +81,7 @@ class Plan:
         result = np.empty(x.shape, dtype=x.dtype) if kind == NEW else x if kind == IN_PLACE else out
         send = x.reshape(-1)
         flat = send if kind == IN_PLACE else result.reshape(-1)
-        if c.size == 1:
-            if kind != IN_PLACE:
-                flat[...] = send
-        elif self.algo is None:  # the data rides in the agreement's messages
+        if self.algo is None:  # the data rides in the agreement's messages
             self.row[...] = self.signature
             self.data[...] = x
             # the caller's arrays are written only once every row agreed (a refused call changes nothing)
