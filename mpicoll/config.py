@@ -233,6 +233,12 @@ class Config:
     def __getitem__(self, key: str) -> Any:
         return self.get(key)
 
+    def touch(self) -> None:
+        """Note that something derived from the settings changed without a value changing (the
+        ``auto`` table was rewritten, say): bumps :attr:`stamp`."""
+        with self._lock:
+            self._generation += 1
+
     @property
     def stamp(self) -> int:
         """A number that changes whenever any value may have changed (:meth:`set`, :meth:`override`,
@@ -249,8 +255,10 @@ class Config:
                 checked[key] = setting.check(value)
             except ValueError as exc:
                 raise ConfigError(f"mpicoll setting {key}={value!r} is invalid: {exc}") from None
-        self._load().update(checked)
-        self._generation += 1
+        values = self._load()
+        with self._lock:
+            values.update(checked)
+            self._generation += 1
 
     @contextmanager
     def override(self, **values: Any) -> Iterator[None]:
@@ -261,8 +269,9 @@ class Config:
         try:
             yield
         finally:
-            current.update(saved)
-            self._generation += 1
+            with self._lock:
+                current.update(saved)
+                self._generation += 1
 
     @contextmanager
     def pinned(self, values: dict[str, Any]) -> Iterator[None]:

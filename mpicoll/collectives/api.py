@@ -84,8 +84,8 @@ def allreduce(x: Any, op: str | ReduceOp = "sum", *, algorithm: str = "auto", co
             specific error.
     """
     c = as_comm(comm)
-    given = out
-    planned = repeat.lookup(c, x, op, algorithm, out)  # a repeat of a checked call: its plan, the same messages
+    given, stamp = out, config.stamp  # the settings this call decides with (a plan is made only if unchanged)
+    planned = repeat.lookup(c, x, op, algorithm, out, stamp)  # a repeat: its plan, the same messages
     if planned is not None:
         return planned[0].run(x, out, planned[1])
     with Agreement(c, "allreduce") as agree:
@@ -106,9 +106,9 @@ def allreduce(x: Any, op: str | ReduceOp = "sum", *, algorithm: str = "auto", co
     if agree.reduced is not None:  # a scratch array, or on one rank the (read-only) input itself
         if c.size > 1:
             _average(agree.reduced, rop, c.size)
-        repeat.remember(c, x, given, op, rop, algorithm, name, None)
+        repeat.remember(c, x, given, op, rop, algorithm, name, None, stamp)
         return finish(agree.reduced, out, False)
-    repeat.remember(c, x, given, op, rop, algorithm, name, algo)
+    repeat.remember(c, x, given, op, rop, algorithm, name, algo, stamp)
     return run_allreduce(c, algo, x, rop, out)
 
 

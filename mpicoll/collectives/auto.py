@@ -122,10 +122,12 @@ _choices: dict[tuple[str, str, int, int], str] = {}
 
 
 def reset() -> None:
-    """Forget the cached table location, contents and choices (after writing a new table)."""
+    """Forget the cached table location, contents and choices (after writing a new table); plans
+    of repeated calls (:mod:`.repeat`), which hold an earlier choice, become stale."""
     _resolved.clear()
     _choices.clear()
     _load.cache_clear()
+    config.touch()
 
 
 def choose(collective: str, nbytes: int, nranks: int) -> str:

@@ -42,7 +42,7 @@ from ..transport.p2p import is_patient
 from ..transport.watchdog import refine
 from . import inband
 from .ops import ReduceOp, work_dtype
-from .validate import WIDTH, judge, signature_of
+from .validate import WIDTH, exchange, judge, signature_of
 
 #: the plans one communicator keeps (distinct shapes, dtypes, ops, algorithms): a loop has a few
 LIMIT = 64
@@ -60,8 +60,10 @@ class Plan:
     __slots__ = ("algo", "comm", "data", "expected", "name", "op", "row", "sent", "signature", "stamp", "table")
 
     def __init__(self, comm: Comm, x: np.ndarray, op: ReduceOp, signature: np.ndarray | None, name: str,
-                 algo: Any) -> None:
-        self.comm, self.op, self.signature, self.stamp = comm, op, signature, config.stamp
+                 algo: Any, stamp: int) -> None:
+        if signature is None and algo is None:
+            raise ValueError("a plan without an agreement needs an algorithm (only checked calls ride in band)")
+        self.comm, self.op, self.signature, self.stamp = comm, op, signature, stamp
         self.name, self.algo = name, algo
         self.sent = self.data = self.table = self.row = self.expected = None
         if signature is None:  # validation off: no agreement to run
@@ -78,24 +80,32 @@ class Plan:
         """The all-reduce of ``x`` (the key's shape and dtype, C-contiguous) into a new array
         (``kind`` :data:`NEW`), into ``x`` (:data:`IN_PLACE`) or into ``out`` (:data:`OUT`)."""
         c = self.comm
-        result = np.empty(x.shape, dtype=x.dtype) if kind == NEW else x if kind == IN_PLACE else out
-        send = x.reshape(-1)
-        flat = send if kind == IN_PLACE else result.reshape(-1)
+        try:  # what may fail before the first message (a result too large to allocate, say)
+            result = np.empty(x.shape, dtype=x.dtype) if kind == NEW else x if kind == IN_PLACE else out
+            send = x.reshape(-1)
+            flat = send if kind == IN_PLACE else result.reshape(-1)
+            if self.data is not None:
+                self.data[...] = x
+        except Exception as error:
+            if self.signature is not None:  # the peers must hear of it, as from the full path's Agreement
+                exchange(c, "allreduce", error)
+            raise
         if self.algo is None:  # the data rides in the agreement's messages
             self.row[...] = self.signature
-            self.data[...] = x
             # the caller's arrays are written only once every row agreed (a refused call changes nothing)
             got = inband.gather_rows(c, self.table, send, self.op, sent=self.sent, into=flat if kind == NEW else None)
             self._agreed(got)
             if got is not flat:
                 flat[...] = got
-        else:  # the agreement's round (unless validation is off), then the algorithm (in place: x twice)
-            refine(self.name)  # for the watchdog's report, as the full path's resolve does
-            if self.signature is not None:
-                self.row[...] = self.signature
-                self._agreed(inband.gather_rows(c, self.table))
-            self.algo(c, send, flat, self.op)
-        if self.op.average and c.size > 1:
+            if self.op.average and c.size > 1:  # as the full path's in-band branch
+                np.divide(result, c.size, out=result)
+            return result
+        refine(self.name)  # for the watchdog's report, as the full path's resolve does
+        if self.signature is not None:  # the agreement's round, then the algorithm (in place: x twice)
+            self.row[...] = self.signature
+            self._agreed(inband.gather_rows(c, self.table))
+        self.algo(c, send, flat, self.op)
+        if self.op.average:  # as run_allreduce, on one rank too
             np.divide(result, c.size, out=result)
         return result
 
@@ -125,35 +135,41 @@ def _kind(x: Any, out: Any) -> int | None:
     return OUT
 
 
-def lookup(comm: Comm, x: Any, op: Any, algorithm: str, out: Any) -> tuple[Plan, int] | None:
+def lookup(comm: Comm, x: Any, op: Any, algorithm: str, out: Any, stamp: int) -> tuple[Plan, int] | None:
     """The plan for this call and how to run it (see :meth:`Plan.run`), or ``None`` when it must
-    take the full path."""
+    take the full path (``stamp``: :attr:`~mpicoll.config.Config.stamp` at the call's start)."""
     plans = comm.cache.get(_SLOT)
-    if not plans or type(op) is not str or type(algorithm) is not str:
+    if not plans or stamp < 0 or type(op) is not str or type(algorithm) is not str:
         return None
     kind = _kind(x, out)
     if kind is None:
         return None
     plan = plans.get((x.shape, x.dtype, op, algorithm))
-    if plan is None or plan.stamp != config.stamp or plan.stamp < 0 or timeline.recording() or is_patient():
+    if plan is None or plan.stamp != stamp or timeline.recording() or is_patient():
         return None
     return plan, kind
 
 
-def remember(comm: Comm, x: Any, out: Any, op: Any, rop: ReduceOp, algorithm: str, name: str, algo: Any) -> None:
+def remember(comm: Comm, x: Any, out: Any, op: Any, rop: ReduceOp, algorithm: str, name: str, algo: Any,
+             stamp: int) -> None:
     """After an all-reduce of ``x`` into ``out`` (as the caller passed them) was agreed, or checked
     locally with validation off (``algorithm`` as the caller passed it, ``name`` and ``algo`` what
-    it resolved to; ``algo`` ``None`` when the data rode in band): plan repeats of it."""
-    if type(op) is not str or type(algorithm) is not str or _kind(x, out) is None or not x.size \
-            or work_dtype(x.dtype) != x.dtype or config.stamp < 0 or config.get("check_finite"):
+    it resolved to; ``algo`` ``None`` when the data rode in band; ``stamp``:
+    :attr:`~mpicoll.config.Config.stamp` at the call's start): plan repeats of it, unless a setting
+    changed meanwhile (then the call's decisions may mix old and new values)."""
+    if stamp < 0 or config.stamp != stamp or type(op) is not str or type(algorithm) is not str \
+            or _kind(x, out) is None or not x.size or work_dtype(x.dtype) != x.dtype or config.get("check_finite"):
         return
     plans = comm.cache.setdefault(_SLOT, {})
     key = (x.shape, x.dtype, op, algorithm)
     found = plans.get(key)
-    if found is not None and found.stamp == config.stamp:  # planned already (this call had a timeline, say)
+    if found is not None and found.stamp == stamp:  # planned already (this call had a timeline, say)
         return
     if len(plans) >= LIMIT:
         plans.clear()
-    signature = None if not config.get("validate") else \
+    checked = config.get("validate")
+    if algo is None and not checked:  # cannot happen (only checked calls ride in band): plan nothing
+        return
+    signature = None if not checked else \
         signature_of("allreduce", count=x.size, dtype=x.dtype, op=rop.name, algorithm=name, inband=algo is None)
-    plans[key] = Plan(comm, x, rop, signature, name, algo)
+    plans[key] = Plan(comm, x, rop, signature, name, algo, stamp)

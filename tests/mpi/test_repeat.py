@@ -19,10 +19,15 @@ from mpicoll.errors import ArgumentError, MismatchError, PeerError
 multi = pytest.mark.skipif(mpicoll.size() < 2, reason="needs at least 2 ranks to disagree")
 
 
+def plan_of(comm, x, op="sum", algorithm="auto", out=None):
+    """The plan a call would run now (and how), or None."""
+    return repeat.lookup(comm, x, op, algorithm, out, mpicoll.config.stamp)
+
+
 def planned(comm, x, op="sum", algorithm="auto"):
     """Call twice (the first call plans, the second runs the plan) and check the plan exists."""
     first = mpicoll.allreduce(x, op, algorithm=algorithm, comm=comm)
-    assert_all(comm.mpi, repeat.lookup(comm, x, op, algorithm, None) is not None, "no plan after a checked small call")
+    assert_all(comm.mpi, plan_of(comm, x, op, algorithm, None) is not None, "no plan after a checked small call")
     second = mpicoll.allreduce(x, op, algorithm=algorithm, comm=comm)
     assert_all(comm.mpi, first.tobytes() == second.tobytes(), "the plan's result differs from the full path's")
     return second
@@ -183,10 +188,10 @@ def test_out_arguments_the_plan_leaves_to_the_full_path(comm):
     x = np.ones(10, dtype=np.float64)
     planned(comm, x)
     for out in (np.empty(10, dtype=np.float32), np.empty(11), np.empty(20)[::2], x[::-1]):
-        assert_all(comm.mpi, repeat.lookup(comm, x, "sum", "auto", out) is None, f"planned with out {out.shape}")
+        assert_all(comm.mpi, plan_of(comm, x, "sum", "auto", out) is None, f"planned with out {out.shape}")
     readonly = np.empty(10)
     readonly.flags.writeable = False
-    assert_all(comm.mpi, repeat.lookup(comm, x, "sum", "auto", readonly) is None, "planned with a read-only out")
+    assert_all(comm.mpi, plan_of(comm, x, "sum", "auto", readonly) is None, "planned with a read-only out")
     raises_everywhere(comm, mpicoll.errors.ArgumentError, lambda: mpicoll.allreduce(x, out=readonly, comm=comm),
                       "read-only")
     raises_everywhere(comm, mpicoll.errors.ArgumentError, lambda: mpicoll.allreduce(x, out=x[::-1], comm=comm),
@@ -198,11 +203,11 @@ def test_settings_changes_and_non_plain_arrays_take_the_full_path(comm):
     x = np.arange(10, dtype=np.float64)
     planned(comm, x)
     with mpicoll.config.override(segment_bytes=4096):  # a setting the signature holds: the plan is stale
-        assert_all(comm.mpi, repeat.lookup(comm, x, "sum", "auto", None) is None, "a plan outlived a settings change")
+        assert_all(comm.mpi, plan_of(comm, x, "sum", "auto", None) is None, "a plan outlived a settings change")
         y = mpicoll.allreduce(x, comm=comm)
     assert_all(comm.mpi, np.array_equal(y, x * comm.size), "sum under other settings")
     strided = np.arange(20, dtype=np.float64)[::2]
-    assert_all(comm.mpi, repeat.lookup(comm, strided, "sum", "auto", None) is None, "a strided view took a plan")
+    assert_all(comm.mpi, plan_of(comm, strided, "sum", "auto", None) is None, "a strided view took a plan")
     assert_all(comm.mpi, np.array_equal(mpicoll.allreduce(strided, comm=comm), strided * comm.size), "strided sum")
     with mpicoll.config.override(check_finite=True):  # a check on the values: never skipped
         x[3] = np.nan
@@ -219,9 +224,45 @@ def test_unchecked_plans_run_the_algorithm(comm):
         got = planned(comm, x, "sum", "ring")
         want = mpicoll.allreduce(x, algorithm="ring", comm=comm, out=np.empty_like(x))
     assert_all(comm.mpi, got.tobytes() == want.tobytes(), "unchecked plan differs")
-    assert_all(comm.mpi, repeat.lookup(comm, x, "sum", "ring", None) is None, "stale plan after the setting changed")
+    assert_all(comm.mpi, plan_of(comm, x, "sum", "ring", None) is None, "stale plan after the setting changed")
     mine = x[:-1].copy() if comm.rank == 1 else x
     raises_everywhere(comm, MismatchError, lambda: mpicoll.allreduce(mine, algorithm="ring", comm=comm), "count")
+
+
+def test_a_rewritten_auto_table_makes_plans_stale(comm):
+    """``mpicoll-bench tune`` writes a table and calls auto.reset(): a plan holding the old choice
+    must not run (ranks on the full path would pick the new one and disagree)."""
+    from mpicoll.collectives import auto
+
+    x = np.ones(5000, dtype=np.float32)
+    planned(comm, x)
+    auto.reset()
+    assert_all(comm.mpi, plan_of(comm, x, "sum", "auto", None) is None,
+               "a plan outlived auto.reset()")
+    planned(comm, x)
+
+
+@multi
+@pytest.mark.parametrize("count", [12, 6000], ids=["in-band", "separate"])
+def test_a_failure_before_the_first_message_reaches_the_peers(comm, count, monkeypatch):
+    """Rank 1 cannot allocate the result of a planned call: the others get a PeerError naming it
+    (as from the full path, where the allocation is one of the local checks), nobody waits."""
+    x = np.ones(count, dtype=np.float32)
+    planned(comm, x)
+    if comm.rank == 1:
+        real = np.empty
+
+        def empty(shape, *args, **kwargs):
+            if tuple(np.atleast_1d(shape)) == x.shape:
+                raise MemoryError("simulated: no memory for the result")
+            return real(shape, *args, **kwargs)
+
+        monkeypatch.setattr(repeat.np, "empty", empty)
+        raises_everywhere(comm, MemoryError, lambda: mpicoll.allreduce(x, comm=comm), "simulated")
+        monkeypatch.undo()
+    else:
+        raises_everywhere(comm, PeerError, lambda: mpicoll.allreduce(x, comm=comm), "rank 1", "simulated")
+    planned(comm, x)
 
 
 def test_plan_limit(comm):
