@@ -180,7 +180,6 @@ def onebit_reference(size, steps, *, lr, betas, eps, freeze, zero_rows):
                 for r in range(size):
                     m[r][i].lerp_(g, 1 - b1)
                 v[i].mul_(b2).addcmul_(g, g, value=1 - b2)
-            tv = t
         else:
             masks = [vi > 0 for vi in v]
             denoms = [(vi.sqrt() / (1 - b2 ** freeze) ** 0.5).add_(eps) for vi in v]
