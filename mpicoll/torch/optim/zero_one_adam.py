@@ -38,13 +38,18 @@ moved such elements by 5 * 10^5 ``lr`` and training diverged within the first ep
   the dense steps (which also give them a variance) or by weight decay (identically on every rank,
   so a synchronization leaves them as they are). The mask is recomputed from ``v`` before every
   compressed exchange, so it is the same on every rank; when it changes (at a dense step) the
-  packed vector's layout changes and the residuals start empty again.
-
-What neither version cures: ``v`` is stale between its updates and frozen after
-``var_freeze_step``, so an element whose gradient outgrows its variance (a unit that was nearly
-dead during the variance stage) takes steps of ``|g| / sqrt(v)``, uncompressed as well as
-compressed (compression spreads such a step over later synchronizations through the residual).
-A short variance stage makes that likelier (bench/RESULTS.md, issue 14, evening 2).
+  packed vector's layout changes and the residuals start empty again;
+- a **clip against a stale variance**: ``v`` is not updated between its dense steps and is frozen
+  after ``var_freeze_step``, so an element whose gradient outgrows it (a weight of a nearly blank
+  pixel whose variance froze at 1e-20) took steps of ``|g| / (sqrt(v) + eps)``, 10^3 - 10^6
+  ``lr`` on digits, uncompressed as well as compressed; compressed, one such value also sets the
+  scale of its whole block, and the residuals deliver it again for many steps. Every gradient
+  that meets ``v`` without updating it (compressed steps, local steps) is clipped to
+  ``1 / sqrt(1 - beta2)`` times ``sqrt(v) + eps``: the largest ``|g| / sqrt(v)`` a variance updated
+  with ``g`` admits, so a step stays within what Adam itself could take (31.6 ``lr`` for the
+  default betas). Each rank clips its own gradient; ``v`` is the same everywhere. Without it the
+  digits MLP diverged at lr 3e-3 (2 seeds of 3) and at lr 1e-3 with a 4-epoch variance stage
+  (2 of 3; bench/RESULTS.md, issue 14, evening 2).
 
 Between synchronizations the ranks' parameters differ (that is the algorithm); at a
 synchronization they are set from a copy taken at the previous one, not by subtracting the local
@@ -135,6 +140,11 @@ class ZeroOneAdam(torch.optim.Optimizer):
         """``sqrt(v) + eps`` for ``p`` (no bias correction, as in DeepSpeed)."""
         return self.state[p]["exp_avg_sq"].sqrt().add_(group["eps"])
 
+    @staticmethod
+    def _bound(group: dict[str, Any]) -> float:
+        """The largest ``|g| / sqrt(v)`` that ``v`` updated with ``g`` admits: ``1 / sqrt(1 - beta2)``."""
+        return (1 - group["betas"][1]) ** -0.5
+
     def _masks(self, entries: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
         """``v > 0`` for every parameter: the elements that cross the wire (see the module docstring).
 
@@ -182,7 +192,9 @@ class ZeroOneAdam(torch.optim.Optimizer):
         else:  # the gradients cross the wire preconditioned by the current variance (module docstring)
             masks = self._masks(entries)
             denominators = [self._denominator(group, p) for group, p, _ in entries]
-            steps = self._compressed_mean([g / d for (_, _, g), d in zip(entries, denominators, strict=True)], masks)
+            preconditioned = [(g / d).clamp_(-self._bound(group), self._bound(group))
+                              for (group, _, g), d in zip(entries, denominators, strict=True)]
+            steps = self._compressed_mean(preconditioned, masks)
             for (group, p, _), step, d in zip(entries, steps, denominators, strict=True):
                 b1 = group["betas"][0]
                 self.state[p]["exp_avg"].mul_(b1).addcmul_(step, d, value=1 - b1)
@@ -203,6 +215,8 @@ class ZeroOneAdam(torch.optim.Optimizer):
             state["lrs"] += group["lr"]
             # an element without variance takes no local momentum: m / eps would throw it away
             local = torch.where(state["exp_avg_sq"] > 0, g, 0.0)
+            bound = self._denominator(group, p).mul_(self._bound(group))  # a stale variance's clip
+            local = local.clamp(-bound, bound)
             state["exp_avg"].mul_(group["betas"][0]).add_(local, alpha=1 - group["betas"][0])
             update = self._update(group, p)
             p.add_(update, alpha=-group["lr"])
