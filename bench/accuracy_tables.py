@@ -81,7 +81,7 @@ def time_to_target(rows: list[dict], slack: float = 0.0) -> str:
     """``slack``: the target is the uncompressed final accuracy minus ``slack`` (a fraction: 0.005
     is half a point), or its final loss times ``1 + slack``."""
     if "accuracy_per_epoch" in rows[0]:
-        base = next(r for r in rows if r["method"] == "none")
+        base = next(r for r in rows if r["method"] in ("none", "adam"))  # the SGD or the Adam grid
         target, better = base["final_accuracy"] - slack, (lambda v, t: v >= t)
         series = {r["method"]: list(zip(r["train_seconds_per_epoch"], r["accuracy_per_epoch"], strict=True))
                   for r in rows}
