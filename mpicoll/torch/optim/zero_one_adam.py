@@ -247,7 +247,7 @@ class ZeroOneAdam(torch.optim.Optimizer):
         return update.add_(p, alpha=group["weight_decay"]) if group["weight_decay"] else update
 
     def state_dict(self) -> dict[str, Any]:
-        """torch's state (momenta, variances, anchors, accumulators) plus the interval schedule,
+        """torch's state (momenta, variances, masks, anchors, accumulators) plus the interval schedule,
         steps, world size and residuals."""
         state = checkpoint.attach(super().state_dict(), self)
         state[checkpoint.STATE_KEY]["schedule"] = dict(self.schedule, synchronized=self.synchronized)
