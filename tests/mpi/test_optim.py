@@ -245,7 +245,7 @@ def test_onebit_adam_steps_stay_adam_sized_after_a_tiny_warmup_variance(comm):
 
 def test_onebit_adam_clips_a_gradient_that_outgrows_the_frozen_variance(comm):
     """Element 0's variance comes from one gradient of 1e-6 in the warm-up; after the freeze it
-    gets gradients of 1e-2 like the others (a weight of a nearly blank pixel, the digits MLP:
+    gets gradients of 1e-2 like the others (a weight of a nearly dead unit, the digits MLP:
     there it stepped up to 10^4 lr and training collapsed). Its u = m / (sqrt(v_hat) + eps) was
     ~10^4 and set the scale of its whole sign block: unclipped, its neighbours stepped up to 29
     lr and it drifted 185 lr in 12 steps. Clipped to 1 / sqrt(1 - beta2) times sqrt(v_hat) + eps,

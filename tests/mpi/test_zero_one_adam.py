@@ -248,7 +248,7 @@ def test_zero_one_adam_steps_stay_adam_sized_with_a_tiny_or_zero_variance(comm):
 
 def test_zero_one_adam_clips_a_gradient_that_outgrows_a_stale_variance(comm):
     """The digits MLP with a 4-epoch variance stage diverged in the local steps (2 seeds of 3):
-    weights of nearly blank pixels, whose variance froze at 1e-20, then met gradients of 1e-4 to
+    first-layer weights whose variance froze at 1e-20 (nearly dead units or blank pixels) then met gradients of 1e-4 to
     3e-2 and stepped 10^3 - 10^6 lr. Element 0 here: variance from one gradient of 1e-6, then
     gradients of 1e-2 after the freeze. Clipped to 1 / sqrt(1 - beta2) times its sqrt(v) + eps, as
     if v had been updated with it, it steps at most about that many lr (31.6)."""

@@ -39,17 +39,18 @@ moved such elements by 5 * 10^5 ``lr`` and training diverged within the first ep
   so a synchronization leaves them as they are). The mask is recomputed from ``v`` before every
   compressed exchange, so it is the same on every rank; when it changes (at a dense step) the
   packed vector's layout changes and the residuals start empty again;
-- a **clip against a stale variance**: ``v`` is not updated between its dense steps and is frozen
-  after ``var_freeze_step``, so an element whose gradient outgrows it (a weight of a nearly blank
-  pixel whose variance froze at 1e-20) took steps of ``|g| / (sqrt(v) + eps)``, 10^3 - 10^6
-  ``lr`` on digits, uncompressed as well as compressed; compressed, one such value also sets the
-  scale of its whole block, and the residuals deliver it again for many steps. Every gradient
-  that meets ``v`` without updating it (compressed steps, local steps) is clipped to
-  ``1 / sqrt(1 - beta2)`` times ``sqrt(v) + eps``: the largest ``|g| / sqrt(v)`` a variance updated
-  with ``g`` admits, so a step stays within what Adam itself could take (31.6 ``lr`` for the
-  default betas). Each rank clips its own gradient; ``v`` is the same everywhere. Without it the
-  digits MLP diverged at lr 3e-3 (2 seeds of 3) and at lr 1e-3 with a 4-epoch variance stage
-  (2 of 3; bench/RESULTS.md, issue 14, evening 2).
+- a **clip against a stale variance**: ``v`` is not updated between its dense steps and is
+  frozen after ``var_freeze_step``, so an element whose gradient outgrows it (a first-layer
+  weight of a nearly dead unit or nearly blank pixel, whose variance froze at 1e-20) took steps
+  of ``|g| / (sqrt(v) + eps)``, 10^3 - 10^6 ``lr`` on digits, uncompressed as well as
+  compressed; compressed, one such value also sets the scale of its whole block, and the
+  residuals deliver it again for many steps. Every gradient that meets ``v`` without updating it
+  (compressed steps, local steps) is clipped to ``1 / sqrt(1 - beta2)`` times ``sqrt(v) + eps``:
+  the largest ``|g| / sqrt(v)`` a variance updated with ``g`` admits, so a step stays within
+  what Adam itself could take (31.6 ``lr`` for the default betas). Each rank clips its own
+  gradient; ``v`` is the same everywhere. Without it the digits MLP diverged at lr 3e-3 (2 seeds
+  of 3) and at lr 1e-3 with a 4-epoch variance stage (2 of 3; bench/RESULTS.md, issue 14,
+  evening 2).
 
 Between synchronizations the ranks' parameters differ (that is the algorithm); at a
 synchronization they are set from a copy taken at the previous one, not by subtracting the local
