@@ -185,8 +185,9 @@ def onebit_reference(size, steps, *, lr, betas, eps, freeze, zero_rows):
             denoms = [(vi.sqrt() / (1 - b2 ** freeze) ** 0.5).add_(eps) for vi in v]
             flats = []
             for r in range(size):
-                for i in range(len(params)):
-                    m[r][i].lerp_(rank_grads[r][i], 1 - b1)
+                for i in range(len(params)):  # a gradient is clipped against the frozen variance
+                    bound = denoms[i] * (1 - b2) ** -0.5
+                    m[r][i].lerp_(rank_grads[r][i].clamp(-bound, bound), 1 - b1)
                 # the momentum is averaged preconditioned by the frozen variance: m / (sqrt(v_hat) + eps)
                 flats.append(torch.cat([(m[r][i] / denoms[i])[masks[i]] for i in range(len(params))]).numpy())
             mean = torch.from_numpy(two_phase_mean(efs, flats, "onebit-adam"))
@@ -240,6 +241,30 @@ def test_onebit_adam_steps_stay_adam_sized_after_a_tiny_warmup_variance(comm):
         opt.step()
         largest = max(largest, float((weights.detach() - before).abs().max()))
     assert_all(comm.mpi, largest < 20 * lr, f"an element moved {largest / lr:.0f} lr in one step")
+
+
+def test_onebit_adam_clips_a_gradient_that_outgrows_the_frozen_variance(comm):
+    """Element 0's variance comes from one gradient of 1e-6 in the warm-up; after the freeze it
+    gets gradients of 1e-2 like the others (a weight of a nearly dead unit, the digits MLP:
+    there it stepped up to 10^4 lr and training collapsed). Its u = m / (sqrt(v_hat) + eps) was
+    ~10^4 and set the scale of its whole sign block: unclipped, its neighbours stepped up to 29
+    lr and it drifted 185 lr in 12 steps. Clipped to 1 / sqrt(1 - beta2) times sqrt(v_hat) + eps,
+    every element steps by Adam's unit (at most 1 lr here)."""
+    lr, freeze, n = 1e-3, 3, 512
+    weights = torch.nn.Parameter(torch.zeros(n))
+    opt = mt.OneBitAdam([weights], lr=lr, freeze_step=freeze, comm=comm)
+    rng = torch.Generator().manual_seed(7)
+    largest = 0.0
+    for t in range(1, 16):
+        noise = torch.randn(comm.size, n, generator=rng) * 1e-2  # the same draws on every rank
+        g = noise[comm.rank].clone()
+        if t <= freeze:
+            g[0] = 1e-6 if t == 1 else 0.0
+        weights.grad = g
+        before = weights.detach().clone()
+        opt.step()
+        largest = max(largest, float((weights.detach() - before).abs().max()))
+    assert_all(comm.mpi, largest < 5 * lr, f"an element moved {largest / lr:.0f} lr in one step")
 
 
 def test_onebit_adam_warmup_is_adam(comm):

@@ -21,6 +21,18 @@ and the digits MLP diverged at lr 1e-3 whatever the warm-up. In ``u``'s units ev
 Adam's unit scale, so a compressed step stays Adam-sized. The error-feedback residuals are in
 ``u``'s units too (``v`` never changes after the freeze, so they stay valid).
 
+**Clip** (unlike the paper): a variance frozen after a short warm-up is stale for an element
+whose gradient later outgrows it (a first-layer weight of a nearly dead unit or a nearly blank
+pixel, variance ~1e-20 at the freeze): it stepped ``|g| / (sqrt(v_hat) + eps)``, up to 10^4
+``lr`` on the digits MLP, where training collapsed at lr 1e-3 (seed 0) and diverged at 3e-3 (2
+seeds of 3) with a one-epoch warm-up; compressed, such a value also sets its block's scale and
+comes back through the residuals. Uncompressed (codec ``none``) it collapsed as well at lr 3e-3.
+Each rank's gradient is therefore clipped, before it enters the momentum, to
+``1 / sqrt(1 - beta2)`` times ``sqrt(v_hat) + eps``: the largest ``|g| / sqrt(v)`` that a
+variance updated with ``g`` admits (31.6 for the default betas), so a step stays within what
+Adam itself could take. Gradients of the size the warm-up saw are about 31.6 times below it
+(bench/RESULTS.md, issue 14, evening 2).
+
 **Mask**: elements whose variance is still exactly zero at ``freeze_step`` had a zero gradient
 at every warm-up step (unused embedding rows, say). Sign compression would give them a
 ``+-scale`` every step and its residual would accumulate there; they are left out of the
@@ -125,10 +137,12 @@ class OneBitAdam(torch.optim.Optimizer):
                 state["mask"] = state["exp_avg_sq"] > 0
             elif state["mask"].dtype != torch.bool:  # torch's load_state_dict casts state to the parameter's dtype
                 state["mask"] = state["mask"] != 0
-            state["exp_avg"].lerp_(g, 1 - group["betas"][0])
+            denominator = self._denominator(group, p)
+            bound = denominator * (1 - group["betas"][1]) ** -0.5  # a frozen variance's clip (module docstring)
+            state["exp_avg"].lerp_(g.clamp(-bound, bound), 1 - group["betas"][0])
             masks.append(state["mask"])
             # the momentum crosses the wire preconditioned by the frozen variance (see the module docstring)
-            scaled.append((state["exp_avg"] / self._denominator(group, p))[state["mask"]])
+            scaled.append((state["exp_avg"] / denominator)[state["mask"]])
         averaged, sent = compressed_average(torch.cat(scaled).contiguous(), self.compressor, _KEY, self.comm,
                                             self.algorithm)
         self.traffic_bytes += sent

@@ -10,12 +10,47 @@ Two stages, on every rank, with a step ``t`` counted from 1:
   ``w -= lr (m / (sqrt(v) + eps) + weight_decay w)`` (no bias correction, as in DeepSpeed);
 - **local-step stage** (``t > var_freeze_step``; the residuals restart empty): each rank updates
   ``m`` with its *local* gradient and takes the step locally, accumulating ``lr`` and its updates
-  (``state["lrs"]``, ``state["accumulator"]``);
-  every ``local_interval`` steps the ranks synchronize: the accumulated updates times
-  ``sqrt(v) + eps`` (the summed ``-lr m``) are averaged 1-bit compressed, the parameters become
-  those of the last synchronization plus that average over ``sqrt(v) + eps``, and ``m`` becomes
-  the average divided by ``-sum(lr)``. ``local_interval`` starts at 1 and doubles after every
-  ``local_step_scaler`` steps, up to ``local_step_clipper``.
+  (``state["lrs"]``, ``state["accumulator"]``: the summed ``-lr (m / (sqrt(v) + eps) + weight_decay w)``);
+  every ``local_interval`` steps the ranks synchronize: the accumulated updates are averaged
+  1-bit compressed, the parameters become those of the last synchronization plus that average,
+  and ``m`` becomes the average times ``sqrt(v) + eps`` divided by ``-sum(lr)``.
+  ``local_interval`` starts at 1 and doubles after every ``local_step_scaler`` steps, up to
+  ``local_step_clipper``.
+
+**What differs from DeepSpeed's, and why.** DeepSpeed compresses the gradient (variance stage)
+and the accumulated updates times ``sqrt(v) + eps`` (synchronizations), both in the units of
+``m``. Sign compression gives every element of a block the block's mean magnitude, and in ``m``'s
+units that is far too large for an element whose variance is tiny or zero (a dead ReLU unit, an
+always-blank input pixel): its step ``m / (sqrt(v) + eps)`` became that magnitude over
+``sqrt(v) + eps``, up to ``1/eps``. On the digits MLP (lr 1e-3, 2 ranks) the first compressed step
+moved such elements by 5 * 10^5 ``lr`` and training diverged within the first epoch. So here:
+
+- what crosses the wire is **preconditioned**: ``g / (sqrt(v) + eps)`` in the variance stage, the
+  accumulated updates themselves at synchronizations. In those units every element has Adam's
+  unit scale, so a block's mean magnitude is a sensible step for each of its elements. ``v`` comes
+  from averaged gradients only, so it is the same on every rank, and at a synchronization (``v``
+  frozen) the average is exactly DeepSpeed's, divided by ``sqrt(v) + eps``. In the variance stage
+  ``v`` changes at the dense steps: the residuals carry over as owed *steps* (not owed gradients),
+  i.e. without rescaling by the change of ``sqrt(v)``, which is small after the first updates;
+- a **mask**: elements whose variance is still exactly zero (their averaged gradient was zero at
+  every dense step so far) are left out of the compressed vector; they take no momentum from
+  compressed steps nor from local gradients (``m / eps`` would throw them away) and move only at
+  the dense steps (which also give them a variance) or by weight decay (identically on every rank,
+  so a synchronization leaves them as they are). The mask is recomputed from ``v`` before every
+  compressed exchange, so it is the same on every rank; when it changes (at a dense step) the
+  packed vector's layout changes and the residuals start empty again;
+- a **clip against a stale variance**: ``v`` is not updated between its dense steps and is
+  frozen after ``var_freeze_step``, so an element whose gradient outgrows it (a first-layer
+  weight of a nearly dead unit or nearly blank pixel, whose variance froze at 1e-20) took steps
+  of ``|g| / (sqrt(v) + eps)``, 10^3 - 10^6 ``lr`` on digits, uncompressed as well as
+  compressed; compressed, one such value also sets the scale of its whole block, and the
+  residuals deliver it again for many steps. Every gradient that meets ``v`` without updating it
+  (compressed steps, local steps) is clipped to ``1 / sqrt(1 - beta2)`` times ``sqrt(v) + eps``:
+  the largest ``|g| / sqrt(v)`` a variance updated with ``g`` admits, so a step stays within
+  what Adam itself could take (31.6 ``lr`` for the default betas). Each rank clips its own
+  gradient; ``v`` is the same everywhere. Without it the digits MLP diverged at lr 3e-3 (2 seeds
+  of 3) and at lr 1e-3 with a 4-epoch variance stage (2 of 3; bench/RESULTS.md, issue 14,
+  evening 2).
 
 Between synchronizations the ranks' parameters differ (that is the algorithm); at a
 synchronization they are set from a copy taken at the previous one, not by subtracting the local
@@ -102,27 +137,69 @@ class ZeroOneAdam(torch.optim.Optimizer):
             self._local_step(entries)
         return loss
 
-    def _average(self, tensors: list[torch.Tensor], compressed: bool) -> list[torch.Tensor]:
-        if not compressed:
-            averaged, sent = dense_average(tensors, self.comm)
-            self.traffic_bytes += sent
-            return averaged
-        flat = torch.cat([t.reshape(-1) for t in tensors]).contiguous()
+    def _denominator(self, group: dict[str, Any], p: torch.Tensor) -> torch.Tensor:
+        """``sqrt(v) + eps`` for ``p`` (no bias correction, as in DeepSpeed)."""
+        return self.state[p]["exp_avg_sq"].sqrt().add_(group["eps"])
+
+    @staticmethod
+    def _bound(group: dict[str, Any]) -> float:
+        """The largest ``|g| / sqrt(v)`` that ``v`` updated with ``g`` admits: ``1 / sqrt(1 - beta2)``."""
+        return (1 - group["betas"][1]) ** -0.5
+
+    def _masks(self, entries: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+        """``v > 0`` for every parameter: the elements that cross the wire (see the module docstring).
+
+        ``v`` comes from averaged gradients only, so every rank computes the same masks. When they
+        differ from those of the previous compressed exchange, the packed vector's layout changes
+        and the residuals of the old layout are dropped (on every rank alike)."""
+        masks = [self.state[p]["exp_avg_sq"] > 0 for _, p, _ in entries]
+        changed = False
+        for (_, p, _), mask in zip(entries, masks, strict=True):
+            state = self.state[p]
+            old = state.get("mask")  # torch's load_state_dict casts it to the parameter's dtype
+            if old is None or not torch.equal(old != 0, mask):
+                changed = True
+                state["mask"] = mask
+        if changed:
+            self.compressor.load_state_dict({})
+        return masks
+
+    def _compressed_mean(self, tensors: list[torch.Tensor], masks: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The 1-bit compressed mean over ranks of ``tensors``' masked elements; zero elsewhere."""
+        flat = torch.cat([t[mask] for t, mask in zip(tensors, masks, strict=True)]).contiguous()
+        out = [torch.zeros_like(t) for t in tensors]
+        if not flat.numel():  # nothing has a variance yet: the same on every rank
+            return out
         mean, sent = compressed_average(flat, self.compressor, _KEY, self.comm, self.algorithm)
         self.traffic_bytes += sent
-        return [part.view_as(t) for part, t in zip(torch.split(mean, [t.numel() for t in tensors]), tensors,
-                                                   strict=True)]
+        offset = 0
+        for full, mask in zip(out, masks, strict=True):
+            count = int(mask.sum())
+            full[mask] = mean[offset: offset + count].to(full.dtype)
+            offset += count
+        return out
 
     def _variance_step(self, entries: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]) -> None:
         s = self.schedule
         update_variance = self.steps % s["var_interval"] == 0
-        grads = self._average([g for _, _, g in entries], compressed=not update_variance)
-        for (group, p, _), g in zip(entries, grads, strict=True):
-            b1, b2 = group["betas"]
-            state = self.state[p]
-            if update_variance:
+        if update_variance:
+            grads, sent = dense_average([g for _, _, g in entries], self.comm)
+            self.traffic_bytes += sent
+            for (group, p, _), g in zip(entries, grads, strict=True):
+                b1, b2 = group["betas"]
+                state = self.state[p]
                 state["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
-            state["exp_avg"].mul_(b1).add_(g.to(p.dtype), alpha=1 - b1)
+                state["exp_avg"].mul_(b1).add_(g.to(p.dtype), alpha=1 - b1)
+        else:  # the gradients cross the wire preconditioned by the current variance (module docstring)
+            masks = self._masks(entries)
+            denominators = [self._denominator(group, p) for group, p, _ in entries]
+            preconditioned = [(g / d).clamp_(-self._bound(group), self._bound(group))
+                              for (group, _, g), d in zip(entries, denominators, strict=True)]
+            steps = self._compressed_mean(preconditioned, masks)
+            for (group, p, _), step, d in zip(entries, steps, denominators, strict=True):
+                b1 = group["betas"][0]
+                self.state[p]["exp_avg"].mul_(b1).addcmul_(step, d, value=1 - b1)
+        for group, p, _ in entries:
             p.add_(self._update(group, p), alpha=-group["lr"])
         if update_variance:
             s["var_counter"] += 1
@@ -137,7 +214,11 @@ class ZeroOneAdam(torch.optim.Optimizer):
             if "anchor" not in state:  # the parameters at the last synchronization
                 state["anchor"], state["accumulator"], state["lrs"] = p.detach().clone(), torch.zeros_like(p), 0.0
             state["lrs"] += group["lr"]
-            state["exp_avg"].mul_(group["betas"][0]).add_(g, alpha=1 - group["betas"][0])
+            # an element without variance takes no local momentum: m / eps would throw it away
+            local = torch.where(state["exp_avg_sq"] > 0, g, 0.0)
+            bound = self._denominator(group, p).mul_(self._bound(group))  # a stale variance's clip
+            local = local.clamp(-bound, bound)
+            state["exp_avg"].mul_(group["betas"][0]).add_(local, alpha=1 - group["betas"][0])
             update = self._update(group, p)
             p.add_(update, alpha=-group["lr"])
             state["accumulator"].add_(update, alpha=-group["lr"])
@@ -149,28 +230,25 @@ class ZeroOneAdam(torch.optim.Optimizer):
             s["local_counter"], s["local_interval"] = 0, min(self.local_step_clipper, 2 * s["local_interval"])
 
     def _synchronize(self, entries: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]) -> None:
-        sent = []
-        for group, p, _ in entries:
+        masks = self._masks(entries)
+        # the accumulated steps (the summed -lr m / (sqrt(v) + eps)) cross the wire as they are
+        means = self._compressed_mean([self.state[p]["accumulator"] for _, p, _ in entries], masks)
+        for (group, p, _), mean, mask in zip(entries, means, masks, strict=True):
             state = self.state[p]
-            sent.append(state["accumulator"].mul_(state["exp_avg_sq"].sqrt().add_(group["eps"])))
-        averaged = self._average(sent, compressed=True)
-        for (group, p, _), mean in zip(entries, averaged, strict=True):
-            state = self.state[p]
-            mean = mean.to(p.dtype)
             if state["lrs"]:  # the averaged momentum: the summed -lr m over the summed lr
-                state["exp_avg"].copy_(mean / -state["lrs"])
-            p.copy_(state["anchor"] + mean / state["exp_avg_sq"].sqrt().add_(group["eps"]))
+                state["exp_avg"].copy_(mean.mul(self._denominator(group, p)).div_(-state["lrs"]))
+            # masked elements moved by weight decay alone, identically on every rank: they stay
+            p.copy_(torch.where(mask, state["anchor"] + mean, p))
             state["anchor"].copy_(p)
             state["accumulator"].zero_()
             state["lrs"] = 0.0
 
     def _update(self, group: dict[str, Any], p: torch.Tensor) -> torch.Tensor:
-        state = self.state[p]
-        update = state["exp_avg"] / state["exp_avg_sq"].sqrt().add_(group["eps"])
+        update = self.state[p]["exp_avg"] / self._denominator(group, p)
         return update.add_(p, alpha=group["weight_decay"]) if group["weight_decay"] else update
 
     def state_dict(self) -> dict[str, Any]:
-        """torch's state (momenta, variances, anchors, accumulators) plus the interval schedule,
+        """torch's state (momenta, variances, masks, anchors, accumulators) plus the interval schedule,
         steps, world size and residuals."""
         state = checkpoint.attach(super().state_dict(), self)
         state[checkpoint.STATE_KEY]["schedule"] = dict(self.schedule, synchronized=self.synchronized)
