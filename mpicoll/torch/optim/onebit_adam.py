@@ -90,6 +90,9 @@ class OneBitAdam(torch.optim.Optimizer):
         self.comm, self.algorithm, self.freeze_step = as_comm(comm), algorithm, freeze_step
         self.steps = 0
         self.traffic_bytes = 0.0
+        #: per parameter, once frozen: (betas[1], eps), denominator, clip bound, mask's flat indices
+        #: (``None``: every element); derived from the frozen variance, so computed once
+        self._frozen_cache: dict[torch.Tensor, tuple[Any, ...]] = {}
 
     @property
     def frozen(self) -> bool:
@@ -130,31 +133,49 @@ class OneBitAdam(torch.optim.Optimizer):
             self._update(group, p, t, t)
 
     def _compressed_step(self, entries: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]) -> None:
-        masks, scaled = [], []
+        wire, scaled = [], []
         for group, p, g in entries:
             state = self.state[p]
             if "mask" not in state:  # the same on every rank: v comes from averaged gradients
                 state["mask"] = state["exp_avg_sq"] > 0
             elif state["mask"].dtype != torch.bool:  # torch's load_state_dict casts state to the parameter's dtype
                 state["mask"] = state["mask"] != 0
-            denominator = self._denominator(group, p)
-            bound = denominator * (1 - group["betas"][1]) ** -0.5  # a frozen variance's clip (module docstring)
-            state["exp_avg"].lerp_(g.clamp(-bound, bound), 1 - group["betas"][0])
-            masks.append(state["mask"])
+            denominator, bound, index = self._frozen_terms(group, p)
+            state["exp_avg"].lerp_(g.clamp(-bound, bound), 1 - group["betas"][0])  # the clip: module docstring
             # the momentum crosses the wire preconditioned by the frozen variance (see the module docstring)
-            scaled.append((state["exp_avg"] / denominator)[state["mask"]])
+            u = (state["exp_avg"] / denominator).reshape(-1)
+            scaled.append(u if index is None else u.index_select(0, index))
+            wire.append((denominator, index))
         averaged, sent = compressed_average(torch.cat(scaled).contiguous(), self.compressor, _KEY, self.comm,
                                             self.algorithm)
         self.traffic_bytes += sent
         offset = 0
-        for (group, p, _), mask in zip(entries, masks, strict=True):
+        for (group, p, _), (denominator, index) in zip(entries, wire, strict=True):
             m = self.state[p]["exp_avg"]
-            count = int(mask.sum())
-            step = torch.zeros_like(m)
-            step[mask] = averaged[offset: offset + count].to(m.dtype)
+            count = m.numel() if index is None else index.numel()
+            part = averaged[offset: offset + count].to(m.dtype)
             offset += count
-            torch.mul(step, self._denominator(group, p), out=m)
+            if index is None:
+                step = part.reshape(m.shape)
+            else:  # masked elements step 0 and keep a zero momentum
+                step = torch.zeros(m.numel(), dtype=m.dtype).index_copy_(0, index, part).reshape(m.shape)
+            torch.mul(step, denominator, out=m)
             p.add_(step, alpha=-group["lr"] / (1 - group["betas"][0] ** self.steps))
+
+    def _frozen_terms(self, group: dict[str, Any], p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """``p``'s denominator, clip bound and mask indices (``None``: no element masked), computed
+        once per freeze: they depend only on the frozen variance, the mask, ``betas[1]`` and ``eps``
+        (boolean-mask indexing of every element and two square roots per step cost ~40 ms a step
+        on a 1.1 M-parameter MLP, more than the 1-bit exchange)."""
+        key = (group["betas"][1], group["eps"])
+        found = self._frozen_cache.get(p)
+        if found is None or found[0] != key:
+            denominator = self._denominator(group, p)
+            bound = denominator * (1 - key[0]) ** -0.5
+            mask = self.state[p]["mask"]
+            index = None if bool(mask.all()) else mask.reshape(-1).nonzero().squeeze(1)
+            found = self._frozen_cache[p] = (key, denominator, bound, index)
+        return found[1], found[2], found[3]
 
     def _denominator(self, group: dict[str, Any], p: torch.Tensor) -> torch.Tensor:
         """Adam's ``sqrt(v_hat) + eps`` for ``p`` with ``v`` bias-corrected at ``freeze_step``."""
@@ -177,3 +198,4 @@ class OneBitAdam(torch.optim.Optimizer):
         rest, ours = checkpoint.split(state_dict, "OneBitAdam", self.comm.size)
         super().load_state_dict(rest)
         checkpoint.apply(self, ours)
+        self._frozen_cache.clear()
