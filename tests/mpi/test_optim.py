@@ -221,25 +221,33 @@ def test_onebit_adam_matches_reference_with_mask(comm):
                "masked momentum stays zero")
 
 
+def largest_onebit_step(comm, lr, steps, element0):
+    """OneBitAdam (freeze after 3 steps) on 512 weights with gradients ~1e-2 (the same draws on
+    every rank), element 0's gradient replaced by ``element0(t)`` unless that is None; the largest
+    move of any element in one step."""
+    weights = torch.nn.Parameter(torch.zeros(512))
+    opt = mt.OneBitAdam([weights], lr=lr, freeze_step=3, comm=comm)
+    rng = torch.Generator().manual_seed(7)
+    largest = 0.0
+    for t in range(1, steps + 1):
+        g = (torch.randn(comm.size, 512, generator=rng) * 1e-2)[comm.rank].clone()
+        if element0(t) is not None:
+            g[0] = element0(t)
+        weights.grad = g
+        before = weights.detach().clone()
+        opt.step()
+        largest = max(largest, float((weights.detach() - before).abs().max()))
+    return largest
+
+
 def test_onebit_adam_steps_stay_adam_sized_after_a_tiny_warmup_variance(comm):
     """An element whose gradient was tiny during the warm-up (a rare input feature, say) has a
     tiny frozen variance. Sign compression gives every element of a block the block's mean
     magnitude; compressing the raw momentum then moved that element by lr * scale / sqrt(v), about
     10^4 lr here, and training diverged (the digits MLP at lr 1e-3, any freeze step). The momentum
     is compressed preconditioned instead, where every element has Adam's unit scale."""
-    lr, freeze, steps, n = 1e-3, 3, 12, 512
-    weights = torch.nn.Parameter(torch.zeros(n))
-    opt = mt.OneBitAdam([weights], lr=lr, freeze_step=freeze, comm=comm)
-    rng = torch.Generator().manual_seed(7)
-    largest = 0.0
-    for t in range(1, steps + 1):
-        noise = torch.randn(comm.size, n, generator=rng) * 1e-2  # the same draws on every rank
-        g = noise[comm.rank].clone()
-        g[0] = 1e-6 if t == 1 else 0.0  # element 0: one tiny gradient, then none
-        weights.grad = g
-        before = weights.detach().clone()
-        opt.step()
-        largest = max(largest, float((weights.detach() - before).abs().max()))
+    lr = 1e-3
+    largest = largest_onebit_step(comm, lr, 12, lambda t: 1e-6 if t == 1 else 0.0)  # one tiny gradient, then none
     assert_all(comm.mpi, largest < 20 * lr, f"an element moved {largest / lr:.0f} lr in one step")
 
 
@@ -250,20 +258,8 @@ def test_onebit_adam_clips_a_gradient_that_outgrows_the_frozen_variance(comm):
     ~10^4 and set the scale of its whole sign block: unclipped, its neighbours stepped up to 29
     lr and it drifted 185 lr in 12 steps. Clipped to 1 / sqrt(1 - beta2) times sqrt(v_hat) + eps,
     every element steps by Adam's unit (at most 1 lr here)."""
-    lr, freeze, n = 1e-3, 3, 512
-    weights = torch.nn.Parameter(torch.zeros(n))
-    opt = mt.OneBitAdam([weights], lr=lr, freeze_step=freeze, comm=comm)
-    rng = torch.Generator().manual_seed(7)
-    largest = 0.0
-    for t in range(1, 16):
-        noise = torch.randn(comm.size, n, generator=rng) * 1e-2  # the same draws on every rank
-        g = noise[comm.rank].clone()
-        if t <= freeze:
-            g[0] = 1e-6 if t == 1 else 0.0
-        weights.grad = g
-        before = weights.detach().clone()
-        opt.step()
-        largest = max(largest, float((weights.detach() - before).abs().max()))
+    lr = 1e-3
+    largest = largest_onebit_step(comm, lr, 15, lambda t: (1e-6 if t == 1 else 0.0) if t <= 3 else None)
     assert_all(comm.mpi, largest < 5 * lr, f"an element moved {largest / lr:.0f} lr in one step")
 
 
