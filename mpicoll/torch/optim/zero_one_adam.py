@@ -116,6 +116,10 @@ class ZeroOneAdam(torch.optim.Optimizer):
         self.traffic_bytes = 0.0
         self.schedule = {"var_interval": 1, "var_counter": 0, "local_interval": 1, "local_counter": 0}
         self.synchronized = True
+        #: per parameter: (eps, variance version) -> denominator, mask, the mask's flat indices
+        #: (``None``: every element); they change only when the variance does (see _terms)
+        self._terms_cache: dict[torch.Tensor, tuple[Any, ...]] = {}
+        self._variance_version = 0
 
     def _entries(self) -> list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]:
         """(group, parameter, local gradient) for every parameter, zeros for no gradient."""
@@ -138,8 +142,22 @@ class ZeroOneAdam(torch.optim.Optimizer):
         return loss
 
     def _denominator(self, group: dict[str, Any], p: torch.Tensor) -> torch.Tensor:
-        """``sqrt(v) + eps`` for ``p`` (no bias correction, as in DeepSpeed)."""
-        return self.state[p]["exp_avg_sq"].sqrt().add_(group["eps"])
+        """``sqrt(v) + eps`` for ``p`` (no bias correction, as in DeepSpeed); read only."""
+        return self._terms(group, p)[0]
+
+    def _terms(self, group: dict[str, Any], p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """``p``'s denominator, mask ``v > 0`` and the mask's flat indices (``None``: no element
+        masked), computed once per variance update: after ``var_freeze_step`` once for the run
+        (square roots and boolean-mask indexing of every element, several times a step, cost
+        more than the 1-bit exchange on the digits MLP)."""
+        key = (group["eps"], self._variance_version)
+        found = self._terms_cache.get(p)
+        if found is None or found[0] != key:
+            v = self.state[p]["exp_avg_sq"]
+            mask = v > 0
+            index = None if bool(mask.all()) else mask.reshape(-1).nonzero().squeeze(1)
+            found = self._terms_cache[p] = (key, v.sqrt().add_(group["eps"]), mask, index)
+        return found[1], found[2], found[3]
 
     @staticmethod
     def _bound(group: dict[str, Any]) -> float:
@@ -152,7 +170,7 @@ class ZeroOneAdam(torch.optim.Optimizer):
         ``v`` comes from averaged gradients only, so every rank computes the same masks. When they
         differ from those of the previous compressed exchange, the packed vector's layout changes
         and the residuals of the old layout are dropped (on every rank alike)."""
-        masks = [self.state[p]["exp_avg_sq"] > 0 for _, p, _ in entries]
+        masks = [self._terms(group, p)[1] for group, p, _ in entries]
         changed = False
         for (_, p, _), mask in zip(entries, masks, strict=True):
             state = self.state[p]
@@ -164,20 +182,30 @@ class ZeroOneAdam(torch.optim.Optimizer):
             self.compressor.load_state_dict({})
         return masks
 
-    def _compressed_mean(self, tensors: list[torch.Tensor], masks: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The 1-bit compressed mean over ranks of ``tensors``' masked elements; zero elsewhere."""
-        flat = torch.cat([t[mask] for t, mask in zip(tensors, masks, strict=True)]).contiguous()
+    def _compressed_mean(self, tensors: list[torch.Tensor], indices: list[Any]) -> list[torch.Tensor]:
+        """The 1-bit compressed mean over ranks of ``tensors``' elements at ``indices`` (flat; ``None``:
+        all, see :meth:`_terms`); zero elsewhere."""
+        flat = torch.cat([t.reshape(-1) if index is None else t.reshape(-1).index_select(0, index)
+                          for t, index in zip(tensors, indices, strict=True)]).contiguous()
         out = [torch.zeros_like(t) for t in tensors]
         if not flat.numel():  # nothing has a variance yet: the same on every rank
             return out
         mean, sent = compressed_average(flat, self.compressor, _KEY, self.comm, self.algorithm)
         self.traffic_bytes += sent
         offset = 0
-        for full, mask in zip(out, masks, strict=True):
-            count = int(mask.sum())
-            full[mask] = mean[offset: offset + count].to(full.dtype)
+        for full, index in zip(out, indices, strict=True):
+            count = full.numel() if index is None else index.numel()
+            part = mean[offset: offset + count].to(full.dtype)
+            if index is None:
+                full.copy_(part.reshape(full.shape))
+            else:
+                full.reshape(-1).index_copy_(0, index, part)
             offset += count
         return out
+
+    def _indices(self, entries: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]) -> list[Any]:
+        """The masks' flat indices of every parameter (after :meth:`_masks` has run)."""
+        return [self._terms(group, p)[2] for group, p, _ in entries]
 
     def _variance_step(self, entries: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]) -> None:
         s = self.schedule
@@ -190,12 +218,13 @@ class ZeroOneAdam(torch.optim.Optimizer):
                 state = self.state[p]
                 state["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
                 state["exp_avg"].mul_(b1).add_(g.to(p.dtype), alpha=1 - b1)
+            self._variance_version += 1  # denominators and masks are stale now
         else:  # the gradients cross the wire preconditioned by the current variance (module docstring)
-            masks = self._masks(entries)
+            self._masks(entries)
             denominators = [self._denominator(group, p) for group, p, _ in entries]
             preconditioned = [(g / d).clamp_(-self._bound(group), self._bound(group))
                               for (group, _, g), d in zip(entries, denominators, strict=True)]
-            steps = self._compressed_mean(preconditioned, masks)
+            steps = self._compressed_mean(preconditioned, self._indices(entries))
             for (group, p, _), step, d in zip(entries, steps, denominators, strict=True):
                 b1 = group["betas"][0]
                 self.state[p]["exp_avg"].mul_(b1).addcmul_(step, d, value=1 - b1)
@@ -215,8 +244,9 @@ class ZeroOneAdam(torch.optim.Optimizer):
                 state["anchor"], state["accumulator"], state["lrs"] = p.detach().clone(), torch.zeros_like(p), 0.0
             state["lrs"] += group["lr"]
             # an element without variance takes no local momentum: m / eps would throw it away
-            local = torch.where(state["exp_avg_sq"] > 0, g, 0.0)
-            bound = self._denominator(group, p).mul_(self._bound(group))  # a stale variance's clip
+            denominator, mask, _ = self._terms(group, p)
+            local = torch.where(mask, g, 0.0)
+            bound = denominator.mul(self._bound(group))  # a stale variance's clip
             local = local.clamp(-bound, bound)
             state["exp_avg"].mul_(group["betas"][0]).add_(local, alpha=1 - group["betas"][0])
             update = self._update(group, p)
@@ -232,7 +262,7 @@ class ZeroOneAdam(torch.optim.Optimizer):
     def _synchronize(self, entries: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]) -> None:
         masks = self._masks(entries)
         # the accumulated steps (the summed -lr m / (sqrt(v) + eps)) cross the wire as they are
-        means = self._compressed_mean([self.state[p]["accumulator"] for _, p, _ in entries], masks)
+        means = self._compressed_mean([self.state[p]["accumulator"] for _, p, _ in entries], self._indices(entries))
         for (group, p, _), mean, mask in zip(entries, means, masks, strict=True):
             state = self.state[p]
             if state["lrs"]:  # the averaged momentum: the summed -lr m over the summed lr
@@ -259,6 +289,7 @@ class ZeroOneAdam(torch.optim.Optimizer):
         rest, ours = checkpoint.split(state_dict, "ZeroOneAdam", self.comm.size)
         super().load_state_dict(rest)
         checkpoint.apply(self, ours)
+        self._terms_cache.clear()
         schedule = dict(ours["schedule"])
         self.synchronized = bool(schedule.pop("synchronized"))
         self.schedule = {k: schedule[k] for k in _SCHEDULE}
