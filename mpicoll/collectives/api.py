@@ -78,6 +78,10 @@ def allreduce(x: Any, op: str | ReduceOp = "sum", *, algorithm: str = "auto", co
         differ between ranks there). float16 is accumulated in float32 and rounded once. The
         ring moves ``2(p-1)/p * x.nbytes`` per rank.
 
+    A repeat of an agreed call (same shape, dtype, op and algorithm, plain NumPy arrays, settings
+    unchanged) runs from the plan its first call left (:mod:`.repeat`): no local checks, the same
+    messages, so every guarantee here holds for it too.
+
     Raises:
         MismatchError: ranks passed different counts, dtypes, ops or algorithms (validation on).
         PeerError: another rank's arguments were rejected (validation on); that rank raises the
