@@ -130,7 +130,8 @@ class OneBitAdam(torch.optim.Optimizer):
             state = self.state[p]
             state["exp_avg"].lerp_(g, 1 - b1)
             state["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
-            self._update(group, p, t, t)
+            # torch.optim.Adam's update
+            p.addcdiv_(state["exp_avg"], self._denominator(group, p, t), value=-group["lr"] / (1 - b1 ** t))
 
     def _compressed_step(self, entries: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]) -> None:
         wire, scaled = [], []
@@ -164,30 +165,23 @@ class OneBitAdam(torch.optim.Optimizer):
 
     def _frozen_terms(self, group: dict[str, Any], p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Any]:
         """``p``'s denominator, clip bound and mask indices (``None``: no element masked), computed
-        once per freeze: they depend only on the frozen variance, the mask, ``betas[1]`` and ``eps``
-        (boolean-mask indexing of every element and two square roots per step cost ~40 ms a step
-        on a 1.1 M-parameter MLP, more than the 1-bit exchange)."""
-        key = (group["betas"][1], group["eps"])
+        once per freeze: they depend only on the frozen variance, the mask, ``betas[1]``, ``eps``
+        and ``freeze_step`` (boolean-mask indexing of every element and two square roots per step
+        cost ~40 ms a step on a 1.1 M-parameter MLP, more than the 1-bit exchange)."""
+        key = (group["betas"][1], group["eps"], self.freeze_step)
         found = self._frozen_cache.get(p)
         if found is None or found[0] != key:
-            denominator = self._denominator(group, p)
+            denominator = self._denominator(group, p, self.freeze_step)
             bound = denominator * (1 - key[0]) ** -0.5
             mask = self.state[p]["mask"]
             index = None if bool(mask.all()) else mask.reshape(-1).nonzero().squeeze(1)
             found = self._frozen_cache[p] = (key, denominator, bound, index)
         return found[1], found[2], found[3]
 
-    def _denominator(self, group: dict[str, Any], p: torch.Tensor) -> torch.Tensor:
-        """Adam's ``sqrt(v_hat) + eps`` for ``p`` with ``v`` bias-corrected at ``freeze_step``."""
+    def _denominator(self, group: dict[str, Any], p: torch.Tensor, t: int) -> torch.Tensor:
+        """Adam's ``sqrt(v_hat) + eps`` for ``p`` with ``v`` bias-corrected at step ``t``."""
         b2 = group["betas"][1]
-        return (self.state[p]["exp_avg_sq"].sqrt() / (1 - b2 ** self.freeze_step) ** 0.5).add_(group["eps"])
-
-    def _update(self, group: dict[str, Any], p: torch.Tensor, t: int, t_variance: int) -> None:
-        """torch.optim.Adam's update, with the variance's bias correction taken at ``t_variance``."""
-        b1, b2 = group["betas"]
-        state = self.state[p]
-        denom = (state["exp_avg_sq"].sqrt() / (1 - b2 ** t_variance) ** 0.5).add_(group["eps"])
-        p.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - b1 ** t))
+        return (self.state[p]["exp_avg_sq"].sqrt() / (1 - b2 ** t) ** 0.5).add_(group["eps"])
 
     def state_dict(self) -> dict[str, Any]:
         """torch's state (momenta, frozen variances, masks) plus steps, world size and residuals."""
