@@ -163,9 +163,7 @@ def exchange(comm: Comm, collective: str, error: BaseException | None, *, count:
     Returns every rank's ``carry`` value (rank order) when one was given; with ``inband``, the
     all-reduced array; else ``None``."""
     key = _key(collective, count, dtype, algorithm, op, root, counts, compressor, parts, stream, inband is not None)
-    signature = None if error is not None else _signatures.get(key)
-    if signature is None:
-        signature = _signature(error is not None, key)
+    signature = _row_for(key, error is not None)
     row = signature
     if carry is not None:  # every row has the carried column (-1 unused), so lengths match across collectives
         row = signature.copy()
@@ -183,8 +181,7 @@ def signature_of(collective: str, *, count: int = -1, dtype: Any = None, algorit
     """The row a rank whose local checks passed contributes to :func:`exchange` for these
     arguments (read only: it is the memoized array)."""
     key = _key(collective, count, dtype, algorithm, op, root, counts, compressor, parts, stream, inband)
-    found = _signatures.get(key)
-    return found if found is not None else _signature(False, key)
+    return _row_for(key, False)
 
 
 def judge(comm: Comm, collective: str, error: BaseException | None, table: np.ndarray, signature: np.ndarray,
@@ -219,6 +216,12 @@ def _key(collective: str, count: int, dtype: Any, algorithm: str | None, op: str
 
 _signatures: dict[tuple[Any, ...], np.ndarray] = {}
 """Signatures of successful calls by their arguments: a loop repeating one call encodes it once."""
+
+
+def _row_for(key: tuple[Any, ...], failed: bool) -> np.ndarray:
+    """The signature for ``key``: memoized unless ``failed``."""
+    found = None if failed else _signatures.get(key)
+    return found if found is not None else _signature(failed, key)
 
 
 def _signature(failed: bool, key: tuple[Any, ...]) -> np.ndarray:
