@@ -175,6 +175,8 @@ class ZeroOneAdam(torch.optim.Optimizer):
         for (_, p, _), mask in zip(entries, masks, strict=True):
             state = self.state[p]
             old = state.get("mask")  # torch's load_state_dict casts it to the parameter's dtype
+            if old is mask:  # the cached mask itself: unchanged since the last exchange
+                continue
             if old is None or not torch.equal(old != 0, mask):
                 changed = True
                 state["mask"] = mask
