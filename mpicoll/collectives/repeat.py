@@ -117,11 +117,12 @@ class Plan:
                                "please report it)")
 
 
-def _kind(x: Any, out: Any) -> int | None:
-    """How a call with these arrays can run from a plan (:data:`NEW`, :data:`IN_PLACE`,
-    :data:`OUT`), or ``None`` when only the full path can judge them (``x`` not a plain C-contiguous
-    ndarray; ``out`` of another type, shape or dtype, non-contiguous, read-only or overlapping ``x``)."""
-    if type(x) is not np.ndarray or not x.flags.c_contiguous:
+def _kind(x: Any, out: Any, op: Any, algorithm: Any) -> int | None:
+    """How a call with these arguments can run from a plan (:data:`NEW`, :data:`IN_PLACE`,
+    :data:`OUT`), or ``None`` when only the full path can judge them (``op`` or ``algorithm`` not a
+    string; ``x`` not a plain C-contiguous ndarray; ``out`` of another type, shape or dtype,
+    non-contiguous, read-only or overlapping ``x``)."""
+    if type(op) is not str or type(algorithm) is not str or type(x) is not np.ndarray or not x.flags.c_contiguous:
         return None
     if out is None:
         return NEW
@@ -139,9 +140,9 @@ def lookup(comm: Comm, x: Any, op: Any, algorithm: str, out: Any, stamp: int) ->
     """The plan for this call and how to run it (see :meth:`Plan.run`), or ``None`` when it must
     take the full path (``stamp``: :attr:`~mpicoll.config.Config.stamp` at the call's start)."""
     plans = comm.cache.get(_SLOT)
-    if not plans or stamp < 0 or type(op) is not str or type(algorithm) is not str:
+    if not plans or stamp < 0:
         return None
-    kind = _kind(x, out)
+    kind = _kind(x, out, op, algorithm)
     if kind is None:
         return None
     plan = plans.get((x.shape, x.dtype, op, algorithm))
@@ -157,8 +158,8 @@ def remember(comm: Comm, x: Any, out: Any, op: Any, rop: ReduceOp, algorithm: st
     it resolved to; ``algo`` ``None`` when the data rode in band; ``stamp``:
     :attr:`~mpicoll.config.Config.stamp` at the call's start): plan repeats of it, unless a setting
     changed meanwhile (then the call's decisions may mix old and new values)."""
-    if stamp < 0 or config.stamp != stamp or type(op) is not str or type(algorithm) is not str \
-            or _kind(x, out) is None or not x.size or work_dtype(x.dtype) != x.dtype or config.get("check_finite"):
+    if stamp < 0 or config.stamp != stamp or _kind(x, out, op, algorithm) is None or not x.size \
+            or work_dtype(x.dtype) != x.dtype or config.get("check_finite"):
         return
     plans = comm.cache.setdefault(_SLOT, {})
     key = (x.shape, x.dtype, op, algorithm)
