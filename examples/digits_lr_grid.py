@@ -45,19 +45,23 @@ EF = compression.ErrorFeedback
 WRAPPED = {"none": lambda: None, "fp16": lambda: compression.get("fp16"),
            "topk": lambda: EF(compression.get("topk", ratio=0.01)), "sign": lambda: EF(compression.get("sign")),
            "powersgd": lambda: EF(compression.get("powersgd", rank=4))}
+#: the methods trained at ``--adam-lr``
+ADAM_METHODS = ("adam", "onebit", "zeroone")
 
 
-def optimizer_for(method: str, model: torch.nn.Module, lr: float, steps_per_epoch: int,
-                  args: argparse.Namespace | None = None) -> torch.optim.Optimizer:
-    """The optimizer of one method (momentum 0.9 for the SGD ones; ``args`` for the Adam ones)."""
-    if method in ("adam", "onebit", "zeroone"):
-        adam_lr = 1e-3 if args is None else args.adam_lr
+def optimizer_for(method: str, model: torch.nn.Module, steps_per_epoch: int,
+                  args: argparse.Namespace) -> torch.optim.Optimizer:
+    """The optimizer of one method (momentum 0.9 for the SGD ones, at ``args.lr``; the Adam ones
+    at ``args.adam_lr``)."""
+    lr = args.lr
+    if method in ADAM_METHODS:
         if method == "adam":
-            return mt.DistributedOptimizer(torch.optim.Adam(model.parameters(), lr=adam_lr), model.named_parameters())
-        freeze = max(1, round((1.0 if args is None else args.freeze_epochs) * steps_per_epoch))
+            return mt.DistributedOptimizer(torch.optim.Adam(model.parameters(), lr=args.adam_lr),
+                                           model.named_parameters())
+        freeze = max(1, round(args.freeze_epochs * steps_per_epoch))
         if method == "zeroone":  # the variance stage as long as onebit's warm-up; the rest 0/1 Adam's defaults
-            return mt.ZeroOneAdam(model.parameters(), lr=adam_lr, var_freeze_step=freeze)
-        return mt.OneBitAdam(model.parameters(), lr=adam_lr, freeze_step=freeze)
+            return mt.ZeroOneAdam(model.parameters(), lr=args.adam_lr, var_freeze_step=freeze)
+        return mt.OneBitAdam(model.parameters(), lr=args.adam_lr, freeze_step=freeze)
     base, correction = (method[:-4], False) if method in ("topkgrad", "signgrad") else (method, "auto")
     base, masking = (base[:-4], True) if base == "topkmask" else (base, False)
     if base in WRAPPED:
@@ -84,7 +88,7 @@ def train(method: str, args: argparse.Namespace) -> dict:
     mt.broadcast_parameters(model, root=0)
     per_rank = args.batch // size
     steps_per_epoch = len(x_train) // (per_rank * size)
-    optimizer = optimizer_for(method, model, args.lr, steps_per_epoch, args)
+    optimizer = optimizer_for(method, model, steps_per_epoch, args)
     inner = getattr(optimizer, "optimizer", optimizer)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(inner, args.epochs)
     start, history, diverged, train_seconds, elapsed = time.perf_counter(), [], False, [], 0.0
@@ -105,8 +109,7 @@ def train(method: str, args: argparse.Namespace) -> dict:
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             diverged = True
             break
-    adam = method in ("adam", "onebit", "zeroone")
-    return {"method": method, "lr": args.adam_lr if adam else args.lr,
+    return {"method": method, "lr": args.adam_lr if method in ADAM_METHODS else args.lr,
             "freeze_epochs": args.freeze_epochs if method in ("onebit", "zeroone") else None,
             "seed": args.seed, "ranks": size, "epochs": args.epochs,
             "final_accuracy": history[-1], "best_accuracy": max(history), "diverged": diverged,
@@ -119,9 +122,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", default="none,fp16,topk,sign,dgc1,dgc01,dgcsign,powersgd")
     parser.add_argument("--lr", type=float, default=0.1, help="the SGD methods' learning rate")
-    parser.add_argument("--adam-lr", type=float, default=1e-3, help="adam's and onebit's learning rate")
+    parser.add_argument("--adam-lr", type=float, default=1e-3, help="adam's, onebit's and zeroone's learning rate")
     parser.add_argument("--freeze-epochs", type=float, default=1.0,
-                        help="onebit: epochs of uncompressed Adam before the variance freezes")
+                        help="onebit, zeroone: epochs of uncompressed Adam (variance updates) before the freeze")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch", type=int, default=64, help="global batch size (split over the ranks)")
