@@ -31,7 +31,8 @@ LAYERS = [
 # third-party packages that only these modules may import (at any depth); the GPU check script
 # drives the device itself and compares with torch.topk; torch-step times training steps against DDP;
 # the adapter hands CUDA tensors to mpicoll as CuPy arrays (DLPack)
-HEAVY = {"torch": ("mpicoll.torch", "mpicoll.horovod.torch", "mpicoll.bench.gpu_check", "mpicoll.bench.torch_step"),
+HEAVY = {"torch": ("mpicoll.torch", "mpicoll.horovod.torch", "mpicoll.bench.gpu_check", "mpicoll.bench.torch_step",
+                   "mpicoll.bench.optim_step"),
          "numba": ("mpicoll.kernels",),
          "cupy": ("mpicoll.kernels", "mpicoll.bench.gpu_check", "mpicoll.torch.tensors")}
 
