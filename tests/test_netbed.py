@@ -7,6 +7,7 @@ root and runs them.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -73,6 +74,26 @@ def test_netbed_command_line():
     assert "bytes each host sent on its link" in done.stdout
     assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.count("mc") == 0
 
+
+
+def test_hosts_get_cores_of_their_own(tmp_path):
+    """Each host's ranks are pinned to their own share of the cores (one each, round-robin, when
+    hosts outnumber cores), so one host's thread pools cannot spin on another's cores."""
+    show = ("import os; from mpi4py import MPI; c = MPI.COMM_WORLD; "
+            "got = c.gather(sorted(os.sched_getaffinity(0))); c.rank or print('CORES', got, flush=True)")
+    mine = sorted(os.sched_getaffinity(0))
+    for hosts in (2, 3):
+        with NetBed(hosts, rate="500mbit") as bed:
+            done = bed.run([sys.executable, "-c", show], timeout=180, capture_output=True, text=True, cwd=ROOT)
+            expected = [[int(c) for c in cores.split(",")] for cores in bed.cores]
+        assert done.returncode == 0, done.stdout + done.stderr
+        got = eval(next(ln for ln in done.stdout.splitlines() if ln.startswith("CORES"))[6:])
+        assert got == expected, (got, expected)
+        if hosts <= len(mine):  # disjoint shares
+            assert sum(len(c) for c in got) == len({x for c in got for x in c}) == hosts * (len(mine) // hosts)
+        else:
+            assert all(len(c) == 1 for c in got)
+    assert NetBed(2, pin=False, workdir=tmp_path).cores == ["", ""]
 
 HIERARCHY = """
 import numpy as np
