@@ -311,6 +311,27 @@ def test_checkpoint_from_another_world_size_is_refused(comm, name):
                "a refused load changed the optimizer")
 
 
+
+@pytest.mark.parametrize("name", sorted(MAKERS))
+def test_checkpoint_of_another_format_is_refused(comm, name):
+    """Residuals saved in other units (an older format, or none named: format 1) are refused on
+    every rank before anything changes; the optimizer's own format loads."""
+    _, opt, _ = run(comm, MAKERS[name](comm), 3)
+    fmt = getattr(opt, "CHECKPOINT_FORMAT", 1)
+    state = opt.state_dict()
+    assert_all(comm.mpi, state["mpicoll"]["format"] == fmt, f"saved format {state['mpicoll']['format']}")
+    old = copy.deepcopy(state)
+    old["mpicoll"]["format"] = fmt + 1
+    if fmt > 1:  # a checkpoint from before the field existed is format 1
+        del old["mpicoll"]["format"]
+    before = [p.detach().clone() for p in opt.param_groups[0]["params"]]
+    with pytest.raises(mpicoll.ArgumentError, match="format"):
+        opt.load_state_dict(old)
+    assert_all(comm.mpi, opt.steps == 3 and all(torch.equal(a, b) for a, b in
+                                            zip(before, opt.param_groups[0]["params"], strict=True)),
+               "a refused load changed the optimizer")
+    opt.load_state_dict(state)
+
 # ------------------------------------------------------------------------------------------ arguments
 def test_bad_arguments_are_refused(comm):
     ps = [torch.nn.Parameter(torch.zeros(3))]

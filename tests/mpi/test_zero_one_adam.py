@@ -271,6 +271,10 @@ def test_zero_one_adam_checkpoint_mid_local_steps(comm):
     moved["mpicoll"]["world_size"] = comm.size + 1
     with pytest.raises(mpicoll.ArgumentError, match="ranks"):
         opt2.load_state_dict(moved)
+    older = copy.deepcopy(saved[0])
+    del older["mpicoll"]["format"]  # saved before residuals were preconditioned: format 1
+    with pytest.raises(mpicoll.ArgumentError, match="format 1"):
+        opt2.load_state_dict(older)
 
 
 def test_zero_one_adam_bad_arguments(comm):

@@ -5,6 +5,10 @@ checkpoint restored at another world size would give ranks residuals of the wron
 error on some ranks only, or silently wrong sums). So the saved state names its world size, and
 loading it anywhere else raises the same :class:`~mpicoll.errors.ArgumentError` on every rank
 (every rank loads its own copy of the same checkpoint), before anything is changed.
+
+The saved state also names its **format**: an optimizer whose residuals changed meaning (units)
+raises its ``CHECKPOINT_FORMAT``, and a checkpoint of another format is refused the same way
+rather than loaded into the wrong units. A checkpoint without the field is format 1.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from ...errors import ArgumentError
 STATE_KEY = "mpicoll"
 
 
-def split(state: dict[str, Any], owner: str, size: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``state`` without, and with only, mpicoll's part; refuses another world size or a missing part."""
+def split(state: dict[str, Any], owner: str, size: int, fmt: int = 1) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``state`` without, and with only, mpicoll's part; refuses another world size, another format
+    than ``fmt`` (the loading optimizer's ``CHECKPOINT_FORMAT``) or a missing part."""
     state = dict(state)
     ours = state.pop(STATE_KEY, None)
     if ours is None:
@@ -28,14 +33,21 @@ def split(state: dict[str, Any], owner: str, size: int) -> tuple[dict[str, Any],
         raise ArgumentError(f"{owner}.load_state_dict: the checkpoint was taken on {saved} ranks, this job has "
                             f"{size}; residuals and momenta are per rank and cannot be redistributed, so restart "
                             f"on {saved} ranks (or start the optimizer afresh)")
+    saved_fmt = ours.get("format", 1)
+    if saved_fmt != fmt:
+        raise ArgumentError(f"{owner}.load_state_dict: the checkpoint's residuals are in format {saved_fmt!r}, "
+                            f"this version of {owner} keeps them in format {fmt} (see {owner}.CHECKPOINT_FORMAT); "
+                            f"they cannot be converted, so resume from a checkpoint saved by this version (or "
+                            f"start the optimizer afresh)")
     return state, ours
 
 
 def attach(state: dict[str, Any], optimizer: Any) -> dict[str, Any]:
     """Add mpicoll's part to torch's ``state``: world size, step count, bytes sent and this rank's
-    compressor state (residuals). ``optimizer`` has ``comm``, ``steps``, ``traffic_bytes`` and
-    ``compressor``."""
-    state[STATE_KEY] = {"world_size": optimizer.comm.size, "steps": optimizer.steps,
+    compressor state (residuals), and the format of those (``optimizer.CHECKPOINT_FORMAT``, 1 if
+    it has none). ``optimizer`` has ``comm``, ``steps``, ``traffic_bytes`` and ``compressor``."""
+    state[STATE_KEY] = {"world_size": optimizer.comm.size, "format": getattr(optimizer, "CHECKPOINT_FORMAT", 1),
+                        "steps": optimizer.steps,
                         "traffic_bytes": optimizer.traffic_bytes, "compressor": optimizer.compressor.state_dict()}
     return state
 

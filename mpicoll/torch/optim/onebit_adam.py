@@ -76,6 +76,10 @@ class OneBitAdam(torch.optim.Optimizer):
     ``traffic_bytes`` counts the gradient/momentum bytes this rank has sent (:mod:`.traffic`).
     """
 
+    #: the residuals' units in ``state_dict()``: 2 = preconditioned, ``m / (sqrt(v_hat) + eps)``
+    #: (2026-11-30); 1 was the momentum's own units. Another format is refused on load.
+    CHECKPOINT_FORMAT = 2
+
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, freeze_step: int = 1000,
                  compressor: Compressor | None = None, comm: Any = None, algorithm: str = "two_phase") -> None:
@@ -189,7 +193,7 @@ class OneBitAdam(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; refuses a checkpoint taken at another world size."""
-        rest, ours = checkpoint.split(state_dict, "OneBitAdam", self.comm.size)
+        rest, ours = checkpoint.split(state_dict, "OneBitAdam", self.comm.size, self.CHECKPOINT_FORMAT)
         super().load_state_dict(rest)
         checkpoint.apply(self, ours)
         self._frozen_cache.clear()

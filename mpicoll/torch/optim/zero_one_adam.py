@@ -95,6 +95,10 @@ class ZeroOneAdam(torch.optim.Optimizer):
     ``traffic_bytes`` counts the bytes this rank has sent (:mod:`.traffic`).
     """
 
+    #: the residuals' units in ``state_dict()``: 2 = preconditioned, ``m / (sqrt(v_hat) + eps)``
+    #: (2026-11-30); 1 was the momentum's own units. Another format is refused on load.
+    CHECKPOINT_FORMAT = 2
+
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, var_freeze_step: int = 100000,
                  var_update_scaler: int = 16, local_step_scaler: int = 32678, local_step_clipper: int = 16,
@@ -288,7 +292,7 @@ class ZeroOneAdam(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; refuses a checkpoint taken at another world size."""
-        rest, ours = checkpoint.split(state_dict, "ZeroOneAdam", self.comm.size)
+        rest, ours = checkpoint.split(state_dict, "ZeroOneAdam", self.comm.size, self.CHECKPOINT_FORMAT)
         super().load_state_dict(rest)
         checkpoint.apply(self, ours)
         self._terms_cache.clear()
