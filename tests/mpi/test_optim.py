@@ -298,18 +298,23 @@ def test_checkpoint_round_trip_mid_run(comm, name):
     assert_history(comm, first + resumed, straight, f"{name} resumed")
 
 
-@pytest.mark.parametrize("name", sorted(MAKERS))
-def test_checkpoint_from_another_world_size_is_refused(comm, name):
-    _, opt, _ = run(comm, MAKERS[name](comm), 3)
-    state = opt.state_dict()
-    state["mpicoll"]["world_size"] = comm.size + 1
+def assert_refused(comm, opt, state, match):
+    """Loading ``state`` raises ArgumentError matching ``match`` on every rank and changes nothing
+    (``opt`` has taken 3 steps)."""
     before = [p.detach().clone() for p in opt.param_groups[0]["params"]]
-    with pytest.raises(mpicoll.ArgumentError, match="ranks"):
+    with pytest.raises(mpicoll.ArgumentError, match=match):
         opt.load_state_dict(state)
     assert_all(comm.mpi, opt.steps == 3 and all(torch.equal(a, b) for a, b in
                                             zip(before, opt.param_groups[0]["params"], strict=True)),
                "a refused load changed the optimizer")
 
+
+@pytest.mark.parametrize("name", sorted(MAKERS))
+def test_checkpoint_from_another_world_size_is_refused(comm, name):
+    _, opt, _ = run(comm, MAKERS[name](comm), 3)
+    state = opt.state_dict()
+    state["mpicoll"]["world_size"] = comm.size + 1
+    assert_refused(comm, opt, state, "ranks")
 
 
 @pytest.mark.parametrize("name", sorted(MAKERS))
@@ -324,13 +329,9 @@ def test_checkpoint_of_another_format_is_refused(comm, name):
     old["mpicoll"]["format"] = fmt + 1
     if fmt > 1:  # a checkpoint from before the field existed is format 1
         del old["mpicoll"]["format"]
-    before = [p.detach().clone() for p in opt.param_groups[0]["params"]]
-    with pytest.raises(mpicoll.ArgumentError, match="format"):
-        opt.load_state_dict(old)
-    assert_all(comm.mpi, opt.steps == 3 and all(torch.equal(a, b) for a, b in
-                                            zip(before, opt.param_groups[0]["params"], strict=True)),
-               "a refused load changed the optimizer")
+    assert_refused(comm, opt, old, "format")
     opt.load_state_dict(state)
+
 
 # ------------------------------------------------------------------------------------------ arguments
 def test_bad_arguments_are_refused(comm):
