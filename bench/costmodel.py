@@ -269,11 +269,12 @@ def predict_entry(machine: Any, entry: str, size: float, layout: Any) -> float |
 def _median_call(comm: Any, call: Any, repeats: int) -> float:
     from mpi4py import MPI
 
+    call()  # warm-up: connections, compilation, scratch buffers
     comm.mpi.Barrier()
     t0 = time.perf_counter()
-    call()  # warm-up: connections, compilation, scratch buffers
-    first = comm.mpi.allreduce(time.perf_counter() - t0, op=MPI.MAX)  # the same on every rank
-    for _ in range(min(5, int(0.3 / max(first, 1e-6)))):  # fast calls: settle, as the probe's codecs do
+    call()  # a second one, timed without the first's one-time costs
+    second = comm.mpi.allreduce(time.perf_counter() - t0, op=MPI.MAX)  # the same on every rank
+    for _ in range(min(5, int(0.3 / max(second, 1e-6)))):  # fast calls settle for ~0.3 s more (cf. the probe)
         call()
     samples = []
     for _ in range(repeats):

@@ -19,7 +19,7 @@ their own share of this machine's cores, or to one core each, round-robin, when 
 hosts than cores (``pin=False`` / ``--no-pin``: all share all). Unpinned, each rank sized its
 thread pools for the whole machine (it is alone on its "host") and the hosts' BLAS and Numba
 threads spun on each other's cores: PowerSGD's compressed all-reduce of 1 MiB took 40 ms instead
-of 2, and a 4 KiB ``MPI_Allreduce`` 3.9 ms instead of 0.08 (bench/RESULTS.md, issue 17).
+of 2, and a 4 KiB ``MPI_Allreduce`` 3.9 ms instead of ~0.1 (bench/RESULTS.md, issue 17).
 """
 
 from __future__ import annotations
@@ -86,8 +86,9 @@ class NetBed:
         mine = sorted(os.sched_getaffinity(0))
         if self.hosts >= len(mine):
             return [str(mine[i % len(mine)]) for i in range(self.hosts)]
-        share = len(mine) // self.hosts
-        return [",".join(str(c) for c in mine[i * share:(i + 1) * share]) for i in range(self.hosts)]
+        n = len(mine)  # host i gets mine[i n / hosts : (i + 1) n / hosts]: every core used, shares differ by <= 1
+        return [",".join(str(c) for c in mine[i * n // self.hosts:(i + 1) * n // self.hosts])
+                for i in range(self.hosts)]
 
     @property
     def bridge(self) -> str:
@@ -102,7 +103,7 @@ class NetBed:
             for i, (name, address) in enumerate(zip(self.names, self.addresses, strict=True)):
                 self._host(i, name, address)
             self._write_ssh()
-        except (subprocess.CalledProcessError, OSError):
+        except (subprocess.CalledProcessError, OSError, ValueError):
             self.down()
             raise
         return self
@@ -117,8 +118,11 @@ class NetBed:
         _ip("-n", name, "addr", "add", f"{address}/24", "dev", "eth0")
         _ip("-n", name, "link", "set", "eth0", "up")
         _ip("-n", name, "link", "set", "lo", "up")
-        subprocess.run(["ip", "netns", "exec", name, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate",
-                        self.rate, "burst", self.burst, "latency", "50ms"], check=True, capture_output=True)
+        shaped = subprocess.run(["ip", "netns", "exec", name, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf",
+                                 "rate", self.rate, "burst", self.burst, "latency", "50ms"],
+                                capture_output=True, text=True)
+        if shaped.returncode:
+            raise ValueError(f"netbed: tc refused rate {self.rate!r} burst {self.burst!r}: {shaped.stderr.strip()}")
 
     def _write_ssh(self) -> None:
         cases = "\n".join(f"  {a}) ns={n} cpus={c} ;;"
@@ -209,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="deal ranks round-robin over the hosts instead of in blocks (even hosts only)")
     run.add_argument("--burst", default=NetBed.burst,
                      help=f"tc tbf burst of every host's egress (default {NetBed.burst}): bytes a link sends at "
-                          f"full speed after an idle spell")
+                          f"full speed after an idle spell; at least 512kbit (a 64 KiB packet), or TCP stalls")
     run.add_argument("--no-pin", dest="pin", action="store_false",
                      help="let every host's processes run on all cores (default: each host its own share)")
     run.add_argument("command", nargs=argparse.REMAINDER, help="after --: the command each rank runs")
@@ -219,13 +223,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"netbed: cannot create network namespaces here: {why}", file=sys.stderr)
         return 2
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    with NetBed(args.hosts, args.rate, args.burst, pin=args.pin) as bed:
-        before = bed.tx_bytes()
-        per_host = [int(k) for k in args.ranks_per_host.split(",")]
-        done = bed.run(command, ranks_per_host=per_host[0] if len(per_host) == 1 else per_host, cyclic=args.cyclic)
-        sent = [after - b for after, b in zip(bed.tx_bytes(), before, strict=True)]
-        print(f"# netbed: {args.hosts} hosts at {args.rate}; bytes each host sent on its link: {sent}", flush=True)
-        return done.returncode
+    per_host = [int(k) for k in args.ranks_per_host.split(",")]
+    try:
+        with NetBed(args.hosts, args.rate, args.burst, pin=args.pin) as bed:
+            before = bed.tx_bytes()
+            done = bed.run(command, ranks_per_host=per_host[0] if len(per_host) == 1 else per_host,
+                           cyclic=args.cyclic)
+            sent = [after - b for after, b in zip(bed.tx_bytes(), before, strict=True)]
+            print(f"# netbed: {args.hosts} hosts at {args.rate}; bytes each host sent on its link: {sent}", flush=True)
+            return done.returncode
+    except ValueError as error:  # a rate, burst or placement that the bed cannot take
+        print(error, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

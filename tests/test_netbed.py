@@ -6,6 +6,7 @@ root and runs them.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -75,7 +76,6 @@ def test_netbed_command_line():
     assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.count("mc") == 0
 
 
-
 def test_hosts_get_cores_of_their_own(tmp_path):
     """Each host's ranks are pinned to their own share of the cores (one each, round-robin, when
     hosts outnumber cores), so one host's thread pools cannot spin on another's cores."""
@@ -87,13 +87,21 @@ def test_hosts_get_cores_of_their_own(tmp_path):
             done = bed.run([sys.executable, "-c", show], timeout=180, capture_output=True, text=True, cwd=ROOT)
             expected = [[int(c) for c in cores.split(",")] for cores in bed.cores]
         assert done.returncode == 0, done.stdout + done.stderr
-        got = eval(next(ln for ln in done.stdout.splitlines() if ln.startswith("CORES"))[6:])
+        got = ast.literal_eval(next(ln for ln in done.stdout.splitlines() if ln.startswith("CORES"))[6:])
         assert got == expected, (got, expected)
-        if hosts <= len(mine):  # disjoint shares
-            assert sum(len(c) for c in got) == len({x for c in got for x in c}) == hosts * (len(mine) // hosts)
+        if hosts <= len(mine):  # disjoint shares that use every core
+            assert sum(len(c) for c in got) == len({x for c in got for x in c}) == len(mine)
         else:
             assert all(len(c) == 1 for c in got)
     assert NetBed(2, pin=False, workdir=tmp_path).cores == ["", ""]
+
+
+def test_a_burst_tc_refuses_is_a_clear_error():
+    done = subprocess.run([sys.executable, "-m", "mpicoll.bench.netbed", "run", "--hosts", "2", "--burst", "bogus",
+                           "--", "true"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 2 and "tc refused" in done.stderr and "burst" in done.stderr, done.stderr
+    assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.count("mc") == 0
+
 
 HIERARCHY = """
 import numpy as np

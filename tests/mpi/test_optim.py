@@ -330,7 +330,22 @@ def test_checkpoint_of_another_format_is_refused(comm, name):
     if fmt > 1:  # a checkpoint from before the field existed is format 1
         del old["mpicoll"]["format"]
     assert_refused(comm, opt, old, "format")
+    if fmt == 1:  # checkpoints saved before the field existed still load where the format is 1
+        older = copy.deepcopy(state)
+        del older["mpicoll"]["format"], older["mpicoll"]["owner"]
+        opt.load_state_dict(older)
     opt.load_state_dict(state)
+
+
+def test_checkpoint_of_another_optimizer_is_refused(comm):
+    """OneBitAdam and ZeroOneAdam share a format; neither loads the other's state."""
+    _, opt, _ = run(comm, MAKERS["onebit"](comm), 3)
+    state = opt.state_dict()
+    other = mt.ZeroOneAdam([torch.nn.Parameter(p.detach().clone()) for p in opt.param_groups[0]["params"]],
+                           var_freeze_step=2, comm=comm)
+    with pytest.raises(mpicoll.ArgumentError, match="saved by OneBitAdam"):
+        other.load_state_dict(state)
+    assert_all(comm.mpi, other.steps == 0 and not other.state, "a refused load changed the optimizer")
 
 
 # ------------------------------------------------------------------------------------------ arguments

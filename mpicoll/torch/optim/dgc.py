@@ -150,10 +150,11 @@ class DGC(torch.optim.Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         """torch's optimizer state (momenta) plus step count, world size and this rank's residuals."""
-        return checkpoint.attach(super().state_dict(), self)
+        return checkpoint.attach(super().state_dict(), self, "DGC")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; refuses a checkpoint taken at another world size."""
+        """Restore :meth:`state_dict`; refuses, on every rank and before anything changes, a checkpoint
+        taken at another world size, by another optimizer class, or of another ``CHECKPOINT_FORMAT``."""
         rest, ours = checkpoint.split(state_dict, "DGC", self.comm.size)
         super().load_state_dict(rest)
         checkpoint.apply(self, ours)

@@ -189,10 +189,11 @@ class OneBitAdam(torch.optim.Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         """torch's state (momenta, frozen variances, masks) plus steps, world size and residuals."""
-        return checkpoint.attach(super().state_dict(), self)
+        return checkpoint.attach(super().state_dict(), self, "OneBitAdam")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; refuses a checkpoint taken at another world size."""
+        """Restore :meth:`state_dict`; refuses, on every rank and before anything changes, a checkpoint
+        taken at another world size, by another optimizer class, or of another ``CHECKPOINT_FORMAT``."""
         rest, ours = checkpoint.split(state_dict, "OneBitAdam", self.comm.size, self.CHECKPOINT_FORMAT)
         super().load_state_dict(rest)
         checkpoint.apply(self, ours)

@@ -286,12 +286,13 @@ class ZeroOneAdam(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """torch's state (momenta, variances, masks, anchors, accumulators) plus the interval schedule,
         steps, world size and residuals."""
-        state = checkpoint.attach(super().state_dict(), self)
+        state = checkpoint.attach(super().state_dict(), self, "ZeroOneAdam")
         state[checkpoint.STATE_KEY]["schedule"] = dict(self.schedule, synchronized=self.synchronized)
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; refuses a checkpoint taken at another world size."""
+        """Restore :meth:`state_dict`; refuses, on every rank and before anything changes, a checkpoint
+        taken at another world size, by another optimizer class, or of another ``CHECKPOINT_FORMAT``."""
         rest, ours = checkpoint.split(state_dict, "ZeroOneAdam", self.comm.size, self.CHECKPOINT_FORMAT)
         super().load_state_dict(rest)
         checkpoint.apply(self, ours)
