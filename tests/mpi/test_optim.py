@@ -337,6 +337,15 @@ def test_checkpoint_of_another_format_is_refused(comm, name):
     opt.load_state_dict(state)
 
 
+def test_a_mixed_set_of_checkpoint_files_is_refused_on_every_rank(comm):
+    """Every rank loads its own file; one wrong file (here rank 0's, of another format) must stop
+    all ranks, not leave the others loaded."""
+    _, opt, _ = run(comm, MAKERS["onebit"](comm), 3)
+    state = opt.state_dict()
+    if comm.rank == 0:
+        state["mpicoll"]["format"] = 1
+    assert_refused(comm, opt, state, "format 1" if comm.size == 1 else "rank 0's checkpoint")
+
 def test_checkpoint_of_another_optimizer_is_refused(comm):
     """OneBitAdam and ZeroOneAdam share a format; neither loads the other's state."""
     _, opt, _ = run(comm, MAKERS["onebit"](comm), 3)

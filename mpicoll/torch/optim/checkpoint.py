@@ -4,7 +4,7 @@ Residuals and momenta are per rank, and the two-phase residuals are cut into ``p
 checkpoint restored at another world size would give ranks residuals of the wrong shapes (an
 error on some ranks only, or silently wrong sums). So the saved state names its world size, and
 loading it anywhere else raises the same :class:`~mpicoll.errors.ArgumentError` on every rank
-(every rank loads its own copy of the same checkpoint), before anything is changed.
+(every rank loads its own file; the ranks agree on them first), before anything is changed.
 
 The saved state also names the optimizer class that saved it (another class's state is refused:
 a OneBitAdam checkpoint means something else to ZeroOneAdam) and its **format**: an optimizer
@@ -18,34 +18,46 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import ArgumentError
+from ...transport import Comm
 
 STATE_KEY = "mpicoll"
 
 
-def split(state: dict[str, Any], owner: str, size: int, fmt: int = 1) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``state`` without, and with only, mpicoll's part; refuses another world size, another format
-    than ``fmt`` (the loading optimizer's ``CHECKPOINT_FORMAT``) or a missing part."""
+def split(state: dict[str, Any], owner: str, comm: Comm, fmt: int = 1) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``state`` without, and with only, mpicoll's part; refuses another world size, another
+    optimizer class, another format than ``fmt`` (the loading optimizer's ``CHECKPOINT_FORMAT``) or
+    a missing part. Collective over ``comm``: the ranks agree first, so a set of files of which one
+    is wrong (another job's, another version's) is refused on every rank, never loaded on some."""
     state = dict(state)
     ours = state.pop(STATE_KEY, None)
-    if ours is None:
-        raise ArgumentError(f"{owner}.load_state_dict: the state has no {STATE_KEY!r} entry (residuals, step, "
-                            f"world size); load a state_dict() saved by {owner}")
+    problems = comm.mpi.allgather(_problem(ours, owner, comm.size, fmt))
+    for rank, problem in enumerate(problems):
+        if problem:
+            where = "" if all(p == problem for p in problems) else f" (rank {rank}'s checkpoint)"
+            raise ArgumentError(f"{owner}.load_state_dict: {problem}{where}")
+    return state, ours
+
+
+def _problem(ours: Any, owner: str, size: int, fmt: int) -> str | None:
+    """Why this rank's part of a checkpoint cannot be loaded here, or ``None``."""
+    if not isinstance(ours, dict):
+        return (f"the state has no {STATE_KEY!r} entry (residuals, step, world size); load a state_dict() "
+                f"saved by {owner}")
     saved = ours.get("world_size")
     if saved != size:
-        raise ArgumentError(f"{owner}.load_state_dict: the checkpoint was taken on {saved} ranks, this job has "
-                            f"{size}; residuals and momenta are per rank and cannot be redistributed, so restart "
-                            f"on {saved} ranks (or start the optimizer afresh)")
+        return (f"the checkpoint was taken on {saved} ranks, this job has {size}; residuals and momenta are per "
+                f"rank and cannot be redistributed, so restart on {saved} ranks (or start the optimizer afresh)")
     saved_owner = ours.get("owner", owner)  # checkpoints from before the field: trust the caller
     if saved_owner != owner:
-        raise ArgumentError(f"{owner}.load_state_dict: the checkpoint was saved by {saved_owner}, whose state "
-                            f"(residuals, schedule) means something else; load it into a {saved_owner}")
+        return (f"the checkpoint was saved by {saved_owner}, whose state (residuals, schedule) means something "
+                f"else; load it into a {saved_owner}")
     saved_fmt = ours.get("format", 1)
     if saved_fmt != fmt:
-        raise ArgumentError(f"{owner}.load_state_dict: the checkpoint's residuals are in format {saved_fmt!r}, "
-                            f"this version of {owner} keeps them in format {fmt} ({owner}.CHECKPOINT_FORMAT, 1 "
-                            f"when unset; a checkpoint without the field is format 1); they cannot be converted, "
-                            f"so resume from a checkpoint saved by this version (or start the optimizer afresh)")
-    return state, ours
+        return (f"the checkpoint's residuals are in format {saved_fmt!r}, this version of {owner} keeps them in "
+                f"format {fmt} ({owner}.CHECKPOINT_FORMAT, 1 when unset; a checkpoint without the field is "
+                f"format 1); they cannot be converted, so resume from a checkpoint saved by this version (or start "
+                f"the optimizer afresh)")
+    return None
 
 
 def attach(state: dict[str, Any], optimizer: Any, owner: str) -> dict[str, Any]:
