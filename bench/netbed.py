@@ -144,8 +144,13 @@ exec ip netns exec "$ns" $pin unshare --uts /bin/sh -c 'hostname "$0" && eval "$
         script.chmod(0o755)
 
     def down(self) -> None:
-        """Delete every namespace of this bed (their veth pairs go with them)."""
+        """Kill what still runs in the bed (a launch that failed half-way can leave a remote MPI
+        proxy behind, which deleting its namespace would not stop), then delete every namespace
+        (their veth pairs go with them)."""
         for name in [*self.names, self.bridge]:
+            pids = _ip("netns", "pids", name, check=False).stdout.split()
+            if pids:
+                subprocess.run(["kill", "-9", *pids], capture_output=True)
             _ip("netns", "del", name, check=False)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
