@@ -20,6 +20,7 @@ Needs torch (``pip install 'mpicoll[torch]'``); it is the only benchmark that im
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import time
@@ -130,6 +131,12 @@ def run_torch_step(args: argparse.Namespace, comm: Comm) -> int:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump({"meta": run_meta, "parameters": params, "results": rows}, fh, indent=1)
             fh.write("\n")
+    # the DDP objects (reached from the steps) hold the process groups through reference cycles:
+    # collect them while Python is alive, or gloo's worker threads outlive destroy_process_group
+    # and may abort the exit (see examples/ddp_stock.py)
+    variants.clear()
+    step = None  # drops the last step the loops bound
+    gc.collect()
     torch.distributed.destroy_process_group()
     return 0
 
