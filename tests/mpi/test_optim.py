@@ -346,6 +346,7 @@ def test_a_mixed_set_of_checkpoint_files_is_refused_on_every_rank(comm):
         state["mpicoll"]["format"] = 1
     assert_refused(comm, opt, state, "format 1" if comm.size == 1 else "rank 0's checkpoint")
 
+
 def test_checkpoint_of_another_optimizer_is_refused(comm):
     """OneBitAdam and ZeroOneAdam share a format; neither loads the other's state."""
     _, opt, _ = run(comm, MAKERS["onebit"](comm), 3)

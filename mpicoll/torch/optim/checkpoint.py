@@ -18,24 +18,30 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import ArgumentError
-from ...transport import Comm
 
 STATE_KEY = "mpicoll"
 
 
-def split(state: dict[str, Any], owner: str, comm: Comm, fmt: int = 1) -> tuple[dict[str, Any], dict[str, Any]]:
+def split(state: dict[str, Any], optimizer: Any, owner: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """``state`` without, and with only, mpicoll's part; refuses another world size, another
-    optimizer class, another format than ``fmt`` (the loading optimizer's ``CHECKPOINT_FORMAT``) or
-    a missing part. Collective over ``comm``: the ranks agree first, so a set of files of which one
-    is wrong (another job's, another version's) is refused on every rank, never loaded on some."""
+    optimizer class than ``owner``, another format than ``optimizer``'s (:func:`_format`) or a
+    missing part. Collective over ``optimizer.comm``: the ranks agree first, so a set of files of
+    which one is wrong (another job's, another version's) is refused on every rank, never loaded
+    on some."""
     state = dict(state)
     ours = state.pop(STATE_KEY, None)
-    problems = comm.mpi.allgather(_problem(ours, owner, comm.size, fmt))
+    comm = optimizer.comm
+    problems = comm.mpi.allgather(_problem(ours, owner, comm.size, _format(optimizer)))
     for rank, problem in enumerate(problems):
         if problem:
             where = "" if all(p == problem for p in problems) else f" (rank {rank}'s checkpoint)"
             raise ArgumentError(f"{owner}.load_state_dict: {problem}{where}")
     return state, ours
+
+
+def _format(optimizer: Any) -> int:
+    """The format ``optimizer`` saves and loads: its ``CHECKPOINT_FORMAT``, 1 if it has none."""
+    return getattr(optimizer, "CHECKPOINT_FORMAT", 1)
 
 
 def _problem(ours: Any, owner: str, size: int, fmt: int) -> str | None:
@@ -66,7 +72,7 @@ def attach(state: dict[str, Any], optimizer: Any, owner: str) -> dict[str, Any]:
     (residuals), and the format of those (``optimizer.CHECKPOINT_FORMAT``, 1 if it has none).
     ``optimizer`` has ``comm``, ``steps``, ``traffic_bytes`` and ``compressor``."""
     state[STATE_KEY] = {"world_size": optimizer.comm.size, "owner": owner,
-                        "format": getattr(optimizer, "CHECKPOINT_FORMAT", 1),
+                        "format": _format(optimizer),
                         "steps": optimizer.steps,
                         "traffic_bytes": optimizer.traffic_bytes, "compressor": optimizer.compressor.state_dict()}
     return state

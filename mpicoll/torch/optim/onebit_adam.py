@@ -194,7 +194,7 @@ class OneBitAdam(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; refuses, on every rank and before anything changes, a checkpoint
         taken at another world size, by another optimizer class, or of another ``CHECKPOINT_FORMAT``."""
-        rest, ours = checkpoint.split(state_dict, "OneBitAdam", self.comm, self.CHECKPOINT_FORMAT)
+        rest, ours = checkpoint.split(state_dict, self, "OneBitAdam")
         super().load_state_dict(rest)
         checkpoint.apply(self, ours)
         self._frozen_cache.clear()

@@ -293,7 +293,7 @@ class ZeroOneAdam(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; refuses, on every rank and before anything changes, a checkpoint
         taken at another world size, by another optimizer class, or of another ``CHECKPOINT_FORMAT``."""
-        rest, ours = checkpoint.split(state_dict, "ZeroOneAdam", self.comm, self.CHECKPOINT_FORMAT)
+        rest, ours = checkpoint.split(state_dict, self, "ZeroOneAdam")
         super().load_state_dict(rest)
         checkpoint.apply(self, ours)
         self._terms_cache.clear()
