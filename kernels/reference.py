@@ -116,9 +116,12 @@ def ordered_sum(rows: np.ndarray) -> np.ndarray:
     """
     nrows, width = rows.shape
     nchunks = max(1, _blocks(width, REDUCE_CHUNK))
-    padded = np.zeros((nrows, nchunks * REDUCE_CHUNK), dtype=np.float64)
+    # a row of one chunk is padded to whole lanes only, not to a whole chunk: rows of 256
+    # elements padded to 65536 made quantize's l2 scales allocate 2 GiB per million elements
+    chunk = REDUCE_CHUNK if nchunks > 1 else max(1, _blocks(width, REDUCE_LANES)) * REDUCE_LANES
+    padded = np.zeros((nrows, nchunks * chunk), dtype=np.float64)
     padded[:, :width] = rows
-    lanes = padded.reshape(nrows, nchunks, REDUCE_CHUNK // REDUCE_LANES, REDUCE_LANES)
+    lanes = padded.reshape(nrows, nchunks, chunk // REDUCE_LANES, REDUCE_LANES)
     lane_sums = np.cumsum(lanes, axis=2)[:, :, -1, :]
     chunk_sums = np.cumsum(lane_sums, axis=2)[:, :, -1]
     return np.cumsum(chunk_sums, axis=1)[:, -1]

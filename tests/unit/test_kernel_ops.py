@@ -60,3 +60,23 @@ def test_a_provider_missing_an_operation_is_refused():
 def test_bad_arguments_are_refused_the_same_everywhere(provider, op, args, match):
     with pytest.raises(ValueError, match=match):
         PROVIDERS[provider][op](*args)
+
+
+@pytest.mark.parametrize("scale_kind", ["l2", "mean"])
+def test_reference_block_scales_take_memory_in_proportion_to_the_input(scale_kind):
+    """The reference (the provider of a default install, without numba) once padded every block
+    to a 65536-element reduction chunk: quantize with l2 scales on 1M elements allocated 2 GiB,
+    and on 64M elements failed with a 128 GiB MemoryError."""
+    import tracemalloc
+
+    x = np.random.default_rng(0).standard_normal(1 << 20).astype(np.float32)
+    tracemalloc.start()
+    try:
+        if scale_kind == "l2":
+            ref.quantize(x, 4, 256, "l2", 7, False, 0)
+        else:
+            ref.sign_pack(x, 4096)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * x.nbytes, f"peak {peak >> 20} MiB for a {x.nbytes >> 20} MiB input"
