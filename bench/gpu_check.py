@@ -8,11 +8,13 @@ mpi4py and pytest, and no network)::
 1. parity: every operation of both GPU providers against the NumPy reference on fresh random
    inputs (Gaussian, with ties, NaN, inf and signed zeros), bitwise where the contract promises
    it, plus the largest relative error;
-2. timing: each kernel with CUDA events (warm-up, median of repeats) against a device-to-device
-   copy of the same input measured in the same run, and top-k against ``torch.topk``;
-3. collectives: ``mpicoll.allreduce`` and ``compressed_allreduce`` with 2 ranks sharing the GPU:
-   staged through host memory, and directly on CuPy arrays when ``MPICOLL_CUDA_AWARE=1`` is set
-   for a CUDA-aware MPI;
+2. timing: each kernel with CUDA events (warm-up, median of repeats); its bandwidth (the bytes it
+   must read and write at the least) against a device-to-device copy of the same input measured
+   in the same run; top-k against ``torch.topk``, which must select the same values;
+3. two ranks sharing the GPU (:mod:`.gpu_ranks`): every all-reduce algorithm and compressed
+   all-reduce on CuPy arrays, staged through host memory and directly when
+   ``MPICOLL_CUDA_AWARE=1`` is set for a CUDA-aware MPI, and the torch adapter (DDP on the
+   ``"mpicoll"`` backend, ``DistributedOptimizer``, a compression hook, ``OneBitAdam``) on CUDA;
 4. a short table last, and JSON.
 
 ``--dry-run`` runs the same code without a GPU: the Numba-CUDA provider under the CUDA simulator
@@ -23,6 +25,7 @@ reason). It finishes in about a minute and is what CI-like machines can check.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -48,8 +51,10 @@ def _inputs(n: int, seed: int = 0) -> np.ndarray:
     return x
 
 
+@functools.lru_cache(maxsize=8)
 def cases(n: int) -> dict[str, tuple[tuple, dict]]:
-    """Every operation with host arguments (arrays are moved to the device by the caller)."""
+    """Every operation with host arguments (arrays are moved to the device by the caller; never
+    written: the reference gets copies)."""
     x = _inputs(n)
     finite = np.nan_to_num(x, nan=1.0, posinf=2.0, neginf=-2.0)
     from mpicoll.kernels import reference as ref
@@ -62,7 +67,7 @@ def cases(n: int) -> dict[str, tuple[tuple, dict]]:
     csr = ref.csr_build(mat)
     k = max(1, n // 100)
     rows = max(1, math.isqrt(n))
-    p_factor = (finite[: rows * 4].reshape(-1, 4) / 10).copy()  # PowerSGD's factors: (rows, 4) and (n / rows, 4)
+    p_factor = (np.resize(finite, (rows, 4)) / 10).astype(np.float32)  # PowerSGD's factors: (rows, 4) and (n / rows, 4)
     q_factor = np.resize(finite[::-1], (-(-n // rows), 4)).astype(np.float32)
     return {
         "uniform": ((12345, n), {}),
@@ -92,7 +97,8 @@ def _op_name(case: str) -> str:
 
 
 def _to_device(value: Any, xp: Any) -> Any:
-    return xp.asarray(value) if isinstance(value, np.ndarray) else value
+    """A copy on the device (a copy in host memory in a dry run: kernels may write their inputs)."""
+    return xp.array(value) if isinstance(value, np.ndarray) else value
 
 
 def _to_host(value: Any) -> Any:
@@ -153,10 +159,62 @@ class Timer:
         return statistics.median(samples)
 
 
-def check_provider(provider: str, n: int, dry_run: bool, repeats: int) -> list[dict[str, Any]]:
-    """Parity and timing of every operation of one GPU provider."""
-    from mpicoll.kernels import provider_ops, provider_status
+def _nbytes(value: Any) -> int:
+    if isinstance(value, tuple):
+        return sum(_nbytes(v) for v in value)
+    return int(getattr(value, "nbytes", 0))
+
+
+def traffic_bytes(op: str, device_args: list[Any], result: Any) -> int:
+    """Bytes a kernel must move at the least: its array inputs read, its outputs written.
+
+    scatter-add touches only the indexed elements: index and value read, target read and written.
+    """
+    if op == "scatter_add":
+        _, indices, values = device_args
+        return int(indices.nbytes + values.nbytes + 2 * values.nbytes)
+    return sum(_nbytes(a) for a in device_args) + _nbytes(result)
+
+
+def _host_args(args: tuple) -> list[Any]:
+    return [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+
+
+_REFERENCES: dict[tuple[int, str], Any] = {}  # (n, case) -> the reference's result, shared by the providers
+
+
+def _reference(op: str, args: tuple, kwargs: dict) -> Any:
     from mpicoll.kernels import reference as ref
+
+    if op == "scatter_add":  # the reference adds in place: compare the dense array
+        want = args[0] + 0
+        ref.scatter_add(want, args[1], args[2])
+        return want
+    return ref.OPS[op](*_host_args(args), **kwargs)
+
+
+def _parity(ops: dict, n: int, case: str, xp: Any) -> tuple[bool, float, list[Any], Any]:
+    """One case of ``cases(n)`` on the provider against the (cached) reference result."""
+    args, kwargs = cases(n)[case]
+    op = _op_name(case)
+    if (n, case) not in _REFERENCES:
+        _REFERENCES[n, case] = _reference(op, args, kwargs)
+    device_args = [_to_device(a, xp) for a in args]
+    result = ops[op](*device_args, **kwargs)
+    got = _to_host(device_args[0] if op == "scatter_add" else result)
+    same, err = _compare(got, _REFERENCES[n, case])
+    return same, err, device_args, result
+
+
+def check_provider(provider: str, n: int, dry_run: bool, repeats: int,
+                   small: tuple[int, ...] = (1, 7, 100003)) -> list[dict[str, Any]]:
+    """Parity and timing of every operation of one GPU provider.
+
+    Each operation is checked at ``n`` (and timed there) and at the ``small`` sizes, whose odd
+    lengths leave partial blocks and warps. An operation that raises is a row with its error:
+    the others still run.
+    """
+    from mpicoll.kernels import provider_ops, provider_status
 
     status = provider_status(provider)[0]
     if not status.available:
@@ -165,21 +223,37 @@ def check_provider(provider: str, n: int, dry_run: bool, repeats: int) -> list[d
     copy_src = xp.asarray(_inputs(n))
     copy_dst = xp.empty_like(copy_src)
     copy_ms = timer.median_ms(lambda: copy_dst.__setitem__(Ellipsis, copy_src), repeats)
+    copy_gbps = 2 * copy_src.nbytes / copy_ms / 1e6
     rows = []
-    for case, (args, kwargs) in cases(n).items():
+    for case, (_, kwargs) in cases(n).items():
         op = _op_name(case)
-        want = ref.OPS[op](*[a.copy() if isinstance(a, np.ndarray) else a for a in args], **kwargs)
-        if op == "scatter_add":
-            want = args[0] + 0  # the reference adds in place: compare the dense array
-            ref.scatter_add(want, args[1], args[2])
-        device_args = [_to_device(a, xp) for a in args]
-        result = ops[op](*device_args, **kwargs)
-        got = _to_host(device_args[0] if op == "scatter_add" else result)
-        same, err = _compare(got, want)
-        ms = timer.median_ms(lambda op=op, args=device_args, kw=kwargs: ops[op](*args, **kw), repeats)
-        rows.append({"provider": provider, "op": case, "available": True, "bitwise": same, "rel_error": err,
-                     "ms": ms, "copy_ms": copy_ms, "vs_copy": copy_ms / ms if ms else 0.0, "n": n})
+        row: dict[str, Any] = {"provider": provider, "op": case, "available": True, "n": n, "copy_ms": copy_ms,
+                               "copy_gbps": copy_gbps}
+        try:
+            same, err, device_args, result = _parity(ops, n, case, xp)
+            row.update(bitwise=same, rel_error=err)
+            ms = timer.median_ms(lambda op=op, args=device_args, kw=kwargs: ops[op](*args, **kw), repeats)
+            gbps = traffic_bytes(op, device_args, result) / ms / 1e6 if ms else 0.0
+            row.update(ms=ms, gbps=gbps, of_copy_bw=gbps / copy_gbps, vs_copy=copy_ms / ms if ms else 0.0)
+            small_bad = []
+            for m in small:
+                s_same, s_err, _, _ = _parity(ops, m, case, xp)
+                if not s_same:
+                    small_bad.append(f"n={m}: rel.err {s_err:.2e}")
+            row["small_sizes"] = "all bitwise" if not small_bad else "; ".join(small_bad)
+            row["bitwise"] = same and not small_bad
+        except Exception as exc:  # a defect to fix, reported with the rest
+            row.update(bitwise=False, rel_error=float("nan"), error=f"{type(exc).__name__}: {exc}"[:400])
+        rows.append(row)
+        print(f"  {provider} {case}: {_row_text(row)}", flush=True)
     return rows
+
+
+def _row_text(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return f"ERROR {r['error']}"
+    return (f"bitwise {'yes' if r['bitwise'] else 'NO'}  rel.err {r['rel_error']:.2e}  {r['ms']:.3f} ms  "
+            f"{r['gbps']:.0f} GB/s ({r['of_copy_bw']:.0%} of copy)  small sizes: {r['small_sizes']}")
 
 
 def torch_topk(n: int, repeats: int) -> dict[str, Any] | None:
@@ -199,45 +273,15 @@ def torch_topk(n: int, repeats: int) -> dict[str, Any] | None:
     ours = timer.median_ms(lambda: provider_ops("cupy")["topk"](x, k), repeats)
     tx = torch.as_tensor(x, device="cuda")
     theirs = timer.median_ms(lambda: torch.topk(tx.abs(), k, sorted=False), repeats)
-    return {"n": n, "k": k, "mpicoll_cupy_ms": ours, "torch_topk_ms": theirs, "speedup": theirs / ours}
+    indices = provider_ops("cupy")["topk"](x, k)
+    mine = cupy.sort(cupy.abs(x[indices])).get()
+    reference = torch.sort(torch.topk(tx.abs(), k, sorted=False).values).values.cpu().numpy()
+    return {"n": n, "k": k, "mpicoll_cupy_ms": ours, "torch_topk_ms": theirs, "speedup": theirs / ours,
+            "same_values_as_torch": bool(np.array_equal(mine, reference))}
 
 
-COLLECTIVE_PART = """
-import json, os, sys, numpy as np
-import mpicoll
-from mpicoll import compression
-rank = mpicoll.rank()
-results = []
-x = np.random.default_rng(rank).standard_normal(1 << 22).astype(np.float32)
-exact = mpicoll.allreduce(x)
-try:
-    import cupy
-    gx = cupy.asarray(x)
-    aware = os.environ.get("MPICOLL_CUDA_AWARE") == "1"
-    for algorithm in ("ring", "tree", "recursive_doubling", "rabenseifner", "native"):
-        with mpicoll.config.override(cuda_aware="0"):  # staged through pinned host buffers
-            got = mpicoll.allreduce(gx, algorithm=algorithm)
-            results.append((f"allreduce {algorithm} staged", bool((got.get() == exact).all())))
-        if aware:
-            got = mpicoll.allreduce(gx, algorithm=algorithm)
-            results.append((f"allreduce {algorithm} direct (CUDA-aware)", bool((got.get() == exact).all())))
-    with mpicoll.config.override(cuda_aware="0"):
-        handle = mpicoll.iallreduce(gx)
-        results.append(("iallreduce staged", bool((handle.wait().get() == exact).all())))
-        fp16 = mpicoll.compressed_allreduce(gx, compression.get("fp16"), average=False)
-        results.append(("compressed_allreduce fp16 staged", float(abs(fp16.get() - exact).max())))
-except Exception as exc:
-    results.append(("GPU collectives", f"{type(exc).__name__}: {exc}"))
-codec = compression.ErrorFeedback(compression.get("topk", ratio=0.01))
-y = mpicoll.compressed_allreduce(x, codec, key="w")
-results.append(("compressed_allreduce topk (host)", bool(np.isfinite(y).all())))
-if rank == 0:
-    sys.stdout.write("COLLECTIVES " + json.dumps(results) + "\\n")
-"""
-
-
-def collectives(dry_run: bool) -> Any:
-    """Run the two-rank collective part under mpiexec; its rank-0 report, or the failure."""
+def collectives(dry_run: bool, timeout: float = 300) -> Any:
+    """Run :mod:`.gpu_ranks` on two ranks under mpiexec; its rank-0 report, or the failure."""
     mpiexec = Path(sys.prefix) / "bin" / "mpiexec"
     if not mpiexec.exists():
         from shutil import which
@@ -247,24 +291,28 @@ def collectives(dry_run: bool) -> Any:
             return {"skipped": "no mpiexec"}
         mpiexec = Path(found)
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    done = subprocess.run([str(mpiexec), "-n", "2", sys.executable, "-m", "mpi4py", "-c", COLLECTIVE_PART],
-                          capture_output=True, text=True, timeout=180, env=env)
-    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("COLLECTIVES ")), None)
+    env.pop("NUMBA_ENABLE_CUDASIM", None)  # the ranks use the GPU itself, or (dry run) host memory only
+    command = [str(mpiexec), "-n", "2", sys.executable, "-m", "mpicoll.bench.gpu_ranks"]
+    try:
+        done = subprocess.run(command + (["--dry-run"] if dry_run else []), capture_output=True, text=True,
+                              timeout=timeout, env=env)
+    except subprocess.TimeoutExpired as exc:
+        return {"failed": f"timed out after {timeout:.0f} s: {str(exc.stdout)[-1500:]} {str(exc.stderr)[-1500:]}"}
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("GPU_RANKS ")), None)
     if done.returncode or line is None:
-        return {"failed": (done.stdout + done.stderr)[-2000:]}
+        return {"failed": (done.stdout + done.stderr)[-3000:]}
     return json.loads(line.split(" ", 1)[1])
 
 
 def summary(report: dict[str, Any]) -> str:
     """The short table printed last."""
     lines = [f"# mpicoll GPU check on {report['device']} ({'dry run' if report['dry_run'] else 'GPU'})",
-             f"{'provider':>10} {'op':>20} {'bitwise':>8} {'rel.err':>9} {'ms':>9} {'vs D2D copy':>11}"]
+             f"{'provider':>10} {'op':>20} verdict"]
     for r in report["kernels"]:
         if not r.get("available"):
             lines.append(f"{r['provider']:>10} {'(all)':>20}  unavailable: {r['reason']}")
             continue
-        lines.append(f"{r['provider']:>10} {r['op']:>20} {'yes' if r['bitwise'] else 'NO':>8} {r['rel_error']:9.2e} "
-                     f"{r['ms']:9.3f} {r['vs_copy']:10.2f}x")
+        lines.append(f"{r['provider']:>10} {r['op']:>20} {_row_text(r)}")
     lines.append(f"# top-k vs torch.topk: {report['torch_topk']}")
     lines.append(f"# collectives: {report['collectives']}")
     return "\n".join(lines)
@@ -283,13 +331,25 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or (2 if args.dry_run else 20)
     started = time.time()
     report: dict[str, Any] = {"dry_run": args.dry_run, "n": n, "device": _device_name(args.dry_run), "kernels": []}
+
+    def save() -> None:  # after every section: a run cut short still brings back what it did
+        report["seconds"] = time.time() - started
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+
     for provider in GPU_PROVIDERS:
-        report["kernels"] += check_provider(provider, n, args.dry_run, repeats)
-    report["torch_topk"] = {"skipped": "dry run"} if args.dry_run else torch_topk(n, repeats)
+        print(f"# {provider}", flush=True)
+        report["kernels"] += check_provider(provider, n, args.dry_run, repeats,
+                                            small=(1, 7, 1003) if args.dry_run else (1, 7, 100003))
+        save()
+    try:
+        report["torch_topk"] = {"skipped": "dry run"} if args.dry_run else torch_topk(n, repeats)
+    except Exception as exc:
+        report["torch_topk"] = {"failed": f"{type(exc).__name__}: {exc}"}
+    save()
+    print("# two ranks", flush=True)
     report["collectives"] = collectives(args.dry_run)
-    report["seconds"] = time.time() - started
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    save()
     print(summary(report), flush=True)
     bad = [r for r in report["kernels"] if r.get("available") and not r["bitwise"]]
     return 1 if bad else 0
