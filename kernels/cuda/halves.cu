@@ -44,3 +44,12 @@ extern "C" __global__ void mpicoll_f64_to_f32(const unsigned long long* bits, lo
         out[i] = mpicoll_narrow(__longlong_as_double((long long)bits[i]));
     }
 }
+
+// float32 -> float64 as NumPy casts on x86-64 (mpicoll_widen): exact for numbers, subnormals
+// included (CuPy's own astype is compiled with -ftz=true and flushes them); a NaN keeps its sign
+// and payload and is quieted.
+extern "C" __global__ void mpicoll_f32_to_f64(const unsigned int* bits, long long n, double* out) {
+    MPICOLL_FOR_EACH(i, n) {
+        out[i] = mpicoll_widen(__uint_as_float(bits[i]));
+    }
+}

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.resources
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import cupy
@@ -22,23 +26,87 @@ _MAX_BLOCKS = 65536  # grid-stride kernels cover any size with at most this many
 UNSIGNED = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
-@functools.cache
-def _module(family: str) -> cupy.RawModule:
-    """The module of one family (prelude + family source), defined once per process.
-
-    CuPy compiles it when a kernel is first fetched, once per device, and keeps the binary in
-    its on-disk cache; ``#line`` keeps compiler messages pointing at the right file and line.
-    """
+def family_source(family: str) -> str:
+    """The translation unit of one family: the prelude, then the family's file (``#line`` keeps
+    compiler messages pointing at the right file and line)."""
     sources = importlib.resources.files(__package__.rpartition(".")[0]) / "cuda"  # mpicoll.kernels
-    code = "".join(f'#line 1 "{name}"\n{(sources / name).read_text(encoding="utf-8")}\n'
+    return "".join(f'#line 1 "{name}"\n{(sources / name).read_text(encoding="utf-8")}\n'
                    for name in (PRELUDE, family))
-    return cupy.RawModule(code=code, options=NVRTC_OPTIONS)
+
+
+def arch_option(compute_capability: int, supported: tuple[int, ...]) -> tuple[str, str]:
+    """NVRTC's ``-arch`` for a device, and what it makes: machine code (``cubin``) for an
+    architecture NVRTC knows, else PTX for the newest one it knows below it (the driver compiles it)."""
+    if compute_capability in supported:
+        return f"-arch=sm_{compute_capability}", "cubin"
+    older = [a for a in supported if a < compute_capability]
+    if not older:
+        raise RuntimeError(f"NVRTC supports architectures {supported}, none at or below the device's "
+                           f"sm_{compute_capability}")
+    return f"-arch=compute_{max(older)}", "ptx"
+
+
+def compile_source(code: str, name: str, arch: str, output: str) -> bytes:
+    """Compile CUDA C with NVRTC under exactly :data:`NVRTC_OPTIONS` (and ``arch``).
+
+    CuPy compiling from source (a raw module or kernel given code) appends ``-ftz=true`` after the caller's options
+    (``cupy/cuda/compiler.py``), which flushed float32 subnormals to zero: on an H200, negative
+    subnormals lost their sign bit in sign_pack and blocks of subnormals got zero scales. So the
+    provider compiles with NVRTC itself and hands CuPy the result.
+    """
+    from cupy.cuda import nvrtc
+
+    program = nvrtc.createProgram(code, name, (), ())
+    try:
+        nvrtc.compileProgram(program, (*NVRTC_OPTIONS, arch))
+        return nvrtc.getCUBIN(program) if output == "cubin" else nvrtc.getPTX(program)
+    except nvrtc.NVRTCError as exc:
+        raise RuntimeError(f"NVRTC could not compile {name}: {nvrtc.getProgramLog(program)}") from exc
+    finally:
+        nvrtc.destroyProgram(program)
+
+
+def _cache_dir() -> Path:
+    """Where compiled modules are kept between processes (``$XDG_CACHE_HOME/mpicoll/cuda``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mpicoll" / "cuda"
 
 
 @functools.cache
+def _module(family: str, device: int) -> cupy.RawModule:
+    """The module of one family on one device, compiled once per machine and kept on disk (keyed
+    by source, options, architecture and NVRTC version; written atomically, so ranks starting
+    together may compile it twice but never read half a file)."""
+    from cupy.cuda import nvrtc
+
+    code = family_source(family)
+    arch, output = arch_option(int(cupy.cuda.Device(device).compute_capability),
+                               tuple(int(a) for a in nvrtc.getSupportedArchs()))
+    key = hashlib.sha256("\0".join([code, *NVRTC_OPTIONS, arch, repr(nvrtc.getVersion())]).encode()).hexdigest()
+    for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"mpicoll-cuda-{os.getuid()}"):
+        path = folder / f"{family.removesuffix('.cu')}-{key[:20]}.{output}"
+        try:
+            if not path.exists():
+                folder.mkdir(parents=True, exist_ok=True)
+                binary = compile_source(code, family, arch, output)
+                with tempfile.NamedTemporaryFile(dir=folder, delete=False) as tmp:
+                    tmp.write(binary)
+                os.replace(tmp.name, path)
+            with cupy.cuda.Device(device):
+                return cupy.RawModule(path=str(path))
+        except OSError:  # an unwritable cache: the next folder
+            continue
+    raise RuntimeError(f"mpicoll: no writable folder for the compiled CUDA module {family}")
+
+
 def get_kernel(family: str, name: str) -> cupy.RawKernel:
-    """One kernel of a family's module."""
-    return _module(family).get_function(name)
+    """One kernel of a family's module, on the current device."""
+    return _get_kernel(family, name, cupy.cuda.Device().id)
+
+
+@functools.cache
+def _get_kernel(family: str, name: str, device: int) -> cupy.RawKernel:
+    return _module(family, device).get_function(name)
 
 
 def run(kernel: cupy.RawKernel, n: int, *args: Any) -> None:

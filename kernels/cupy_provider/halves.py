@@ -27,11 +27,18 @@ def as_f32(x: cupy.ndarray) -> cupy.ndarray:
 
 
 def cast(a: cupy.ndarray, dtype: np.dtype) -> cupy.ndarray:
-    """``a`` as contiguous ``dtype``; exact NumPy bits for casts to float32, CuPy's ``astype`` otherwise."""
+    """``a`` as contiguous ``dtype``; exact NumPy bits for casts to float32 and from float32 to
+    float64, CuPy's ``astype`` otherwise (no float32 arithmetic, so its flushing cannot show)."""
     a = cupy.ascontiguousarray(a)
     if a.dtype == dtype:
         return a
-    return as_f32(a) if dtype == np.float32 else a.astype(dtype)
+    if dtype == np.float32:
+        return as_f32(a)
+    if dtype == np.float64 and a.dtype == np.float32:  # CuPy's astype would flush subnormals (-ftz=true)
+        out = cupy.empty(a.shape, dtype=cupy.float64)
+        launch("halves.cu", "mpicoll_f32_to_f64", a.size, a.view(cupy.uint32), np.int64(a.size), out)
+        return out
+    return a.astype(dtype)
 
 
 

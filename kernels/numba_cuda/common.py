@@ -75,6 +75,21 @@ def named(fn: Any, name: str) -> Any:
 
 
 @cuda.jit(device=True)
+def lesser(a, b):
+    """``min(a, b)`` with Python's rule (``a`` unless ``b < a``). The kernels never call the builtin
+    ``min``/``max``: on the H200 image (numba 0.68.0, numba-cuda 0.30.4, Python 3.12) every kernel
+    that did failed to compile ("Signature mismatch: 2 argument types given, but function takes 1
+    arguments", the one-argument overload for iterables)."""
+    return b if b < a else a
+
+
+@cuda.jit(device=True)
+def greater(a, b):
+    """``max(a, b)`` with Python's rule (``a`` unless ``b > a``); see :func:`lesser`."""
+    return b if b > a else a
+
+
+@cuda.jit(device=True)
 def mix64(z):
     z = z + _GOLDEN
     z = (z ^ (z >> np.uint64(30))) * _MUL1

@@ -12,7 +12,7 @@ from ...backend import xp_of
 from .. import reference
 from ..arrays import deliver, writable
 from ..ops import SCALE_KINDS, implements, scale_kind_code
-from .common import QUIET32, Array, floor_f32, launch, mul_f32, mul_f64, rint_f32, uniform_at
+from .common import QUIET32, Array, floor_f32, greater, launch, lesser, mul_f32, mul_f64, rint_f32, uniform_at
 
 # ---------------------------------------------------------------- quantization
 
@@ -32,7 +32,7 @@ def _scale_partials_kernel(x, block, chunk, per_block, kind, partial, nan_bits):
     for t in range(cuda.grid(1), partial.size, cuda.gridsize(1)):
         b = t // per_block
         lo = b * block + (t - b * per_block) * chunk
-        hi = min(lo + chunk, min((b + 1) * block, n))
+        hi = lesser(lo + chunk, lesser((b + 1) * block, n))
         acc = 0.0
         for k in range(8):
             lanes[k] = 0.0
@@ -44,7 +44,7 @@ def _scale_partials_kernel(x, block, chunk, per_block, kind, partial, nan_bits):
                 break
             d = np.float64(v)
             if kind == 0:
-                acc = max(acc, abs(d))
+                acc = greater(acc, abs(d))
             elif kind == 1:
                 lanes[(i - lo) & 7] += mul_f64(d, d)  # exact anyway (a float32 squared fits a float64)
             else:
@@ -69,7 +69,7 @@ def _scale_finish_kernel(partial, nan_bits, block, per_block, n, kind, qmax, out
                 nan = nan_bits[t]
                 break
             if kind == 0:
-                acc = max(acc, partial[t])
+                acc = greater(acc, partial[t])
             else:
                 acc += partial[t]
         if nan != np.uint32(0):
@@ -84,7 +84,7 @@ def _scale_finish_kernel(partial, nan_bits, block, per_block, n, kind, qmax, out
         elif kind == 1:
             out[b] = np.float32(math.sqrt(acc)) / qmax
         else:
-            out[b] = np.float32(acc / (min((b + 1) * block, n) - b * block)) / qmax
+            out[b] = np.float32(acc / (lesser((b + 1) * block, n) - b * block)) / qmax
 
 
 def _block_scales(x: Array, block: int, kind: int, qmax: float, out: Array) -> None:
@@ -114,7 +114,7 @@ def _code(xi, s, q, stochastic, base, i):
         c = rint_f32(v)
     if c != c:
         return np.int32(0)
-    return np.int32(min(max(c, -q), q))
+    return np.int32(lesser(greater(c, -q), q))
 
 
 @cuda.jit

@@ -6,7 +6,7 @@ import numpy as np
 from numba import cuda
 
 from ..ops import implements
-from .common import Array, default_xp, launch, mix64, uniform_at
+from .common import Array, default_xp, launch, lesser, mix64, uniform_at
 
 
 @cuda.jit
@@ -37,7 +37,7 @@ def _stratified_kernel(base, n, out):
     small, extra = n // k, n % k
     for j in range(cuda.grid(1), k, cuda.gridsize(1)):
         size = small + (1 if j < extra else 0)
-        start = j * small + min(j, extra)
+        start = j * small + lesser(j, extra)
         out[j] = start + np.int64(mix64(base + np.uint64(j)) % np.uint64(size))
 
 

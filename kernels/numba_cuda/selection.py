@@ -15,7 +15,7 @@ from numba import cuda
 from ...backend import to_host, xp_of
 from .. import reference
 from ..ops import implements
-from .common import Array, float_keys, launch
+from .common import Array, float_keys, launch, lesser
 
 # ---------------------------------------------------------------- selection
 
@@ -31,7 +31,7 @@ def _radix_histogram_kernel(keys, mask, shift, high, prefix, hist):
     for s in range(cuda.grid(1), (n + _ITEMS - 1) // _ITEMS, cuda.gridsize(1)):
         digit = -1
         run = 0
-        for i in range(s * _ITEMS, min(n, (s + 1) * _ITEMS)):
+        for i in range(s * _ITEMS, lesser(n, (s + 1) * _ITEMS)):
             key = keys[i] & mask
             if (key & high) == prefix:
                 d = np.int64((key >> shift) & _DIGIT)
@@ -52,7 +52,7 @@ def _select_count_kernel(keys, mask, lo, tie, above, ties):
     for s in range(cuda.grid(1), above.size, cuda.gridsize(1)):
         a = 0
         t = 0
-        for i in range(s * _ITEMS, min(n, (s + 1) * _ITEMS)):
+        for i in range(s * _ITEMS, lesser(n, (s + 1) * _ITEMS)):
             key = keys[i] & mask
             if key >= lo:
                 a += 1
@@ -69,7 +69,7 @@ def _select_write_kernel(keys, mask, lo, tie, offsets, take, out):
     for s in range(cuda.grid(1), offsets.size, cuda.gridsize(1)):
         pos = offsets[s]
         quota = take[s]
-        for i in range(s * _ITEMS, min(n, (s + 1) * _ITEMS)):
+        for i in range(s * _ITEMS, lesser(n, (s + 1) * _ITEMS)):
             key = keys[i] & mask
             hit = key >= lo
             if not hit and key == tie and quota > 0:

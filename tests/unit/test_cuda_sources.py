@@ -230,6 +230,44 @@ def test_compiles_with_nvcc(tmp_path, name, arch):
     assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stdout}{result.stderr}"
     fused = re.findall(r"^\s*fma\.\S+", ptx.read_text(), re.MULTILINE)
     assert not fused, f"{name}: fused multiply-adds in the PTX, which round differently than the reference: {fused[:3]}"
+    flushed = re.findall(r"^\s*\S+\.ftz\S*", ptx.read_text(), re.MULTILINE)
+    assert not flushed, f"{name}: instructions that flush subnormals to zero: {flushed[:3]}"
+
+
+def test_the_provider_compiles_with_nvrtc_itself():
+    """CuPy's ``RawModule(code=...)`` and ``RawKernel`` append ``-ftz=true`` to the caller's options,
+    which flushed float32 subnormals on the H200 (sign bits lost, zero scales): the provider must
+    compile through its own :func:`compile_source` and load the result by path."""
+    offenders = [f"{path.name}:{n}" for path in sorted(PROVIDER.glob("*.py"))
+                 for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                 if re.search(r"RawModule\(\s*code|RawKernel\(|ElementwiseKernel\(|ReductionKernel\(", line)]
+    assert not offenders, f"CuPy compiles these with -ftz=true: {offenders}"
+
+
+def test_arch_option_prefers_machine_code_and_falls_back_to_ptx():
+    pytest.importorskip("cupy", reason="cupy is not installed")
+    from mpicoll.kernels.cupy_provider.common import arch_option
+
+    assert arch_option(90, (80, 86, 90)) == ("-arch=sm_90", "cubin")
+    assert arch_option(100, (80, 86, 90)) == ("-arch=compute_90", "ptx")
+    with pytest.raises(RuntimeError, match="none at or below"):
+        arch_option(70, (80, 90))
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CUDA_DIR.glob("*.cu") if p.name != "common.cu"))
+def test_nvrtc_compiles_every_family_without_flushing_subnormals(name):
+    """The provider's own NVRTC route (no GPU needed, only NVRTC's library): no ``.ftz``, no FMA."""
+    pytest.importorskip("cupy", reason="cupy is not installed")
+    from mpicoll.kernels.cupy_provider.common import compile_source, family_source
+
+    try:
+        ptx = compile_source(family_source(name), name, "-arch=compute_90", "ptx").decode()
+    except Exception as exc:  # no libnvrtc on this machine (a CPU-only install): nothing to compile with
+        if "nvrtc" in f"{type(exc).__name__} {exc}".lower() and "could not compile" not in str(exc):
+            pytest.skip(f"NVRTC is not available here: {type(exc).__name__}: {exc}")
+        raise
+    assert not re.findall(r"^\s*\S+\.ftz\S*", ptx, re.MULTILINE), f"{name}: flushes subnormals"
+    assert not re.findall(r"^\s*fma\.\S+", ptx, re.MULTILINE), f"{name}: fused multiply-adds"
 
 
 # ---------------------------------------------------------------- the module itself
@@ -244,3 +282,19 @@ def test_provider_imports_without_a_gpu_and_mirrors_the_reference():
     for name, fn in reference.OPS.items():
         want = list(inspect.signature(fn).parameters)
         assert list(inspect.signature(cupy_provider.OPS[name]).parameters) == want, name
+
+
+def test_numba_cuda_kernels_do_not_call_builtin_min_or_max():
+    """On the H200 image (numba 0.68.0, numba-cuda 0.30.4, Python 3.12) every ``@cuda.jit`` function
+    that called the builtin ``min``/``max`` on two scalars failed to compile ("Signature mismatch:
+    2 argument types given, but function takes 1 arguments"); ``common.lesser``/``greater`` replace them."""
+    offenders = []
+    for path in sorted((ROOT / "kernels" / "numba_cuda").glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        for fn in ast.walk(tree):
+            if not isinstance(fn, ast.FunctionDef) or not any("cuda.jit" in ast.unparse(d) for d in fn.decorator_list):
+                continue
+            offenders += [f"{path.name}:{node.lineno} {fn.name}" for node in ast.walk(fn)
+                          if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                          and node.func.id in ("min", "max")]
+    assert not offenders, f"builtin min/max in CUDA kernels: {offenders}"
