@@ -45,9 +45,12 @@ GPU_PROVIDERS = ("cupy", "numba-cuda")
 def _inputs(n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng([seed, n])
     x = (rng.standard_normal(n) * 10).astype(np.float32)
-    if n > 64:
+    if n > 128:
         x[5::17] = x[3]
         x[:6] = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-8]
+        tiny = np.finfo(np.float32).smallest_subnormal  # subnormals: a flushing kernel loses them
+        x[6:12] = [tiny, -tiny, -3 * tiny, 7e-39, -5e-39, -1e-45]
+        x[12 : 12 + 64] = -tiny * np.arange(1, 65, dtype=np.float32)  # a run of negative subnormals
     return x
 
 
