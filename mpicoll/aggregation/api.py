@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 import operator
+import warnings
 from collections.abc import Hashable
 from typing import Any
 
 from .. import timeline
+from ..backend import to_host, xp_of
 from ..collectives import Handle
 from ..collectives.internal import Agreement, check_array, check_finite, get_algorithm, start
 from ..compression import Compressor
@@ -23,7 +25,7 @@ from ..transport import Comm, as_comm
 from ..transport.entry import watched
 from ..transport.watchdog import refine, waiting_on
 from . import allgather_decode, hierarchical, lowrank, sparse, summable, two_phase  # noqa: F401  (registration)
-from .choice import resolve
+from .choice import resolve, runs_on_host
 from .path import Parts
 
 __all__ = ["compressed_allreduce", "compressed_iallreduce"]
@@ -48,6 +50,19 @@ def _shapes(parts: Parts, size: int) -> list[tuple[int, ...]] | None:
     return shapes
 
 
+_warned_host_paths: set[str] = set()
+
+
+def _to_host_path(x: Any, name: str) -> Any:
+    """A host copy of GPU array ``x`` for path ``name``, which runs in host memory (warned once per path)."""
+    if name not in _warned_host_paths:
+        _warned_host_paths.add(name)
+        warnings.warn(f"compressed_allreduce: the {name!r} path runs in host memory: GPU arrays are copied to "
+                      f"the host and the result back, and the codec runs on the CPU (only the dense algorithms, "
+                      f"with fp16, bf16, randomk or none, keep GPU arrays on the GPU)", stacklevel=4)
+    return to_host(x)
+
+
 def _agree_on_errors(comm: Comm, errors: list[tuple[str, str]]) -> None:
     """Raise the same error on every rank if any step failed on any rank: :class:`PayloadError` when
     all failures were malformed payloads, :class:`PeerError` naming the ranks otherwise."""
@@ -70,7 +85,10 @@ def compressed_allreduce(x: Any, compressor: Compressor, *, key: Hashable = None
     """All-reduce ``x`` with compressed messages; returns an array like ``x`` (a new one).
 
     Args:
-        x: this rank's contribution (NumPy array, float16/32/64, any shape).
+        x: this rank's contribution (NumPy or CuPy array, float16/32/64, any shape). A CuPy array
+            stays on the GPU on the dense algorithms (summable compressors); on the other paths it
+            is copied to host memory, compressed there, and the result copied back (a warning
+            says so once per path).
         compressor: from :func:`mpicoll.compression.get`, optionally wrapped in
             :class:`~mpicoll.compression.ErrorFeedback` (then nothing the compression drops is
             lost across steps; with ``two_phase`` the chunk owners keep their own residuals too).
@@ -112,6 +130,9 @@ def compressed_allreduce(x: Any, compressor: Compressor, *, key: Hashable = None
             check_finite(x, c.rank, "compressed_allreduce")
             parts = _shapes(parts, x.size)
             name = resolve(compressor, algorithm, x, c, parts)
+            device_x = x
+            if runs_on_host(name, x):
+                x = _to_host_path(x, name)
             refine(name)
             path = get_algorithm("compressed_allreduce", name)
             shapes = [tuple(x.shape)] if parts is None and path.uses_shape else parts
@@ -131,7 +152,8 @@ def compressed_allreduce(x: Any, compressor: Compressor, *, key: Hashable = None
         if snapshot is not None:  # refused or failed: nothing changes, on any rank
             compressor.restore(snapshot)
         raise
-    return result.astype(x.dtype, copy=False)
+    result = result.astype(x.dtype, copy=False)
+    return xp_of(device_x).asarray(result) if device_x is not x else result
 
 
 def compressed_iallreduce(x: Any, compressor: Compressor, *, key: Hashable = None, comm: Any = None,

@@ -20,7 +20,9 @@ any         two_phase, allgather_decode; hierarchical    hierarchical across hos
 ==========  ===========================================  =================================
 
 Other combinations (a dense algorithm with a sparse compressor, say) raise
-:class:`~mpicoll.errors.UnsupportedError`. The dense algorithms and the hosts rule themselves
+:class:`~mpicoll.errors.UnsupportedError`. GPU (CuPy) arrays run on the GPU on the dense
+algorithms; every other path runs them in host memory (:func:`runs_on_host`: copied there and
+back, the codec on the CPU, with a warning once per path). The dense algorithms and the hosts rule themselves
 come from the collectives' own home of ``auto`` (:mod:`mpicoll.collectives.auto`, through
 :mod:`mpicoll.collectives.internal`).
 """
@@ -79,10 +81,6 @@ def resolve(compressor: Compressor, algorithm: str, x: Any, comm: Comm, parts: P
     if name not in algorithm_names("compressed_allreduce"):
         raise UnsupportedError(f"compressed_allreduce: unknown algorithm {name!r}; accepted: "
                                f"{accepted([*algorithm_names('compressed_allreduce'), 'auto'])}")
-    if is_cupy(x) and name not in OWN_FLAT:
-        raise UnsupportedError(f"compressed_allreduce: GPU arrays work with the summable compressors on "
-                               f"{accepted(list(OWN_FLAT))} (fp16, bf16, randomk, none); {name!r} runs on "
-                               f"the host: pass x.get() or use a summable compressor")
     if name not in ALLOWED[kind]:
         raise UnsupportedError(f"compressed_allreduce: algorithm {name!r} cannot carry {kind} payloads of "
                                f"{compressor.name!r}; for {kind} compressors use {accepted([*ALLOWED[kind], 'auto'])}")
@@ -91,3 +89,9 @@ def resolve(compressor: Compressor, algorithm: str, x: Any, comm: Comm, parts: P
                                f"tensors, so it cannot use parts=; use algorithm='powersgd' (or 'auto', which "
                                f"picks it and sums P and Q hierarchically across hosts)")
     return name
+
+
+def runs_on_host(name: str, x: Any) -> bool:
+    """Whether path ``name`` must run ``x`` (a GPU array) in host memory: only the dense algorithms
+    carry GPU arrays themselves (summable payloads: fp16, bf16, randomk, none)."""
+    return is_cupy(x) and name not in OWN_FLAT
