@@ -28,13 +28,13 @@ LAYERS = [
     ("mpicoll.bench", 9), ("mpicoll.info", 9),
     ("mpicoll.__main__", 10),
 ]
-# third-party packages that only these modules may import (at any depth); the GPU check script
-# drives the device itself and compares with torch.topk; torch-step times training steps against DDP;
-# the adapter hands CUDA tensors to mpicoll as CuPy arrays (DLPack)
-HEAVY = {"torch": ("mpicoll.torch", "mpicoll.horovod.torch", "mpicoll.bench.gpu_check", "mpicoll.bench.torch_step",
-                   "mpicoll.bench.optim_step"),
+# third-party packages that only these modules may import (at any depth); the GPU check scripts
+# drive the device themselves, compare with torch.topk and run the torch adapter on CUDA; torch-step
+# times training steps against DDP; the adapter hands CUDA tensors to mpicoll as CuPy arrays (DLPack)
+HEAVY = {"torch": ("mpicoll.torch", "mpicoll.horovod.torch", "mpicoll.bench.gpu_check", "mpicoll.bench.gpu_ranks",
+                   "mpicoll.bench.torch_step", "mpicoll.bench.optim_step"),
          "numba": ("mpicoll.kernels",),
-         "cupy": ("mpicoll.kernels", "mpicoll.bench.gpu_check", "mpicoll.torch.tensors")}
+         "cupy": ("mpicoll.kernels", "mpicoll.bench.gpu_check", "mpicoll.bench.gpu_ranks", "mpicoll.torch.tensors")}
 
 
 def module_name(path: Path) -> str:
