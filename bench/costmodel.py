@@ -51,6 +51,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--intra-model", default=None,
                    help="a probe's JSON whose link inside a host to use (e.g. one probed with 2 ranks on one host, "
                         "when --model was probed with one rank per host)")
+    p.add_argument("--codec-rates", metavar="JSON", default=None,
+                   help="price the codecs, the reduction and PowerSGD's products with a GPU's kernels: the JSON "
+                        "of python -m mpicoll.bench.gpu_check (its codec_rates); links stay --model's")
+    p.add_argument("--intra-rate", default=None,
+                   help="the link inside a host at this rate instead of the probed one, e.g. 3600gbit for "
+                        "NVLink's 450 GB/s per direction (latency stays the probed one)")
     p.add_argument("--ranks", default="8,64,256,1024", help="rank counts (default 8,64,256,1024)")
     p.add_argument("--ranks-per-host", type=int, default=8, help="ranks per host (default 8)")
     p.add_argument("--rate", default="1gbit,10gbit,25gbit,100gbit",
@@ -114,6 +120,7 @@ def describe(machine: Any) -> str:
 def run_predict(args: argparse.Namespace) -> int:
     """``mpicoll-bench predict``."""
     from mpicoll.model import Layout, Machine, break_even, compressed_seconds
+    from mpicoll.model.machine import Link
     from mpicoll.model.predict import gbit
 
     machine = Machine.load(args.model)
@@ -122,6 +129,16 @@ def run_predict(args: argparse.Namespace) -> int:
         if inside is None:
             raise SystemExit(f"{args.intra_model} has no link inside a host: probe it with 2 ranks on one host")
         machine.links["intra"] = inside
+    if args.intra_rate:
+        inside = machine.links.get("intra") or machine.link("inter")
+        machine.links["intra"] = Link(inside.alpha, 8e-9 / gbit(args.intra_rate))
+    if args.codec_rates:
+        report = json.loads(Path(args.codec_rates).read_text())
+        measured = report.get("codec_rates", report)
+        failed = {k: v["error"] for k, v in measured.get("codecs", {}).items() if "error" in v}
+        if failed:
+            print(f"# {args.codec_rates}: no rates for {failed}; those keep {args.model}'s")
+        machine = machine.with_codec_rates(measured, f"{report.get('device', '?')} ({args.codec_rates})")
     ranks = [int(r) for r in args.ranks.split(",")]
     if args.ranks_per_host > 1 and "intra" not in machine.links:
         raise SystemExit(f"{args.model} was probed with one rank per host, so it has no link inside a host; give "

@@ -15,7 +15,10 @@ mpi4py and pytest, and no network)::
    all-reduce on CuPy arrays, staged through host memory and directly when
    ``MPICOLL_CUDA_AWARE=1`` is set for a CUDA-aware MPI, and the torch adapter (DDP on the
    ``"mpicoll"`` backend, ``DistributedOptimizer``, a compression hook, ``OneBitAdam``) on CUDA;
-4. a short table last, and JSON.
+4. the cost model's GPU numbers: every codec compressing and decoding 64 MiB on the device, the
+   reduction's speed and PowerSGD's products (``codec_rates``, read by
+   ``mpicoll-bench predict --codec-rates``);
+5. a short table last, and JSON.
 
 ``--dry-run`` runs the same code without a GPU: the Numba-CUDA provider under the CUDA simulator
 on small inputs, wall-clock timing instead of CUDA events, CuPy reported as unavailable (with the
@@ -283,6 +286,42 @@ def torch_topk(n: int, repeats: int) -> dict[str, Any] | None:
             "same_values_as_torch": bool(np.array_equal(mine, reference))}
 
 
+def codec_rates(nbytes: int, dry_run: bool, repeats: int) -> dict[str, Any]:
+    """The cost model's GPU numbers (``mpicoll-bench predict --codec-rates``): each codec of
+    :data:`mpicoll.model.probe.CODECS` compressing and decoding a Gaussian array of ``nbytes`` on
+    the device (what the probe measures on the host), the reduction's speed (``gamma``, seconds
+    per byte added) and PowerSGD's thin products (``flops``). A codec that raises is reported."""
+    from dataclasses import asdict
+
+    from mpicoll.compression import get as get_compressor
+    from mpicoll.model.machine import CodecRates
+    from mpicoll.model.probe import CODECS, _payload_bytes
+
+    xp, timer = device_array_module("cupy", dry_run), Timer(dry_run)
+    rng = np.random.default_rng(0)
+    x = xp.asarray(rng.standard_normal(nbytes // 4).astype(np.float32))
+    y = x.copy()
+    gamma = timer.median_ms(lambda: xp.add(y, x, out=y), repeats) * 1e-3 / x.nbytes
+    a = xp.asarray(rng.standard_normal((4096, 4096)).astype(np.float32))
+    q = xp.asarray(rng.standard_normal((4096, 4)).astype(np.float32))
+    flops = 2 * (2 * 4096 * 4096 * 4) / (timer.median_ms(lambda: a.T @ (a @ q), repeats) * 1e-3)
+    codecs: dict[str, Any] = {}
+    for name, params in CODECS.items():
+        try:
+            compressor = get_compressor(name, **params)
+            payload, ctx = compressor.compress(x, key=("gpu", name))
+            t_c = timer.median_ms(lambda c=compressor, n=name: c.compress(x, key=("gpu", n)), repeats) * 1e-3
+            t_d = timer.median_ms(lambda c=compressor, p=payload, k=ctx: c.decompress(p, k), repeats) * 1e-3
+            ratio = _payload_bytes(payload) / x.nbytes
+            widen = 2.0 if compressor.kind == "summable" and 0.4 < ratio < 0.6 else 1.0
+            rank = int(params.get("rank", 0)) if compressor.kind == "lowrank" else 0
+            codecs[name] = asdict(CodecRates(compressor.kind, ratio, x.nbytes / t_c, x.nbytes / t_d, widen, rank))
+        except Exception as exc:  # reported with the rest
+            codecs[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        print(f"  codec {name}: {codecs[name]}", flush=True)
+    return {"bytes": int(x.nbytes), "gamma": gamma, "flops": flops, "codecs": codecs}
+
+
 def collectives(dry_run: bool, timeout: float = 300) -> Any:
     """Run :mod:`.gpu_ranks` on two ranks under mpiexec; its rank-0 report, or the failure."""
     mpiexec = Path(sys.prefix) / "bin" / "mpiexec"
@@ -345,6 +384,12 @@ def main(argv: list[str] | None = None) -> int:
         report["kernels"] += check_provider(provider, n, args.dry_run, repeats,
                                             small=(1, 7, 1003) if args.dry_run else (1, 7, 100003))
         save()
+    print("# codec rates for the cost model", flush=True)
+    try:
+        report["codec_rates"] = codec_rates(min(n, 16 << 20) * 4, args.dry_run, repeats)
+    except Exception as exc:
+        report["codec_rates"] = {"failed": f"{type(exc).__name__}: {exc}"}
+    save()
     try:
         report["torch_topk"] = {"skipped": "dry run"} if args.dry_run else torch_topk(n, repeats)
     except Exception as exc:

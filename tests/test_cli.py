@@ -234,6 +234,17 @@ def test_probe_predict_and_model_check(tmp_path):
     rows = json.loads(out.read_text())["predictions"]
     assert len(rows) == 2 * 2 * 5 and all(r["seconds"] > 0 for r in rows)
     assert not plotting or png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    gpu_out = tmp_path / "pred-gpu.json"  # the codecs priced by the H200's kernels (gpu_check's JSON)
+    predicted = subprocess.run([sys.executable, "-m", "mpicoll.bench", "predict", "--model", str(model), "--ranks",
+                                "8,64", "--rate", "1gbit,100gbit", "--size", "97M", "--intra-rate", "3600gbit",
+                                "--codec-rates", str(ROOT / "bench/results/gpu/h200_codec_rates.json"),
+                                "--json", str(gpu_out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert predicted.returncode == 0, predicted.stderr
+    gpu = json.loads(gpu_out.read_text())
+    assert "NVIDIA H200" in gpu["model"]["probed_on"]["codecs_from"]
+    def sign_at(document):
+        return next(r["seconds"] for r in document["predictions"] if r["codec"] == "sign" and r["ranks"] == 64)
+    assert sign_at(gpu) < sign_at(json.loads(out.read_text()))
     check = tmp_path / "check.json"
     result = run_ranks(2, ["-m", "mpicoll.bench", "model-check", "--model", str(model), "--sizes", "64K",
                            "--repeats", "1", "--json", str(check)], tmp_path, timeout=300)

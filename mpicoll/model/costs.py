@@ -30,6 +30,7 @@ against measured times on the network bed in bench/RESULTS.md (issue 17).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .rules import DENSE_SWITCH
@@ -276,18 +277,20 @@ def allgather_decode(n: float, ratio: float, layout: Layout) -> Cost:
     return cost
 
 
-def powersgd(n: float, rank: int, layout: Layout, algorithm: str = "ring") -> Cost:
+def powersgd(n: float, rank: int, layout: Layout, algorithm: str | Callable[[float], str] = "ring") -> Cost:
     """:mod:`mpicoll.aggregation.lowrank`: the ``n``-byte array as an ``a x b`` float32 matrix
     (``a b = n / 4``, as square as its factors allow); two all-reduces of ``P`` (``a r``) and ``Q``
     (``b r``) floats, one after the other. The local work (products ``M Q``, ``M^T P``, ``P Q^T``:
     ``6 a b r`` flops, and a Gram-Schmidt of ``P``) is counted as compressing and decoding ``n``
     bytes, priced by PowerSGD's own compress and decompress speed that the probe measures (its
-    ``flops`` are recorded too, for reference)."""
+    ``flops`` are recorded too, for reference). ``algorithm`` may be a function of a factor's
+    bytes: the path chooses the algorithm for each factor's own size, not for ``n``."""
     elements = max(1, int(n // 4))
     a = _near_square(elements)
     b = elements // a
     r = min(rank, a, b)
-    cost = dense(algorithm, 4 * a * r, layout) + dense(algorithm, 4 * b * r, layout)
+    pick = algorithm if callable(algorithm) else (lambda _nbytes: algorithm)
+    cost = dense(pick(4 * a * r), 4 * a * r, layout) + dense(pick(4 * b * r), 4 * b * r, layout)
     cost.compress_bytes += n
     cost.decode_bytes += n
     return cost

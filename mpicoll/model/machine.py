@@ -90,6 +90,20 @@ class Machine:
         links = {**self.links, "inter": Link(inter.alpha if alpha is None else alpha, 8e-9 / gbit)}
         return replace(self, links=links)
 
+    def with_codec_rates(self, measured: dict[str, Any], where: str) -> Machine:
+        """A copy whose reduction speed, matrix speed and codec rates are ``measured`` elsewhere:
+        ``{"gamma", "flops", "codecs": {name: CodecRates fields}}``, as ``gpu_check`` writes under
+        ``codec_rates`` (the kernels of a GPU); codecs reported with an ``error`` keep this
+        machine's rates. Links and ``MPI_Allreduce``'s curve stay (they are the network's)."""
+        try:
+            codecs = {name: CodecRates(**fields) for name, fields in measured["codecs"].items()
+                      if "error" not in fields}
+            gamma, flops = float(measured["gamma"]), float(measured["flops"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ArgumentError(f"not a set of codec rates (gpu_check --json, its codec_rates): {error!r}") from None
+        return replace(self, gamma=gamma, flops=flops, codecs={**self.codecs, **codecs},
+                       probed_on={**self.probed_on, "codecs_from": where})
+
     def native_seconds(self, p: int, nbytes: float) -> float | None:
         """``MPI_Allreduce``'s observed time on ``p`` ranks: interpolated log-log between probed
         sizes, the smallest size's time below them (latency-bound), and the largest size's

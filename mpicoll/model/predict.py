@@ -56,7 +56,7 @@ def auto_path(kind: str, payload_bytes: float, p: int) -> str:
 def _flat(machine: Machine, codec: str, n: float, layout: Layout, path: str) -> Cost:
     rates = machine.codec(codec)
     if path == "powersgd":
-        return costs.powersgd(n, rates.rank or 4, layout, _dense_choice(machine, n, layout))
+        return costs.powersgd(n, rates.rank or 4, layout, lambda nbytes: _dense_choice(machine, nbytes, layout))
     if path == "summable":
         return costs.summable(n, rates.ratio, layout, _dense_choice(machine, rates.ratio * n, layout), rates.widen)
     if path in OWN:  # a summable codec on a named dense algorithm

@@ -9,6 +9,7 @@ import pytest
 
 from mpicoll import compression
 from mpicoll.aggregation.choice import choose_path
+from mpicoll.errors import ArgumentError
 from mpicoll.model import Choice, CodecRates, Layout, Link, Machine, break_even, choose_codec, compressed_seconds, costs
 from mpicoll.model.predict import auto_path, gbit
 from mpicoll.model.rules import ROUND_BYTES, SPARSE_ALLGATHER_MAX_RANKS, prefer_single_pass, sparse_path
@@ -84,6 +85,20 @@ def test_powersgd_sends_the_two_factors():
     c = costs.powersgd(4 * 1024 * 1024, 4, Layout(2, 1))  # a 1024 x 1024 float32 matrix, rank 4
     assert c.bytes["inter"] == pytest.approx(2 * (4 * 1024 * 4))  # P and Q, each 2(p-1)/p = 1 of its bytes
     assert c.compress_bytes == c.decode_bytes == 4 * 1024 * 1024  # its products, priced by its measured speed
+
+
+def test_powersgd_picks_each_factors_algorithm_for_the_factors_size():
+    """The path chooses the all-reduce of P and of Q for their own (small) sizes; the model once
+    chose for the whole tensor's size, so at 256 ranks it priced P and Q on the bandwidth-optimal
+    ring, with its 2(p-1) rounds, and predicted PowerSGD slower at 256 ranks than at 1024."""
+    m, layout, n = machine(10.0), Layout(256, 1), 97e6
+    chosen = compressed_seconds(m, "powersgd", n, layout)[1]
+    on_ring = m.seconds(costs.powersgd(n, 4, layout, "ring"), "powersgd")
+    on_rd = m.seconds(costs.powersgd(n, 4, layout, "recursive_doubling"), "powersgd")
+    assert chosen == pytest.approx(min(on_ring, on_rd, chosen)) and chosen < on_ring / 10
+    picked = []
+    costs.powersgd(n, 4, layout, lambda nbytes: picked.append(nbytes) or "ring")
+    assert len(picked) == 2 and all(b < n / 100 for b in picked)
 
 
 def machine(gbps: float = 0.2) -> Machine:
@@ -184,3 +199,21 @@ def test_the_rules_have_one_home():
     assert choice.prefer_single_pass is predict.prefer_single_pass is rules.prefer_single_pass
     assert choice.sparse_path is predict.sparse_path is rules.sparse_path
     assert sparse.DENSE_SWITCH is costs.DENSE_SWITCH is rules.DENSE_SWITCH
+
+
+def test_codec_rates_measured_on_a_gpu_replace_the_probed_ones():
+    """``predict --codec-rates``: the JSON gpu_check writes prices the codecs, the reduction and the
+    products; a codec the GPU run could not time keeps the probe's rates; links stay."""
+    base = machine(10.0)
+    measured = {"gamma": 1 / 700e9, "flops": 2e12,
+                "codecs": {"sign": {"kind": "quantized", "ratio": 1 / 32, "compress_Bps": 2e10, "decode_Bps": 3e11,
+                                    "widen": 1.0, "rank": 0},
+                           "topk": {"error": "RuntimeError: no GPU kernel"}}}
+    gpu = base.with_codec_rates(measured, "H200")
+    assert gpu.codec("sign").compress_Bps == 2e10 and gpu.codec("topk") == base.codec("topk")
+    assert gpu.gamma == 1 / 700e9 and gpu.flops == 2e12 and gpu.links == base.links
+    assert gpu.probed_on["codecs_from"] == "H200" and base.codec("sign").compress_Bps == 5e8
+    layout = Layout(64, 1)
+    assert compressed_seconds(gpu, "sign", 97e6, layout)[1] < compressed_seconds(base, "sign", 97e6, layout)[1]
+    with pytest.raises(ArgumentError, match="codec rates"):
+        base.with_codec_rates({"codecs": {}}, "bad")
