@@ -85,6 +85,7 @@ def cases(n: int) -> dict[str, tuple[tuple, dict]]:
         "quantize_stochastic": ((finite, 4, 256, "l2", 7, True, 7), {}),
         "dequantize": ((packed, scales, n, 8, 256), {}),
         "sign_pack": ((finite, 4096), {}),
+        "sign_pack_one_scale": ((finite, max(1, n)), {}),  # the sign codec's default: one scale per tensor
         "sign_unpack": ((signs, sscales, n, 4096), {}),
         "fp16_encode": ((x,), {}),
         "fp16_decode": ((half,), {}),
@@ -99,7 +100,7 @@ def cases(n: int) -> dict[str, tuple[tuple, dict]]:
 
 
 def _op_name(case: str) -> str:
-    return "quantize" if case == "quantize_stochastic" else case
+    return {"quantize_stochastic": "quantize", "sign_pack_one_scale": "sign_pack"}.get(case, case)
 
 
 def _to_device(value: Any, xp: Any) -> Any:
@@ -366,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", type=int, default=None, help="elements per kernel input (default 64M, dry run 4K)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 20, dry run 2)")
     parser.add_argument("--json", metavar="PATH", help="write the report as JSON")
+    parser.add_argument("--providers", default=",".join(GPU_PROVIDERS),
+                        help=f"the GPU kernel providers to check (default {','.join(GPU_PROVIDERS)})")
     args = parser.parse_args(argv)
     if args.dry_run:
         os.environ["NUMBA_ENABLE_CUDASIM"] = "1"  # before numba.cuda is imported anywhere
@@ -379,7 +382,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
 
-    for provider in GPU_PROVIDERS:
+    for provider in [p.strip() for p in args.providers.split(",") if p.strip()]:
+        if provider not in GPU_PROVIDERS:
+            parser.error(f"unknown provider {provider!r}; accepted: {', '.join(GPU_PROVIDERS)}")
         print(f"# {provider}", flush=True)
         report["kernels"] += check_provider(provider, n, args.dry_run, repeats,
                                             small=(1, 7, 1003) if args.dry_run else (1, 7, 100003))

@@ -47,6 +47,19 @@ extern "C" __global__ void mpicoll_scale_partials(const float* x, long long n, l
     }
 }
 
+// norm / qmax in float32 for block b, from the partials' total `acc`: sqrt (L2) or / count (mean)
+// in float64, rounded to float32. A NaN passes through with the host's bits.
+__device__ __forceinline__ float mpicoll_scale_of(double acc, int kind, long long n, long long block, long long b,
+                                                  float qmax) {
+    double norm = acc;  // max, or any NaN (sqrt and division pass a NaN through unchanged)
+    if (acc == acc && kind == MPICOLL_SCALE_L2) {
+        norm = __dsqrt_rn(acc);
+    } else if (acc == acc && kind == MPICOLL_SCALE_MEAN) {
+        norm = __ddiv_rn(acc, (double)(min(n, (b + 1) * block) - b * block));
+    }
+    return mpicoll_fdiv(mpicoll_narrow(norm), qmax);
+}
+
 // scales[b] = norm(block b) / qmax in float32, one thread per block: the partials in the
 // contract's order (kind 0: their maximum, the first NaN if any), then sqrt (L2) or / count
 // (mean) in float64, rounded to float32. A NaN norm passes through with the host's bits.
@@ -69,13 +82,93 @@ extern "C" __global__ void mpicoll_block_scales(const double* partial, long long
             }
             if (kind != MPICOLL_SCALE_MAX) acc = mpicoll_dadd(acc, chunk_sum);
         }
-        double norm = acc;  // max, or any NaN (sqrt and division pass a NaN through unchanged)
-        if (acc == acc && kind == MPICOLL_SCALE_L2) {
-            norm = __dsqrt_rn(acc);
-        } else if (acc == acc && kind == MPICOLL_SCALE_MEAN) {
-            norm = __ddiv_rn(acc, (double)(min(n, (b + 1) * block) - b * block));
+        scales[b] = mpicoll_scale_of(acc, kind, n, block, b, qmax);
+    }
+}
+
+// ------------------------------------------------------------------ long blocks, staged in shared memory
+//
+// The same two steps for blocks of many elements (one scale for a whole tensor: the sign codec's
+// default). There the kernels above have one thread per lane of 8192 elements and one thread for
+// a block's 2048 partials, each waiting on a memory load per add: 3.4 ms and 0.25 ms for 64 MiB
+// on an H200, for a 22 us packing kernel. Here a thread block stages a tile of terms (or
+// partials) in shared memory with every thread's coalesced loads, then the few threads the order
+// allows add them, in the same order, from shared memory. The additions and their order are those
+// of the kernels above; only where the terms wait differs. Sums never stop early: a NaN sum keeps
+// the first NaN it met (mpicoll_dadd: a NaN first operand wins), and the maximum keeps its first
+// NaN aside, so the result is the one the early exits above give.
+
+#define MPICOLL_TILE 2048  // terms per tile: a multiple of the lanes (8), 16 KiB of doubles
+
+// partial[r * lanes + l] for every (block b, chunk c), r = b * per_block + c: one thread block
+// per chunk (grid-stride), thread l < lanes adding lane l.
+extern "C" __global__ void mpicoll_scale_partials_tiled(const float* x, long long n, long long block, int kind,
+                                                        long long chunk, int lanes, long long per_block,
+                                                        long long chunks, double* partial) {
+    __shared__ double terms[MPICOLL_TILE];
+    for (long long r = blockIdx.x; r < chunks; r += gridDim.x) {
+        const long long b = r / per_block;
+        const long long lo = b * block + (r % per_block) * chunk;
+        const long long hi = min(lo + chunk, min((b + 1) * block, n));
+        double acc = 0.0;
+        double first_nan = 0.0;
+        bool nan_seen = false;
+        for (long long start = lo; start < hi; start += MPICOLL_TILE) {  // the same bounds in every thread
+            const long long count = min((long long)MPICOLL_TILE, hi - start);
+            for (long long k = threadIdx.x; k < count; k += blockDim.x) terms[k] = mpicoll_term(x[start + k], kind);
+            __syncthreads();
+            if (threadIdx.x < lanes) {  // start - lo is a multiple of the lanes: element k is in lane k % lanes
+                for (long long k = threadIdx.x; k < count; k += lanes) {
+                    const double term = terms[k];
+                    if (kind == MPICOLL_SCALE_MAX) {
+                        const bool is_nan = term != term;
+                        first_nan = is_nan && !nan_seen ? term : first_nan;
+                        nan_seen = nan_seen || is_nan;
+                        acc = !is_nan && term > acc ? term : acc;  // ties keep acc, as above
+                    } else {
+                        acc = mpicoll_dadd(acc, term);
+                    }
+                }
+            }
+            __syncthreads();
         }
-        scales[b] = mpicoll_fdiv(mpicoll_narrow(norm), qmax);
+        if (threadIdx.x < lanes) partial[r * lanes + threadIdx.x] = nan_seen ? first_nan : acc;
+    }
+}
+
+// scales[b] from the partials of block b: one thread block per block (grid-stride); the partials
+// staged a tile at a time, thread 0 adding them chunk by chunk as mpicoll_block_scales does.
+extern "C" __global__ void mpicoll_block_scales_tiled(const double* partial, long long n, long long block, int kind,
+                                                      int lanes, long long per_block, float qmax, float* scales) {
+    __shared__ double staged[MPICOLL_TILE];
+    const long long nblocks = (n + block - 1) / block;
+    const long long total = per_block * lanes;
+    for (long long b = blockIdx.x; b < nblocks; b += gridDim.x) {
+        const double* p = partial + b * total;
+        double acc = 0.0;
+        bool stopped = false;  // kind 0 met a NaN: the maximum is that NaN
+        for (long long start = 0; start < total; start += MPICOLL_TILE) {
+            const long long count = min((long long)MPICOLL_TILE, total - start);
+            for (long long k = threadIdx.x; k < count; k += blockDim.x) staged[k] = p[start + k];
+            __syncthreads();
+            if (threadIdx.x == 0) {
+                for (long long c = 0; c < count; c += lanes) {  // whole chunks: the tile is a multiple of the lanes
+                    double chunk_sum = 0.0;
+                    for (int l = 0; l < lanes; ++l) {
+                        const double v = staged[c + l];
+                        if (kind == MPICOLL_SCALE_MAX) {
+                            if (!stopped) acc = v == v && v <= acc ? acc : v;
+                            stopped = stopped || acc != acc;
+                        } else {
+                            chunk_sum = mpicoll_dadd(chunk_sum, v);
+                        }
+                    }
+                    if (kind != MPICOLL_SCALE_MAX) acc = mpicoll_dadd(acc, chunk_sum);
+                }
+            }
+            __syncthreads();
+        }
+        if (threadIdx.x == 0) scales[b] = mpicoll_scale_of(acc, kind, n, block, b, qmax);
     }
 }
 

@@ -10,15 +10,20 @@ import numpy as np
 from .. import reference
 from ..arrays import deliver, writable
 from ..ops import implements, scale_kind_code
-from .common import launch, u64
+from .common import THREADS, launch, u64
 from .halves import as_f32
+
+#: blocks of at least this many elements take the shared-memory kernels of quantize.cu (their lanes
+#: are long enough that waiting on one load per add dominated: 3.4 ms for one scale over 64 MiB)
+TILED_FROM = 16384
 
 
 def _block_scales(x: cupy.ndarray, block: int, scale_kind: str, qmax: float, out: Any = None) -> cupy.ndarray:
     """Per-block ``norm / qmax`` in float32 (``reference._block_scales``), in ``out`` when it fits.
 
     The float64 sums follow ``reference.ordered_sum``: one partial per (block, chunk, lane),
-    then one thread per block adds them in the contract's order (see quantize.cu).
+    then one thread per block adds them in the contract's order (see quantize.cu). Long blocks
+    use the shared-memory versions of both kernels: the same additions in the same order.
     """
     kind = scale_kind_code(scale_kind)  # MPICOLL_SCALE_* of quantize.cu
     block = int(block)
@@ -27,10 +32,20 @@ def _block_scales(x: cupy.ndarray, block: int, scale_kind: str, qmax: float, out
     chunk, lanes = reference.REDUCE_CHUNK, reference.REDUCE_LANES
     per_block = -(-block // chunk)
     partial = cupy.empty(nblocks * per_block * lanes, dtype=cupy.float64)
-    launch("quantize.cu", "mpicoll_scale_partials", partial.size, x, np.int64(x.size), np.int64(block),
-           np.int32(kind), np.int64(chunk), np.int32(lanes), np.int64(per_block), np.int64(partial.size), partial)
-    launch("quantize.cu", "mpicoll_block_scales", nblocks, partial, np.int64(x.size), np.int64(block),
-           np.int32(kind), np.int32(lanes), np.int64(per_block), np.float32(qmax), scales)
+    if min(block, chunk) >= TILED_FROM:  # long lanes: a thread block per chunk, staged in shared memory
+        chunks = nblocks * per_block
+        launch("quantize.cu", "mpicoll_scale_partials_tiled", chunks * THREADS, x, np.int64(x.size),
+               np.int64(block), np.int32(kind), np.int64(chunk), np.int32(lanes), np.int64(per_block),
+               np.int64(chunks), partial)
+    else:
+        launch("quantize.cu", "mpicoll_scale_partials", partial.size, x, np.int64(x.size), np.int64(block),
+               np.int32(kind), np.int64(chunk), np.int32(lanes), np.int64(per_block), np.int64(partial.size), partial)
+    if per_block > 1:  # several chunks per block: their partials are staged too
+        launch("quantize.cu", "mpicoll_block_scales_tiled", nblocks * THREADS, partial, np.int64(x.size),
+               np.int64(block), np.int32(kind), np.int32(lanes), np.int64(per_block), np.float32(qmax), scales)
+    else:
+        launch("quantize.cu", "mpicoll_block_scales", nblocks, partial, np.int64(x.size), np.int64(block),
+               np.int32(kind), np.int32(lanes), np.int64(per_block), np.float32(qmax), scales)
     return scales
 
 
