@@ -163,7 +163,8 @@ class OneBitAdam(torch.optim.Optimizer):
             if index is None:
                 step = part.reshape(m.shape)
             else:  # masked elements step 0 and keep a zero momentum
-                step = torch.zeros(m.numel(), dtype=m.dtype).index_copy_(0, index, part).reshape(m.shape)
+                step = torch.zeros(m.numel(), dtype=m.dtype, device=m.device)  # on the GPU too (found by review)
+                step = step.index_copy_(0, index, part).reshape(m.shape)
             torch.mul(step, denominator, out=m)
             p.add_(step, alpha=-group["lr"] / (1 - group["betas"][0] ** self.steps))
 
