@@ -76,27 +76,43 @@ def _cache_dir() -> Path:
 def _module(family: str, device: int) -> cupy.RawModule:
     """The module of one family on one device, compiled once per machine and kept on disk (keyed
     by source, options, architecture and NVRTC version; written atomically, so ranks starting
-    together may compile it twice but never read half a file)."""
+    together may compile it twice but never read half a file). A cached file that does not load
+    (truncated, from a broken disk) is compiled again; where the cache cannot be written, the
+    module is compiled into a private temporary folder of this process."""
     from cupy.cuda import nvrtc
 
     code = family_source(family)
     arch, output = arch_option(int(cupy.cuda.Device(device).compute_capability),
                                tuple(int(a) for a in nvrtc.getSupportedArchs()))
     key = hashlib.sha256("\0".join([code, *NVRTC_OPTIONS, arch, repr(nvrtc.getVersion())]).encode()).hexdigest()
-    for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"mpicoll-cuda-{os.getuid()}"):
-        path = folder / f"{family.removesuffix('.cu')}-{key[:20]}.{output}"
+    name = f"{family.removesuffix('.cu')}-{key[:20]}.{output}"
+    try:
+        folder = _cache_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / name
+        if not path.exists():
+            _write(path, compile_source(code, family, arch, output))
+    except OSError:  # no writable cache: a folder only this process can write (never a shared, guessable one)
+        path = Path(tempfile.mkdtemp(prefix="mpicoll-cuda-")) / name
+        _write(path, compile_source(code, family, arch, output))
+    with cupy.cuda.Device(device):
         try:
-            if not path.exists():
-                folder.mkdir(parents=True, exist_ok=True)
-                binary = compile_source(code, family, arch, output)
-                with tempfile.NamedTemporaryFile(dir=folder, delete=False) as tmp:
-                    tmp.write(binary)
-                os.replace(tmp.name, path)
-            with cupy.cuda.Device(device):
-                return cupy.RawModule(path=str(path))
-        except OSError:  # an unwritable cache: the next folder
-            continue
-    raise RuntimeError(f"mpicoll: no writable folder for the compiled CUDA module {family}")
+            return cupy.RawModule(path=str(path))
+        except Exception:  # an unreadable cached file: compile it again, once
+            _write(path, compile_source(code, family, arch, output))
+            return cupy.RawModule(path=str(path))
+
+
+def _write(path: Path, binary: bytes) -> None:
+    """``binary`` into ``path`` atomically (a temporary file beside it, then a rename)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(binary)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def get_kernel(family: str, name: str) -> cupy.RawKernel:

@@ -298,3 +298,30 @@ def test_numba_cuda_kernels_do_not_call_builtin_min_or_max():
                           if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
                           and node.func.id in ("min", "max")]
     assert not offenders, f"builtin min/max in CUDA kernels: {offenders}"
+
+
+def test_compiled_modules_are_written_atomically(tmp_path, monkeypatch):
+    """The disk cache of compiled modules: a complete file or none, and no temporary file left,
+    also when the write fails half-way."""
+    pytest.importorskip("cupy", reason="cupy is not installed")
+    from mpicoll.kernels.cupy_provider import common
+
+    target = tmp_path / "quantize-abc.cubin"
+    common._write(target, b"\x7fELF binary")
+    assert target.read_bytes() == b"\x7fELF binary" and [p.name for p in tmp_path.iterdir()] == [target.name]
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(common.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        common._write(tmp_path / "other.cubin", b"data")
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_the_tile_of_the_scale_kernels_has_one_value():
+    """``TILE`` in the provider and ``MPICOLL_TILE`` in quantize.cu: the provider checks the lanes
+    against the size the kernels stage."""
+    defined = re.search(r"#define\s+MPICOLL_TILE\s+(\d+)", (CUDA_DIR / "quantize.cu").read_text(encoding="utf-8"))
+    assert defined is not None
+    assert provider_constants(provider_tree())["TILE"] == int(defined.group(1))
