@@ -9,6 +9,7 @@ whether any step failed anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 import warnings
@@ -86,9 +87,10 @@ def compressed_allreduce(x: Any, compressor: Compressor, *, key: Hashable = None
 
     Args:
         x: this rank's contribution (NumPy or CuPy array, float16/32/64, any shape). A CuPy array
-            stays on the GPU on the dense algorithms (summable compressors); on the other paths it
-            is copied to host memory, compressed there, and the result copied back (a warning
-            says so once per path).
+            stays on the GPU on the flat dense algorithms (summable compressors on one host); on
+            the other paths (sparse, quantized, low-rank, and ``hierarchical``, which ``auto``
+            takes across hosts) it is copied to host memory, compressed there, and the result
+            copied back to its GPU (a warning says so once per path).
         compressor: from :func:`mpicoll.compression.get`, optionally wrapped in
             :class:`~mpicoll.compression.ErrorFeedback` (then nothing the compression drops is
             lost across steps; with ``two_phase`` the chunk owners keep their own residuals too).
@@ -153,7 +155,10 @@ def compressed_allreduce(x: Any, compressor: Compressor, *, key: Hashable = None
             compressor.restore(snapshot)
         raise
     result = result.astype(x.dtype, copy=False)
-    return xp_of(device_x).asarray(result) if device_x is not x else result
+    if device_x is x:
+        return result
+    with getattr(device_x, "device", contextlib.nullcontext()):  # back on the input's GPU, not the current one
+        return xp_of(device_x).asarray(result)
 
 
 def compressed_iallreduce(x: Any, compressor: Compressor, *, key: Hashable = None, comm: Any = None,
