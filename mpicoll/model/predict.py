@@ -56,6 +56,8 @@ def auto_path(kind: str, payload_bytes: float, p: int) -> str:
 def _flat(machine: Machine, codec: str, n: float, layout: Layout, path: str) -> Cost:
     rates = machine.codec(codec)
     if path == "powersgd":
+        if layout.hosts > 1 and layout.per_host > 1:  # the path sums P and Q hierarchically across hosts
+            return costs.powersgd(n, rates.rank or 4, layout, "hierarchical")
         return costs.powersgd(n, rates.rank or 4, layout, lambda nbytes: _dense_choice(machine, nbytes, layout))
     if path == "summable":
         return costs.summable(n, rates.ratio, layout, _dense_choice(machine, rates.ratio * n, layout), rates.widen)

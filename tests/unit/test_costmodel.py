@@ -99,6 +99,9 @@ def test_powersgd_picks_each_factors_algorithm_for_the_factors_size():
     picked = []
     costs.powersgd(n, 4, layout, lambda nbytes: picked.append(nbytes) or "ring")
     assert len(picked) == 2 and all(b < n / 100 for b in picked)
+    hosts = Layout(32, 8)  # several ranks on several hosts: the path sums P and Q hierarchically
+    assert compressed_seconds(m, "powersgd", n, hosts)[1] == pytest.approx(
+        m.seconds(costs.powersgd(n, 4, hosts, "hierarchical"), "powersgd"))
 
 
 def machine(gbps: float = 0.2) -> Machine:
