@@ -16,6 +16,7 @@ from .halves import as_f32
 #: blocks of at least this many elements take the shared-memory kernels of quantize.cu (their lanes
 #: are long enough that waiting on one load per add dominated: 3.4 ms for one scale over 64 MiB)
 TILED_FROM = 16384
+TILE = 2048  # MPICOLL_TILE of quantize.cu: terms staged per step
 
 
 def _block_scales(x: cupy.ndarray, block: int, scale_kind: str, qmax: float, out: Any = None) -> cupy.ndarray:
@@ -33,6 +34,8 @@ def _block_scales(x: cupy.ndarray, block: int, scale_kind: str, qmax: float, out
     per_block = -(-block // chunk)
     partial = cupy.empty(nblocks * per_block * lanes, dtype=cupy.float64)
     if min(block, chunk) >= TILED_FROM:  # long lanes: a thread block per chunk, staged in shared memory
+        if lanes > THREADS or TILE % lanes:  # what the tiled kernels assume (MPICOLL_TILE in quantize.cu)
+            raise RuntimeError(f"the tiled scale kernels need lanes <= {THREADS} dividing {TILE}, got {lanes}")
         chunks = nblocks * per_block
         launch("quantize.cu", "mpicoll_scale_partials_tiled", chunks * THREADS, x, np.int64(x.size),
                np.int64(block), np.int32(kind), np.int64(chunk), np.int32(lanes), np.int64(per_block),

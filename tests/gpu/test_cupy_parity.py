@@ -187,7 +187,8 @@ def test_quantize_dequantize(ops, rng, bits, kind, stochastic, n):
     for dtype in FLOATS:
         x = sample(rng, n, dtype)
         base = np.uint64(rng.integers(0, 1 << 64, dtype=np.uint64))
-        for block in blocks(n, (1, 61, 4096, 70001)):  # 70001: two chunks of reference.ordered_sum
+        # 70001: two chunks of reference.ordered_sum; 16384-65537: the tiled scale kernels' thresholds
+        for block in blocks(n, (1, 61, 4096, 16384, 65536, 65537, 70001)):
             for qmax in ((1 << (bits - 1)) - 1, 3):
                 args = (bits, block, kind, qmax, stochastic, base)
                 what = f"quantize {dtype.__name__} block={block} qmax={qmax}"
@@ -394,3 +395,20 @@ def test_subnormals_are_kept(ops, rng):
         args = (x, n // 3) if name == "topk" else (x,)
         check(ops[name](*(dev(a) if isinstance(a, np.ndarray) else a for a in args)), reference.OPS[name](*args),
               f"{name} of subnormals")
+
+
+def test_long_blocks_with_finite_data(ops, rng):
+    """The shared-memory scale kernels (blocks of >= 16384 elements) on data without NaN, where
+    every scale is a number: the max, l2 and mean orders of the contract, and sign's one scale."""
+    n = 200003
+    x = sample(rng, n, np.float32, specials=False)
+    for block in (16384, 65536, 65537, 131072, n):
+        for kind in ("max", "l2", "mean"):
+            args = (8, block, kind, 127, False, 11)
+            got, want = ops["quantize"](dev(x), *args), reference.quantize(x, *args)
+            check(got[1], want[1], f"scales, {kind} block={block}")
+            check(got[0], want[0], f"codes, {kind} block={block}")
+        packed, scales = ops["sign_pack"](dev(x), block)
+        want = reference.sign_pack(x, block)
+        check(packed, want[0], f"sign bits block={block}")
+        check(scales, want[1], f"sign scales block={block}")
