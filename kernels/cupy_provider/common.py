@@ -82,8 +82,12 @@ def _module(family: str, device: int) -> cupy.RawModule:
     from cupy.cuda import nvrtc
 
     code = family_source(family)
-    arch, output = arch_option(int(cupy.cuda.Device(device).compute_capability),
-                               tuple(int(a) for a in nvrtc.getSupportedArchs()))
+    capability = int(cupy.cuda.Device(device).compute_capability)
+    try:
+        supported = tuple(int(a) for a in nvrtc.getSupportedArchs())
+    except (AttributeError, nvrtc.NVRTCError):  # an NVRTC without the query: assume it knows the device
+        supported = (capability,)
+    arch, output = arch_option(capability, supported)
     key = hashlib.sha256("\0".join([code, *NVRTC_OPTIONS, arch, repr(nvrtc.getVersion())]).encode()).hexdigest()
     name = f"{family.removesuffix('.cu')}-{key[:20]}.{output}"
     try:
