@@ -1,6 +1,13 @@
 #!/bin/bash
 # The prepared GPU check on a bare lent machine (CUDA python with torch/cupy/numba-cuda, no MPI):
 # a venv over that python with the MPICH wheel, mpi4py and mpicoll's wheel, then the check.
+# Prepare here, in the repository root (ignored folder .whl/, carried to the device):
+#   echo /.whl/ >> .git/info/exclude; mkdir -p .whl; cp bench/results/gpu/lent_machine_run.sh .whl/run.sh
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux1_x86_64 \
+#     -d .whl mpich==5.0.2 mpi4py==4.1.2
+#   .venv/bin/pip wheel --no-deps --no-build-isolation -w .whl .      # mpicoll itself, from this tree
+# then run `bash .whl/run.sh` there, carrying .whl (results land in $OUT).
 R=$PWD
 exec > >(tee "$OUT/run.log") 2>&1
 date -u
@@ -26,6 +33,6 @@ timeout 20 mpiexec -n 2 python -c "from mpi4py import MPI; print('rank', MPI.COM
 timeout 80 python -m pytest -q -o addopts= -rfE -p no:cacheprovider "$R/tests/gpu" > "$OUT/pytest_gpu.log" 2>&1; rc=$?
 tail -20 "$OUT/pytest_gpu.log"
 echo "pytest rc=$rc"
-timeout 330 python -m mpicoll.bench.gpu_check --json "$OUT/gpu_check.json" --providers cupy
+timeout 330 python -m mpicoll.bench.gpu_check --json "$OUT/gpu_check.json"
 echo "gpu_check rc=$?"
 date -u
