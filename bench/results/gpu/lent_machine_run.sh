@@ -29,7 +29,7 @@ print(sys.version.split()[0], 'numpy', numpy.__version__, 'cupy', cupy.__version
       MPI.Get_library_version().splitlines()[0], 'mpicoll', mpicoll.__file__)"
 timeout 30 python -m mpicoll info 2>&1 | head -40
 timeout 20 mpiexec -n 2 python -c "from mpi4py import MPI; print('rank', MPI.COMM_WORLD.rank)"
-# (the builtin-min diagnostic ran in the previous call)
+# tests/gpu first (seconds), then the full check (about 100 s on an H200)
 timeout 80 python -m pytest -q -o addopts= -rfE -p no:cacheprovider "$R/tests/gpu" > "$OUT/pytest_gpu.log" 2>&1; rc=$?
 tail -20 "$OUT/pytest_gpu.log"
 echo "pytest rc=$rc"
