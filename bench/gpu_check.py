@@ -295,8 +295,7 @@ def codec_rates(nbytes: int, dry_run: bool, repeats: int) -> dict[str, Any]:
     from dataclasses import asdict
 
     from mpicoll.compression import get as get_compressor
-    from mpicoll.model.machine import CodecRates
-    from mpicoll.model.probe import CODECS, _payload_bytes
+    from mpicoll.model.probe import CODECS, codec_rates_of
 
     xp, timer = device_array_module("cupy", dry_run), Timer(dry_run)
     rng = np.random.default_rng(0)
@@ -313,10 +312,7 @@ def codec_rates(nbytes: int, dry_run: bool, repeats: int) -> dict[str, Any]:
             payload, ctx = compressor.compress(x, key=("gpu", name))
             t_c = timer.median_ms(lambda c=compressor, n=name: c.compress(x, key=("gpu", n)), repeats) * 1e-3
             t_d = timer.median_ms(lambda c=compressor, p=payload, k=ctx: c.decompress(p, k), repeats) * 1e-3
-            ratio = _payload_bytes(payload) / x.nbytes
-            widen = 2.0 if compressor.kind == "summable" and 0.4 < ratio < 0.6 else 1.0
-            rank = int(params.get("rank", 0)) if compressor.kind == "lowrank" else 0
-            codecs[name] = asdict(CodecRates(compressor.kind, ratio, x.nbytes / t_c, x.nbytes / t_d, widen, rank))
+            codecs[name] = asdict(codec_rates_of(compressor, params, payload, x.nbytes, t_c, t_d))
         except Exception as exc:  # reported with the rest
             codecs[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
         print(f"  codec {name}: {codecs[name]}", flush=True)

@@ -133,11 +133,20 @@ def _local_rates(codecs: dict[str, dict[str, Any]], repeats: int) -> tuple[float
             payload, ctx = compressor.compress(x, key=("probe", name))
             t_c = _median_seconds(lambda c=compressor, n=name: c.compress(x, key=("probe", n)), repeats, SETTLE)
             t_d = _median_seconds(lambda c=compressor, p=payload, k=ctx: c.decompress(p, k), repeats, SETTLE)
-        ratio = _payload_bytes(payload) / x.nbytes
-        widen = 2.0 if compressor.kind == "summable" and 0.4 < ratio < 0.6 else 1.0
-        rank = int(params.get("rank", 0)) if compressor.kind == "lowrank" else 0
-        rates[name] = CodecRates(compressor.kind, ratio, x.nbytes / t_c, x.nbytes / t_d, widen=widen, rank=rank)
+        rates[name] = codec_rates_of(compressor, params, payload, x.nbytes, t_c, t_d)
     return gamma, flops, rates
+
+
+def codec_rates_of(compressor: Any, params: dict[str, Any], payload: Any, nbytes: int, compress_seconds: float,
+                   decode_seconds: float) -> CodecRates:
+    """One codec's :class:`CodecRates` from a timed compress and decode of ``nbytes`` (here on the
+    host; ``gpu_check`` times the same on a GPU): the wire ratio read off ``payload``, 16-bit
+    summable payloads added as float32 (``widen``), PowerSGD's rank."""
+    ratio = _payload_bytes(payload) / nbytes
+    widen = 2.0 if compressor.kind == "summable" and 0.4 < ratio < 0.6 else 1.0
+    rank = int(params.get("rank", 0)) if compressor.kind == "lowrank" else 0
+    return CodecRates(compressor.kind, ratio, nbytes / compress_seconds, nbytes / decode_seconds, widen=widen,
+                      rank=rank)
 
 
 def _payload_bytes(payload: Any) -> int:
