@@ -119,6 +119,7 @@ def describe(machine: Any) -> str:
 
 def run_predict(args: argparse.Namespace) -> int:
     """``mpicoll-bench predict``."""
+    from mpicoll.errors import ArgumentError
     from mpicoll.model import Layout, Machine, break_even, compressed_seconds
     from mpicoll.model.machine import Link
     from mpicoll.model.predict import gbit
@@ -129,16 +130,24 @@ def run_predict(args: argparse.Namespace) -> int:
         if inside is None:
             raise SystemExit(f"{args.intra_model} has no link inside a host: probe it with 2 ranks on one host")
         machine.links["intra"] = inside
+    try:
+        rate_gbit = {r.strip(): gbit(r) for r in [*args.rate.split(","), *([args.intra_rate] * bool(args.intra_rate))]}
+    except ValueError as error:
+        raise SystemExit(f"predict: {error}") from None
     if args.intra_rate:
         inside = machine.links.get("intra") or machine.link("inter")
-        machine.links["intra"] = Link(inside.alpha, 8e-9 / gbit(args.intra_rate))
+        machine.links["intra"] = Link(inside.alpha, 8e-9 / rate_gbit[args.intra_rate.strip()])
     if args.codec_rates:
-        report = json.loads(Path(args.codec_rates).read_text())
-        measured = report.get("codec_rates", report)
-        failed = {k: v["error"] for k, v in measured.get("codecs", {}).items() if "error" in v}
+        try:
+            report = json.loads(Path(args.codec_rates).read_text())
+            measured = report.get("codec_rates", report)
+            failed = {k: v["error"] for k, v in measured.get("codecs", {}).items() if "error" in v}
+            machine = machine.with_codec_rates(measured, f"{report.get('device', '?')} ({args.codec_rates})")
+        except (OSError, ValueError, AttributeError, TypeError, ArgumentError) as error:
+            raise SystemExit(f"predict: --codec-rates {args.codec_rates}: {error} (give the JSON that "
+                             f"python -m mpicoll.bench.gpu_check --json writes)") from None
         if failed:
             print(f"# {args.codec_rates}: no rates for {failed}; those keep {args.model}'s")
-        machine = machine.with_codec_rates(measured, f"{report.get('device', '?')} ({args.codec_rates})")
     ranks = [int(r) for r in args.ranks.split(",")]
     if args.ranks_per_host > 1 and "intra" not in machine.links:
         raise SystemExit(f"{args.model} was probed with one rank per host, so it has no link inside a host; give "
@@ -156,7 +165,7 @@ def run_predict(args: argparse.Namespace) -> int:
     print(f"{'ranks':>6} {'rate':>8} {'size':>8} " + " ".join(f"{c:>22}" for c in codecs))
     sweep = [float(1 << e) for e in range(12, 34)]  # 4 KiB .. 8 GiB
     for rate in rates:
-        m = machine.with_rate(gbit(rate), alpha)
+        m = machine.with_rate(rate_gbit[rate], alpha)
         for p in ranks:
             per_host = min(args.ranks_per_host, p)
             layout = Layout(max(1, p // per_host), per_host)

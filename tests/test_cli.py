@@ -245,6 +245,13 @@ def test_probe_predict_and_model_check(tmp_path):
     def sign_at(document):
         return next(r["seconds"] for r in document["predictions"] if r["codec"] == "sign" and r["ranks"] == 64)
     assert sign_at(gpu) < sign_at(json.loads(out.read_text()))
+    not_rates = tmp_path / "not-rates.json"
+    not_rates.write_text('{"codec_rates": {"codecs": 5}}')
+    for bad, says in ((["--intra-rate", "fast"], "not a rate"), (["--codec-rates", str(not_rates)], "gpu_check --json"),
+                      (["--codec-rates", str(tmp_path / "missing.json")], "gpu_check --json")):
+        refused = subprocess.run([sys.executable, "-m", "mpicoll.bench", "predict", "--model", str(model), "--ranks",
+                                  "8", "--size", "97M", *bad], capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert refused.returncode != 0 and says in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
     check = tmp_path / "check.json"
     result = run_ranks(2, ["-m", "mpicoll.bench", "model-check", "--model", str(model), "--sizes", "64K",
                            "--repeats", "1", "--json", str(check)], tmp_path, timeout=300)

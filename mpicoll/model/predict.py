@@ -138,11 +138,15 @@ def break_even(machine: Machine, codec: str, layout: Layout, sizes: Sequence[flo
 
 def gbit(rate: str) -> float:
     """``"200mbit"``, ``"10gbit"``, ``"25"`` (Gbit/s) -> Gbit/s."""
-    text = rate.strip().lower()
-    for suffix, scale in (("gbit", 1.0), ("mbit", 1e-3), ("kbit", 1e-6)):
+    text, scale = rate.strip().lower(), 1.0
+    for suffix, unit in (("gbit", 1.0), ("mbit", 1e-3), ("kbit", 1e-6)):
         if text.endswith(suffix):
-            return float(text[: -len(suffix)]) * scale
-    value = float(text)
+            text, scale = text[: -len(suffix)], unit
+            break
+    try:
+        value = float(text) * scale
+    except ValueError:
+        value = math.nan
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"not a rate: {rate!r}")
+        raise ValueError(f"not a rate: {rate!r} (give a positive number with kbit, mbit or gbit, e.g. 200mbit)")
     return value

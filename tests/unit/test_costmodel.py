@@ -158,6 +158,9 @@ def test_machine_json_round_trip_and_native_curve():
 
 def test_rates():
     assert gbit("200mbit") == pytest.approx(0.2) and gbit("25gbit") == 25 and gbit("10") == 10
+    for bad in ("fastgbit", "0gbit", "-1mbit", "nan", "abc", ""):  # a clear error, never a traceback deep inside
+        with pytest.raises(ValueError, match="not a rate"):
+            gbit(bad)
 
 
 @pytest.mark.parametrize("name,params", [("fp16", {}), ("sign", {}), ("int8", {}), ("int4", {}), ("qsgd", {}),
