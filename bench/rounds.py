@@ -118,19 +118,19 @@ def count(comm: Any, call: Any) -> Counter[tuple[str, str]]:
     proxy: CountingComm = comm.mpi
     call(comm)  # warm-up: schedules and scratch buffers are made on first use
     proxy.calls.clear()
-    real = inband.gather_rows
+    real = inband.Route.run  # every agreement exchange, planned or not, runs a Route
 
     def agreement(*args: Any, **kwargs: Any) -> Any:  # one round, whatever its messages (counted as sends)
         proxy.calls[("agreement exchange", "validate.exchange")] += 1
         return real(*args, **kwargs)
 
     proxy.counting = True
-    inband.gather_rows = agreement
+    inband.Route.run = agreement
     try:
         call(comm)
     finally:
         proxy.counting = False
-        inband.gather_rows = real
+        inband.Route.run = real
     return Counter(proxy.calls)
 
 

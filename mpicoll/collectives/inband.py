@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from ..transport import Comm
-from ..transport.p2p import sendrecv_count
+from ..transport.p2p import is_patient, sendrecv_count
+from ..transport.watchdog import waited, waiting_on
 from .ops import ReduceOp
 from .pof2 import Pof2
 
@@ -134,6 +135,7 @@ class _Buffers:
         self.result = np.empty(INBAND_BYTES, dtype=np.uint8)
         self.schedule = schedule(comm)
         self.plans: dict[tuple[int, Any], tuple[Any, list[_Step]]] = {}
+        self.routes: dict[tuple[Any, Any, Any], Route] = {}
         self.types: dict[tuple[int, int, int, int], Any] = {}
 
     def plan(self, nbytes: int, dtype: Any) -> tuple[Any, list[_Step]]:
@@ -187,18 +189,16 @@ def table(comm: Comm, width: int) -> np.ndarray:
 
 
 def gather_rows(comm: Comm, table: np.ndarray, work: Any = None, op: ReduceOp | None = None, *,
-                sent: Any = None, into: Any = None) -> Any:
+                into: Any = None) -> Any:
     """Fill ``table`` (:func:`table`'s array, this rank's row already in place) on every rank.
 
     Args:
         comm: the communicator.
         table: the array :func:`table` returned; row ``comm.rank`` is this rank's signature.
-        work: optionally a 1-D contiguous host array of at most :data:`INBAND_BYTES`: this rank's
+        work: optionally a contiguous host array of at most :data:`INBAND_BYTES`: this rank's
             contribution to an all-reduce with ``op``, reduced along the way. It is only read.
         op: the reduction (with ``work``).
-        sent: optionally ``work``'s bytes followed by this rank's row, in one uint8 array: sent as
-            is where the rank's first message would be assembled from them (:mod:`.repeat`).
-        into: optionally a 1-D array like ``work`` for the result, written where the result is
+        into: optionally an array like ``work`` for the result, written where the result is
             computed in the last step (else the result is in a scratch array).
 
     Returns:
@@ -207,42 +207,103 @@ def gather_rows(comm: Comm, table: np.ndarray, work: Any = None, op: ReduceOp | 
         valid until the next call on ``comm``, or on one rank ``work`` itself), provided every rank
         carried data of the same size, which the caller learns by comparing the rows.
     """
-    if comm.size == 1:
-        return True if work is None else work
     b = _buffers(comm, table.shape[1])
     if table is not b.table:
         raise ValueError("gather_rows needs the array inband.table(comm, width) returned")
-    nbytes = 0 if work is None else work.nbytes
-    result, steps = b.plan(nbytes, None if work is None else work.dtype)
-    current = work  # what this rank sends: its own contribution, then its partial results
-    ok = True
-    for s in steps:
-        if s.dest is None:
-            message = b.recv[:0]
-        elif s.first and sent is not None:
-            message = sent
-        else:
-            message = b.message(current, s)
-        got = sendrecv_count(comm, message, s.dest, s.receive, s.source, comm.agreement_tag, STEP)
-        if s.source is None:
-            continue
-        if got == s.expect:
-            s.rows_got[...] = s.rows_tail
-            if nbytes and ok:
-                target = into if s.last and into is not None else result
-                if s.final:  # the finished result, from the rank this one folded into
-                    target[...] = s.theirs
-                elif s.peer_first:
-                    op.combine(s.theirs, current, out=target)
+    key = (None, None, None) if work is None else (work.shape, work.dtype, op.name)
+    route = b.routes.get(key)
+    if route is None:
+        if len(b.routes) > 64:
+            b.routes.clear()
+        route = b.routes[key] = Route(comm, table, key[0], key[1], op)
+    return route.run(work, into)
+
+
+class Route:
+    """The messages of :func:`gather_rows` for one shape, dtype and op (and optionally a ready first
+    message: :mod:`.repeat`'s plans), prepared once, with what each step needs bound in advance
+    (the receive spec, the views of the peer's data shaped like the caller's array, the status
+    object). A checked 4 KiB all-reduce is made of a few microseconds of messages; per-call
+    lookups cost about as much again (issue 20).
+
+    Args:
+        comm: the communicator.
+        table: the array :func:`table` returned.
+        shape: the shape of the arrays :meth:`run` gets (``None``, with ``dtype`` ``None``: rows only).
+        dtype: their dtype (the working dtype: nothing is widened here).
+        op: the reduction.
+        sent: optionally this rank's first message, ready in one array (``work``'s bytes, then
+            this rank's row: :mod:`.repeat` keeps one per plan); else it is sent from where the
+            data and the rows lie.
+    """
+
+    __slots__ = ("b", "comm", "op", "result", "sent", "steps", "tag")
+
+    def __init__(self, comm: Comm, table: np.ndarray, shape: tuple[int, ...] | None, dtype: Any,
+                 op: ReduceOp | None, sent: Any = None) -> None:
+        from mpi4py import MPI
+
+        b = _buffers(comm, table.shape[1])
+        if table is not b.table:
+            raise ValueError("Route needs the array inband.table(comm, width) returned")
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize if dtype is not None else 0
+        result, steps = b.plan(nbytes, dtype)
+        self.b, self.comm, self.op, self.sent, self.tag = b, comm, op, sent, comm.agreement_tag
+        self.result = result.reshape(shape) if result is not None else None
+        self.steps = [(s, [s.receive, MPI.BYTE], [sent, MPI.BYTE] if s.first and sent is not None else None,
+                       None if s.theirs is None else s.theirs.reshape(shape), MPI.Status())
+                      for s in steps]
+
+    def run(self, work: Any = None, into: Any = None, expected: bytes | None = None) -> Any:
+        """As :func:`gather_rows` (``comm``, ``table``, ``op`` and ``sent`` as prepared), for
+        ``work`` and ``into`` of the prepared shape and dtype; this rank's row already in place.
+        With ``expected`` (the table's bytes when every rank agrees), ``into`` is written only if
+        the table equals it once complete: then ``into`` may be the caller's ``x`` or ``out``,
+        which a refused call must leave unchanged, and the result is computed straight into it."""
+        c = self.comm
+        if c.size == 1:
+            return True if work is None else work
+        mpi, b, tag, patient = c.mpi, self.b, self.tag, is_patient()
+        current, ok = work, True
+        for s, receive, message, theirs, status in self.steps:
+            dest, source = s.dest, s.source
+            if message is None and dest is not None:
+                message = b.message(current, s)
+            if patient:  # the engine's thread: its waits poll
+                got = sendrecv_count(c, message, dest, s.receive, source, tag, STEP)
+                if source is None:
+                    continue
+            elif source is None:
+                waiting_on(dest, STEP)
+                mpi.Send(message, dest, tag)
+                waited()
+                continue
+            else:
+                waiting_on(source, STEP)
+                if dest is None:
+                    mpi.Recv(receive, source, tag, status)
                 else:
-                    op.combine(current, s.theirs, out=target)
-                current = target
-            continue
-        ok = False  # another count, or no data where this rank sent some: the rows (at the tail) will say
-        if got >= s.phead:
-            s.rows_got[...] = b.recv[got - s.phead: got].reshape(s.rows_got.shape)
-        else:  # cannot come from an mpicoll rank of this communicator: it disagrees with everything
-            s.rows_got[...] = 0xFF  # "failed" = -1
-    if not ok:
-        return False
-    return True if work is None else current
+                    mpi.Sendrecv(message, dest, tag, receive, source, tag, status)
+                waited()
+                got = status.Get_count(receive[1])
+            if got == s.expect:
+                s.rows_got[...] = s.rows_tail
+                if theirs is not None and ok:
+                    target = into if s.last and into is not None and (
+                        expected is None or b.table.tobytes() == expected) else self.result
+                    if s.final:
+                        target[...] = theirs
+                    elif s.peer_first:
+                        self.op.combine(theirs, current, out=target)
+                    else:
+                        self.op.combine(current, theirs, out=target)
+                    current = target
+                continue
+            ok = False
+            if got >= s.phead:
+                s.rows_got[...] = b.recv[got - s.phead: got].reshape(s.rows_got.shape)
+            else:
+                s.rows_got[...] = 0xFF
+        if not ok:
+            return False
+        return True if work is None else current

@@ -21,8 +21,12 @@ another plain array of the same shape and dtype:
   of an MPI struct datatype over the caller's array, which would have to be made again for
   every new array; a larger one runs the agreement's small round, then the algorithm ``auto``
   chose the first time (or the one named);
-- a new result is computed straight into the array returned; ``x`` and ``out`` are written only
-  once every row agreed, so a refused call changes nothing, as on the full path.
+- the result is computed straight into the array returned, ``x`` or ``out`` included: they are
+  written only once every row agreed (in band, at the last message, when the table is complete),
+  so a refused call changes nothing, as on the full path;
+- the messages of a call riding in band are sent by an :class:`.inband.Route` prepared with the
+  plan (the same messages as :func:`.inband.gather_rows`, with each step's MPI call and views
+  bound once).
 
 With validation off (``MPICOLL_VALIDATE=0``) a plan skips the local checks and runs the
 algorithm: the same saving, no agreement. Timelines (which record the full path's phases), the
@@ -57,7 +61,8 @@ class Plan:
     or its algorithm (run after the agreement's own small round, for calls too large to ride in
     band or unchecked)."""
 
-    __slots__ = ("algo", "comm", "data", "expected", "name", "op", "row", "sent", "signature", "stamp", "table")
+    __slots__ = ("algo", "comm", "data", "expected", "name", "op", "route", "row", "sent", "signature", "stamp",
+                 "table")
 
     def __init__(self, comm: Comm, x: np.ndarray, op: ReduceOp, signature: np.ndarray | None, name: str,
                  algo: Any, stamp: int) -> None:
@@ -65,7 +70,7 @@ class Plan:
             raise ValueError("a plan without an agreement needs an algorithm (only checked calls ride in band)")
         self.comm, self.op, self.signature, self.stamp = comm, op, signature, stamp
         self.name, self.algo = name, algo
-        self.sent = self.data = self.table = self.row = self.expected = None
+        self.sent = self.data = self.table = self.row = self.expected = self.route = None
         if signature is None:  # validation off: no agreement to run
             return
         self.table = inband.table(comm, WIDTH)
@@ -75,6 +80,9 @@ class Plan:
             self.sent = np.empty(x.nbytes + signature.nbytes, dtype=np.uint8)
             self.sent[x.nbytes:] = signature.view(np.uint8)
             self.data = self.sent[:x.nbytes].view(x.dtype).reshape(x.shape)
+            self.route = inband.Route(comm, self.table, x.shape, x.dtype, op, self.sent)
+        else:  # the agreement's rows only
+            self.route = inband.Route(comm, self.table, (), None, None)
 
     def run(self, x: np.ndarray, out: np.ndarray | None, kind: int) -> np.ndarray:
         """The all-reduce of ``x`` (the key's shape and dtype, C-contiguous) into a new array
@@ -82,8 +90,6 @@ class Plan:
         c = self.comm
         try:  # what may fail before the first message (a result too large to allocate, say)
             result = np.empty(x.shape, dtype=x.dtype) if kind == NEW else x if kind == IN_PLACE else out
-            send = x.reshape(-1)
-            flat = send if kind == IN_PLACE else result.reshape(-1)
             if self.data is not None:
                 self.data[...] = x
         except Exception as error:
@@ -93,18 +99,19 @@ class Plan:
         if self.algo is None:  # the data rides in the agreement's messages
             self.row[...] = self.signature
             # the caller's arrays are written only once every row agreed (a refused call changes nothing)
-            got = inband.gather_rows(c, self.table, send, self.op, sent=self.sent, into=flat if kind == NEW else None)
+            got = self.route.run(x, result, None if kind == NEW else self.expected)
             self._agreed(got)
-            if got is not flat:
-                flat[...] = got
+            if got is not result:
+                result[...] = got
             if self.op.average and c.size > 1:  # as the full path's in-band branch
                 np.divide(result, c.size, out=result)
             return result
         refine(self.name)  # for the watchdog's report, as the full path's resolve does
         if self.signature is not None:  # the agreement's round, then the algorithm (in place: x twice)
             self.row[...] = self.signature
-            self._agreed(inband.gather_rows(c, self.table))
-        self.algo(c, send, flat, self.op)
+            self._agreed(self.route.run())
+        send = x.reshape(-1)
+        self.algo(c, send, send if kind == IN_PLACE else result.reshape(-1), self.op)
         if self.op.average:  # as run_allreduce, on one rank too
             np.divide(result, c.size, out=result)
         return result
@@ -131,7 +138,10 @@ def _kind(x: Any, out: Any, op: Any, algorithm: Any) -> int | None:
         return None
     if out is x:
         return IN_PLACE
-    if not flags.c_contiguous or out.shape != x.shape or out.dtype != x.dtype or np.may_share_memory(out, x):
+    if not flags.c_contiguous or out.shape != x.shape or out.dtype != x.dtype:
+        return None
+    # two arrays that each own their memory cannot overlap (the common case; may_share_memory costs more)
+    if not (flags.owndata and x.flags.owndata) and np.may_share_memory(out, x):
         return None
     return OUT
 

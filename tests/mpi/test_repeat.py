@@ -168,18 +168,23 @@ def test_one_rank_skips_a_planned_call(comm):
 
 @multi
 @pytest.mark.parametrize("count", [12, 6000], ids=["in-band", "separate"])
-def test_refused_planned_calls_change_nothing(comm, count):
-    """Planned calls with out= and in place, against a rank with another count: x and out keep
+@pytest.mark.parametrize("differs", ["count", "op"])
+def test_refused_planned_calls_change_nothing(comm, count, differs):
+    """Planned calls with out= and in place, against a rank with another count (messages of another
+    length) or another op (messages of the expected length, rows that differ: the planned ranks
+    compute their result where they would write it only once the table agrees): x and out keep
     their bytes on every rank."""
     x = np.arange(count, dtype=np.float32)
     out = np.zeros_like(x)
     planned(comm, x)
     mpicoll.allreduce(x, out=out, comm=comm)  # plans are per key: every kind of out runs the same plan
-    mine = np.arange(count + 1, dtype=np.float32) if comm.rank == 1 else x
+    odd = comm.rank == 1
+    mine = np.arange(count + 1, dtype=np.float32) if odd and differs == "count" else x
+    op = "max" if odd and differs == "op" else "sum"
     before, out_before = mine.copy(), out.copy()
-    raises_everywhere(comm, MismatchError, lambda: mpicoll.allreduce(mine, out=mine, comm=comm), "count")
+    raises_everywhere(comm, MismatchError, lambda: mpicoll.allreduce(mine, op, out=mine, comm=comm), differs)
     raises_everywhere(comm, MismatchError, lambda: mpicoll.allreduce(
-        mine, out=out if mine is x else np.zeros_like(mine), comm=comm), "count")
+        mine, op, out=out if mine is x else np.zeros_like(mine), comm=comm), differs)
     assert_all(comm.mpi, mine.tobytes() == before.tobytes() and out.tobytes() == out_before.tobytes(),
                "a refused call wrote x or out")
 
