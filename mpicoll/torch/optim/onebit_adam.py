@@ -47,6 +47,7 @@ loss, against 0.16% with blocks of 256 (bench/RESULTS.md).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -60,6 +61,21 @@ from .exchange import compressed_average, dense_average, wrap_compressor
 from .steps import adam_moments, run_closure
 
 _KEY = "onebit-adam"
+
+
+class _Frozen:
+    """What one parameter's compressed steps reuse, derived from the frozen variance: the
+    denominator ``sqrt(v_hat) + eps``, the clip bound, the mask's flat indices (``None``: every
+    element), the number of elements on the wire, and a scratch tensor of the parameter's shape
+    (the clipped gradient, then the preconditioned momentum or the step of a masked parameter):
+    a step allocates nothing the size of the model, whose page faults cost more than the work."""
+
+    __slots__ = ("bound", "count", "denominator", "index", "key", "work")
+
+    def __init__(self, key: tuple[Any, ...], denominator: torch.Tensor, bound: torch.Tensor, index: Any) -> None:
+        self.key, self.denominator, self.bound, self.index = key, denominator, bound, index
+        self.count = denominator.numel() if index is None else index.numel()
+        self.work = torch.empty(denominator.shape, dtype=denominator.dtype, device=denominator.device)  # contiguous
 
 
 class OneBitAdam(torch.optim.Optimizer):
@@ -96,7 +112,8 @@ class OneBitAdam(torch.optim.Optimizer):
         self.traffic_bytes = 0.0
         #: per parameter, once frozen: (betas[1], eps), denominator, clip bound, mask's flat indices
         #: (``None``: every element); derived from the frozen variance, so computed once
-        self._frozen_cache: dict[torch.Tensor, tuple[Any, ...]] = {}
+        self._frozen_cache: dict[torch.Tensor, _Frozen] = {}
+        self._flat: torch.Tensor | None = None  # the packed momenta, kept between steps
 
     @property
     def frozen(self) -> bool:
@@ -138,50 +155,67 @@ class OneBitAdam(torch.optim.Optimizer):
             p.addcdiv_(state["exp_avg"], self._denominator(group, p, t), value=-group["lr"] / (1 - b1 ** t))
 
     def _compressed_step(self, entries: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]) -> None:
-        wire, scaled = [], []
-        for group, p, g in entries:
+        terms = []
+        for group, p, _ in entries:
             state = self.state[p]
             if "mask" not in state:  # the same on every rank: v comes from averaged gradients
                 state["mask"] = state["exp_avg_sq"] > 0
             elif state["mask"].dtype != torch.bool:  # torch's load_state_dict casts state to the parameter's dtype
                 state["mask"] = state["mask"] != 0
-            denominator, bound, index = self._frozen_terms(group, p)
-            state["exp_avg"].lerp_(g.clamp(-bound, bound), 1 - group["betas"][0])  # the clip: module docstring
+            terms.append(self._frozen_terms(group, p))
+        flat = self._flat_buffer(sum(t.count for t in terms), [p for _, p, _ in entries])
+        offset = 0
+        for (group, p, g), t in zip(entries, terms, strict=True):
+            m = self.state[p]["exp_avg"]
+            torch.neg(t.bound, out=t.work)  # the clip (module docstring), into the scratch: g.clamp(-bound, bound)
+            m.lerp_(torch.clamp(g, t.work, t.bound, out=t.work), 1 - group["betas"][0])
             # the momentum crosses the wire preconditioned by the frozen variance (see the module docstring)
-            u = (state["exp_avg"] / denominator).reshape(-1)
-            scaled.append(u if index is None else u.index_select(0, index))
-            wire.append((denominator, index))
-        averaged, sent = compressed_average(torch.cat(scaled).contiguous(), self.compressor, _KEY, self.comm,
-                                            self.algorithm)
+            if t.index is None:
+                torch.div(m, t.denominator, out=flat[offset: offset + t.count].view(m.shape))
+            else:
+                torch.div(m, t.denominator, out=t.work)
+                if flat.dtype == t.work.dtype:
+                    torch.index_select(t.work.reshape(-1), 0, t.index, out=flat[offset: offset + t.count])
+                else:  # parameters of several dtypes: packed in their promoted dtype, as torch.cat would
+                    flat[offset: offset + t.count] = t.work.reshape(-1).index_select(0, t.index)
+            offset += t.count
+        averaged, sent = compressed_average(flat, self.compressor, _KEY, self.comm, self.algorithm)
         self.traffic_bytes += sent
         offset = 0
-        for (group, p, _), (denominator, index) in zip(entries, wire, strict=True):
+        for (group, p, _), t in zip(entries, terms, strict=True):
             m = self.state[p]["exp_avg"]
-            count = m.numel() if index is None else index.numel()
-            part = averaged[offset: offset + count].to(m.dtype)
-            offset += count
-            if index is None:
+            part = averaged[offset: offset + t.count].to(m.dtype)
+            offset += t.count
+            if t.index is None:
                 step = part.reshape(m.shape)
             else:  # masked elements step 0 and keep a zero momentum
-                step = torch.zeros(m.numel(), dtype=m.dtype, device=m.device)  # on the GPU too (found by review)
-                step = step.index_copy_(0, index, part).reshape(m.shape)
-            torch.mul(step, denominator, out=m)
+                step = t.work.zero_().reshape(-1).index_copy_(0, t.index, part).reshape(m.shape)
+            torch.mul(step, t.denominator, out=m)
             p.add_(step, alpha=-group["lr"] / (1 - group["betas"][0] ** self.steps))
 
-    def _frozen_terms(self, group: dict[str, Any], p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Any]:
-        """``p``'s denominator, clip bound and mask indices (``None``: no element masked), computed
-        once per freeze: they depend only on the frozen variance, the mask, ``betas[1]``, ``eps``
-        and ``freeze_step`` (boolean-mask indexing of every element and two square roots per step
-        cost ~40 ms a step on a 1.1 M-parameter MLP, more than the 1-bit exchange)."""
+    def _flat_buffer(self, count: int, params: list[torch.Tensor]) -> torch.Tensor:
+        """The one flat vector the momenta are packed into (the parameters' promoted dtype, as
+        ``torch.cat`` gives), kept between steps: a fresh 4 MB array a step costs its page faults."""
+        dtype = functools.reduce(torch.promote_types, (p.dtype for p in params))
+        flat = self._flat
+        if flat is None or flat.numel() != count or flat.dtype != dtype or flat.device != params[0].device:
+            flat = self._flat = torch.empty(count, dtype=dtype, device=params[0].device)
+        return flat
+
+    def _frozen_terms(self, group: dict[str, Any], p: torch.Tensor) -> _Frozen:
+        """``p``'s frozen terms (:class:`_Frozen`), computed once per freeze: they depend only on the
+        frozen variance, the mask, ``betas[1]``, ``eps`` and ``freeze_step`` (boolean-mask indexing
+        of every element and two square roots per step cost ~40 ms a step on a 1.1 M-parameter
+        MLP, more than the 1-bit exchange)."""
         key = (group["betas"][1], group["eps"], self.freeze_step)
         found = self._frozen_cache.get(p)
-        if found is None or found[0] != key:
+        if found is None or found.key != key:
             denominator = self._denominator(group, p, self.freeze_step)
             bound = denominator * (1 - key[0]) ** -0.5
             mask = self.state[p]["mask"]
             index = None if bool(mask.all()) else mask.reshape(-1).nonzero().squeeze(1)
-            found = self._frozen_cache[p] = (key, denominator, bound, index)
-        return found[1], found[2], found[3]
+            found = self._frozen_cache[p] = _Frozen(key, denominator, bound, index)
+        return found
 
     def _denominator(self, group: dict[str, Any], p: torch.Tensor, t: int) -> torch.Tensor:
         """Adam's ``sqrt(v_hat) + eps`` for ``p`` with ``v`` bias-corrected at step ``t``."""
