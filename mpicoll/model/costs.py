@@ -235,19 +235,38 @@ def sparse_allgather(n: float, ratio: float, layout: Layout) -> Cost:
 
 
 def sparse_rd(n: float, ratio: float, layout: Layout) -> Cost:
-    """:mod:`mpicoll.aggregation.sparse` (``sparse_rd``): ``ceil(log2 p)`` pairwise merges; the
-    merged set at most doubles each stage (disjoint indices: the worst case, which random data
-    approaches at low density) until it passes the dense switch, then dense exchanges of ``n``."""
-    p = layout.p
-    cost = Cost()
-    size = ratio * n
-    for i in range(math.ceil(math.log2(p)) if p > 1 else 0):
+    """:mod:`mpicoll.aggregation.sparse` (``sparse_rd``): pairwise merges along recursive
+    doubling's ``log2 k`` stages (``k`` the largest power of two <= p). The merged set at most
+    doubles each stage (disjoint indices: the worst case, which random data approaches at low
+    density) up to the ``p w`` pairs of all ranks (``w = ratio n`` bytes each), and once it passes
+    the dense switch it goes as the dense array of ``n``. A non-power of two folds first: the
+    ``p - k`` extra ranks hand their ``w`` to a partner, which carries up to ``2 w`` into the
+    stages, and they get the finished vector back at the end (up to ``p w``, or ``n``): two more
+    rounds, the second the largest message of all. A result still sparse at the end is made dense
+    (``n`` written). Pairs go as the codec's own (an int32 index per value): ``w`` is its payload."""
+    p, k = layout.p, _pof2(layout.p)
+    w, cost = ratio * n, Cost()
+
+    def wire(size: float) -> float:  # pairs, or the dense array once past the switch
+        return min(size, n) if size <= DENSE_SWITCH * 2 * n else n
+
+    size = w
+    if p > k:  # the fold
+        cost = cost + _msg(_link(layout), 1, w)
+        cost.reduce_bytes += w
+        size = 2 * w
+    for i in range(int(math.log2(k))):
         link, share = _stage_link(1 << i, layout)
-        nbytes = min(size, n) if size <= DENSE_SWITCH * 2 * n else n
+        nbytes = wire(min(size, p * w))
         cost = cost + _msg(link, 1, nbytes * share)
         cost.reduce_bytes += nbytes
         size *= 2
+    final = wire(min(size, p * w)) if p > 1 else w
+    if p > k:  # the finished vector back to the extra ranks
+        cost = cost + _msg(_link(layout), 1, final)
     cost.compress_bytes += n
+    if final < n:
+        cost.reduce_bytes += n
     return cost
 
 

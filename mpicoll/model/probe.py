@@ -43,14 +43,25 @@ CODECS = {"fp16": {}, "bf16": {}, "int8": {}, "sign": {}, "qsgd": {}, "topk": {"
           "randomk": {"ratio": 0.01}, "powersgd": {"rank": 4}}
 CODEC_BYTES = 4 << 20
 SETTLE = 0.15  # seconds of untimed calls before a codec is timed (see _median_seconds)
+#: seconds of calls per sample of a local rate (codecs, gamma, products). Where ranks share a core
+#: (more ranks than cores), each gets its share of it over any stretch longer than the scheduler's
+#: slice (a few ms), but one call of a few ms often runs inside a single slice at the whole core's
+#: speed: timed call by call, 6 ranks on 2 cores read sign's compress at 2.8 GB/s, as a rank with a
+#: core of its own does, and the compute-bound compressed paths ran 25-57% slower than predicted
+#: there (bench/RESULTS.md, issue 17). A collective's compute runs on every rank at once, at
+#: the share: what a window of calls measures. With a core per rank the two agree.
+WINDOW = 0.03
 
 
-def _median_seconds(fn: Callable[[], Any], repeats: int, settle: float = 0.0) -> float:
-    """The median of ``repeats`` timed calls of ``fn``, after one untimed call (connections,
-    compilation, first touch) and then more untimed calls for up to ``settle`` seconds (at most
-    20): a codec's first calls on fresh 4 MiB arrays run up to 2x slower than its steady state
-    (top-k: 11 ms falling to 4.7 over 15 calls, as the allocator stops mapping fresh pages), and
-    the steady state is what a training loop gets."""
+def _median_seconds(fn: Callable[[], Any], repeats: int, settle: float = 0.0, window: float = 0.0) -> float:
+    """The median of ``repeats`` samples of the seconds one call of ``fn`` takes, after one untimed
+    call (connections, compilation, first touch) and then more untimed calls for up to ``settle``
+    seconds (at most 20): a codec's first calls on fresh 4 MiB arrays run up to 2x slower than its
+    steady state (top-k: 11 ms falling to 4.7 over 15 calls, as the allocator stops mapping fresh
+    pages), and the steady state is what a training loop gets.
+
+    Each sample is one call, or with ``window`` the mean over as many calls as take at least
+    ``window`` seconds: see :data:`WINDOW`."""
     fn()
     start = time.perf_counter()
     for _ in range(20):
@@ -59,9 +70,14 @@ def _median_seconds(fn: Callable[[], Any], repeats: int, settle: float = 0.0) ->
         fn()
     samples = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
+        calls, t0 = 0, time.perf_counter()
+        while True:
+            fn()
+            calls += 1
+            elapsed = time.perf_counter() - t0
+            if elapsed >= window:
+                break
+        samples.append(elapsed / calls)
     return statistics.median(samples)
 
 
@@ -118,11 +134,11 @@ def _local_rates(codecs: dict[str, dict[str, Any]], repeats: int) -> tuple[float
     rng = np.random.default_rng(0)
     x = rng.standard_normal(CODEC_BYTES // 4).astype(np.float32)
     y = x.copy()
-    gamma = _median_seconds(lambda: np.add(y, x, out=y), repeats) / x.nbytes
+    gamma = _median_seconds(lambda: np.add(y, x, out=y), repeats, window=WINDOW) / x.nbytes
     a = rng.standard_normal((1024, 1024)).astype(np.float32)
     q = rng.standard_normal((1024, 4)).astype(np.float32)
     with blas_share():  # as PowerSGD's products run (kernels.threads): this rank's share of the cores
-        flops = 2 * 1024 * 1024 * 4 / _median_seconds(lambda: a.T @ (a @ q), repeats) * 2
+        flops = 2 * 1024 * 1024 * 4 / _median_seconds(lambda: a.T @ (a @ q), repeats, window=WINDOW) * 2
     rates: dict[str, CodecRates] = {}
     for name, params in codecs.items():
         compressor = get_compressor(name, **params)
@@ -131,8 +147,10 @@ def _local_rates(codecs: dict[str, dict[str, Any]], repeats: int) -> tuple[float
         # price its compute per byte like any codec's
         with blas_share() if compressor.kind == "lowrank" else contextlib.nullcontext():
             payload, ctx = compressor.compress(x, key=("probe", name))
-            t_c = _median_seconds(lambda c=compressor, n=name: c.compress(x, key=("probe", n)), repeats, SETTLE)
-            t_d = _median_seconds(lambda c=compressor, p=payload, k=ctx: c.decompress(p, k), repeats, SETTLE)
+            t_c = _median_seconds(lambda c=compressor, n=name: c.compress(x, key=("probe", n)), repeats, SETTLE,
+                                  WINDOW)
+            t_d = _median_seconds(lambda c=compressor, p=payload, k=ctx: c.decompress(p, k), repeats, SETTLE,
+                                  WINDOW)
         rates[name] = codec_rates_of(compressor, params, payload, x.nbytes, t_c, t_d)
     return gamma, flops, rates
 

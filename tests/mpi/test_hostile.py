@@ -114,14 +114,14 @@ def test_sparse_rd_validates_what_peers_send(comm, lie, monkeypatch):
     if comm.rank == 1:
         real = sparse_path._pack
 
-        def pack(state):
-            raw, nnz = real(state)
+        def pack(state, numel):
+            raw, nnz = real(state, numel)
             if not isinstance(state, tuple) or not nnz:
                 return raw, nnz
-            idx = state[0].astype(np.int64)
+            idx = state[0].copy()
             if lie in ("negative index", "index past the end", "unsorted"):
                 idx[0] = {"negative index": -3, "index past the end": x.size + 5, "unsorted": idx[-1]}[lie]
-                return np.concatenate([idx.view(np.uint8), state[1].view(np.uint8)]), nnz
+                return real((idx, state[1]), numel)[0], nnz
             return raw, {"more pairs than sent": nnz + 3, "fewer pairs than sent": nnz - 1, "dense claimed": -1,
                          "huge count": 1 << 62}[lie]
 

@@ -76,6 +76,19 @@ def test_compressed_paths():
     assert sparse.rounds == {"inter": 3} and sparse.bytes["inter"] == pytest.approx(0.14 * MB)
 
 
+def test_sparse_rd_folds_a_non_power_of_two():
+    """6 ranks: the fold (w), stages of 2w and 4w (the folded partner carries two ranks' pairs),
+    and the finished 6w back; the result made dense (n) on top of the merges."""
+    sparse = costs.sparse_rd(MB, 0.02, Layout(6, 1))
+    assert sparse.rounds == {"inter": 4} and sparse.bytes["inter"] == pytest.approx(13 * 0.02 * MB)
+    assert sparse.reduce_bytes == pytest.approx((0.02 + 0.04 + 0.08) * MB + MB)
+    # 10%: 6w = 0.6 n passes the dense switch (a quarter of the elements, half the bytes), so the
+    # vector sent back is the dense array
+    dense_back = costs.sparse_rd(MB, 0.1, Layout(6, 1))
+    assert dense_back.bytes["inter"] == pytest.approx((0.1 + 0.2 + 0.4 + 1.0) * MB)
+    assert dense_back.reduce_bytes == pytest.approx(0.7 * MB)
+
+
 def test_tree_counts_its_busiest_link():
     c = costs.tree(MB, Layout(4, 1))  # the root has two children: 2n in, 2n out, overlapping but for n
     assert c.rounds == {"inter": 4} and c.bytes == {"inter": 3 * MB} and c.reduce_bytes == 2 * MB
