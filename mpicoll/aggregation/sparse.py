@@ -8,7 +8,8 @@
   round merges the partner's (index, value) pairs into one's own, lower group first. Once a
   merged vector passes ``DENSE_SWITCH`` of the dense size (:mod:`mpicoll.model.rules`, which the
   cost model reads too), it continues as a dense vector, since pairs would then cost more than the
-  dense array. ``ceil(log2 p)`` rounds: good for many ranks.
+  dense array. ``log2 k`` rounds (``k`` the largest power of two <= p), two more on the extra
+  ranks of a non-power of two (their vector in, the finished one back): good for many ranks.
 
 Both give every rank the same bits: the additions happen in an order that does not depend on
 the rank that performs them.
@@ -85,17 +86,19 @@ def _to_dense(state: tuple[Any, Any] | Any, numel: int, dtype: np.dtype) -> Any:
 
 def _index_dtype(numel: int) -> np.dtype:
     """The indices' type in a ``sparse_rd`` message: int32 while the tensor's element count allows
-    it, int64 beyond. Every rank knows ``numel`` (agreed), so both ends read the same width. With
-    int64 everywhere a float32 pair cost 12 bytes on the wire, 1.5x the 8 of the codec's own
-    payload, which the cost model counts: at 16 MiB on 2 hosts sparse_rd measured 18-34% slower
-    than predicted, and 58-62% on 4-6 hosts, where the same pairs cross again (issue 17)."""
+    it, int64 beyond (the codecs' own payloads stay 4-byte up to 2**32 elements: between the two a
+    pair costs 4 bytes more here than the model counts). Every rank knows ``numel`` (agreed), so
+    both ends read the same width. With int64 everywhere a float32 pair cost 12 bytes on the wire,
+    1.5x the 8 of the codec's own payload, which the cost model counts: at 16 MiB on 2 hosts
+    sparse_rd measured 18-34% slower than predicted, and 58-62% on 4-6 hosts (issue 17)."""
     return np.dtype(np.int32) if numel <= np.iinfo(np.int32).max else np.dtype(np.int64)
 
 
 def _pack(state: tuple[Any, Any] | Any, numel: int) -> tuple[Any, int]:
     """One message: a dense array, or the values followed by their indices (:func:`_index_dtype`;
-    values first, so each part lies aligned to its item size after the 8-byte count), as bytes;
-    and its element count (``-1``: dense)."""
+    values first, so the values lie aligned after the 8-byte count, and int32 indices too; int64
+    ones may not be, which NumPy reads correctly, only slower), as bytes; and its element count
+    (``-1``: dense)."""
     if not isinstance(state, tuple):
         return state.view(np.uint8), -1
     idx, values = state

@@ -188,35 +188,32 @@ def table(comm: Comm, width: int) -> np.ndarray:
     return _buffers(comm, width).table
 
 
-def gather_rows(comm: Comm, table: np.ndarray, work: Any = None, op: ReduceOp | None = None, *,
-                into: Any = None) -> Any:
+def gather_rows(comm: Comm, table: np.ndarray, work: Any = None, op: ReduceOp | None = None) -> Any:
     """Fill ``table`` (:func:`table`'s array, this rank's row already in place) on every rank.
 
     Args:
         comm: the communicator.
         table: the array :func:`table` returned; row ``comm.rank`` is this rank's signature.
-        work: optionally a contiguous host array of at most :data:`INBAND_BYTES`: this rank's
+        work: optionally a 1-D contiguous host array of at most :data:`INBAND_BYTES`: this rank's
             contribution to an all-reduce with ``op``, reduced along the way. It is only read.
         op: the reduction (with ``work``).
-        into: optionally an array like ``work`` for the result, written where the result is
-            computed in the last step (else the result is in a scratch array).
 
     Returns:
         ``False`` when a message had a length this rank did not expect; else ``True`` without
-        ``work``, or the array holding the reduction over all ranks (``into``, or a scratch array
-        valid until the next call on ``comm``, or on one rank ``work`` itself), provided every rank
+        ``work``, or the array holding the reduction over all ranks (a scratch array valid until
+        the next call on ``comm``, or on one rank ``work`` itself), provided every rank
         carried data of the same size, which the caller learns by comparing the rows.
     """
     b = _buffers(comm, table.shape[1])
     if table is not b.table:
         raise ValueError("gather_rows needs the array inband.table(comm, width) returned")
-    key = (None, None, None) if work is None else (work.shape, work.dtype, op.name)
+    key = (None, None, None) if work is None else (work.shape, work.dtype, op)
     route = b.routes.get(key)
     if route is None:
         if len(b.routes) > 64:
             b.routes.clear()
         route = b.routes[key] = Route(comm, table, key[0], key[1], op)
-    return route.run(work, into)
+    return route.run(work)
 
 
 class Route:
@@ -256,7 +253,9 @@ class Route:
 
     def run(self, work: Any = None, into: Any = None, expected: bytes | None = None) -> Any:
         """As :func:`gather_rows` (``comm``, ``table``, ``op`` and ``sent`` as prepared), for
-        ``work`` and ``into`` of the prepared shape and dtype; this rank's row already in place.
+        ``work`` (C-contiguous) and ``into`` of the prepared shape and dtype, the result computed
+        into ``into`` at this rank's last message when that message is a receive (else it is in
+        a scratch array, which the caller copies); this rank's row already in place.
         With ``expected`` (the table's bytes when every rank agrees), ``into`` is written only if
         the table equals it once complete: then ``into`` may be the caller's ``x`` or ``out``,
         which a refused call must leave unchanged, and the result is computed straight into it."""

@@ -21,9 +21,10 @@ another plain array of the same shape and dtype:
   of an MPI struct datatype over the caller's array, which would have to be made again for
   every new array; a larger one runs the agreement's small round, then the algorithm ``auto``
   chose the first time (or the one named);
-- the result is computed straight into the array returned, ``x`` or ``out`` included: they are
-  written only once every row agreed (in band, at the last message, when the table is complete),
-  so a refused call changes nothing, as on the full path;
+- the result is computed straight into the array returned, ``x`` or ``out`` included, where this
+  rank's last message is a receive (in band, when the table is complete; the extra ranks a
+  non-power of two folds in end on a send, and copy from scratch): they are written only once
+  every row agreed, so a refused call changes nothing, as on the full path;
 - the messages of a call riding in band are sent by an :class:`.inband.Route` prepared with the
   plan (the same messages as :func:`.inband.gather_rows`, with each step's MPI call and views
   bound once).

@@ -29,6 +29,7 @@ against measured times on the network bed in bench/RESULTS.md (issue 17).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -107,17 +108,43 @@ def _fold(n: float, layout: Layout) -> Cost:
     p, k = layout.p, _pof2(layout.p)
     if p == k:
         return Cost()
-    cost = _msg(_link(layout), 2, 2 * n)
+    link, share = _fold_link(layout)
+    cost = _msg(link, 2, 2 * n * share)
     cost.reduce_bytes = n
     return cost
 
 
+@functools.lru_cache(maxsize=4096)
+def _pairs_link(pairs: tuple[tuple[int, int], ...], per_host: int) -> tuple[str, int]:
+    """The link class of a round whose messages go between these rank pairs (both ways; block
+    placement: rank ``r`` on host ``r // per_host``), and how many ranks of one host send across its
+    network link in it at once."""
+    out: dict[int, int] = {}
+    for a, b in pairs:
+        if a // per_host != b // per_host:
+            out[a // per_host] = out.get(a // per_host, 0) + 1
+            out[b // per_host] = out.get(b // per_host, 0) + 1
+    return ("inter", max(out.values())) if out else ("intra", 1)
+
+
+def _fold_link(layout: Layout) -> tuple[str, int]:
+    """The fold's link: each extra rank ``2 i`` (``i < p - k``) pairs with ``2 i + 1``."""
+    return _pairs_link(tuple((2 * i, 2 * i + 1) for i in range(layout.p - _pof2(layout.p))), layout.per_host)
+
+
 def _stage_link(distance: int, layout: Layout) -> tuple[str, int]:
-    """The link class of a pairwise stage whose partners are ``distance`` ranks apart, and how many
-    ranks of a host then share its network link."""
-    if layout.hosts == 1 or distance < layout.per_host:
-        return "intra", 1
-    return "inter", min(layout.per_host, distance)
+    """The link class of a pairwise stage of recursive doubling or halving whose partners are
+    ``distance`` apart among the ``k`` ranks left after the fold (:mod:`mpicoll.collectives.pof2`:
+    group rank ``j`` is real rank ``2 j + 1`` below ``p - k``, ``j + p - k`` above), and how many
+    ranks of one host then share its network link. With a power of two and whole hosts this is
+    ``inter`` with ``min(per_host, distance)`` from ``distance >= per_host`` on."""
+    p, k = layout.p, _pof2(layout.p)
+    rem = p - k
+
+    def real(j: int) -> int:
+        return 2 * j + 1 if j < rem else j + rem
+
+    return _pairs_link(tuple((real(j), real(j ^ distance)) for j in range(k) if j < j ^ distance), layout.per_host)
 
 
 def recursive_doubling(n: float, layout: Layout) -> Cost:
@@ -242,8 +269,9 @@ def sparse_rd(n: float, ratio: float, layout: Layout) -> Cost:
     the dense switch it goes as the dense array of ``n``. A non-power of two folds first: the
     ``p - k`` extra ranks hand their ``w`` to a partner, which carries up to ``2 w`` into the
     stages, and they get the finished vector back at the end (up to ``p w``, or ``n``): two more
-    rounds, the second the largest message of all. A result still sparse at the end is made dense
-    (``n`` written). Pairs go as the codec's own (an int32 index per value): ``w`` is its payload."""
+    rounds, the second the largest message of all. The vector is made dense once (``n`` written),
+    at the end or where it passes the switch. Pairs go as the codec's own (a 4-byte index per
+    value): ``w`` is its payload."""
     p, k = layout.p, _pof2(layout.p)
     w, cost = ratio * n, Cost()
 
@@ -252,7 +280,8 @@ def sparse_rd(n: float, ratio: float, layout: Layout) -> Cost:
 
     size = w
     if p > k:  # the fold
-        cost = cost + _msg(_link(layout), 1, w)
+        link, share = _fold_link(layout)
+        cost = cost + _msg(link, 1, w * share)
         cost.reduce_bytes += w
         size = 2 * w
     for i in range(int(math.log2(k))):
@@ -263,10 +292,10 @@ def sparse_rd(n: float, ratio: float, layout: Layout) -> Cost:
         size *= 2
     final = wire(min(size, p * w)) if p > 1 else w
     if p > k:  # the finished vector back to the extra ranks
-        cost = cost + _msg(_link(layout), 1, final)
+        link, share = _fold_link(layout)
+        cost = cost + _msg(link, 1, final * share)
     cost.compress_bytes += n
-    if final < n:
-        cost.reduce_bytes += n
+    cost.reduce_bytes += n  # made dense once: at the end, or at the merge that passes the switch
     return cost
 
 

@@ -86,7 +86,23 @@ def test_sparse_rd_folds_a_non_power_of_two():
     # vector sent back is the dense array
     dense_back = costs.sparse_rd(MB, 0.1, Layout(6, 1))
     assert dense_back.bytes["inter"] == pytest.approx((0.1 + 0.2 + 0.4 + 1.0) * MB)
-    assert dense_back.reduce_bytes == pytest.approx(0.7 * MB)
+    assert dense_back.reduce_bytes == pytest.approx(1.7 * MB)
+
+
+def test_pairwise_stages_price_the_links_their_ranks_really_use():
+    """6 ranks on 3 hosts of 2: the fold pairs 0-1 and 2-3 share a host; after it, group ranks
+    0, 1, 2, 3 are real ranks 1, 3, 4, 5, so stage 1 (1-3, 4-5) crosses a network link from host
+    0 and host 1 and stage 2 (1-4, 3-5) from every host."""
+    layout = Layout(3, 2)
+    assert costs._fold_link(layout) == ("intra", 1)
+    assert costs._stage_link(1, layout) == ("inter", 1)
+    assert costs._stage_link(2, layout) == ("inter", 2)
+    sparse = costs.sparse_rd(MB, 0.02, layout)
+    assert sparse.rounds == {"intra": 2, "inter": 2}
+    assert sparse.bytes["intra"] == pytest.approx((0.02 + 0.12) * MB)
+    assert sparse.bytes["inter"] == pytest.approx((0.04 + 2 * 0.08) * MB)
+    # a power of two on whole hosts: as before, intra below per_host, then per_host ranks at once
+    assert [costs._stage_link(d, Layout(4, 2)) for d in (1, 2, 4)] == [("intra", 1), ("inter", 2), ("inter", 2)]
 
 
 def test_tree_counts_its_busiest_link():

@@ -67,8 +67,10 @@ class _Frozen:
     """What one parameter's compressed steps reuse, derived from the frozen variance: the
     denominator ``sqrt(v_hat) + eps``, the clip bound, the mask's flat indices (``None``: every
     element), the number of elements on the wire, and a scratch tensor of the parameter's shape
-    (the clipped gradient, then the preconditioned momentum or the step of a masked parameter):
-    a step allocates nothing the size of the model, whose page faults cost more than the work."""
+    (the clipped gradient, then the preconditioned momentum or the step of a masked parameter),
+    so a step allocates none of these model-sized temporaries (the all-reduce's result still is
+    one). It holds one parameter-sized scratch per parameter, and :attr:`OneBitAdam._flat` the
+    packed momenta, for the optimizer's life."""
 
     __slots__ = ("bound", "count", "denominator", "index", "key", "work")
 
@@ -110,8 +112,7 @@ class OneBitAdam(torch.optim.Optimizer):
         self.comm, self.algorithm, self.freeze_step = as_comm(comm), algorithm, freeze_step
         self.steps = 0
         self.traffic_bytes = 0.0
-        #: per parameter, once frozen: (betas[1], eps), denominator, clip bound, mask's flat indices
-        #: (``None``: every element); derived from the frozen variance, so computed once
+        #: per parameter, once frozen: its :class:`_Frozen` terms, derived from the frozen variance
         self._frozen_cache: dict[torch.Tensor, _Frozen] = {}
         self._flat: torch.Tensor | None = None  # the packed momenta, kept between steps
 
