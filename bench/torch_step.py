@@ -51,15 +51,18 @@ def add_parser(sub: Any) -> None:
 
 def _compressor(name: str) -> Any:
     from mpicoll import compression
+    from mpicoll.aggregation import AutoCodec
 
-    return {"none": lambda: None, "auto": lambda: "auto", "fp16": lambda: compression.get("fp16"),
+    # AutoCodec() is what compressor="auto" makes; built here so the run can report its decisions
+    return {"none": lambda: None, "auto": lambda: AutoCodec(), "fp16": lambda: compression.get("fp16"),
             "topk": lambda: compression.ErrorFeedback(compression.get("topk", ratio=0.01)),
             "sign": lambda: compression.ErrorFeedback(compression.get("sign")),
             "powersgd": lambda: compression.ErrorFeedback(compression.get("powersgd", rank=4))}[name]()
 
 
-def _variants(args: argparse.Namespace, torch: Any, mt: Any) -> dict[str, Callable[[Any, Any], None]]:
-    """name -> one training step ``step(x, y)``."""
+def _variants(args: argparse.Namespace, torch: Any, mt: Any,
+              autos: dict[str, Any] | None = None) -> dict[str, Callable[[Any, Any], None]]:
+    """name -> one training step ``step(x, y)``; ``autos`` gets each ``auto`` variant's AutoCodec."""
     def mlp() -> Any:
         torch.manual_seed(0)
         layers: list[Any] = [torch.nn.Linear(64, args.hidden), torch.nn.ReLU()]
@@ -83,12 +86,16 @@ def _variants(args: argparse.Namespace, torch: Any, mt: Any) -> dict[str, Callab
     for name in [c.strip() for c in args.compressor.split(",") if c.strip()]:
         suffix = "" if name == "none" else f" {name}"
         hooked = torch.nn.parallel.DistributedDataParallel(mlp(), **ddp)
-        hooked.register_comm_hook(mt.HookState(_compressor(name)), mt.allreduce_hook)
+        codecs = {f"ddp-mpicoll{suffix}": _compressor(name), f"optimizer{suffix}": _compressor(name)}
+        hooked.register_comm_hook(mt.HookState(codecs[f"ddp-mpicoll{suffix}"]), mt.allreduce_hook)
         variants[f"ddp-mpicoll{suffix}"] = stepper(hooked, torch.optim.SGD(hooked.parameters(), lr=0.01))
         plain = mlp()
         wrapped = mt.DistributedOptimizer(torch.optim.SGD(plain.parameters(), lr=0.01), plain.named_parameters(),
-                                          compressor=_compressor(name), bucket_bytes=int(args.bucket_mb * 2**20))
+                                          compressor=codecs[f"optimizer{suffix}"],
+                                          bucket_bytes=int(args.bucket_mb * 2**20))
         variants[f"optimizer{suffix}"] = stepper(plain, wrapped)
+        if name == "auto" and autos is not None:
+            autos.update(codecs)
     keep = [p.strip() for p in args.only.split(",") if p.strip()]
     return {k: v for k, v in variants.items() if not keep or k == "ddp-gloo" or any(k.startswith(p) for p in keep)}
 
@@ -101,7 +108,8 @@ def run_torch_step(args: argparse.Namespace, comm: Comm) -> int:
 
     torch.set_num_threads(1)
     mt.init_process_group("gloo")  # the baseline's default group; the mpicoll backend gets its own group
-    variants = _variants(args, torch, mt)
+    autos: dict[str, Any] = {}
+    variants = _variants(args, torch, mt, autos)
     params = sum(p.numel() for p in torch.nn.Linear(64, args.hidden).parameters()) + \
         (args.layers - 1) * (args.hidden * args.hidden + args.hidden) + args.hidden * 10 + 10
     g = torch.Generator().manual_seed(comm.rank)
@@ -124,9 +132,15 @@ def run_torch_step(args: argparse.Namespace, comm: Comm) -> int:
     baseline = statistics.median(times["ddp-gloo"])
     rows = [{"variant": name, "ms_per_step": 1e3 * statistics.median(t), "vs_ddp_gloo": statistics.median(t) / baseline}
             for name, t in times.items()]
+    for r in rows:  # what auto chose per bucket, and the predictions it chose by (ms)
+        codec = autos.get(r["variant"])
+        if codec is not None:
+            r["auto_chose"] = {str(k): v for k, v in codec.decisions.items()}
+            r["auto_predicted_ms"] = {str(k): {c: 1e3 * t for c, t in p.items()} for k, p in codec.predictions.items()}
     say(comm, f"{'variant':>24} {'ms/step':>10} {'vs ddp-gloo':>12}")
     for r in rows:
-        say(comm, f"{r['variant']:>24} {r['ms_per_step']:10.2f} {r['vs_ddp_gloo']:12.2f}")
+        chose = f"  chose {sorted(set(r['auto_chose'].values()))}" if r.get("auto_chose") else ""
+        say(comm, f"{r['variant']:>24} {r['ms_per_step']:10.2f} {r['vs_ddp_gloo']:12.2f}{chose}")
     if args.json and comm.rank == 0:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump({"meta": run_meta, "parameters": params, "results": rows}, fh, indent=1)
