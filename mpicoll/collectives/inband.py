@@ -263,7 +263,7 @@ class Route:
         if c.size == 1:
             return True if work is None else work
         mpi, b, tag, patient = c.mpi, self.b, self.tag, is_patient()
-        current, ok = work, True
+        current, ok = work, True  # what this rank sends: its own contribution, then its partial results
         for s, receive, message, theirs, status in self.steps:
             dest, source = s.dest, s.source
             if message is None and dest is not None:
@@ -290,7 +290,7 @@ class Route:
                 if theirs is not None and ok:
                     target = into if s.last and into is not None and (
                         expected is None or b.table.tobytes() == expected) else self.result
-                    if s.final:
+                    if s.final:  # the finished result, from the rank this one folded into
                         target[...] = theirs
                     elif s.peer_first:
                         self.op.combine(theirs, current, out=target)
@@ -298,11 +298,11 @@ class Route:
                         self.op.combine(current, theirs, out=target)
                     current = target
                 continue
-            ok = False
+            ok = False  # another count, or no data where this rank sent some: the rows (at the tail) will say
             if got >= s.phead:
                 s.rows_got[...] = b.recv[got - s.phead: got].reshape(s.rows_got.shape)
-            else:
-                s.rows_got[...] = 0xFF
+            else:  # cannot come from an mpicoll rank of this communicator: it disagrees with everything
+                s.rows_got[...] = 0xFF  # "failed" = -1
         if not ok:
             return False
         return True if work is None else current
