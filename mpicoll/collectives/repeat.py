@@ -83,7 +83,7 @@ class Plan:
             self.data = self.sent[:x.nbytes].view(x.dtype).reshape(x.shape)
             self.route = inband.Route(comm, self.table, x.shape, x.dtype, op, self.sent)
         else:  # the agreement's rows only
-            self.route = inband.Route(comm, self.table, (), None, None)
+            self.route = inband.Route(comm, self.table, None, None, None)
 
     def run(self, x: np.ndarray, out: np.ndarray | None, kind: int) -> np.ndarray:
         """The all-reduce of ``x`` (the key's shape and dtype, C-contiguous) into a new array
