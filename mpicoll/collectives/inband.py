@@ -32,8 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..transport import Comm
-from ..transport.p2p import is_patient, sendrecv_count
-from ..transport.watchdog import waited, waiting_on
+from ..transport.p2p import sendrecv_count
 from .ops import ReduceOp
 from .pof2 import Pof2
 
@@ -262,29 +261,14 @@ class Route:
         c = self.comm
         if c.size == 1:
             return True if work is None else work
-        mpi, b, tag, patient = c.mpi, self.b, self.tag, is_patient()
+        b, tag = self.b, self.tag
         current, ok = work, True  # what this rank sends: its own contribution, then its partial results
         for s, receive, message, theirs, status in self.steps:
-            dest, source = s.dest, s.source
-            if message is None and dest is not None:
+            if message is None and s.dest is not None:
                 message = b.message(current, s)
-            if patient:  # the engine's thread: its waits poll
-                got = sendrecv_count(c, message, dest, s.receive, source, tag, STEP)
-                if source is None:
-                    continue
-            elif source is None:
-                waiting_on(dest, STEP)
-                mpi.Send(message, dest, tag)
-                waited()
+            got = sendrecv_count(c, message, s.dest, receive, s.source, tag, STEP, status)
+            if s.source is None:
                 continue
-            else:
-                waiting_on(source, STEP)
-                if dest is None:
-                    mpi.Recv(receive, source, tag, status)
-                else:
-                    mpi.Sendrecv(message, dest, tag, receive, source, tag, status)
-                waited()
-                got = status.Get_count(receive[1])
             if got == s.expect:
                 s.rows_got[...] = s.rows_tail
                 if theirs is not None and ok:

@@ -124,27 +124,29 @@ def sendrecv(comm: Comm, sendbuf: Any, dest: int, recvbuf: Any, source: int, tag
 
 
 def sendrecv_count(comm: Comm, sendbuf: Any, dest: int | None, recvbuf: Any, source: int | None, tag: int,
-                   step: str = "sendrecv") -> int:
+                   step: str = "sendrecv", status: MPI.Status | None = None) -> int:
     """Send the host array ``sendbuf`` (or an mpi4py message spec given as a list, e.g.
     ``[MPI.BOTTOM, 1, datatype]``) to ``dest`` while receiving into ``recvbuf`` from ``source`` a
     message of at most ``recvbuf.nbytes`` bytes; ``None`` skips a side (``step`` names the wait
-    for the watchdog).
+    for the watchdog). A caller repeating the same exchange may pass ``recvbuf`` as a ready spec
+    (``[array, MPI.BYTE]``) and a ``status`` to reuse: each saves an allocation per call.
 
     Returns:
         The number of bytes received (0 when ``source`` is None). A longer message is an MPI
         error (truncation), never an overflow.
     """
-    status = MPI.Status()
+    status = MPI.Status() if status is None else status
     send = sendbuf if isinstance(sendbuf, list) else [sendbuf, MPI.BYTE]  # a list: an MPI message spec as is
+    recv = recvbuf if isinstance(recvbuf, list) else [recvbuf, MPI.BYTE]
     if _style.patient:
-        requests = [comm.mpi.Irecv([recvbuf, MPI.BYTE], source, tag)] if source is not None else []
+        requests = [comm.mpi.Irecv(recv, source, tag)] if source is not None else []
         requests += [comm.mpi.Isend(send, dest, tag)] if dest is not None else []
         waiting_on(source if source is not None else dest, step)
         _poll(requests, status if source is not None else None)
         waited()
     elif dest is not None and source is not None:
         waiting_on(source, step)
-        comm.mpi.Sendrecv(send, dest, tag, [recvbuf, MPI.BYTE], source, tag, status)
+        comm.mpi.Sendrecv(send, dest, tag, recv, source, tag, status)
         waited()
     elif dest is not None:
         waiting_on(dest, step)
@@ -153,7 +155,7 @@ def sendrecv_count(comm: Comm, sendbuf: Any, dest: int | None, recvbuf: Any, sou
         return 0
     elif source is not None:
         waiting_on(source, step)
-        comm.mpi.Recv([recvbuf, MPI.BYTE], source, tag, status)
+        comm.mpi.Recv(recv, source, tag, status)
         waited()
     return status.Get_count(MPI.BYTE) if source is not None else 0
 
