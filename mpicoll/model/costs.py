@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .rules import DENSE_SWITCH
@@ -114,8 +114,7 @@ def _fold(n: float, layout: Layout) -> Cost:
     return cost
 
 
-@functools.lru_cache(maxsize=4096)
-def _pairs_link(pairs: tuple[tuple[int, int], ...], per_host: int) -> tuple[str, int]:
+def _pairs_link(pairs: Iterable[tuple[int, int]], per_host: int) -> tuple[str, int]:
     """The link class of a round whose messages go between these rank pairs (both ways; block
     placement: rank ``r`` on host ``r // per_host``), and how many ranks of one host send across its
     network link in it at once."""
@@ -127,11 +126,13 @@ def _pairs_link(pairs: tuple[tuple[int, int], ...], per_host: int) -> tuple[str,
     return ("inter", max(out.values())) if out else ("intra", 1)
 
 
+@functools.lru_cache(maxsize=4096)
 def _fold_link(layout: Layout) -> tuple[str, int]:
     """The fold's link: each extra rank ``2 i`` (``i < p - k``) pairs with ``2 i + 1``."""
-    return _pairs_link(tuple((2 * i, 2 * i + 1) for i in range(layout.p - _pof2(layout.p))), layout.per_host)
+    return _pairs_link(((2 * i, 2 * i + 1) for i in range(layout.p - _pof2(layout.p))), layout.per_host)
 
 
+@functools.lru_cache(maxsize=4096)  # predictions at 1024 ranks ask for the same stages many times
 def _stage_link(distance: int, layout: Layout) -> tuple[str, int]:
     """The link class of a pairwise stage of recursive doubling or halving whose partners are
     ``distance`` apart among the ``k`` ranks left after the fold (:mod:`mpicoll.collectives.pof2`:
@@ -144,7 +145,7 @@ def _stage_link(distance: int, layout: Layout) -> tuple[str, int]:
     def real(j: int) -> int:
         return 2 * j + 1 if j < rem else j + rem
 
-    return _pairs_link(tuple((real(j), real(j ^ distance)) for j in range(k) if j < j ^ distance), layout.per_host)
+    return _pairs_link(((real(j), real(j ^ distance)) for j in range(k) if j < j ^ distance), layout.per_host)
 
 
 def recursive_doubling(n: float, layout: Layout) -> Cost:
