@@ -58,9 +58,9 @@ def digits(rows: list[dict], baseline: str | None = None) -> str:
 
 def label(r: dict) -> str:
     """The method's name, with OneBitAdam's warm-up and sign block."""
-    if r["method"] != "onebit":
+    if r["method"] not in ("onebit", "onebitbf16"):
         return r["method"]
-    return f"onebit (freeze {r['freeze_step']}" + (f", sign block {r['sign_block']})" if r.get("sign_block")
+    return f"{r['method']} (freeze {r['freeze_step']}" + (f", sign block {r['sign_block']})" if r.get("sign_block")
                                                    else ", one scale per chunk)")
 
 

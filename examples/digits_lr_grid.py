@@ -20,8 +20,9 @@ Methods (``--methods``, comma-separated):
   (sign): :class:`mpicoll.torch.DGC`, error feedback on the momentum-corrected *velocity*;
 - ``adam`` (uncompressed ``torch.optim.Adam`` in :class:`mpicoll.torch.DistributedOptimizer`) and
   ``onebit`` (:class:`mpicoll.torch.OneBitAdam`: Adam for the first ``--freeze-epochs``, then
-  1-bit momentum), ``zeroone`` (:class:`mpicoll.torch.ZeroOneAdam`, its variance stage as long):
-  all at ``--adam-lr`` (``--lr`` is SGD's), with the same cosine schedule.
+  1-bit momentum), ``onebitbf16`` (the same, its warm-up's gradients sent as bfloat16:
+  ``warmup_compressor=get("bf16")``), ``zeroone`` (:class:`mpicoll.torch.ZeroOneAdam`, its
+  variance stage as long): all at ``--adam-lr`` (``--lr`` is SGD's), with the same cosine schedule.
 
 Rank 0 prints one line per method and writes the final test accuracies (``--json``). A run whose
 parameters become non-finite stops early and is reported as diverged.
@@ -46,7 +47,7 @@ WRAPPED = {"none": lambda: None, "fp16": lambda: compression.get("fp16"),
            "topk": lambda: EF(compression.get("topk", ratio=0.01)), "sign": lambda: EF(compression.get("sign")),
            "powersgd": lambda: EF(compression.get("powersgd", rank=4))}
 #: the methods trained at ``--adam-lr``
-ADAM_METHODS = ("adam", "onebit", "zeroone")
+ADAM_METHODS = ("adam", "onebit", "onebitbf16", "zeroone")
 
 
 def optimizer_for(method: str, model: torch.nn.Module, steps_per_epoch: int,
@@ -61,7 +62,8 @@ def optimizer_for(method: str, model: torch.nn.Module, steps_per_epoch: int,
         freeze = max(1, round(args.freeze_epochs * steps_per_epoch))
         if method == "zeroone":  # the variance stage as long as onebit's warm-up; the rest 0/1 Adam's defaults
             return mt.ZeroOneAdam(model.parameters(), lr=args.adam_lr, var_freeze_step=freeze)
-        return mt.OneBitAdam(model.parameters(), lr=args.adam_lr, freeze_step=freeze)
+        wire = compression.get("bf16") if method == "onebitbf16" else None
+        return mt.OneBitAdam(model.parameters(), lr=args.adam_lr, freeze_step=freeze, warmup_compressor=wire)
     base, correction = (method[:-4], False) if method in ("topkgrad", "signgrad") else (method, "auto")
     base, masking = (base[:-4], True) if base == "topkmask" else (base, False)
     if base in WRAPPED:
@@ -110,7 +112,7 @@ def train(method: str, args: argparse.Namespace) -> dict:
             diverged = True
             break
     return {"method": method, "lr": args.adam_lr if method in ADAM_METHODS else args.lr,
-            "freeze_epochs": args.freeze_epochs if method in ("onebit", "zeroone") else None,
+            "freeze_epochs": args.freeze_epochs if method in ADAM_METHODS[1:] else None,
             "seed": args.seed, "ranks": size, "epochs": args.epochs,
             "final_accuracy": history[-1], "best_accuracy": max(history), "diverged": diverged,
             "accuracy_per_epoch": history, "train_seconds_per_epoch": train_seconds,

@@ -12,7 +12,8 @@ the same windows for every method (drawn from ``--seed`` and the step), split ov
     mpiexec -n 4 python -m mpi4py examples/train_charlm.py --steps 600 --json out.jsonl
 
 Methods (``--methods``): ``adam`` (uncompressed, DistributedOptimizer around torch.optim.Adam),
-``onebit`` (:class:`mpicoll.torch.OneBitAdam`, ``--freeze`` warm-up steps), ``zeroone``
+``onebit`` (:class:`mpicoll.torch.OneBitAdam`, ``--freeze`` warm-up steps), ``onebitbf16`` (the
+same, its warm-up's gradients sent as bfloat16: ``warmup_compressor=get("bf16")``), ``zeroone``
 (:class:`mpicoll.torch.ZeroOneAdam`, ``--var-freeze``, ``--local-scaler``, ``--local-clipper``;
 validated on rank 0's parameters, which are every rank's when the last step synchronized), ``topk`` (1% + error
 feedback), ``sign`` (+ error feedback), ``powersgd`` (rank 4 + error feedback): the last three
@@ -85,9 +86,11 @@ def validation_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) ->
 
 def make_optimizer(method: str, model: torch.nn.Module, args: argparse.Namespace) -> tuple[torch.optim.Optimizer, Any]:
     """The optimizer, and the Counting wrapper of DistributedOptimizer's compressor (or None)."""
-    if method == "onebit":
+    if method in ("onebit", "onebitbf16"):
         sign = compression.get("sign", block=args.sign_block) if args.sign_block else compression.get("sign")
-        return mt.OneBitAdam(model.parameters(), lr=args.lr, freeze_step=args.freeze, compressor=sign), None
+        wire = compression.get("bf16") if method == "onebitbf16" else None
+        return mt.OneBitAdam(model.parameters(), lr=args.lr, freeze_step=args.freeze, compressor=sign,
+                             warmup_compressor=wire), None
     if method == "zeroone":
         return mt.ZeroOneAdam(model.parameters(), lr=args.lr, var_freeze_step=args.var_freeze,
                               local_step_scaler=args.local_scaler, local_step_clipper=args.local_clipper), None
@@ -104,7 +107,7 @@ def traffic(method: str, optimizer: Any, counting: Any, model: torch.nn.Module, 
     """Gradient bytes this rank sent over the run."""
     comm, size = mpicoll.default_comm(), mpicoll.size()
     nbytes = sum(p.numel() * 4 for p in model.parameters())
-    if method in ("onebit", "zeroone"):
+    if method in ("onebit", "onebitbf16", "zeroone"):
         return optimizer.traffic_bytes
     if method == "adam":
         return steps * dense_sent_bytes(nbytes, size)
@@ -146,7 +149,7 @@ def train(method: str, args: argparse.Namespace, codes: np.ndarray, split: int) 
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             curve.append((step + 1, validation_loss(model, val_x, val_y), elapsed))
     sent = traffic(method, optimizer, counting, model, args.steps)
-    onebit = method == "onebit"
+    onebit = method in ("onebit", "onebitbf16")
     return {"method": method, "ranks": size, "steps": args.steps, "freeze_step": args.freeze if onebit else None,
             "sign_block": args.sign_block if onebit else None, "validation_loss": curve[-1][1], "curve": curve,
             "traffic_bytes": sent, "synchronized": getattr(optimizer, "synchronized", True),

@@ -29,15 +29,40 @@ def wrap_compressor(compressor: Compressor, owner: str) -> Counting:
     return Counting(compressor if isinstance(compressor, ErrorFeedback) else ErrorFeedback(compressor))
 
 
-def dense_average(tensors: Sequence[torch.Tensor], comm: Comm) -> tuple[list[torch.Tensor], float]:
-    """The mean over ranks of every tensor, in one fused all-reduce; and the bytes this rank sent."""
+def dense_average(tensors: Sequence[torch.Tensor], comm: Comm,
+                  wire: Compressor | None = None) -> tuple[list[torch.Tensor], float]:
+    """The mean over ranks of every tensor, in one fused all-reduce; and the bytes this rank sent.
+
+    ``wire``: ``None`` sends the tensors' own dtype (exact); ``get("bf16")`` sends bfloat16 (half
+    the bytes of float32; see :func:`warmup_wire`), reduced on the summable path, no error feedback.
+    """
     if not tensors:
         return [], 0.0
     flat = torch.cat([t.reshape(-1) for t in tensors])
     array = as_array(flat)
-    allreduce(array, "avg", comm=comm, out=array)
+    if wire is None:
+        allreduce(array, "avg", comm=comm, out=array)
+        sent = dense_sent_bytes(array.nbytes, comm.size)
+    else:
+        counting = Counting(wire)
+        array[...] = compressed_allreduce(array, counting, key="dense", comm=comm, average=True)
+        sent = dense_sent_bytes(sum(counting.take().values()), comm.size)
     parts = torch.split(flat, [t.numel() for t in tensors])
-    return [part.view_as(t) for part, t in zip(parts, tensors, strict=True)], dense_sent_bytes(array.nbytes, comm.size)
+    return [part.view_as(t) for part, t in zip(parts, tensors, strict=True)], sent
+
+
+def warmup_wire(wire: Compressor | None, owner: str) -> Compressor | None:
+    """Check an optimizer's ``warmup_compressor``: ``None`` (exact) or ``get("bf16")``.
+
+    bf16 keeps float32's exponent range, so the small gradients Adam's variance is made of (1e-8
+    and below) survive; fp16 would flush them to zero (and then mask those elements out for the
+    rest of the run) and overflow above 65504. Lossy codecs that drop elements would bias the
+    variance. So only bf16 is accepted."""
+    if wire is None or (isinstance(wire, Compressor) and not isinstance(wire, ErrorFeedback) and wire.name == "bf16"):
+        return wire
+    raise UnsupportedError(f"{owner}: warmup_compressor={wire!r}; accepted: None (the gradients' own dtype) or "
+                           f"mpicoll.compression.get('bf16') (fp16 flushes gradients below 6e-8, which "
+                           f"Adam's variance needs, to zero)")
 
 
 def compressed_average(tensor: torch.Tensor, compressor: Counting, key: Hashable, comm: Comm,

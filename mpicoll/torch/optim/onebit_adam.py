@@ -57,7 +57,7 @@ from ...compression import Compressor, get
 from ...errors import ArgumentError
 from ...transport import as_comm
 from . import checkpoint
-from .exchange import compressed_average, dense_average, wrap_compressor
+from .exchange import compressed_average, dense_average, warmup_wire, wrap_compressor
 from .steps import adam_moments, run_closure
 
 _KEY = "onebit-adam"
@@ -90,6 +90,11 @@ class OneBitAdam(torch.optim.Optimizer):
         compressor: the momentum codec (default ``get("sign", block=256)``); error feedback is added.
         comm: the communicator; algorithm: the compressed path (``two_phase``: worker and server
             error compensation; ``allgather_decode``: worker error only, no second compression).
+        warmup_compressor: what the warm-up's averaged gradients cross the wire as: ``None``, their
+            own dtype (exact, the default), or ``get("bf16")``: half the bytes of float32 (8
+            significant bits, float32's range), as DeepSpeed's 1-bit Adam sends the warm-up's
+            gradients in a model trained in 16 bits. The warm-up is what bounds the whole run's
+            compression (bench/RESULTS.md, issue 14).
 
     ``traffic_bytes`` counts the gradient/momentum bytes this rank has sent (:mod:`.traffic`).
     """
@@ -100,7 +105,8 @@ class OneBitAdam(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, freeze_step: int = 1000,
-                 compressor: Compressor | None = None, comm: Any = None, algorithm: str = "two_phase") -> None:
+                 compressor: Compressor | None = None, comm: Any = None, algorithm: str = "two_phase",
+                 warmup_compressor: Compressor | None = None) -> None:
         if lr < 0 or eps < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
             raise ArgumentError(f"OneBitAdam: lr={lr}, betas={betas}, eps={eps}, weight_decay={weight_decay}; "
                                 f"accepted: lr, eps, weight_decay >= 0 and betas in [0, 1)")
@@ -110,6 +116,7 @@ class OneBitAdam(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
         self.compressor = wrap_compressor(get("sign", block=256) if compressor is None else compressor, "OneBitAdam")
         self.comm, self.algorithm, self.freeze_step = as_comm(comm), algorithm, freeze_step
+        self.warmup_compressor = warmup_wire(warmup_compressor, "OneBitAdam")
         self.steps = 0
         self.traffic_bytes = 0.0
         #: per parameter, once frozen: its :class:`_Frozen` terms, derived from the frozen variance
@@ -144,7 +151,7 @@ class OneBitAdam(torch.optim.Optimizer):
         return loss
 
     def _warmup_step(self, entries: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]) -> None:
-        grads, sent = dense_average([g for _, _, g in entries], self.comm)
+        grads, sent = dense_average([g for _, _, g in entries], self.comm, self.warmup_compressor)
         self.traffic_bytes += sent
         t = self.steps
         for (group, p, _), g in zip(entries, grads, strict=True):

@@ -70,7 +70,7 @@ from ...compression import Compressor, get
 from ...errors import ArgumentError
 from ...transport import as_comm
 from . import checkpoint
-from .exchange import compressed_average, dense_average, wrap_compressor
+from .exchange import compressed_average, dense_average, warmup_wire, wrap_compressor
 from .steps import adam_moments, run_closure
 
 _KEY = "zero-one-adam"
@@ -91,6 +91,9 @@ class ZeroOneAdam(torch.optim.Optimizer):
         compressor: the 1-bit codec (default ``get("sign", block=256)``); error feedback is added.
         comm: the communicator; algorithm: the compressed path (``allgather_decode`` or
             ``two_phase``, ...; ``auto`` by the cost model).
+        warmup_compressor: what the variance updates' averaged gradients cross the wire as:
+            ``None`` (their own dtype, exact; the default) or ``get("bf16")`` (half the bytes),
+            as for :class:`~mpicoll.torch.OneBitAdam`.
 
     ``traffic_bytes`` counts the bytes this rank has sent (:mod:`.traffic`).
     """
@@ -102,7 +105,8 @@ class ZeroOneAdam(torch.optim.Optimizer):
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, var_freeze_step: int = 100000,
                  var_update_scaler: int = 16, local_step_scaler: int = 32678, local_step_clipper: int = 16,
-                 compressor: Compressor | None = None, comm: Any = None, algorithm: str = "auto") -> None:
+                 compressor: Compressor | None = None, comm: Any = None, algorithm: str = "auto",
+                 warmup_compressor: Compressor | None = None) -> None:
         if lr < 0 or eps < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
             raise ArgumentError(f"ZeroOneAdam: lr={lr}, betas={betas}, eps={eps}, weight_decay={weight_decay}; "
                                 f"accepted: lr, eps, weight_decay >= 0 and betas in [0, 1)")
@@ -114,6 +118,7 @@ class ZeroOneAdam(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
         self.compressor = wrap_compressor(get("sign", block=256) if compressor is None else compressor, "ZeroOneAdam")
         self.comm, self.algorithm = as_comm(comm), algorithm
+        self.warmup_compressor = warmup_wire(warmup_compressor, "ZeroOneAdam")
         self.var_freeze_step, self.var_update_scaler = var_freeze_step, var_update_scaler
         self.local_step_scaler, self.local_step_clipper = local_step_scaler, local_step_clipper
         self.steps = 0
@@ -217,7 +222,7 @@ class ZeroOneAdam(torch.optim.Optimizer):
         s = self.schedule
         update_variance = self.steps % s["var_interval"] == 0
         if update_variance:
-            grads, sent = dense_average([g for _, _, g in entries], self.comm)
+            grads, sent = dense_average([g for _, _, g in entries], self.comm, self.warmup_compressor)
             self.traffic_bytes += sent
             for (group, p, _), g in zip(entries, grads, strict=True):
                 b1, b2 = group["betas"]
