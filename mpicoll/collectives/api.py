@@ -56,7 +56,6 @@ def _copy_out(work: Any, out: Any, direct: bool) -> Any:
     return result
 
 
-@watched("allreduce")
 def allreduce(x: Any, op: str | ReduceOp = "sum", *, algorithm: str = "auto", comm: Any = None,
               out: Any = None) -> Any:
     """Combine ``x`` element-wise across all ranks; every rank gets the result.
@@ -87,6 +86,16 @@ def allreduce(x: Any, op: str | ReduceOp = "sum", *, algorithm: str = "auto", co
         PeerError: another rank's arguments were rejected (validation on); that rank raises the
             specific error.
     """
+    result = repeat.fast(comm, x, op, algorithm, out)  # a planned repeat with nothing to watch or record
+    if result is not repeat.MISS:
+        return result
+    return _allreduce(x, op, algorithm=algorithm, comm=comm, out=out)
+
+
+@watched("allreduce")
+def _allreduce(x: Any, op: str | ReduceOp = "sum", *, algorithm: str = "auto", comm: Any = None,
+               out: Any = None) -> Any:
+    """:func:`allreduce` 's full path: under the stall watchdog and the timeline."""
     c = as_comm(comm)
     given, stamp = out, config.stamp  # the settings this call decides with (a plan is made only if unchanged)
     planned = repeat.lookup(c, x, op, algorithm, out, stamp)  # a repeat: its plan, the same messages

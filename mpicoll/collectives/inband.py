@@ -122,7 +122,7 @@ class _Buffers:
     other rank's core had just read cost 15 us more than writing fresh memory (the cache lines go
     back across cores), about the whole cost of the exchange (bench/RESULTS.md, issue 20)."""
 
-    def __init__(self, comm: Comm, width: int) -> None:
+    def __init__(self, comm: Comm, width: int, data_bytes: int = INBAND_BYTES) -> None:
         from mpi4py import MPI
 
         self.MPI = MPI
@@ -130,8 +130,10 @@ class _Buffers:
         self.table = np.zeros((p, width), dtype=np.int64)
         self.rows = self.table.view(np.uint8)  # (p, rowbytes)
         self.rowbytes = width * 8
+        # every message is received into room for the longest an mpicoll rank of this communicator
+        # can send (a peer with another count must be read, not truncated: its rows tell what differs)
         self.recv = np.empty(INBAND_BYTES + p * self.rowbytes, dtype=np.uint8)
-        self.result = np.empty(INBAND_BYTES, dtype=np.uint8)
+        self.result = np.empty(data_bytes, dtype=np.uint8)
         self.schedule = schedule(comm)
         self.plans: dict[tuple[int, Any], tuple[Any, list[_Step]]] = {}
         self.routes: dict[tuple[Any, Any, Any], Route] = {}
@@ -182,6 +184,14 @@ def _buffers(comm: Comm, width: int) -> _Buffers:
     return found
 
 
+def private(comm: Comm, width: int, data_bytes: int) -> _Buffers:
+    """Buffers of one's own (a table, a receive buffer, a result array for ``data_bytes``), not shared with the communicator's other calls: for a :class:`Route` prepared
+    with the rows it expects (:mod:`.repeat` 's plans). Close them when done (MPI datatypes)."""
+    if not 0 <= data_bytes <= INBAND_BYTES:
+        raise ValueError(f"private buffers carry 0..{INBAND_BYTES} bytes of data, not {data_bytes}")
+    return _Buffers(comm, width, data_bytes)
+
+
 def table(comm: Comm, width: int) -> np.ndarray:
     """The communicator's agreement table: ``(p, width)`` int64, the same array every call."""
     return _buffers(comm, width).table
@@ -224,56 +234,81 @@ class Route:
 
     Args:
         comm: the communicator.
-        table: the array :func:`table` returned.
+        table: the array :func:`table` returned, or the table of ``buffers``.
         shape: the shape of the arrays :meth:`run` gets (``None``, with ``dtype`` ``None``: rows only).
         dtype: their dtype (the working dtype: nothing is widened here).
         op: the reduction.
         sent: optionally this rank's first message, ready in one array (``work``'s bytes, then
             this rank's row: :mod:`.repeat` keeps one per plan); else it is sent from where the
             data and the rows lie.
+        buffers: :func:`private` buffers, with ``expected``: the table's bytes when every rank
+            agrees. The route then owns the table and keeps it filled with those rows: a row
+            that arrives as expected is compared, not copied (and this rank's own row is in
+            place for good); one that does not is written, and the table is filled again at
+            the start of the next call.
     """
 
-    __slots__ = ("b", "comm", "op", "result", "sent", "steps", "tag")
+    __slots__ = ("b", "byte", "comm", "dirty", "expected", "op", "result", "sent", "steps", "tag")
 
     def __init__(self, comm: Comm, table: np.ndarray, shape: tuple[int, ...] | None, dtype: Any,
-                 op: ReduceOp | None, sent: Any = None) -> None:
+                 op: ReduceOp | None, sent: Any = None, *, buffers: _Buffers | None = None,
+                 expected: bytes | None = None) -> None:
         from mpi4py import MPI
 
-        b = _buffers(comm, table.shape[1])
+        b = _buffers(comm, table.shape[1]) if buffers is None else buffers
         if table is not b.table:
-            raise ValueError("Route needs the array inband.table(comm, width) returned")
+            raise ValueError("Route needs the array inband.table(comm, width) returned, or its buffers' own")
+        if (buffers is None) != (expected is None):
+            raise ValueError("a Route expects rows only in private buffers, which it then keeps filled")
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize if dtype is not None else 0
         result, steps = b.plan(nbytes, dtype)
         self.b, self.comm, self.op, self.sent, self.tag = b, comm, op, sent, comm.agreement_tag
+        self.byte = MPI.BYTE
+        self.expected, self.dirty = expected, expected is not None  # filled at the first run
         self.result = result.reshape(shape) if result is not None else None
+        rb = b.rowbytes
         self.steps = [(s, [s.receive, MPI.BYTE], [sent, MPI.BYTE] if s.first and sent is not None else None,
-                       None if s.theirs is None else s.theirs.reshape(shape), MPI.Status())
-                      for s in steps]
+                       None if s.theirs is None else s.theirs.reshape(shape), MPI.Status(),
+                       None if expected is None else expected[step[3] * rb: step[4] * rb])
+                      for s, step in zip(steps, b.schedule, strict=True)]
 
-    def run(self, work: Any = None, into: Any = None, expected: bytes | None = None) -> Any:
+    def run(self, work: Any = None, into: Any = None, quick: bool = False) -> Any:
         """As :func:`gather_rows` (``comm``, ``table``, ``op`` and ``sent`` as prepared), for
         ``work`` (C-contiguous) and ``into`` of the prepared shape and dtype, the result computed
         into ``into`` at this rank's last message when that message is a receive (else it is in
         a scratch array, which the caller copies); this rank's row already in place.
-        With ``expected`` (the table's bytes when every rank agrees), ``into`` is written only if
-        the table equals it once complete: then ``into`` may be the caller's ``x`` or ``out``,
-        which a refused call must leave unchanged, and the result is computed straight into it."""
+        ``into`` (a route prepared with ``expected`` only) is written only if every row arrived as
+        expected: then it may be the caller's ``x`` or ``out``, which a refused call must leave
+        unchanged, and the result is computed straight into it (so a result returned as ``into``
+        itself means the table equals ``expected``).
+        ``quick``: exchanges both ways go straight to ``MPI_Sendrecv``, without the watchdog's
+        notes or the engine's polling (:mod:`.repeat` 's planned calls, where neither runs)."""
         c = self.comm
+        if self.dirty:  # a private table: its rows as expected again (a refused call wrote others)
+            self.b.table.reshape(-1).view(np.uint8)[...] = np.frombuffer(self.expected, dtype=np.uint8)
+            self.dirty = False
         if c.size == 1:
             return True if work is None else work
-        b, tag = self.b, self.tag
-        current, ok = work, True  # what this rank sends: its own contribution, then its partial results
-        for s, receive, message, theirs, status in self.steps:
+        b, tag, BYTE = self.b, self.tag, self.byte
+        # what this rank sends: its own contribution, then its partial results; ``agreed``: every row
+        # so far arrived as expected (a private table: they are in it already)
+        current, ok, agreed = work, True, self.expected is not None
+        for s, receive, message, theirs, status, want in self.steps:
             if message is None and s.dest is not None:
                 message = b.message(current, s)
-            got = sendrecv_count(c, message, s.dest, receive, s.source, tag, STEP, status)
+            if quick and s.dest is not None and s.source is not None:
+                c.mpi.Sendrecv(message, s.dest, tag, receive, s.source, tag, status)
+                got = status.Get_count(BYTE)
+            else:
+                got = sendrecv_count(c, message, s.dest, receive, s.source, tag, STEP, status)
             if s.source is None:
                 continue
             if got == s.expect:
-                s.rows_got[...] = s.rows_tail
+                if not (agreed and s.rows_tail.tobytes() == want):
+                    agreed, self.dirty = False, self.expected is not None
+                    s.rows_got[...] = s.rows_tail
                 if theirs is not None and ok:
-                    target = into if s.last and into is not None and (
-                        expected is None or b.table.tobytes() == expected) else self.result
+                    target = into if s.last and agreed and into is not None else self.result
                     if s.final:  # the finished result, from the rank this one folded into
                         target[...] = theirs
                     elif s.peer_first:
@@ -282,7 +317,8 @@ class Route:
                         self.op.combine(current, theirs, out=target)
                     current = target
                 continue
-            ok = False  # another count, or no data where this rank sent some: the rows (at the tail) will say
+            # another count, or no data where this rank sent some: the rows (at the tail) will say
+            ok, agreed, self.dirty = False, False, self.expected is not None
             if got >= s.phead:
                 s.rows_got[...] = b.recv[got - s.phead: got].reshape(s.rows_got.shape)
             else:  # cannot come from an mpicoll rank of this communicator: it disagrees with everything

@@ -29,6 +29,10 @@ another plain array of the same shape and dtype:
   plan (the same messages as :func:`.inband.gather_rows`, with each step's MPI call and views
   bound once).
 
+:func:`mpicoll.allreduce` looks its plan up first, before the stall watchdog's and the timeline's
+decorator, and runs it there when neither has anything to do (:func:`fast`); the messages are
+the same, only Python steps are saved.
+
 With validation off (``MPICOLL_VALIDATE=0``) a plan skips the local checks and runs the
 algorithm: the same saving, no agreement. Timelines (which record the full path's phases), the
 non-blocking engine's thread (its waits poll) and ``pinned`` settings take the full path.
@@ -43,6 +47,7 @@ import numpy as np
 from .. import timeline
 from ..config import config
 from ..transport import Comm
+from ..transport.comm import existing_default as _default_comm
 from ..transport.p2p import is_patient
 from ..transport.watchdog import refine
 from . import inband
@@ -62,28 +67,39 @@ class Plan:
     or its algorithm (run after the agreement's own small round, for calls too large to ride in
     band or unchecked)."""
 
-    __slots__ = ("algo", "comm", "data", "expected", "name", "op", "route", "row", "sent", "signature", "stamp",
-                 "table")
+    __slots__ = ("algo", "buffers", "comm", "data", "expected", "name", "op", "quiet", "route", "sent", "signature",
+                 "stamp", "table")
 
     def __init__(self, comm: Comm, x: np.ndarray, op: ReduceOp, signature: np.ndarray | None, name: str,
                  algo: Any, stamp: int) -> None:
         if signature is None and algo is None:
             raise ValueError("a plan without an agreement needs an algorithm (only checked calls ride in band)")
         self.comm, self.op, self.signature, self.stamp = comm, op, signature, stamp
+        #: no stall watchdog to run the call under (``timeout`` is a setting: it holds while ``stamp`` does)
+        self.quiet = config.get("timeout") <= 0
         self.name, self.algo = name, algo
-        self.sent = self.data = self.table = self.row = self.expected = self.route = None
+        self.sent = self.data = self.table = self.expected = self.route = self.buffers = None
         if signature is None:  # validation off: no agreement to run
             return
-        self.table = inband.table(comm, WIDTH)
-        self.row = self.table[comm.rank]
+        # a table of its own, kept filled with the rows every rank sends when they agree: the
+        # route compares the rows that arrive instead of copying them (see inband.Route)
+        self.buffers = inband.private(comm, WIDTH, x.nbytes if algo is None else 0)
+        self.table = self.buffers.table
         self.expected = signature.tobytes() * comm.size
         if algo is None:
             self.sent = np.empty(x.nbytes + signature.nbytes, dtype=np.uint8)
             self.sent[x.nbytes:] = signature.view(np.uint8)
             self.data = self.sent[:x.nbytes].view(x.dtype).reshape(x.shape)
-            self.route = inband.Route(comm, self.table, x.shape, x.dtype, op, self.sent)
+            self.route = inband.Route(comm, self.table, x.shape, x.dtype, op, self.sent, buffers=self.buffers,
+                                      expected=self.expected)
         else:  # the agreement's rows only
-            self.route = inband.Route(comm, self.table, None, None, None)
+            self.route = inband.Route(comm, self.table, None, None, None, buffers=self.buffers,
+                                      expected=self.expected)
+
+    def close(self) -> None:
+        """Free what the plan holds in MPI (its buffers' datatypes)."""
+        if self.buffers is not None:
+            self.buffers.close()
 
     def run(self, x: np.ndarray, out: np.ndarray | None, kind: int) -> np.ndarray:
         """The all-reduce of ``x`` (the key's shape and dtype, C-contiguous) into a new array
@@ -98,19 +114,18 @@ class Plan:
                 exchange(c, "allreduce", error)
             raise
         if self.algo is None:  # the data rides in the agreement's messages
-            self.row[...] = self.signature
-            # the caller's arrays are written only once every row agreed (a refused call changes nothing)
-            got = self.route.run(x, result, None if kind == NEW else self.expected)
-            self._agreed(got)
-            if got is not result:
+            # the caller's arrays are written only once every row agreed (a refused call changes nothing):
+            # the route computes into ``result`` only where every row arrived as expected
+            got = self.route.run(x, result, quick=self.quiet)
+            if got is not result:  # not checked in the route (this rank's last message was a send, or one rank)
+                self._agreed(got)
                 result[...] = got
             if self.op.average and c.size > 1:  # as the full path's in-band branch
                 np.divide(result, c.size, out=result)
             return result
         refine(self.name)  # for the watchdog's report, as the full path's resolve does
         if self.signature is not None:  # the agreement's round, then the algorithm (in place: x twice)
-            self.row[...] = self.signature
-            self._agreed(self.route.run())
+            self._agreed(self.route.run(quick=self.quiet))
         send = x.reshape(-1)
         self.algo(c, send, send if kind == IN_PLACE else result.reshape(-1), self.op)
         if self.op.average:  # as run_allreduce, on one rank too
@@ -125,24 +140,38 @@ class Plan:
                                "please report it)")
 
 
+class _Plans(dict):
+    """One communicator's plans by key; :meth:`close` (with the communicator, or at :data:`LIMIT`)
+    frees what they hold in MPI and forgets them."""
+
+    def close(self) -> None:
+        for plan in self.values():
+            plan.close()
+        self.clear()
+
+
 def _kind(x: Any, out: Any, op: Any, algorithm: Any) -> int | None:
     """How a call with these arguments can run from a plan (:data:`NEW`, :data:`IN_PLACE`,
     :data:`OUT`), or ``None`` when only the full path can judge them (``op`` or ``algorithm`` not a
     string; ``x`` not a plain C-contiguous ndarray; ``out`` of another type, shape or dtype,
-    non-contiguous, read-only or overlapping ``x``)."""
-    if type(op) is not str or type(algorithm) is not str or type(x) is not np.ndarray or not x.flags.c_contiguous:
+    non-contiguous, read-only or overlapping ``x``). Each flag costs an attribute lookup of about
+    0.06 us, so they are read once, the commonest case first."""
+    if type(x) is not np.ndarray or type(op) is not str or type(algorithm) is not str:
+        return None
+    xf = x.flags
+    if not xf.c_contiguous:
         return None
     if out is None:
         return NEW
-    flags = out.flags if type(out) is np.ndarray else None
-    if flags is None or not flags.writeable:
-        return None
     if out is x:
-        return IN_PLACE
-    if not flags.c_contiguous or out.shape != x.shape or out.dtype != x.dtype:
+        return IN_PLACE if xf.writeable else None
+    if type(out) is not np.ndarray:
+        return None
+    of = out.flags
+    if not of.writeable or not of.c_contiguous or out.shape != x.shape or out.dtype != x.dtype:
         return None
     # two arrays that each own their memory cannot overlap (the common case; may_share_memory costs more)
-    if not (flags.owndata and x.flags.owndata) and np.may_share_memory(out, x):
+    if not (of.owndata and xf.owndata) and np.may_share_memory(out, x):
         return None
     return OUT
 
@@ -162,6 +191,29 @@ def lookup(comm: Comm, x: Any, op: Any, algorithm: str, out: Any, stamp: int) ->
     return plan, kind
 
 
+def fast(comm: Any, x: Any, op: Any, algorithm: Any, out: Any) -> Any:
+    """The public :func:`~mpicoll.allreduce` 's first step: run the call from its plan and return
+    the result where nothing else has to happen around it, else :data:`MISS` (then the call takes
+    the full path, watched, which looks the plan up again).
+
+    Nothing else has to happen when ``comm`` is an existing :class:`Comm` (or ``None`` with the
+    default one made: the first use of a communicator is collective and must be watched), the
+    plan was made with the stall watchdog off (a setting, so it holds while the plan's stamp
+    does), and :func:`lookup` finds it (no timeline, not the engine's thread). The decorator
+    around the full path costs about 0.5 us, a tenth of a checked 4 KiB call (issue 20)."""
+    c = _default_comm() if comm is None else comm
+    if not isinstance(c, Comm):
+        return MISS
+    found = lookup(c, x, op, algorithm, out, config.stamp)
+    if found is None or not found[0].quiet:
+        return MISS
+    return found[0].run(x, out, found[1])
+
+
+#: :func:`fast` 's answer when the call must take the full path
+MISS = object()
+
+
 def remember(comm: Comm, x: Any, out: Any, op: Any, rop: ReduceOp, algorithm: str, name: str, algo: Any,
              stamp: int) -> None:
     """After an all-reduce of ``x`` into ``out`` (as the caller passed them) was agreed, or checked
@@ -172,16 +224,20 @@ def remember(comm: Comm, x: Any, out: Any, op: Any, rop: ReduceOp, algorithm: st
     if stamp < 0 or config.stamp != stamp or _kind(x, out, op, algorithm) is None or not x.size \
             or work_dtype(x.dtype) != x.dtype or config.get("check_finite"):
         return
-    plans = comm.cache.setdefault(_SLOT, {})
+    plans = comm.cache.get(_SLOT)
+    if plans is None:
+        plans = comm.cache[_SLOT] = _Plans()
     key = (x.shape, x.dtype, op, algorithm)
     found = plans.get(key)
     if found is not None and found.stamp == stamp:  # planned already (this call had a timeline, say)
         return
     if len(plans) >= LIMIT:
-        plans.clear()
+        plans.close()
     checked = config.get("validate")
     if algo is None and not checked:  # cannot happen (only checked calls ride in band): plan nothing
         return
     signature = None if not checked else \
         signature_of("allreduce", count=x.size, dtype=x.dtype, op=rop.name, algorithm=name, inband=algo is None)
+    if found is not None:  # a stale plan (settings changed since): replaced
+        found.close()
     plans[key] = Plan(comm, x, rop, signature, name, algo, stamp)

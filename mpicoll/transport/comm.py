@@ -120,6 +120,12 @@ def default_comm() -> Comm:
         return _default
 
 
+def existing_default() -> Comm | None:
+    """The default communicator if it was made already, else ``None`` (never makes it: making it
+    is collective)."""
+    return _default
+
+
 def as_comm(comm: Any = None) -> Comm:
     """Resolve the ``comm=`` argument of a collective.
 

@@ -4,6 +4,10 @@
 name the call's communicator in the timeline) and the watchdog (:mod:`.watchdog`); it lives here
 so that neither of those two imports the other back (``comm`` -> ``watchdog`` is the one
 direction). Off (no timeout, no timeline) a call pays two lookups.
+
+One exception: :func:`mpicoll.allreduce` first tries a planned repeat (:func:`mpicoll.collectives.repeat.fast`)
+outside the decorator, where the decorator would do nothing (the plan was made with the
+watchdog off; no timeline), since its call layer is a tenth of a checked 4 KiB call.
 """
 
 from __future__ import annotations

@@ -275,3 +275,37 @@ def test_plan_limit(comm):
         y = mpicoll.allreduce(np.ones(n, dtype=np.int32), comm=comm)
         assert_all(comm.mpi, bool((y == comm.size).all()), f"count {n}")
     assert_all(comm.mpi, len(comm.cache[repeat._SLOT]) <= repeat.LIMIT, "plans beyond the limit")
+
+
+def test_the_fast_lane_skips_only_what_would_do_nothing(comm):
+    """``allreduce`` runs a plan before its watchdog/timeline decorator only where that decorator
+    would do nothing: a plan made with the stall watchdog off, on an existing ``Comm``. With a
+    timeout set (a setting: plans made before it are stale) the call takes the watched path."""
+    x = np.arange(6, dtype=np.float64) + comm.rank
+    want = planned(comm, x)
+    got = repeat.fast(comm, x, "sum", "auto", None)
+    assert_all(comm.mpi, got is not repeat.MISS and got.tobytes() == want.tobytes(), "fast lane result")
+    assert_all(comm.mpi, repeat.fast(comm.mpi, x, "sum", "auto", None) is repeat.MISS,
+               "an mpi4py communicator went round its (collective, watched) first wrapping")
+    with mpicoll.config.override(timeout=600):
+        assert_all(comm.mpi, repeat.fast(comm, x, "sum", "auto", None) is repeat.MISS, "a plan outlived the timeout")
+        again = planned(comm, x)  # planned under the watchdog: such plans run only from the watched path
+        assert_all(comm.mpi, plan_of(comm, x) is not None and not plan_of(comm, x)[0].quiet, "the plan is quiet")
+        assert_all(comm.mpi, repeat.fast(comm, x, "sum", "auto", None) is repeat.MISS, "watched plan in the fast lane")
+    assert_all(comm.mpi, again.tobytes() == want.tobytes(), "the watched plan's result")
+
+
+@multi
+@pytest.mark.parametrize("count", [12, 6000], ids=["in-band", "separate"])
+def test_a_refused_plan_expects_its_rows_again(comm, count):
+    """A plan keeps its own table filled with the rows it expects and compares what arrives; a
+    refused call writes the rows that did arrive there. The next call must expect the agreed rows
+    again (and still catch the next mismatch)."""
+    x = np.arange(count, dtype=np.float32) + comm.rank
+    want = planned(comm, x)
+    for _ in range(2):
+        op = "max" if comm.rank == comm.size - 1 else "sum"
+        raises_everywhere(comm, MismatchError, lambda op=op: mpicoll.allreduce(x, op, comm=comm), "op")
+        again = mpicoll.allreduce(x, comm=comm)
+        assert_all(comm.mpi, again.tobytes() == want.tobytes(), "the call after a refused one")
+        assert_all(comm.mpi, plan_of(comm, x) is not None, "the plan was dropped")
