@@ -19,6 +19,7 @@ from typing import Any
 from .harness import (
     HEADER,
     STATS_HEADER,
+    UNCHECKED,
     Case,
     Options,
     Record,
@@ -69,6 +70,9 @@ def _add_sweep_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--validate", action=argparse.BooleanOptionalAction, default=True,
                    help="the cross-rank argument check inside the timed loop: on by default, as users get it "
                         "(--no-validate times the algorithms alone; tune always does)")
+    p.add_argument("--check-cost", action="store_true",
+                   help="time each algorithm also with the argument check off (an ':unchecked' twin in the "
+                        "same interleaved rounds), so the check's cost is a ratio measured side by side")
     p.add_argument("--stats", action="store_true",
                    help="also report min/p50/p95/p99/max over the timed iterations (us, each iteration's "
                         "slowest rank) and the per-rank spread; JSON carries them")
@@ -156,7 +160,10 @@ def run_collective(args: argparse.Namespace, comm: Any) -> list[Record]:
         from . import allreduce
 
         allreduce.IN_PLACE_SHARED = True
-    opts = _options(args, _algorithms(case, args.algo))
+    algorithms = _algorithms(case, args.algo)
+    if getattr(args, "check_cost", False):
+        algorithms += [a + UNCHECKED for a in algorithms if a not in case.baselines]
+    opts = _options(args, algorithms)
     run_meta = meta(comm, opts)
     say(comm, f"# mpicoll-bench {case.collective}: {comm.size} ranks on {run_meta['nhosts']} host(s), "
               f"{run_meta['mpi_library']}")

@@ -71,6 +71,20 @@ def test_stats_columns_and_json(tmp_path):
     assert stats["min"] <= stats["p50"] <= stats["p95"] <= stats["p99"] <= stats["max"]  # order, not values
 
 
+def test_check_cost_times_unchecked_twins_in_the_same_run(tmp_path):
+    """``--check-cost``: each algorithm also as ``NAME:unchecked`` (the argument check off around
+    its loop), the bare baseline only once; every row's result is checked (0 wrong)."""
+    out = tmp_path / "out.json"
+    result = run_ranks(2, ["-m", "mpicoll.bench", "allreduce", "-b", "4K", "-e", "64K", "-f", "16", "-n", "5",
+                           "-w", "1", "--repeats", "2", "--algo", "auto,ring,MPI_Allreduce", "--no-ceiling",
+                           "--check-cost", "--json", str(out)], tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout
+    rows = json.loads(out.read_text())["results"]
+    names = {r["algorithm"] for r in rows}
+    assert names == {"auto", "ring", "MPI_Allreduce", "auto:unchecked", "ring:unchecked"}, names
+    assert all(r["wrong"] == 0 for r in rows) and len(rows) == 2 * len(names)
+
+
 @pytest.mark.parametrize("collective", ["reduce_scatter", "allgather", "broadcast", "reduce"])
 def test_other_collective_benches(tmp_path, collective):
     result = run_ranks(2, ["-m", "mpicoll.bench", collective, "-b", "4K", "-e", "16K", "-n", "2", "-w", "1",

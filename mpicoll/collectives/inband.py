@@ -185,8 +185,9 @@ def _buffers(comm: Comm, width: int) -> _Buffers:
 
 
 def private(comm: Comm, width: int, data_bytes: int) -> _Buffers:
-    """Buffers of one's own (a table, a receive buffer, a result array for ``data_bytes``), not shared with the communicator's other calls: for a :class:`Route` prepared
-    with the rows it expects (:mod:`.repeat` 's plans). Close them when done (MPI datatypes)."""
+    """Buffers of one's own (a table, a receive buffer, a result array for ``data_bytes``), not
+    shared with the communicator's other calls: for a :class:`Route` prepared with the rows it
+    expects (:mod:`.repeat` 's plans). Close them when done (MPI datatypes)."""
     if not 0 <= data_bytes <= INBAND_BYTES:
         raise ValueError(f"private buffers carry 0..{INBAND_BYTES} bytes of data, not {data_bytes}")
     return _Buffers(comm, width, data_bytes)
