@@ -31,10 +31,17 @@ class Link:
         return 8e-9 / self.beta if self.beta > 0 else math.inf
 
 
+#: the two array sizes the probe times local rates at (:data:`Machine.rate_sizes` by default):
+#: one that mostly stays in a core's L2 cache on the machines measured, and one well past it
+SMALL_BYTES, LARGE_BYTES = 4 << 20, 16 << 20
+
+
 @dataclass(frozen=True)
 class CodecRates:
     """One codec on one kernel provider: wire bytes per input byte, and compress / decode speed in
-    input bytes per second; ``kind`` as :attr:`mpicoll.compression.Compressor.kind`."""
+    input bytes per second; ``kind`` as :attr:`mpicoll.compression.Compressor.kind`. The speeds
+    are timed on arrays of the machine's smaller rate size; the ``_large`` ones (0: not measured)
+    on its larger one (see :meth:`Machine.seconds`)."""
 
     kind: str
     ratio: float
@@ -42,6 +49,22 @@ class CodecRates:
     decode_Bps: float
     widen: float = 1.0  # 16-bit wire floats are added as float32 (see costs.summable)
     rank: int = 0  # PowerSGD's rank
+    compress_Bps_large: float = 0.0
+    decode_Bps_large: float = 0.0
+
+
+def _two(values: Any) -> tuple[float, float]:
+    """Two sizes, as floats (a ValueError otherwise)."""
+    small, large = (float(v) for v in values)
+    return small, large
+
+
+def _per_byte(small_Bps: float, large_Bps: float, w: float) -> float:
+    """Seconds per byte at weight ``w`` between the small-array speed (0) and the large (1),
+    blended linearly in time per byte; without a large-array speed, the small one's."""
+    if large_Bps <= 0 or w <= 0:
+        return 1.0 / small_Bps
+    return (1 - w) / small_Bps + w / large_Bps
 
 
 @dataclass
@@ -56,20 +79,44 @@ class Machine:
     native: dict[int, list[tuple[float, float]]] = field(default_factory=dict)
     #: where the probe ran (hosts, ranks per host) and on which kernel provider
     probed_on: dict[str, Any] = field(default_factory=dict)
+    #: seconds per byte added on arrays of the larger rate size (0: not measured)
+    gamma_large: float = 0.0
+    #: the array sizes (bytes) the local rates were timed at: ``gamma`` and the codecs' speeds at
+    #: the first, ``gamma_large`` and the ``_large`` speeds at the second
+    rate_sizes: tuple[float, float] = (SMALL_BYTES, LARGE_BYTES)
 
-    def seconds(self, cost: Cost, codec: str | None = None) -> float:
-        """The time of ``cost`` on this machine (codec terms with ``codec``'s rates)."""
+    def seconds(self, cost: Cost, codec: str | None = None, n: float | None = None) -> float:
+        """The time of ``cost`` on this machine (codec terms with ``codec``'s rates) for a call on
+        ``n`` bytes. Local speeds depend on the array size: once an array outgrows a core's
+        cache, and more so where ranks share a core and evict each other's arrays (sign's decode,
+        two ranks on one core: 5.3 GB/s each at 4 MiB, 3.0 at 16 MiB; bench/RESULTS.md, issue
+        17). So the speeds are blended between those timed at the two :attr:`rate_sizes`,
+        linearly in ``log n`` (the smaller's below it, the larger's above it; without ``n``,
+        the smaller's)."""
+        w = self._large_weight(n)
         t = 0.0
         for c, rounds in cost.rounds.items():
             t += rounds * self.link(c).alpha
         for c, nbytes in cost.bytes.items():
             t += nbytes * self.link(c).beta
-        t += cost.reduce_bytes * self.gamma + cost.flops / self.flops
+        t += cost.reduce_bytes * _per_byte(1 / self.gamma, 1 / self.gamma_large if self.gamma_large > 0 else 0.0, w)
+        t += cost.flops / self.flops
         if cost.compress_bytes or cost.decode_bytes:
             rates = self.codec(codec) if codec else None
             if rates is not None:
-                t += cost.compress_bytes / rates.compress_Bps + cost.decode_bytes / rates.decode_Bps
+                t += cost.compress_bytes * _per_byte(rates.compress_Bps, rates.compress_Bps_large, w)
+                t += cost.decode_bytes * _per_byte(rates.decode_Bps, rates.decode_Bps_large, w)
         return t
+
+    def _large_weight(self, n: float | None) -> float:
+        """Where ``n`` lies between the two rate sizes: 0 at or below the smaller, 1 at or above
+        the larger, linear in ``log n`` between."""
+        small, large = self.rate_sizes
+        if n is None or n <= small or large <= small:
+            return 0.0
+        if n >= large:
+            return 1.0
+        return math.log(n / small) / math.log(large / small)
 
     def link(self, name: str) -> Link:
         """The link class ``intra`` or ``inter`` (a machine probed on one host reuses ``intra``)."""
@@ -101,7 +148,7 @@ class Machine:
             gamma, flops = float(measured["gamma"]), float(measured["flops"])
         except (KeyError, TypeError, ValueError) as error:
             raise ArgumentError(f"not a set of codec rates (gpu_check --json, its codec_rates): {error!r}") from None
-        return replace(self, gamma=gamma, flops=flops, codecs={**self.codecs, **codecs},
+        return replace(self, gamma=gamma, flops=flops, codecs={**self.codecs, **codecs}, gamma_large=0.0,
                        probed_on={**self.probed_on, "codecs_from": where})
 
     def native_seconds(self, p: int, nbytes: float) -> float | None:
@@ -125,7 +172,8 @@ class Machine:
         """The JSON form (what ``mpicoll-bench probe --json`` writes)."""
         return {"links": {k: asdict(v) for k, v in self.links.items()}, "gamma": self.gamma, "flops": self.flops,
                 "codecs": {k: asdict(v) for k, v in self.codecs.items()},
-                "native": {str(k): v for k, v in self.native.items()}, "probed_on": self.probed_on}
+                "native": {str(k): v for k, v in self.native.items()}, "probed_on": self.probed_on,
+                "gamma_large": self.gamma_large, "rate_sizes": list(self.rate_sizes)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Machine:
@@ -135,7 +183,9 @@ class Machine:
                        gamma=float(data["gamma"]), flops=float(data["flops"]),
                        codecs={k: CodecRates(**v) for k, v in data.get("codecs", {}).items()},
                        native={int(k): [(float(b), float(t)) for b, t in v] for k, v in data.get("native", {}).items()},
-                       probed_on=dict(data.get("probed_on", {})))
+                       probed_on=dict(data.get("probed_on", {})),
+                       gamma_large=float(data.get("gamma_large", 0.0)),
+                       rate_sizes=_two(data.get("rate_sizes", (SMALL_BYTES, LARGE_BYTES))))
         except (KeyError, TypeError, ValueError) as error:
             raise ArgumentError(f"not a machine model (mpicoll-bench probe --json): {error!r}") from None
 

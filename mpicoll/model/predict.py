@@ -25,7 +25,7 @@ def allreduce_seconds(machine: Machine, algorithm: str, n: float, layout: Layout
     """One uncompressed all-reduce of ``n`` bytes (``native``: the probed curve, or ``None``)."""
     if algorithm == "native":
         return machine.native_seconds(layout.p, n)
-    return machine.seconds(costs.dense(algorithm, n, layout))
+    return machine.seconds(costs.dense(algorithm, n, layout), n=n)
 
 
 def best_uncompressed(machine: Machine, n: float, layout: Layout, *, native: bool = True) -> tuple[str, float]:
@@ -33,8 +33,8 @@ def best_uncompressed(machine: Machine, n: float, layout: Layout, *, native: boo
     several hosts hold several ranks (what ``auto`` takes there), else the best of mpicoll's own
     algorithms and, where probed, ``native``."""
     if layout.hosts > 1 and layout.per_host > 1:
-        return "hierarchical", machine.seconds(costs.hierarchical(n, layout))
-    options = [(a, machine.seconds(costs.dense(a, n, layout))) for a in OWN]
+        return "hierarchical", machine.seconds(costs.hierarchical(n, layout), n=n)
+    options = [(a, machine.seconds(costs.dense(a, n, layout), n=n)) for a in OWN]
     if native:
         t = machine.native_seconds(layout.p, n)
         if t is not None:
@@ -67,7 +67,7 @@ def _flat(machine: Machine, codec: str, n: float, layout: Layout, path: str) -> 
 
 
 def _dense_choice(machine: Machine, n: float, layout: Layout) -> str:
-    return min(OWN, key=lambda a: machine.seconds(costs.dense(a, n, layout)))
+    return min(OWN, key=lambda a: machine.seconds(costs.dense(a, n, layout), n=n))
 
 
 def compressed_seconds(machine: Machine, codec: str, n: float, layout: Layout, path: str = "auto") -> tuple[str, float]:
@@ -91,8 +91,8 @@ def compressed_seconds(machine: Machine, codec: str, n: float, layout: Layout, p
         inner = _flat(machine, codec, n / q, Layout(hosts, 1), inner_path)
         inner.bytes = {c: v * q for c, v in inner.bytes.items()}
         local = costs.hierarchical(n, Layout(1, q)) if q > 1 else Cost()
-        return path, machine.seconds(local) + machine.seconds(inner, codec)
-    return path, machine.seconds(_flat(machine, codec, n, layout, path), codec)
+        return path, machine.seconds(local, n=n) + machine.seconds(inner, codec, n=n / q)
+    return path, machine.seconds(_flat(machine, codec, n, layout, path), codec, n=n)
 
 
 @dataclass(frozen=True)

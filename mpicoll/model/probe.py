@@ -10,7 +10,8 @@ Collective over ``comm`` (every rank calls :func:`probe`):
   wait at a barrier, so a pair has its link to itself.
 - **gamma**: ``np.add`` of two arrays in place; **flops**: the thin products PowerSGD runs;
 - **codecs**: compress and decompress of a Gaussian array with the kernels a user gets by
-  default, and the payload's size over the input's;
+  default, and the payload's size over the input's; these and gamma at two array sizes, 4 and
+  16 MiB (speeds change once arrays outgrow a core's cache: :meth:`.Machine.seconds`);
 - **native**: ``mpicoll.allreduce(algorithm="native")`` at a few sizes (the MPI library's
   algorithms are not modelled, only observed on this rank count).
 
@@ -33,7 +34,7 @@ from ..compression import get as get_compressor
 from ..kernels.threads import blas_share
 from ..transport import Comm, as_comm
 from .costs import Layout
-from .machine import CodecRates, Link, Machine
+from .machine import LARGE_BYTES, SMALL_BYTES, CodecRates, Link, Machine
 
 #: ping-pong sizes: the largest must be well past any burst a link allows (a token bucket's, a
 #: switch's buffer) or the fitted bandwidth is the burst's, not the link's
@@ -41,7 +42,8 @@ PING_SIZES = (8, 1 << 20, 4 << 20)
 NATIVE_SIZES = (4 << 10, 64 << 10, 1 << 20, 4 << 20)
 CODECS = {"fp16": {}, "bf16": {}, "int8": {}, "sign": {}, "qsgd": {}, "topk": {"ratio": 0.01},
           "randomk": {"ratio": 0.01}, "powersgd": {"rank": 4}}
-CODEC_BYTES = 4 << 20
+#: the array sizes local speeds are timed at (gamma, codecs; see Machine.seconds)
+CODEC_BYTES, LARGE_CODEC_BYTES = SMALL_BYTES, LARGE_BYTES
 SETTLE = 0.15  # seconds of untimed calls before a codec is timed (see _median_seconds)
 #: seconds of calls per sample of a local rate (codecs, gamma, products). Where ranks share a core
 #: (more ranks than cores), each gets its share of it over any stretch longer than the scheduler's
@@ -130,15 +132,22 @@ def _pairs(hosts: Sequence[int]) -> dict[str, tuple[int, int]]:
     return pairs
 
 
-def _local_rates(codecs: dict[str, dict[str, Any]], repeats: int) -> tuple[float, float, dict[str, CodecRates]]:
+def _flops(repeats: int) -> float:
+    """The thin products PowerSGD runs, in floating-point operations per second."""
     rng = np.random.default_rng(0)
-    x = rng.standard_normal(CODEC_BYTES // 4).astype(np.float32)
-    y = x.copy()
-    gamma = _median_seconds(lambda: np.add(y, x, out=y), repeats, window=WINDOW) / x.nbytes
     a = rng.standard_normal((1024, 1024)).astype(np.float32)
     q = rng.standard_normal((1024, 4)).astype(np.float32)
     with blas_share():  # as PowerSGD's products run (kernels.threads): this rank's share of the cores
-        flops = 2 * 1024 * 1024 * 4 / _median_seconds(lambda: a.T @ (a @ q), repeats, window=WINDOW) * 2
+        return 2 * 1024 * 1024 * 4 / _median_seconds(lambda: a.T @ (a @ q), repeats, window=WINDOW) * 2
+
+
+def _local_rates(codecs: dict[str, dict[str, Any]], repeats: int,
+                 nbytes: int = CODEC_BYTES) -> tuple[float, dict[str, CodecRates]]:
+    """gamma and every codec's rates, timed on arrays of ``nbytes``."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(nbytes // 4).astype(np.float32)
+    y = x.copy()
+    gamma = _median_seconds(lambda: np.add(y, x, out=y), repeats, window=WINDOW) / x.nbytes
     rates: dict[str, CodecRates] = {}
     for name, params in codecs.items():
         compressor = get_compressor(name, **params)
@@ -152,7 +161,7 @@ def _local_rates(codecs: dict[str, dict[str, Any]], repeats: int) -> tuple[float
             t_d = _median_seconds(lambda c=compressor, p=payload, k=ctx: c.decompress(p, k), repeats, SETTLE,
                                   WINDOW)
         rates[name] = codec_rates_of(compressor, params, payload, x.nbytes, t_c, t_d)
-    return gamma, flops, rates
+    return gamma, rates
 
 
 def codec_rates_of(compressor: Any, params: dict[str, Any], payload: Any, nbytes: int, compress_seconds: float,
@@ -196,14 +205,17 @@ def probe(comm: Any = None, *, codecs: dict[str, dict[str, Any]] | None = None, 
         links[name] = _fit_link(pings[name])
     if not links:  # one rank: nothing to measure; a link that costs nothing
         links["intra"] = Link(0.0, 1e-15)
-    gamma, flops, rates = _local_rates(codecs if codecs is not None else CODECS, repeats)
-    gamma = c.mpi.allreduce(gamma, op=MPI.MAX)
-    flops = c.mpi.allreduce(flops, op=MPI.MIN)
+    wanted = codecs if codecs is not None else CODECS
+    # local speeds at two array sizes (see Machine.seconds): the slowest rank's
+    gamma, rates = _local_rates(wanted, repeats, CODEC_BYTES)
+    gamma_large, large = _local_rates(wanted, repeats, LARGE_CODEC_BYTES)
+    gamma, gamma_large = (c.mpi.allreduce(g, op=MPI.MAX) for g in (gamma, gamma_large))
+    flops = c.mpi.allreduce(_flops(repeats), op=MPI.MIN)
     slowest: dict[str, CodecRates] = {}
     for name, r in rates.items():  # the slowest rank's speeds; rank 0's ratio
-        comp = c.mpi.allreduce(r.compress_Bps, op=MPI.MIN)
-        dec = c.mpi.allreduce(r.decode_Bps, op=MPI.MIN)
-        slowest[name] = CodecRates(r.kind, r.ratio, comp, dec, r.widen, r.rank)
+        comp, dec, comp_large, dec_large = (c.mpi.allreduce(v, op=MPI.MIN) for v in (
+            r.compress_Bps, r.decode_Bps, large[name].compress_Bps, large[name].decode_Bps))
+        slowest[name] = CodecRates(r.kind, r.ratio, comp, dec, r.widen, r.rank, comp_large, dec_large)
     native: list[tuple[float, float]] = []
     for size in native_sizes if c.size > 1 else ():
         x = np.ones(size // 4, dtype=np.float32)
@@ -214,5 +226,5 @@ def probe(comm: Any = None, *, codecs: dict[str, dict[str, Any]] | None = None, 
     layout = Layout.of(c.hosts)
     machine = Machine(links, gamma, flops, slowest, {c.size: native} if native else {},
                       {"ranks": c.size, "hosts": layout.hosts, "per_host": layout.per_host,
-                       "pings": pings})
+                       "pings": pings}, gamma_large, (CODEC_BYTES, LARGE_CODEC_BYTES))
     return Machine.from_json(c.mpi.bcast(machine.to_json(), root=0))  # one model, bit for bit, on every rank

@@ -185,6 +185,30 @@ def test_machine_json_round_trip_and_native_curve():
     assert again.native_seconds(2, 8) == 1e-5 and again.native_seconds(3, 65536) is None
 
 
+def test_local_speeds_blend_between_the_two_rate_sizes():
+    """Codec speeds and gamma timed at 4 and 16 MiB: the smaller's at or below 4 MiB (and without a
+    size), the larger's at or above 16 MiB, and between them time per byte linear in log n; a
+    codec or gamma without a large-array reading keeps its small-array speed everywhere."""
+    m = machine(1.0)
+    m.codecs["sign"] = CodecRates("quantized", 1 / 32, 2e9, 4e9, compress_Bps_large=1e9, decode_Bps_large=2e9)
+    m.gamma_large = 2 / 5e9
+    cost = costs.Cost(reduce_bytes=1e9, compress_bytes=1e9, decode_bytes=1e9)
+    small = 1 / 5e9 * 1e9 + 1e9 / 2e9 + 1e9 / 4e9   # 0.2 + 0.5 + 0.25
+    large = 2 / 5e9 * 1e9 + 1e9 / 1e9 + 1e9 / 2e9   # 0.4 + 1.0 + 0.5
+    assert m.seconds(cost, "sign") == pytest.approx(small)
+    assert m.seconds(cost, "sign", n=MB) == pytest.approx(small)
+    assert m.seconds(cost, "sign", n=4 * MB) == pytest.approx(small)
+    assert m.seconds(cost, "sign", n=64 * MB) == pytest.approx(large)
+    assert m.seconds(cost, "sign", n=8 * MB) == pytest.approx((small + large) / 2)  # halfway in log n
+    assert m.seconds(cost, "topk", n=64 * MB) == pytest.approx(0.4 + 1e9 / 7e7 + 1.0)  # no large codec reading
+    again = Machine.from_json(m.to_json())
+    assert again == m and again.seconds(cost, "sign", n=8 * MB) == pytest.approx((small + large) / 2)
+    old = {k: v for k, v in m.to_json().items() if k not in ("gamma_large", "rate_sizes")}  # an older probe's file
+    assert Machine.from_json(old).seconds(cost, "sign", n=64 * MB) == pytest.approx(0.2 + 1.0 + 0.5)
+    with pytest.raises(ArgumentError, match="not a machine model"):
+        Machine.from_json({**m.to_json(), "rate_sizes": [1, 2, 3]})
+
+
 def test_rates():
     assert gbit("200mbit") == pytest.approx(0.2) and gbit("25gbit") == 25 and gbit("10") == 10
     for bad in ("fastgbit", "0gbit", "-1mbit", "nan", "abc", ""):  # a clear error, never a traceback deep inside
