@@ -18,6 +18,7 @@ agreement and final verdict); other codecs exchange their sizes before each data
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Hashable
 from typing import Any
 
@@ -117,8 +118,10 @@ def _owner_sum(comm: Comm, prepared: Prepared, payloads: list[Any], mine: Ctx, b
     :func:`acc_dtype`: float32 for float16)."""
     received = _alltoall_bytes(comm, prepared, payloads, bounds, fixed) or []
     total = np.zeros(mine.numel, dtype=acc_dtype(mine.dtype))
+    # one scratch for every copy (fresh arrays would fault their pages in each time)
+    decode = functools.partial(prepared.compressor.decompress, out=np.empty(mine.shape, dtype=mine.dtype))
     for rank, theirs in enumerate(received):  # rank order: the same additions on every rank
-        decoded = prepared.guard(f"rank {rank}'s chunk {comm.rank}", prepared.compressor.decompress, theirs, mine)
+        decoded = prepared.guard(f"rank {rank}'s chunk {comm.rank}", decode, theirs, mine)
         if decoded is not None:
             total += decoded.astype(total.dtype, copy=False)
     return total
@@ -149,8 +152,8 @@ def _owner_allgather(comm: Comm, prepared: Prepared, total: Any, counts: list[in
     gathered = allgather(comm, owner_payload, sizes)
     for j, (start, count, at) in enumerate(zip(displacements(counts), counts, displacements(sizes), strict=True)):
         chunk_ctx = Ctx((count,), total.dtype, (key, "owner"), step, "cpu")
-        decoded = prepared.guard(f"rank {j}'s reduced chunk", compressor.decompress, gathered[at: at + sizes[j]],
-                                 chunk_ctx)
-        if decoded is not None:
-            out[start: start + count] = decoded
+        # straight into the result (a payload that fails to decode fails the whole call, on every rank)
+        prepared.guard(f"rank {j}'s reduced chunk", functools.partial(compressor.decompress,
+                                                                      out=out[start: start + count]),
+                       gathered[at: at + sizes[j]], chunk_ctx)
     return out

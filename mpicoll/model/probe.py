@@ -141,12 +141,17 @@ def _flops(repeats: int) -> float:
         return 2 * 1024 * 1024 * 4 / _median_seconds(lambda: a.T @ (a @ q), repeats, window=WINDOW) * 2
 
 
-def _local_rates(codecs: dict[str, dict[str, Any]], repeats: int,
-                 nbytes: int = CODEC_BYTES) -> tuple[float, dict[str, CodecRates]]:
-    """gamma and every codec's rates, timed on arrays of ``nbytes``."""
+def _local_rates(codecs: dict[str, dict[str, Any]], repeats: int, nbytes: int = CODEC_BYTES,
+                 sync: Callable[[], Any] = lambda: None) -> tuple[float, dict[str, CodecRates]]:
+    """gamma and every codec's rates, timed on arrays of ``nbytes``; ``sync`` (a barrier) runs
+    before each timing, so that every rank times the same operation at the same moment, as a
+    collective runs it: two ranks sharing a core then share its cache too. Timed out of step,
+    one rank's decode of 16 MiB ran beside the other's barrier polling and read 5.9 GB/s; in step
+    they evict each other's arrays, at 3.0 GB/s each (bench/RESULTS.md, issue 17)."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal(nbytes // 4).astype(np.float32)
     y = x.copy()
+    sync()
     gamma = _median_seconds(lambda: np.add(y, x, out=y), repeats, window=WINDOW) / x.nbytes
     rates: dict[str, CodecRates] = {}
     for name, params in codecs.items():
@@ -156,8 +161,10 @@ def _local_rates(codecs: dict[str, dict[str, Any]], repeats: int,
         # price its compute per byte like any codec's
         with blas_share() if compressor.kind == "lowrank" else contextlib.nullcontext():
             payload, ctx = compressor.compress(x, key=("probe", name))
+            sync()
             t_c = _median_seconds(lambda c=compressor, n=name: c.compress(x, key=("probe", n)), repeats, SETTLE,
                                   WINDOW)
+            sync()
             t_d = _median_seconds(lambda c=compressor, p=payload, k=ctx: c.decompress(p, k), repeats, SETTLE,
                                   WINDOW)
         rates[name] = codec_rates_of(compressor, params, payload, x.nbytes, t_c, t_d)
@@ -207,8 +214,9 @@ def probe(comm: Any = None, *, codecs: dict[str, dict[str, Any]] | None = None, 
         links["intra"] = Link(0.0, 1e-15)
     wanted = codecs if codecs is not None else CODECS
     # local speeds at two array sizes (see Machine.seconds): the slowest rank's
-    gamma, rates = _local_rates(wanted, repeats, CODEC_BYTES)
-    gamma_large, large = _local_rates(wanted, repeats, LARGE_CODEC_BYTES)
+    gamma, rates = _local_rates(wanted, repeats, CODEC_BYTES, c.mpi.Barrier)
+    gamma_large, large = _local_rates(wanted, repeats, LARGE_CODEC_BYTES, c.mpi.Barrier)
+    c.mpi.Barrier()
     gamma, gamma_large = (c.mpi.allreduce(g, op=MPI.MAX) for g in (gamma, gamma_large))
     flops = c.mpi.allreduce(_flops(repeats), op=MPI.MIN)
     slowest: dict[str, CodecRates] = {}
