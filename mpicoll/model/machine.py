@@ -59,12 +59,17 @@ def _two(values: Any) -> tuple[float, float]:
     return small, large
 
 
+def _blend(small: float, large: float, w: float) -> float:
+    """Seconds per byte at weight ``w`` between the small arrays' (0) and the large arrays' (1),
+    linearly; without a large-array reading (``large`` 0), the small one's."""
+    if large <= 0 or w <= 0:
+        return small
+    return (1 - w) * small + w * large
+
+
 def _per_byte(small_Bps: float, large_Bps: float, w: float) -> float:
-    """Seconds per byte at weight ``w`` between the small-array speed (0) and the large (1),
-    blended linearly in time per byte; without a large-array speed, the small one's."""
-    if large_Bps <= 0 or w <= 0:
-        return 1.0 / small_Bps
-    return (1 - w) / small_Bps + w / large_Bps
+    """:func:`_blend` for speeds in bytes per second (``large_Bps`` 0: not measured)."""
+    return _blend(1.0 / small_Bps, 1.0 / large_Bps if large_Bps > 0 else 0.0, w)
 
 
 @dataclass
@@ -99,7 +104,7 @@ class Machine:
             t += rounds * self.link(c).alpha
         for c, nbytes in cost.bytes.items():
             t += nbytes * self.link(c).beta
-        t += cost.reduce_bytes * _per_byte(1 / self.gamma, 1 / self.gamma_large if self.gamma_large > 0 else 0.0, w)
+        t += cost.reduce_bytes * _blend(self.gamma, self.gamma_large, w)
         t += cost.flops / self.flops
         if cost.compress_bytes or cost.decode_bytes:
             rates = self.codec(codec) if codec else None
