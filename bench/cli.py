@@ -162,6 +162,8 @@ def run_collective(args: argparse.Namespace, comm: Any) -> list[Record]:
         allreduce.IN_PLACE_SHARED = True
     algorithms = _algorithms(case, args.algo)
     if getattr(args, "check_cost", False):
+        if not args.validate:
+            raise SystemExit("--check-cost times each algorithm with the check on and off: drop --no-validate")
         algorithms += [a + UNCHECKED for a in algorithms if a not in case.baselines]
     opts = _options(args, algorithms)
     run_meta = meta(comm, opts)

@@ -217,6 +217,7 @@ def run_case(case: Case, comm: Comm, opts: Options, emit: Callable[[Record], Non
         wrong: dict[str, int] = {}
         with mpicoll.config.override(validate=opts.validate):
             names = list(opts.algorithms)
+            twins = any(_variant(a)[1] for a in names)  # --check-cost: settings change between loops
             for round_ in range(opts.repeats):
                 # Interleaved, and rotated each round, so slow phases of the machine and the after-effects
                 # of one algorithm on the next hit every algorithm alike.
@@ -232,6 +233,8 @@ def run_case(case: Case, comm: Comm, opts: Options, emit: Callable[[Record], Non
                     with mpicoll.config.override(validate=False) if unchecked else contextlib.nullcontext():
                         if algo not in iters:
                             iters[algo] = choose_iterations(comm, body, opts.warmup, opts.iters, opts.budget_s)
+                        elif twins:  # the settings changed since its last loop: its plan is made again, untimed
+                            body()
                         times[algo].append(time_loop(comm, body, iters[algo], opts.timing, opts.stats))
                     wrong[algo] = wrong.get(algo, 0) + prepared.wrong()
                     if progress is not None:

@@ -122,7 +122,7 @@ class _Buffers:
     other rank's core had just read cost 15 us more than writing fresh memory (the cache lines go
     back across cores), about the whole cost of the exchange (bench/RESULTS.md, issue 20)."""
 
-    def __init__(self, comm: Comm, width: int, data_bytes: int = INBAND_BYTES) -> None:
+    def __init__(self, comm: Comm, width: int, data_bytes: int = INBAND_BYTES, recv: Any = None) -> None:
         from mpi4py import MPI
 
         self.MPI = MPI
@@ -132,7 +132,7 @@ class _Buffers:
         self.rowbytes = width * 8
         # every message is received into room for the longest an mpicoll rank of this communicator
         # can send (a peer with another count must be read, not truncated: its rows tell what differs)
-        self.recv = np.empty(INBAND_BYTES + p * self.rowbytes, dtype=np.uint8)
+        self.recv = np.empty(INBAND_BYTES + p * self.rowbytes, dtype=np.uint8) if recv is None else recv
         self.result = np.empty(data_bytes, dtype=np.uint8)
         self.schedule = schedule(comm)
         self.plans: dict[tuple[int, Any], tuple[Any, list[_Step]]] = {}
@@ -185,12 +185,14 @@ def _buffers(comm: Comm, width: int) -> _Buffers:
 
 
 def private(comm: Comm, width: int, data_bytes: int) -> _Buffers:
-    """Buffers of one's own (a table, a receive buffer, a result array for ``data_bytes``), not
-    shared with the communicator's other calls: for a :class:`Route` prepared with the rows it
-    expects (:mod:`.repeat` 's plans). Close them when done (MPI datatypes)."""
+    """Buffers of one's own (a table, a result array for ``data_bytes``), not shared with the
+    communicator's other calls: for a :class:`Route` prepared with the rows it expects
+    (:mod:`.repeat` 's plans). Close them when done (MPI datatypes)."""
     if not 0 <= data_bytes <= INBAND_BYTES:
         raise ValueError(f"private buffers carry 0..{INBAND_BYTES} bytes of data, not {data_bytes}")
-    return _Buffers(comm, width, data_bytes)
+    # the receive buffer is the communicator's own: a message is read out of it before the next
+    # arrives, and a communicator's calls run one at a time (so p x 112 bytes and 16 KiB, once)
+    return _Buffers(comm, width, data_bytes, recv=_buffers(comm, width).recv)
 
 
 def table(comm: Comm, width: int) -> np.ndarray:
@@ -270,7 +272,7 @@ class Route:
         rb = b.rowbytes
         self.steps = [(s, [s.receive, MPI.BYTE], [sent, MPI.BYTE] if s.first and sent is not None else None,
                        None if s.theirs is None else s.theirs.reshape(shape), MPI.Status(),
-                       None if expected is None else expected[step[3] * rb: step[4] * rb])
+                       None if expected is None else memoryview(expected)[step[3] * rb: step[4] * rb])
                       for s, step in zip(steps, b.schedule, strict=True)]
 
     def run(self, work: Any = None, into: Any = None, quick: bool = False) -> Any:

@@ -56,6 +56,15 @@ from .validate import WIDTH, exchange, judge, signature_of
 
 #: the plans one communicator keeps (distinct shapes, dtypes, ops, algorithms): a loop has a few
 LIMIT = 64
+#: what they may hold in all, about: each keeps its own table and expected rows, ``2 p`` rows of
+#: 112 bytes (1.8 MB at 8192 ranks), and a result array of at most 16 KiB
+PLAN_BYTES = 64 << 20
+
+
+def limit(size: int) -> int:
+    """How many plans a communicator of ``size`` ranks keeps: :data:`LIMIT`, fewer (at least 4)
+    where their tables would pass :data:`PLAN_BYTES`."""
+    return max(4, min(LIMIT, PLAN_BYTES // (2 * size * WIDTH * 8 + inband.INBAND_BYTES)))
 #: where a planned call's result goes: a new array, ``x`` itself, the caller's ``out``
 NEW, IN_PLACE, OUT = 0, 1, 2
 _SLOT = "repeat.plans"
@@ -231,7 +240,7 @@ def remember(comm: Comm, x: Any, out: Any, op: Any, rop: ReduceOp, algorithm: st
     found = plans.get(key)
     if found is not None and found.stamp == stamp:  # planned already (this call had a timeline, say)
         return
-    if len(plans) >= LIMIT:
+    if len(plans) >= limit(comm.size):
         plans.close()
     checked = config.get("validate")
     if algo is None and not checked:  # cannot happen (only checked calls ride in band): plan nothing

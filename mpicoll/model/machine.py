@@ -54,8 +54,10 @@ class CodecRates:
 
 
 def _two(values: Any) -> tuple[float, float]:
-    """Two sizes, as floats (a ValueError otherwise)."""
+    """Two sizes, as floats, ``0 < small <= large`` (a ValueError otherwise)."""
     small, large = (float(v) for v in values)
+    if not 0 < small <= large < math.inf:
+        raise ValueError(f"rate_sizes must be two sizes 0 < small <= large, got {values!r}")
     return small, large
 
 

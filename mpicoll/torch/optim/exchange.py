@@ -11,6 +11,7 @@ from ...aggregation import compressed_allreduce
 from ...aggregation.choice import choose_path
 from ...collectives import allreduce
 from ...compression import Compressor, ErrorFeedback
+from ...compression.halfprec import Bf16
 from ...errors import UnsupportedError
 from ...transport import Comm
 from ..tensors import as_array, as_tensor
@@ -34,13 +35,14 @@ def dense_average(tensors: Sequence[torch.Tensor], comm: Comm,
     """The mean over ranks of every tensor, in one fused all-reduce; and the bytes this rank sent.
 
     ``wire``: ``None`` sends the tensors' own dtype (exact); ``get("bf16")`` sends bfloat16 (half
-    the bytes of float32; see :func:`warmup_wire`), reduced on the summable path, no error feedback.
+    the bytes of float32; see :func:`warmup_wire`), reduced on the summable path, no error feedback;
+    16-bit tensors go exact either way.
     """
     if not tensors:
         return [], 0.0
     flat = torch.cat([t.reshape(-1) for t in tensors])
     array = as_array(flat)
-    if wire is None:
+    if wire is None or flat.element_size() <= 2:  # 16-bit gradients: bf16 would not halve them, only round them
         allreduce(array, "avg", comm=comm, out=array)
         sent = dense_sent_bytes(array.nbytes, comm.size)
     else:
@@ -58,7 +60,7 @@ def warmup_wire(wire: Compressor | None, owner: str) -> Compressor | None:
     and below) survive; fp16 would flush them to zero (and then mask those elements out for the
     rest of the run) and overflow above 65504. Lossy codecs that drop elements would bias the
     variance. So only bf16 is accepted."""
-    if wire is None or (isinstance(wire, Compressor) and not isinstance(wire, ErrorFeedback) and wire.name == "bf16"):
+    if wire is None or type(wire) is Bf16:
         return wire
     raise UnsupportedError(f"{owner}: warmup_compressor={wire!r}; accepted: None (the gradients' own dtype) or "
                            f"mpicoll.compression.get('bf16') (fp16 flushes gradients below 6e-8, which "

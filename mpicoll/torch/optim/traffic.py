@@ -64,6 +64,25 @@ class Counting(Compressor):
     def payload_nbytes(self, x: Any) -> int | None:
         return self.inner.payload_nbytes(x)
 
+    # the per-call protocol of a compressed collective goes to the wrapped codec: its residual
+    # bindings (another shape or world size refused), random-k's stream check, and the snapshot a
+    # refused call restores (without these, a refused call kept error feedback's new residuals)
+    def payload_bound(self, ctx: Ctx) -> int:
+        return self.inner.payload_bound(ctx)
+
+    def stream(self, ctx: Ctx) -> int | None:
+        return self.inner.stream(ctx)
+
+    def bind(self, key: Hashable, shape: tuple[int, ...], world_size: int) -> None:
+        self.inner.bind(key, shape, world_size)
+
+    def snapshot(self) -> Any:
+        return self.inner.snapshot(), dict(self.payloads)
+
+    def restore(self, snapshot: Any) -> None:
+        inner, self.payloads = snapshot
+        self.inner.restore(inner)
+
     def summable_section(self, payload: Any, ctx: Ctx) -> tuple[Any, str]:
         return self.inner.summable_section(payload, ctx)
 
