@@ -272,7 +272,7 @@ class Route:
         rb = b.rowbytes
         self.steps = [(s, [s.receive, MPI.BYTE], [sent, MPI.BYTE] if s.first and sent is not None else None,
                        None if s.theirs is None else s.theirs.reshape(shape), MPI.Status(),
-                       None if expected is None else memoryview(expected)[step[3] * rb: step[4] * rb])
+                       None if expected is None else expected[step[3] * rb: step[4] * rb])
                       for s, step in zip(steps, b.schedule, strict=True)]
 
     def run(self, work: Any = None, into: Any = None, quick: bool = False) -> Any:

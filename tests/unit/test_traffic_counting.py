@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 pytest.importorskip("torch")
-from mpicoll.compression import ErrorFeedback, get  # noqa: E402
-from mpicoll.errors import ArgumentError  # noqa: E402
-from mpicoll.torch.optim.traffic import Counting  # noqa: E402
+from mpicoll.compression import ErrorFeedback, get
+from mpicoll.errors import ArgumentError
+from mpicoll.torch.optim.traffic import Counting
 
 
 def test_snapshot_restores_the_wrapped_residuals_and_counts():
