@@ -16,7 +16,6 @@ on ``p`` ranks. :func:`mpicoll.model.rules.prefer_single_pass` is the rule ``aut
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Hashable
 from typing import Any
 
@@ -49,16 +48,9 @@ def decode_sum(prepared: Prepared, gathered: Any, sizes: Any) -> Any:
     """Decode the ``p`` payloads packed in ``gathered`` (``sizes`` bytes each) and add them in rank
     order, in :func:`~.path.acc_dtype`; a malformed payload is recorded in ``prepared`` (every rank
     raises after the protocol) and counts as zeros."""
-    ctx, compressor = prepared.ctx, prepared.compressor
-    total = np.zeros(ctx.numel, dtype=acc_dtype(ctx.dtype))
-    # every payload decodes into one scratch array: a fresh one each would fault in its pages every
-    # time (p x 16 MiB on 3 ranks: about a third of sign's compute there; bench/RESULTS.md, issue 17)
-    decode = functools.partial(compressor.decompress, out=np.empty(ctx.shape, dtype=ctx.dtype))
-    for rank, (start, size) in enumerate(zip(displacements(sizes), sizes, strict=True)):
-        decoded = prepared.guard(f"rank {rank}'s payload", decode, gathered[start: start + size], ctx)
-        if decoded is not None:
-            total += decoded.reshape(-1).astype(total.dtype, copy=False)
-    return total.reshape(ctx.shape)
+    labelled = [(f"rank {rank}'s payload", gathered[start: start + size])
+                for rank, (start, size) in enumerate(zip(displacements(sizes), sizes, strict=True))]
+    return prepared.sum_decoded(prepared.ctx, labelled).reshape(prepared.ctx.shape)
 
 
 register("compressed_allreduce", "allgather_decode")(AllgatherDecode())

@@ -17,7 +17,8 @@ can hold never overflows on the way.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+import functools
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +76,20 @@ class Prepared:
         except Exception as exc:  # any: a peer stranded mid-protocol would wait forever
             self.errors.append((type(exc).__name__, f"{what}: {exc}"))
             return None
+
+    def sum_decoded(self, ctx: Ctx, payloads: Iterable[tuple[str, Any]]) -> Any:
+        """Decode each ``(what, payload)`` as a tensor like ``ctx`` and add them in the order given
+        (rank order: the same additions on every rank), flat, in :func:`acc_dtype`. A payload that
+        fails to decode is recorded (:meth:`guard`) and counts as zeros. Every payload decodes into
+        one scratch array: a fresh one each faulted its pages in every time (3 x 16 MiB on 3
+        ranks: about a third of sign's compute there; bench/RESULTS.md, issue 17)."""
+        total = np.zeros(ctx.numel, dtype=acc_dtype(ctx.dtype))
+        decode = functools.partial(self.compressor.decompress, out=np.empty(ctx.shape, dtype=ctx.dtype))
+        for what, payload in payloads:
+            decoded = self.guard(what, decode, payload, ctx)
+            if decoded is not None:
+                total += decoded.reshape(-1).astype(total.dtype, copy=False)
+        return total
 
     def mean(self, total: Any, size: int) -> Any:
         """``total`` divided by ``size`` in place when averaging (``total`` is in :func:`acc_dtype`)."""

@@ -29,7 +29,7 @@ from ..collectives.internal import allgather, displacements, even_counts, regist
 from ..compression import Compressor, Ctx
 from ..transport import Comm
 from ..transport.watchdog import waited, waiting_on
-from .path import Parts, Path, Prepared, acc_dtype
+from .path import Parts, Path, Prepared
 
 
 def _compress_chunks(compressor: Compressor, flat: Any, counts: list[int], key: Hashable) -> tuple[list, list]:
@@ -117,14 +117,8 @@ def _owner_sum(comm: Comm, prepared: Prepared, payloads: list[Any], mine: Ctx, b
     """Phases 1-2: send chunk j to rank j; add the p copies of our chunk, in rank order (in
     :func:`acc_dtype`: float32 for float16)."""
     received = _alltoall_bytes(comm, prepared, payloads, bounds, fixed) or []
-    total = np.zeros(mine.numel, dtype=acc_dtype(mine.dtype))
-    # one scratch for every copy (fresh arrays would fault their pages in each time)
-    decode = functools.partial(prepared.compressor.decompress, out=np.empty(mine.shape, dtype=mine.dtype))
-    for rank, theirs in enumerate(received):  # rank order: the same additions on every rank
-        decoded = prepared.guard(f"rank {rank}'s chunk {comm.rank}", decode, theirs, mine)
-        if decoded is not None:
-            total += decoded.astype(total.dtype, copy=False)
-    return total
+    return prepared.sum_decoded(mine, ((f"rank {rank}'s chunk {comm.rank}", theirs)
+                                       for rank, theirs in enumerate(received)))
 
 
 def _owner_allgather(comm: Comm, prepared: Prepared, total: Any, counts: list[int], key: Hashable,
