@@ -288,7 +288,7 @@ class Route:
         notes or the engine's polling (:mod:`.repeat` 's planned calls, where neither runs)."""
         c = self.comm
         if self.dirty:  # a private table: its rows as expected again (a refused call wrote others)
-            self.b.table.reshape(-1).view(np.uint8)[...] = np.frombuffer(self.expected, dtype=np.uint8)
+            self.b.rows.reshape(-1)[...] = np.frombuffer(self.expected, dtype=np.uint8)
             self.dirty = False
         if c.size == 1:
             return True if work is None else work

@@ -94,10 +94,10 @@ class Machine:
 
     def seconds(self, cost: Cost, codec: str | None = None, n: float | None = None) -> float:
         """The time of ``cost`` on this machine (codec terms with ``codec``'s rates) for a call on
-        ``n`` bytes. Local speeds depend on the array size: once an array outgrows a core's
-        cache, and more so where ranks share a core and evict each other's arrays (sign's decode,
-        two ranks on one core: 5.3 GB/s each at 4 MiB, 3.0 at 16 MiB; bench/RESULTS.md, issue
-        17). So the speeds are blended between those timed at the two :attr:`rate_sizes`,
+        ``n`` bytes. Local speeds depend on the array size once an array outgrows a core's cache,
+        above all where ranks share a core (the bed's probes: ``np.add`` 9-38% slower per byte at
+        16 MiB than at 4 MiB in 4 of 5 such configurations; bench/RESULTS.md, issue 17). So the
+        speeds are blended between those timed at the two :attr:`rate_sizes`,
         linearly in ``log n`` (the smaller's below it, the larger's above it; without ``n``,
         the smaller's)."""
         w = self._large_weight(n)

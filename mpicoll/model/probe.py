@@ -42,8 +42,6 @@ PING_SIZES = (8, 1 << 20, 4 << 20)
 NATIVE_SIZES = (4 << 10, 64 << 10, 1 << 20, 4 << 20)
 CODECS = {"fp16": {}, "bf16": {}, "int8": {}, "sign": {}, "qsgd": {}, "topk": {"ratio": 0.01},
           "randomk": {"ratio": 0.01}, "powersgd": {"rank": 4}}
-#: the array sizes local speeds are timed at (gamma, codecs; see Machine.seconds)
-CODEC_BYTES, LARGE_CODEC_BYTES = SMALL_BYTES, LARGE_BYTES
 SETTLE = 0.15  # seconds of untimed calls before a codec is timed (see _median_seconds)
 #: seconds of calls per sample of a local rate (codecs, gamma, products). Where ranks share a core
 #: (more ranks than cores), each gets its share of it over any stretch longer than the scheduler's
@@ -141,13 +139,13 @@ def _flops(repeats: int) -> float:
         return 2 * 1024 * 1024 * 4 / _median_seconds(lambda: a.T @ (a @ q), repeats, window=WINDOW) * 2
 
 
-def _local_rates(codecs: dict[str, dict[str, Any]], repeats: int, nbytes: int = CODEC_BYTES,
+def _local_rates(codecs: dict[str, dict[str, Any]], repeats: int, nbytes: int,
                  sync: Callable[[], Any] = lambda: None) -> tuple[float, dict[str, CodecRates]]:
     """gamma and every codec's rates, timed on arrays of ``nbytes``; ``sync`` (a barrier) runs
     before each timing, so that every rank times the same operation at the same moment, as a
-    collective runs it: two ranks sharing a core then share its cache too. Timed out of step,
-    one rank's decode of 16 MiB ran beside the other's barrier polling and read 5.9 GB/s; in step
-    they evict each other's arrays, at 3.0 GB/s each (bench/RESULTS.md, issue 17)."""
+    collective runs it (two ranks sharing a core then also share its cache). Its own effect was
+    not separated from this VM's launch-to-launch noise: sign's 16 MiB decode read 5.9 GB/s
+    without it and 7.0 with it, in two launches (bench/RESULTS.md, issue 17)."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal(nbytes // 4).astype(np.float32)
     y = x.copy()
@@ -214,8 +212,8 @@ def probe(comm: Any = None, *, codecs: dict[str, dict[str, Any]] | None = None, 
         links["intra"] = Link(0.0, 1e-15)
     wanted = codecs if codecs is not None else CODECS
     # local speeds at two array sizes (see Machine.seconds): the slowest rank's
-    gamma, rates = _local_rates(wanted, repeats, CODEC_BYTES, c.mpi.Barrier)
-    gamma_large, large = _local_rates(wanted, repeats, LARGE_CODEC_BYTES, c.mpi.Barrier)
+    gamma, rates = _local_rates(wanted, repeats, SMALL_BYTES, c.mpi.Barrier)
+    gamma_large, large = _local_rates(wanted, repeats, LARGE_BYTES, c.mpi.Barrier)
     c.mpi.Barrier()
     gamma, gamma_large = (c.mpi.allreduce(g, op=MPI.MAX) for g in (gamma, gamma_large))
     flops = c.mpi.allreduce(_flops(repeats), op=MPI.MIN)
@@ -234,5 +232,5 @@ def probe(comm: Any = None, *, codecs: dict[str, dict[str, Any]] | None = None, 
     layout = Layout.of(c.hosts)
     machine = Machine(links, gamma, flops, slowest, {c.size: native} if native else {},
                       {"ranks": c.size, "hosts": layout.hosts, "per_host": layout.per_host,
-                       "pings": pings}, gamma_large, (CODEC_BYTES, LARGE_CODEC_BYTES))
+                       "pings": pings}, gamma_large, (SMALL_BYTES, LARGE_BYTES))
     return Machine.from_json(c.mpi.bcast(machine.to_json(), root=0))  # one model, bit for bit, on every rank
