@@ -13,7 +13,9 @@ Collective over ``comm`` (every rank calls :func:`probe`):
   default, and the payload's size over the input's; these and gamma at two array sizes, 4 and
   16 MiB (speeds change once arrays outgrow a core's cache: :meth:`.Machine.seconds`);
 - **native**: ``mpicoll.allreduce(algorithm="native")`` at a few sizes (the MPI library's
-  algorithms are not modelled, only observed on this rank count).
+  algorithms are not modelled, only observed on this rank count), up to 16 MiB where that fits
+  :data:`NATIVE_BUDGET`: an MPI library may change algorithm past 4 MiB, and the curve is
+  extrapolated past its largest point.
 
 The slowest rank's figures are kept (``MAX`` over ranks), and rank 0's decision-relevant result is
 broadcast, so every rank returns the same :class:`Machine`.
@@ -39,7 +41,12 @@ from .machine import LARGE_BYTES, SMALL_BYTES, CodecRates, Link, Machine
 #: ping-pong sizes: the largest must be well past any burst a link allows (a token bucket's, a
 #: switch's buffer) or the fitted bandwidth is the burst's, not the link's
 PING_SIZES = (8, 1 << 20, 4 << 20)
-NATIVE_SIZES = (4 << 10, 64 << 10, 1 << 20, 4 << 20)
+NATIVE_SIZES = (4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20)
+#: seconds the probe may spend observing one ``MPI_Allreduce`` size, judged from the size before
+#: it scaled by bytes: a larger size gets fewer samples, or none (then the curve is extrapolated
+#: from the last size observed). On 4 hosts at 200 Mbit/s MPICH took 334 ms at 4 MiB and 2.08 s
+#: at 16 MiB, 1.6x slower per byte: extrapolated, the model read 1.09 s (bench/RESULTS.md, issue 17).
+NATIVE_BUDGET = 5.0
 CODECS = {"fp16": {}, "bf16": {}, "int8": {}, "sign": {}, "qsgd": {}, "topk": {"ratio": 0.01},
           "randomk": {"ratio": 0.01}, "powersgd": {"rank": 4}}
 SETTLE = 0.15  # seconds of untimed calls before a codec is timed (see _median_seconds)
@@ -191,6 +198,31 @@ def _payload_bytes(payload: Any) -> int:
     return int(getattr(payload, "nbytes", 0))
 
 
+def _observe_native(c: Comm, sizes: Sequence[int], repeats: int,
+                    budget: float = NATIVE_BUDGET) -> list[tuple[float, float]]:
+    """``MPI_Allreduce``'s ``(bytes, seconds)`` at ``sizes`` in increasing order (the slowest rank's
+    median), each within ``budget`` seconds as the size before it predicts: a size whose calls
+    (one untimed, then the samples) would pass it gets fewer samples, and is skipped, with every
+    larger one, when even one sample would. The times are ``MAX`` over ranks, so every rank makes
+    the same choice."""
+    from mpi4py import MPI
+
+    points: list[tuple[float, float]] = []
+    for size in sorted(sizes):
+        samples = repeats
+        if points:
+            expected = points[-1][1] * size / points[-1][0]
+            samples = min(repeats, int(budget / expected) - 1) if expected > 0 else repeats
+            if samples < 1:
+                break
+        x = np.ones(size // 4, dtype=np.float32)
+        out = np.empty_like(x)
+        c.mpi.Barrier()
+        t = _median_seconds(lambda x=x, out=out: allreduce(x, algorithm="native", comm=c, out=out), samples)
+        points.append((float(size), c.mpi.allreduce(t, op=MPI.MAX)))
+    return points
+
+
 def probe(comm: Any = None, *, codecs: dict[str, dict[str, Any]] | None = None, repeats: int = 5,
           native_sizes: Sequence[int] = NATIVE_SIZES) -> Machine:
     """Measure this job's machine (collective over ``comm``); every rank returns the same model.
@@ -222,13 +254,7 @@ def probe(comm: Any = None, *, codecs: dict[str, dict[str, Any]] | None = None, 
         comp, dec, comp_large, dec_large = (c.mpi.allreduce(v, op=MPI.MIN) for v in (
             r.compress_Bps, r.decode_Bps, large[name].compress_Bps, large[name].decode_Bps))
         slowest[name] = CodecRates(r.kind, r.ratio, comp, dec, r.widen, r.rank, comp_large, dec_large)
-    native: list[tuple[float, float]] = []
-    for size in native_sizes if c.size > 1 else ():
-        x = np.ones(size // 4, dtype=np.float32)
-        out = np.empty_like(x)
-        c.mpi.Barrier()
-        t = _median_seconds(lambda x=x, out=out: allreduce(x, algorithm="native", comm=c, out=out), repeats)
-        native.append((float(size), c.mpi.allreduce(t, op=MPI.MAX)))
+    native = _observe_native(c, native_sizes, repeats) if c.size > 1 else []
     layout = Layout.of(c.hosts)
     machine = Machine(links, gamma, flops, slowest, {c.size: native} if native else {},
                       {"ranks": c.size, "hosts": layout.hosts, "per_host": layout.per_host,

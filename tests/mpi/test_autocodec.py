@@ -79,6 +79,20 @@ def test_a_probe_gives_every_rank_the_same_model(comm):
     assert_all(comm.mpi, model.codecs["fp16"].ratio == pytest.approx(0.5, abs=0.01), "fp16 halves the bytes")
 
 
+def test_the_native_curve_stops_where_the_budget_does(comm):
+    """The probe observes ``MPI_Allreduce`` size by size while the size before it says the next fits
+    the budget; every rank stops at the same size (the times are the slowest rank's)."""
+    from mpicoll.model.probe import _observe_native
+
+    sizes = (4 << 10, 64 << 10, 1 << 20)
+    every = _observe_native(comm, sizes, repeats=1, budget=1e6)
+    assert_all(comm.mpi, [b for b, _ in every] == [float(s) for s in sizes] and all(t > 0 for _, t in every),
+               f"an ample budget observes every size: {every}")
+    first = _observe_native(comm, sizes, repeats=1, budget=1e-12)
+    assert_all(comm.mpi, [b for b, _ in first] == [float(sizes[0])], f"a spent budget stops after one: {first}")
+    assert_same_on_all_ranks(comm.mpi, np.array(every + first, dtype=np.float64), "one curve on every rank")
+
+
 def test_a_missing_model_file_fails_every_rank(comm):
     with pytest.raises(ArgumentError, match="cannot read the machine model"):
         AutoCodec(model="/nonexistent/model.json").prepare(comm)
