@@ -17,39 +17,20 @@ import numpy as np
 from ..backend import device_of, to_host, xp_of
 from ..errors import ArgumentError
 from .base import Compressor, Ctx
+from .wrapper import Wrapper
 
 
-class ErrorFeedback(Compressor):
-    """Wrap any compressor with error feedback; same protocol and traits as the inner one."""
+class ErrorFeedback(Wrapper):
+    """Wrap any compressor with error feedback; same protocol and traits as the inner one
+    (forwarded by :class:`~.wrapper.Wrapper`; only the residuals are added here)."""
 
     def __init__(self, inner: Compressor) -> None:
         if not isinstance(inner, Compressor) or isinstance(inner, ErrorFeedback):
             raise ArgumentError(f"ErrorFeedback needs a plain compressor, got {inner!r}")
-        super().__init__()
-        self.inner = inner
+        super().__init__(inner)
         self.residuals: dict[Hashable, Any] = {}
         #: key -> (shape, world size) of the compressed all-reduces its residuals come from
         self.bindings: dict[Hashable, tuple[tuple[int, ...], int]] = {}
-
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        return self.inner.name
-
-    @property
-    def wire_id(self) -> int:  # type: ignore[override]
-        return self.inner.wire_id
-
-    @property
-    def kind(self) -> str:  # type: ignore[override]
-        return self.inner.kind
-
-    @property
-    def lossless(self) -> bool:  # type: ignore[override]
-        return self.inner.lossless
-
-    @property
-    def narrow_range(self) -> bool:  # type: ignore[override]
-        return self.inner.narrow_range
 
     def compress(self, x: Any, key: Hashable = None, *, out: Any = None) -> tuple[Any, Ctx]:
         corrected = self.corrected(x, key)
@@ -69,21 +50,6 @@ class ErrorFeedback(Compressor):
                                 f"use a new key for a new tensor")
         return x if residual is None else x + residual.astype(x.dtype, copy=False)
 
-    def decompress(self, payload: Any, ctx: Ctx, *, out: Any = None) -> Any:
-        return self.inner.decompress(payload, ctx, out=out)
-
-    def payload_nbytes(self, x: Any) -> int | None:
-        return self.inner.payload_nbytes(x)
-
-    def stream(self, ctx: Ctx) -> int | None:
-        return self.inner.stream(ctx)
-
-    def summable_section(self, payload: Any, ctx: Ctx) -> tuple[Any, str]:
-        return self.inner.summable_section(payload, ctx)
-
-    def sparse_parts(self, payload: Any, ctx: Ctx) -> tuple[Any, Any]:
-        return self.inner.sparse_parts(payload, ctx)
-
     def bind(self, key: Hashable, shape: tuple[int, ...], world_size: int) -> None:
         """Refuse to go on with residuals kept for another tensor shape or number of ranks.
 
@@ -102,19 +68,15 @@ class ErrorFeedback(Compressor):
         self.bindings[key] = now
 
     def snapshot(self) -> Any:
-        return super().snapshot(), dict(self.residuals), dict(self.bindings), self.inner.snapshot()
+        return dict(self.residuals), dict(self.bindings), self.inner.snapshot()
 
     def restore(self, snapshot: Any) -> None:
-        steps, self.residuals, self.bindings, inner = snapshot
-        super().restore(steps)
+        self.residuals, self.bindings, inner = snapshot
         self.inner.restore(inner)
 
     def residual(self, key: Hashable = None) -> Any:
         """The current residual of ``key`` (``None`` before its first compression)."""
         return self.residuals.get(key)
-
-    def params(self) -> dict[str, Any]:
-        return {"inner": self.inner}
 
     def state_dict(self) -> dict[str, Any]:
         """Residuals (as host arrays), the shape and number of ranks each was made with, and the

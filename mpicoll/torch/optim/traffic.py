@@ -12,6 +12,7 @@ from collections.abc import Hashable
 from typing import Any
 
 from ...compression import Compressor, Ctx
+from ...compression.wrapper import Wrapper
 
 
 def dense_sent_bytes(nbytes: int, size: int) -> float:
@@ -40,41 +41,18 @@ def compressed_sent_bytes(path: str, payloads: dict[Hashable, int], key: Hashabl
     return dense_sent_bytes(own, size)  # summable paths reduce the wire section like a dense array
 
 
-class Counting(Compressor):
-    """Wrap a compressor (usually an ErrorFeedback) and record each payload's size by key."""
+class Counting(Wrapper):
+    """Wrap a compressor (usually an ErrorFeedback) and record each payload's size by key; the rest
+    of the protocol goes to the wrapped codec (:class:`~mpicoll.compression.wrapper.Wrapper`)."""
 
     def __init__(self, inner: Compressor) -> None:
-        super().__init__()
-        self.inner = inner
+        super().__init__(inner)
         self.payloads: dict[Hashable, int] = {}
-
-    name = property(lambda self: self.inner.name)  # type: ignore[assignment]
-    wire_id = property(lambda self: self.inner.wire_id)  # type: ignore[assignment]
-    kind = property(lambda self: self.inner.kind)  # type: ignore[assignment]
-    lossless = property(lambda self: self.inner.lossless)  # type: ignore[assignment]
 
     def compress(self, x: Any, key: Hashable = None, *, out: Any = None) -> tuple[Any, Ctx]:
         payload, ctx = self.inner.compress(x, key, out=out)
         self.payloads[key] = self.payloads.get(key, 0) + int(payload.nbytes)
         return payload, ctx
-
-    def decompress(self, payload: Any, ctx: Ctx, *, out: Any = None) -> Any:
-        return self.inner.decompress(payload, ctx, out=out)
-
-    def payload_nbytes(self, x: Any) -> int | None:
-        return self.inner.payload_nbytes(x)
-
-    # the per-call protocol of a compressed collective goes to the wrapped codec: its residual
-    # bindings (another shape or world size refused), random-k's stream check, and the snapshot a
-    # refused call restores (without these, a refused call kept error feedback's new residuals)
-    def payload_bound(self, ctx: Ctx) -> int:
-        return self.inner.payload_bound(ctx)
-
-    def stream(self, ctx: Ctx) -> int | None:
-        return self.inner.stream(ctx)
-
-    def bind(self, key: Hashable, shape: tuple[int, ...], world_size: int) -> None:
-        self.inner.bind(key, shape, world_size)
 
     def snapshot(self) -> Any:
         return self.inner.snapshot(), dict(self.payloads)
@@ -83,22 +61,10 @@ class Counting(Compressor):
         inner, self.payloads = snapshot
         self.inner.restore(inner)
 
-    def summable_section(self, payload: Any, ctx: Ctx) -> tuple[Any, str]:
-        return self.inner.summable_section(payload, ctx)
-
-    def sparse_parts(self, payload: Any, ctx: Ctx) -> tuple[Any, Any]:
-        return self.inner.sparse_parts(payload, ctx)
-
     def take(self) -> dict[Hashable, int]:
         """The sizes recorded since the last call, and forget them."""
         taken, self.payloads = self.payloads, {}
         return taken
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.inner.load_state_dict(state)
 
     def __repr__(self) -> str:
         return repr(self.inner)
