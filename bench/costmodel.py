@@ -102,7 +102,8 @@ def describe(machine: Any) -> str:
     where = {k: v for k, v in machine.probed_on.items() if k != "pings"}
     lines = [f"# machine model: {where}"]
     for name, link in machine.links.items():
-        lines.append(f"link {name:5s}  alpha {link.alpha * 1e6:8.1f} us   {link.gbit:8.3f} Gbit/s")
+        lines.append(f"link {name:5s}  alpha {link.alpha * 1e6:8.1f} us   {link.gbit:8.3f} Gbit/s"
+                     + (f"   burst {link.burst / 1024:.0f} KiB" if link.burst >= 1024 else ""))
     lines.append(f"reduce {1 / machine.gamma / 1e9:.2f} GB/s   products {machine.flops / 1e9:.2f} GFLOP/s")
     for name, c in machine.codecs.items():
         if c.kind == "lowrank":

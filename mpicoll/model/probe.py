@@ -91,12 +91,16 @@ def _median_seconds(fn: Callable[[], Any], repeats: int, settle: float = 0.0, wi
 def _fit_link(points: Sequence[tuple[int, float]]) -> Link:
     """``alpha`` from the smallest message; ``beta`` from the slope between the two largest, which
     a link's burst allowance (a token bucket's, a switch buffer's) shortens alike, so the slope is
-    the sustained rate (through 0 it would read a 200 Mbit/s link with a 512 KiB burst as 217)."""
+    the sustained rate (through 0 it would read a 200 Mbit/s link with a 512 KiB burst as 217);
+    ``burst``, the bytes that shortening is worth: how far the second largest message's time falls
+    below ``alpha`` plus its bytes at that rate (0 to its size; about 0 on an unshaped link, 117-126
+    KiB on the bed's 128 KiB ``tbf`` bucket)."""
     ordered = sorted(points)
     alpha = max(ordered[0][1], 0.0)
     (s1, t1), (s2, t2) = ordered[-2], ordered[-1]
-    beta = (t2 - t1) / (s2 - s1) if s2 > s1 and t2 > t1 else (t2 - alpha) / max(s2 - ordered[0][0], 1)
-    return Link(alpha, max(beta, 1e-15))
+    beta = max((t2 - t1) / (s2 - s1) if s2 > s1 and t2 > t1 else (t2 - alpha) / max(s2 - ordered[0][0], 1), 1e-15)
+    burst = min(max(s1 - (t1 - alpha) / beta, 0.0), float(s1)) if len(ordered) > 2 else 0.0
+    return Link(alpha, beta, burst)
 
 
 def _pingpong(comm: Comm, a: int, b: int, sizes: Sequence[int], repeats: int) -> list[tuple[int, float]] | None:

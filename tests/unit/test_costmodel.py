@@ -148,6 +148,41 @@ def test_seconds_adds_every_term():
     assert m.seconds(cost, "sign") == pytest.approx(2 * 100e-6 + 1e6 * 8e-9 + 1e-3 + 4 + 1 + 1)
 
 
+def test_a_shaped_links_burst_takes_off_up_to_the_codec_work():
+    """A link with a burst sends that many bytes at once after idling through the call's codec work:
+    the wire time shrinks by min(burst, bytes) * beta, never by more than that work; dense calls
+    (no codec work) and links without a burst pay the full rate."""
+    beta = 8e-9 / 0.05  # 50 Mbit/s: 160 ns per byte
+    m = machine()
+    m.links["inter"] = Link(0.0, beta, burst=128 * 1024)
+    wire = costs.Cost({}, {"inter": 335_592.0})
+    dense = wire + costs.Cost(reduce_bytes=1e6)
+    assert m.seconds(dense) == pytest.approx(335_592 * beta + 1e6 / 5e9)  # no idle spell: no saving
+    long_idle = wire + costs.Cost(compress_bytes=7e7 * 0.05)  # 50 ms of top-k compressing
+    assert m.seconds(long_idle, "topk") == pytest.approx(0.05 + (335_592 - 128 * 1024) * beta)
+    short_idle = wire + costs.Cost(compress_bytes=7e7 * 0.005)  # 5 ms: the bucket refills only that far
+    assert m.seconds(short_idle, "topk") == pytest.approx(335_592 * beta)
+    small = costs.Cost({}, {"inter": 1000.0}, compress_bytes=7e7 * 0.05)  # less than a bucket: all of it at once
+    assert m.seconds(small, "topk") == pytest.approx(0.05)
+    assert Machine.from_json(m.to_json()) == m
+    assert m.with_rate(1.0).links["inter"].burst == 0  # a projection is of a link, not of the bed's shaper
+    m.links["inter"] = Link(0.0, beta)
+    assert m.seconds(long_idle, "topk") == pytest.approx(0.05 + 335_592 * beta)
+
+
+def test_the_probe_reads_a_links_burst_from_its_pings():
+    """alpha from 8 B, beta from the slope between 1 and 4 MiB, and the burst from how far 1 MiB
+    falls below alpha plus its bytes at that rate: the bed's 128 KiB bucket; 0 on a plain link."""
+    from mpicoll.model.probe import _fit_link
+
+    alpha, beta, bucket = 10e-6, 8e-9 / 0.2, 128 * 1024
+    shaped = _fit_link([(8, alpha), (1 << 20, alpha + ((1 << 20) - bucket) * beta),
+                        (4 << 20, alpha + ((4 << 20) - bucket) * beta)])
+    assert shaped.alpha == alpha and shaped.beta == pytest.approx(beta) and shaped.burst == pytest.approx(bucket)
+    plain = _fit_link([(8, alpha), (1 << 20, alpha + (1 << 20) * beta * 1.01), (4 << 20, alpha + (4 << 20) * beta)])
+    assert plain.burst == 0
+
+
 def test_slow_links_pick_a_codec_fast_ones_none():
     slow = choose_codec(machine(0.2), 64 * MB, Layout(2, 1), ["fp16", "sign", "powersgd"])
     assert slow.codec != "none" and set(slow.predicted) == {"none", "fp16", "sign", "powersgd"}
