@@ -81,6 +81,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--target", type=float, default=0.25, help="largest |error| that meets the target (default 0.25)")
     p.add_argument("--repredict", action="store_true",
                    help="predict again with the current formulas from the model each file recorded (its own probe)")
+    p.add_argument("--median", action="store_true",
+                   help="files of one configuration (the same file name) from several launches make one row per "
+                        "path and size: the median prediction against the median measurement, each launch's "
+                        "error beside it")
 
 
 # ----------------------------------------------------------------------------------------------- probe
@@ -316,35 +320,30 @@ def _median_call(comm: Any, call: Any, repeats: int) -> float:
 
 def run_model_report(args: argparse.Namespace) -> int:
     """``mpicoll-bench model-report``: one markdown table of predicted against measured, per file
-    (a bed configuration), and how many rows above ``--min-ms`` meet ``--target``."""
+    (a bed configuration), and how many rows above ``--min-ms`` meet ``--target``; with
+    ``--median``, one row per configuration, path and size over several launches."""
     counted = met = 0
     per_path: dict[str, list[float]] = {}
-    print("| configuration | path | size | predicted ms | measured ms | error |")
-    print("|---|---|---|---|---|---|")
-    from mpicoll.model import Layout, Machine
-
-    for name in args.files:
-        document = json.loads(Path(name).read_text())
-        where = Path(name).stem
-        machine = Machine.from_json(document["model"])
-        for row in document["rows"]:
-            measured_ms = row["measured_s"] * 1e3
-            predicted = row["predicted_s"]
-            codec = row["path"].rpartition(":")[0]
-            unmeasured = codec in machine.codecs and machine.codecs[codec].compress_Bps >= 1e29
-            if args.repredict and not unmeasured:  # a probe that never timed a codec keeps its own prediction
-                layout = Layout(row["hosts"], row["ranks"] // row["hosts"])
-                predicted = predict_entry(machine, row["path"], row["bytes"], layout)
-            error = None if predicted is None else (predicted - row["measured_s"]) / row["measured_s"]
-            counts = predicted is not None and measured_ms >= args.min_ms
-            if counts:
-                counted += 1
-                met += abs(error) <= args.target
-                per_path.setdefault(row["path"], []).append(error)
-            flag = "" if not counts or abs(error) <= args.target else " **"
-            shown = "-" if predicted is None else f"{predicted * 1e3:.1f}"
-            err = "-" if error is None else f"{error:+.0%}{flag}"
-            print(f"| {where} | {row['path']} | {_human(row['bytes'])} | {shown} | {measured_ms:.1f} | {err} |")
+    launches = "| launches' errors " if args.median else ""
+    print(f"| configuration | path | size | predicted ms | measured ms | error {launches}|")
+    print("|---|---|---|---|---|---|" + ("---|" if args.median else ""))
+    for where, path, nbytes, predictions, measurements in _report_rows(args):
+        predicted = statistics.median(predictions) if None not in predictions else None
+        measured = statistics.median(measurements)
+        error = None if predicted is None else (predicted - measured) / measured
+        counts = predicted is not None and measured * 1e3 >= args.min_ms
+        if counts:
+            counted += 1
+            met += abs(error) <= args.target
+            per_path.setdefault(path, []).append(error)
+        flag = "" if not counts or abs(error) <= args.target else " **"
+        shown = "-" if predicted is None else f"{predicted * 1e3:.1f}"
+        err = "-" if error is None else f"{error:+.0%}{flag}"
+        each = ""
+        if args.median:
+            each = " " + ", ".join("-" if p is None else f"{(p - m) / m:+.0%}"
+                                   for p, m in zip(predictions, measurements, strict=True)) + " |"
+        print(f"| {where} | {path} | {_human(nbytes)} | {shown} | {measured * 1e3:.1f} | {err} |{each}")
     print(f"\n{met} of {counted} predictions of calls above {args.min_ms:g} ms within {args.target:.0%} "
           f"(** marks the others)\n")
     print("| path | within target / counted | errors (above the time floor) |")
@@ -353,3 +352,27 @@ def run_model_report(args: argparse.Namespace) -> int:
         inside = sum(abs(e) <= args.target for e in errors)
         print(f"| {path} | {inside} / {len(errors)} | {min(errors):+.0%} .. {max(errors):+.0%} |")
     return 0
+
+
+def _report_rows(args: argparse.Namespace) -> list[tuple[str, str, int, list[float | None], list[float]]]:
+    """``(configuration, path, bytes, predictions, measurements)`` per row of the files, in their
+    order: one launch each, or with ``--median`` every launch of a configuration (files of the same
+    name) together. ``--repredict`` prices each row again from its own file's probe."""
+    from mpicoll.model import Layout, Machine
+
+    rows: dict[tuple[str, str, int], tuple[list[float | None], list[float]]] = {}
+    for i, name in enumerate(args.files):
+        document = json.loads(Path(name).read_text())
+        where = Path(name).stem if args.median else f"{Path(name).stem}#{i}"
+        machine = Machine.from_json(document["model"])
+        for row in document["rows"]:
+            predicted = row["predicted_s"]
+            codec = row["path"].rpartition(":")[0]
+            unmeasured = codec in machine.codecs and machine.codecs[codec].compress_Bps >= 1e29
+            if args.repredict and not unmeasured:  # a probe that never timed a codec keeps its own prediction
+                layout = Layout(row["hosts"], row["ranks"] // row["hosts"])
+                predicted = predict_entry(machine, row["path"], row["bytes"], layout)
+            predictions, measurements = rows.setdefault((where, row["path"], row["bytes"]), ([], []))
+            predictions.append(predicted)
+            measurements.append(row["measured_s"])
+    return [(where.partition("#")[0], path, nbytes, *found) for (where, path, nbytes), found in rows.items()]

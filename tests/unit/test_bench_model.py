@@ -34,3 +34,31 @@ def test_fit_needs_points_and_stays_non_negative():
     # times that shrink with size would need a negative bandwidth cost: it is dropped instead
     got = fit([("ring", 2, n, 1e-3 - n * 1e-12) for n in (1e3, 1e5, 1e7, 1e8)])
     assert got is not None and got.alpha >= 0 and got.beta >= 0 and got.gamma >= 0
+
+
+def test_model_report_takes_the_median_over_launches(tmp_path, capsys):
+    """``model-report --median``: files of one configuration from several launches make one row per
+    path and size, the median prediction against the median measurement, each launch's error beside."""
+    import argparse
+    import json
+
+    from mpicoll.bench import costmodel
+
+    model = {"links": {"inter": {"alpha": 1e-5, "beta": 4e-8}}, "gamma": 2e-10, "flops": 1e10}
+    measured = {"a": 0.100, "b": 0.200, "c": 0.120}  # one noisy launch in three
+    files = []
+    for launch, seconds in measured.items():
+        (tmp_path / launch).mkdir()
+        path = tmp_path / launch / "check-2x1-50mbit.json"
+        path.write_text(json.dumps({"model": model, "rows": [
+            {"path": "ring", "bytes": 1 << 22, "predicted_s": 0.110, "measured_s": seconds, "ranks": 2, "hosts": 2}]}))
+        files.append(str(path))
+    parser = argparse.ArgumentParser()
+    costmodel.add_parser(parser.add_subparsers(dest="command"))
+    assert costmodel.run_model_report(parser.parse_args(["model-report", "--median", *files])) == 0
+    out = capsys.readouterr().out
+    assert "| check-2x1-50mbit | ring | 4M | 110.0 | 120.0 | -8% | +10%, -45%, -8% |" in out, out
+    assert "1 of 1 predictions" in out
+    assert costmodel.run_model_report(parser.parse_args(["model-report", *files])) == 0
+    out = capsys.readouterr().out
+    assert out.count("| check-2x1-50mbit | ring |") == 3 and "2 of 3 predictions" in out, out
