@@ -208,7 +208,10 @@ def _observe_native(c: Comm, sizes: Sequence[int], repeats: int,
     median), each within ``budget`` seconds as the size before it predicts: a size whose calls
     (one untimed, then the samples) would pass it gets fewer samples, and is skipped, with every
     larger one, when even one sample would. The times are ``MAX`` over ranks, so every rank makes
-    the same choice."""
+    the same choice. Each sample starts at a barrier, as model-check's calls do (and a program's
+    calls between stretches of compute): back to back, MPICH's 4 MiB calls over the bed's
+    50 Mbit/s link read 810-1021 ms in four probes against 711-776 ms in model-check; a direct
+    comparison in one job was not conclusive (809 against 705 ms, then 736 against 748)."""
     from mpi4py import MPI
 
     points: list[tuple[float, float]] = []
@@ -221,9 +224,14 @@ def _observe_native(c: Comm, sizes: Sequence[int], repeats: int,
                 break
         x = np.ones(size // 4, dtype=np.float32)
         out = np.empty_like(x)
-        c.mpi.Barrier()
-        t = _median_seconds(lambda x=x, out=out: allreduce(x, algorithm="native", comm=c, out=out), samples)
-        points.append((float(size), c.mpi.allreduce(t, op=MPI.MAX)))
+        allreduce(x, algorithm="native", comm=c, out=out)  # untimed: connections, buffers
+        times = []
+        for _ in range(samples):  # each call from a common start, as a program's calls (and model-check's)
+            c.mpi.Barrier()
+            t0 = time.perf_counter()
+            allreduce(x, algorithm="native", comm=c, out=out)
+            times.append(time.perf_counter() - t0)
+        points.append((float(size), c.mpi.allreduce(statistics.median(times), op=MPI.MAX)))
     return points
 
 
