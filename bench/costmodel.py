@@ -360,10 +360,11 @@ def _report_rows(args: argparse.Namespace) -> list[tuple[str, str, int, list[flo
     name) together. ``--repredict`` prices each row again from its own file's probe."""
     from mpicoll.model import Layout, Machine
 
-    rows: dict[tuple[str, str, int], tuple[list[float | None], list[float]]] = {}
+    # keyed by configuration, launch (None: every launch together), path and size
+    rows: dict[tuple[str, int | None, str, int], tuple[list[float | None], list[float]]] = {}
     for i, name in enumerate(args.files):
         document = json.loads(Path(name).read_text())
-        where = Path(name).stem if args.median else f"{Path(name).stem}#{i}"
+        where, launch = Path(name).stem, None if args.median else i
         machine = Machine.from_json(document["model"])
         for row in document["rows"]:
             predicted = row["predicted_s"]
@@ -372,7 +373,7 @@ def _report_rows(args: argparse.Namespace) -> list[tuple[str, str, int, list[flo
             if args.repredict and not unmeasured:  # a probe that never timed a codec keeps its own prediction
                 layout = Layout(row["hosts"], row["ranks"] // row["hosts"])
                 predicted = predict_entry(machine, row["path"], row["bytes"], layout)
-            predictions, measurements = rows.setdefault((where, row["path"], row["bytes"]), ([], []))
+            predictions, measurements = rows.setdefault((where, launch, row["path"], row["bytes"]), ([], []))
             predictions.append(predicted)
             measurements.append(row["measured_s"])
-    return [(where.partition("#")[0], path, nbytes, *found) for (where, path, nbytes), found in rows.items()]
+    return [(where, path, nbytes, *found) for (where, _, path, nbytes), found in rows.items()]

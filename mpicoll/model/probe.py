@@ -60,7 +60,8 @@ SETTLE = 0.15  # seconds of untimed calls before a codec is timed (see _median_s
 WINDOW = 0.03
 
 
-def _median_seconds(fn: Callable[[], Any], repeats: int, settle: float = 0.0, window: float = 0.0) -> float:
+def _median_seconds(fn: Callable[[], Any], repeats: int, settle: float = 0.0, window: float = 0.0,
+                    sync: Callable[[], Any] | None = None) -> float:
     """The median of ``repeats`` samples of the seconds one call of ``fn`` takes, after one untimed
     call (connections, compilation, first touch) and then more untimed calls for up to ``settle``
     seconds (at most 20): a codec's first calls on fresh 4 MiB arrays run up to 2x slower than its
@@ -68,7 +69,8 @@ def _median_seconds(fn: Callable[[], Any], repeats: int, settle: float = 0.0, wi
     pages), and the steady state is what a training loop gets.
 
     Each sample is one call, or with ``window`` the mean over as many calls as take at least
-    ``window`` seconds: see :data:`WINDOW`."""
+    ``window`` seconds: see :data:`WINDOW`. ``sync`` (a barrier), when given, runs untimed before
+    each sample, so that every rank's sample starts at the same moment."""
     fn()
     start = time.perf_counter()
     for _ in range(20):
@@ -77,6 +79,8 @@ def _median_seconds(fn: Callable[[], Any], repeats: int, settle: float = 0.0, wi
         fn()
     samples = []
     for _ in range(repeats):
+        if sync is not None:
+            sync()
         calls, t0 = 0, time.perf_counter()
         while True:
             fn()
@@ -224,14 +228,10 @@ def _observe_native(c: Comm, sizes: Sequence[int], repeats: int,
                 break
         x = np.ones(size // 4, dtype=np.float32)
         out = np.empty_like(x)
-        allreduce(x, algorithm="native", comm=c, out=out)  # untimed: connections, buffers
-        times = []
-        for _ in range(samples):  # each call from a common start, as a program's calls (and model-check's)
-            c.mpi.Barrier()
-            t0 = time.perf_counter()
-            allreduce(x, algorithm="native", comm=c, out=out)
-            times.append(time.perf_counter() - t0)
-        points.append((float(size), c.mpi.allreduce(statistics.median(times), op=MPI.MAX)))
+        # each sample from a common start, as a program's calls (and model-check's)
+        t = _median_seconds(lambda x=x, out=out: allreduce(x, algorithm="native", comm=c, out=out), samples,
+                            sync=c.mpi.Barrier)
+        points.append((float(size), c.mpi.allreduce(t, op=MPI.MAX)))
     return points
 
 
