@@ -34,6 +34,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from ..config import config
 from .rules import DENSE_SWITCH
 
 
@@ -185,19 +186,70 @@ def rabenseifner(n: float, layout: Layout) -> Cost:
     return cost
 
 
-def tree(n: float, layout: Layout) -> Cost:
-    """:mod:`mpicoll.collectives.tree`: reduce up a binary tree, broadcast down, both pipelined;
-    ``2 (ceil(log2(p+1)) - 1)`` rounds. The busiest link carries ``(children + 1) n`` per direction:
-    a node with ``c`` children takes in ``c n`` (reduce) and sends out ``c n`` (broadcast), and the
-    broadcast of early segments overlaps the reduce of later ones except for about one array's
-    worth. That overlap term is fitted to the network bed (2-4 ranks: 1.94 n, 3.08 n, 3.12 n
-    measured), not derived; deeper trees (6-8 ranks) measured 3.5-3.8 n."""
+@functools.lru_cache(maxsize=4096)
+def _tree_phases(layout: Layout) -> tuple[str, int, int, int, int]:
+    """The binary tree's two phases on ``layout`` (heap order around rank 0, block placement): the
+    link class, the segments the busiest sender puts on its link per segment of the array in the
+    reduce (``up``) and in the broadcast (``down``), and each phase's pipeline fill in segments.
+
+    A message crossing hosts loads its sender's host link, once per rank of that host that sends
+    across in the same phase (on one host, each rank's own sends count). Per segment, the busiest
+    link needs ``M`` segment times; a segment reaches a node after the sum of the loads ``m`` along
+    its path from the leaf (reduce) or from the root (broadcast), so the last one arrives
+    ``sum(m) - M`` segment times after the busiest link has sent its last: the fill is the largest
+    such sum over all paths, less ``M``."""
+    p, q = layout.p, layout.per_host
+    edges = [((child - 1) // 2, child) for child in range(1, p)]  # (parent, child)
+    inter = layout.hosts > 1
+
+    def load(senders: list[int]) -> dict[int, int]:  # sends across hosts per host, or per rank on one host
+        out: dict[int, int] = {}
+        for rank in senders:
+            key = rank // q if inter else rank
+            out[key] = out.get(key, 0) + 1
+        return out
+
+    crossing = [(a, b) for a, b in edges if not inter or a // q != b // q]
+    up, down = load([b for _, b in crossing]), load([a for a, _ in crossing])
+    m_up, m_down = max(up.values()), max(down.values())
+
+    def hop(a: int, b: int, loads: dict[int, int], sender: int) -> int:
+        if inter and a // q == b // q:
+            return 0  # shared memory: fast beside the network, no load on a host link
+        return loads[sender // q if inter else sender]
+
+    reach_up, reach_down = [0] * p, [0] * p  # summed loads from rank 0 to each rank, per phase
+    for a, b in edges:  # heap order: a parent comes before its children
+        reach_up[b] = reach_up[a] + hop(a, b, up, b)
+        reach_down[b] = reach_down[a] + hop(a, b, down, a)
+    return ("inter" if inter else "intra", m_up, m_down, max(0, max(reach_up) - m_up),
+            max(0, max(reach_down) - m_down))
+
+
+def tree(n: float, layout: Layout, segment: float | None = None) -> Cost:
+    """:mod:`mpicoll.collectives.tree`: a pipelined reduce up a binary tree, then a pipelined
+    broadcast down it; ``2 (ceil(log2(p+1)) - 1)`` rounds, ``c n`` reduced by a node with ``c``
+    children.
+
+    Each rank runs the reduce to its end before the broadcast, so the phases add up. Per phase the
+    busiest link carries ``M n`` (:func:`_tree_phases`: ``M = 1`` in the reduce and 2 in the
+    broadcast with a rank per host; more where several ranks of a host send across at once),
+    plus the pipeline's fill: ``F`` more segments of ``s = min(segment_bytes, n)`` along the
+    slowest path. Bytes on the busiest link: ``(M_up + M_down) n + (F_up + F_down) s``. With a
+    rank per host that is ``3 n`` from 3 ranks, ``3 n + 2 s`` on 4 and ``3 n + 5 s`` on 8 (the
+    deeper trees the bed measured at 3.5-4.6 n at 4 MiB, issue 17, and 4.1-4.2 n on 2 hosts x 2).
+    Links shape what they send; a switch port that two children send into at once would also
+    make the reduce ingress-bound (``c n`` in), which the network bed, shaping egress only, does
+    not show: projections of ``tree`` to switched networks may be low by up to ``n``."""
     p = layout.p
     if p == 1:
         return Cost()
-    children = min(2, p - 1)
-    cost = _msg(_link(layout), 2 * (math.ceil(math.log2(p + 1)) - 1), (children + 1.0) * n)
-    cost.reduce_bytes = children * n
+    if segment is None:
+        segment = config.get("segment_bytes")
+    link, m_up, m_down, fill_up, fill_down = _tree_phases(layout)
+    nbytes = (m_up + m_down) * n + (fill_up + fill_down) * min(segment, n)
+    cost = _msg(link, 2 * (math.ceil(math.log2(p + 1)) - 1), nbytes)
+    cost.reduce_bytes = min(2, p - 1) * n
     return cost
 
 

@@ -105,9 +105,27 @@ def test_pairwise_stages_price_the_links_their_ranks_really_use():
     assert [costs._stage_link(d, Layout(4, 2)) for d in (1, 2, 4)] == [("intra", 1), ("inter", 2), ("inter", 2)]
 
 
-def test_tree_counts_its_busiest_link():
-    c = costs.tree(MB, Layout(4, 1))  # the root has two children: 2n in, 2n out, overlapping but for n
-    assert c.rounds == {"inter": 4} and c.bytes == {"inter": 3 * MB} and c.reduce_bytes == 2 * MB
+def test_tree_counts_its_busiest_link_and_its_pipeline_fill():
+    """Hand-computed: heap order around rank 0, segments of ``s`` (here 1 MiB)."""
+    n, s = 16 * MB, MB
+    # 3 ranks, a host each: reduce n up (a leaf's link), broadcast 2n down (the root's); no path
+    # longer than one hop, so no fill
+    c = costs.tree(n, Layout(3, 1), segment=s)
+    assert c.rounds == {"inter": 2} and c.bytes == {"inter": 3 * n} and c.reduce_bytes == 2 * n
+    # 4 ranks: 3 -> 1 -> 0 adds one segment to the reduce; the broadcast 0 -> 1 -> 3 costs the
+    # root's 2 segment times per segment, then 1 more for rank 1's single child
+    c = costs.tree(n, Layout(4, 1), segment=s)
+    assert c.rounds == {"inter": 4} and c.bytes == {"inter": 3 * n + 2 * s}
+    # 8 ranks: 7 -> 3 -> 1 -> 0 (fill 2); 0 -> 1 -> 3 -> 7 loads 2 + 2 + 1, less the root's 2 (fill 3)
+    assert costs.tree(n, Layout(8, 1), segment=s).bytes == {"inter": 3 * n + 5 * s}
+    # 2 hosts x 2: ranks 2 and 3 both send across in the reduce (to 0 and 1), ranks 0 and 1 in the
+    # broadcast, so each phase puts 2n on one host's link; 1 -> 0 stays inside host 0 (no fill)
+    assert costs._tree_phases(Layout(2, 2)) == ("inter", 2, 2, 0, 0)
+    assert costs.tree(n, Layout(2, 2), segment=s).bytes == {"inter": 4 * n}
+    # a message under one segment is one segment: every hop of the fill is the whole message
+    assert costs.tree(s / 4, Layout(4, 1), segment=s).bytes == {"inter": 5 * s / 4}
+    # one host: each rank's own sends (2 children in the broadcast), the same fill
+    assert costs.tree(n, Layout(1, 4), segment=s).bytes == {"intra": 3 * n + 2 * s}
 
 
 def test_powersgd_sends_the_two_factors():
