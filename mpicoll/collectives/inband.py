@@ -15,7 +15,9 @@ ranks in and out, :mod:`.pof2`), on one tag reserved for it (``Comm.agreement_ta
 
 **In band.** A small all-reduce on host arrays (at most :data:`INBAND_BYTES`) travels in the same
 messages: each message is the sender's data (its contribution, then its partial result)
-followed by its rows, sent from where they lie as one MPI struct datatype, and combined on the
+followed by its rows (up to :data:`STRUCT_BYTES` of data sent from where they lie as one MPI
+struct datatype; above it as one contiguous buffer, the partial results computed straight into
+its head so that only the rows are copied behind them), and combined on the
 way in recursive doubling's order (lower group first), so the agreement and the data cost one
 schedule of ``log2 p`` exchanges instead of the agreement's round trip followed by the data's
 (issue 20: the check was a whole extra round trip at 4-64 KiB). The result is used only once
@@ -36,11 +38,15 @@ from ..transport.p2p import sendrecv_count
 from .ops import ReduceOp
 from .pof2 import Pof2
 
-#: the largest all-reduce (bytes of the working array) that may ride in the agreement's messages
-#: (16 KiB: above it, the two parts of a message leave MPI's contiguous fast path, since MPICH packs
-#: a struct datatype itself; at 64 KiB that cost 24 us against 11 for the data alone, more than the
-#: agreement's separate small round saves; ``python -m mpicoll.bench.writeback``)
-INBAND_BYTES = 16 * 1024
+#: the largest all-reduce (bytes of the working array) that may ride in the agreement's messages:
+#: 64 KiB. At 64 KiB on 2 ranks riding in band made the check cost -1% instead of +18% (the rows'
+#: separate round), the median of six alternations (bench/RESULTS.md, issue 20, evening of
+#: 2026-12-01); above it the separate round is a small part of the call
+INBAND_BYTES = 64 * 1024
+#: the most data a message sends as an MPI struct datatype over the data and the rows where they
+#: lie; a larger one goes as one contiguous buffer (MPICH packs a struct itself: at 64 KiB that cost
+#: 24 us against 11 for the data alone, ``python -m mpicoll.bench.writeback``)
+STRUCT_BYTES = 16 * 1024
 #: what the stall watchdog says a rank waits for here
 STEP = "the argument check (every rank must reach it)"
 
@@ -113,14 +119,16 @@ class _Step:
 
 class _Buffers:
     """One communicator's agreement table, receive buffer (the largest message an mpicoll rank of
-    it can send), result array and schedule, with views memoized per data size (a small all-reduce
-    is made of microseconds, and a NumPy view costs about one), and the MPI datatypes that send a
-    rank's data and rows as one message from where they lie.
+    it can send), send buffer with the result array at its head, and schedule, with views memoized
+    per data size (a small all-reduce is made of microseconds, and a NumPy view costs about one),
+    and the MPI datatypes that send a rank's data and rows as one message from where they lie.
 
-    Nothing a rank sends is copied into a send buffer, and no array a peer has just read is
-    written again in the same call where that can be helped: on this VM, writing 64 KiB that the
-    other rank's core had just read cost 15 us more than writing fresh memory (the cache lines go
-    back across cores), about the whole cost of the exchange (bench/RESULTS.md, issue 20)."""
+    Up to :data:`STRUCT_BYTES` nothing a rank sends is copied into a send buffer: writing 64 KiB
+    that the other rank's core had just read cost 15 us more than writing fresh memory on this VM
+    (the cache lines go back across cores), about the whole cost of the exchange (bench/RESULTS.md,
+    issue 20). Above it, a rank's own contribution is copied into the send buffer once (a struct
+    datatype would cost more, MPICH packing it); its partial results are computed there in the
+    first place, so only the rows are copied behind them."""
 
     def __init__(self, comm: Comm, width: int, data_bytes: int = INBAND_BYTES, recv: Any = None) -> None:
         from mpi4py import MPI
@@ -133,7 +141,10 @@ class _Buffers:
         # every message is received into room for the longest an mpicoll rank of this communicator
         # can send (a peer with another count must be read, not truncated: its rows tell what differs)
         self.recv = np.empty(INBAND_BYTES + p * self.rowbytes, dtype=np.uint8) if recv is None else recv
-        self.result = np.empty(data_bytes, dtype=np.uint8)
+        # partial results are computed at the send buffer's head: sent with the rows behind them
+        self.send = np.empty(data_bytes + p * self.rowbytes, dtype=np.uint8)
+        self.result = self.send[:data_bytes]
+        self.send_address = self.send.__array_interface__["data"][0]
         self.schedule = schedule(comm)
         self.plans: dict[tuple[int, Any], tuple[Any, list[_Step]]] = {}
         self.routes: dict[tuple[Any, Any, Any], Route] = {}
@@ -158,6 +169,13 @@ class _Buffers:
         MPI = self.MPI
         if data is None:
             return step.rows_in
+        nbytes = data.nbytes
+        if nbytes > STRUCT_BYTES:  # one contiguous buffer: the data at its head (already there when
+            # it is this rank's partial result), the rows behind
+            if data.__array_interface__["data"][0] != self.send_address:
+                self.send[:nbytes].view(data.dtype).reshape(data.shape)[...] = data
+            self.send[nbytes: nbytes + step.head] = step.rows_in
+            return [self.send[: nbytes + step.head], MPI.BYTE]
         address = MPI.Get_address(data)
         key = (address, data.nbytes, step.lo, step.head)
         found = self.types.get(key)
@@ -191,7 +209,7 @@ def private(comm: Comm, width: int, data_bytes: int) -> _Buffers:
     if not 0 <= data_bytes <= INBAND_BYTES:
         raise ValueError(f"private buffers carry 0..{INBAND_BYTES} bytes of data, not {data_bytes}")
     # the receive buffer is the communicator's own: a message is read out of it before the next
-    # arrives, and a communicator's calls run one at a time (so p x 112 bytes and 16 KiB, once)
+    # arrives, and a communicator's calls run one at a time (so p x 112 bytes and 64 KiB, once)
     return _Buffers(comm, width, data_bytes, recv=_buffers(comm, width).recv)
 
 

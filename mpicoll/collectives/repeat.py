@@ -16,8 +16,8 @@ another plain array of the same shape and dtype:
   other arguments, say, or another collective) therefore meet as before, and a disagreement is
   judged by :func:`.validate.judge` from the same table, so every rank raises the same error, on
   the first call where it happens;
-- a small call (:mod:`.inband`: at most 16 KiB, ``auto`` or ``recursive_doubling``) sends its
-  first message as its data copied behind its own row into one buffer (a 4-16 KiB copy), instead
+- a small call (:mod:`.inband`: at most 64 KiB, ``auto`` or ``recursive_doubling``) sends its
+  first message as its data copied behind its own row into one buffer (a copy of at most 64 KiB), instead
   of an MPI struct datatype over the caller's array, which would have to be made again for
   every new array; a larger one runs the agreement's small round, then the algorithm ``auto``
   chose the first time (or the one named);
@@ -58,7 +58,7 @@ from .validate import WIDTH, exchange, judge, signature_of
 LIMIT = 64
 #: what they may hold in all, about: each keeps its own table and its expected rows (as one bytes
 #: object and as slices per message, compared as bytes: a memoryview compares 0.3 us slower),
-#: ``3 p`` rows of 112 bytes (2.8 MB at 8192 ranks), and a result array of at most 16 KiB
+#: ``3 p`` rows of 112 bytes (2.8 MB at 8192 ranks), and a send buffer of at most 64 KiB and the rows
 PLAN_BYTES = 64 << 20
 
 

@@ -13,7 +13,7 @@ data rides in the same messages):
   naming the ranks and their values.
 
 ``MPICOLL_VALIDATE=0`` skips the exchange once a program is known to be correct: it costs
-``log2 p`` small messages per call, and no extra round for an all-reduce of at most 16 KiB.
+``log2 p`` small messages per call, and no extra round for an all-reduce of at most 64 KiB.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def _describe(field: str, collective: str, code: int) -> str:
     if field == "stream":
         return "(none)" if code == -1 else f"random stream {code:#x}"
     if field == "inband":
-        return "data in band (a host array of at most 16 KiB)" if code == 1 else "no data in band"
+        return "data in band (a host array of at most 64 KiB)" if code == 1 else "no data in band"
     return str(code)
 
 

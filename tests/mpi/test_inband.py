@@ -93,7 +93,7 @@ def test_local_failure_on_one_rank(comm):
 
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "int32", "int64"])
 @pytest.mark.parametrize("op", ["sum", "prod", "min", "max", "avg", "bxor"])
-@pytest.mark.parametrize("count", [1, 7, 1000, 4096, 16384])
+@pytest.mark.parametrize("count", [1, 7, 1000, 4096, 8192, 16384, 16385])
 def test_bits_equal_recursive_doubling(comm, dtype, op, count):
     dtype = np.dtype(dtype)
     if (op == "avg" and dtype.kind != "f") or (op == "bxor" and dtype.kind == "f"):

@@ -35,7 +35,8 @@ def planned(comm, x, op="sum", algorithm="auto"):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "int64"])
 @pytest.mark.parametrize("op", ["sum", "prod", "min", "max", "avg", "bor"])
-@pytest.mark.parametrize("shape", [(1,), (7,), (31, 33), (2048,)])  # up to 16 KiB: in band
+# in band up to 64 KiB: struct datatypes up to 16 KiB, one contiguous buffer above (8192 float64: 64 KiB)
+@pytest.mark.parametrize("shape", [(1,), (7,), (31, 33), (2048,), (8192,), (4, 2047)])
 def test_plan_bits_equal_the_full_path(comm, dtype, op, shape):
     dtype = np.dtype(dtype)
     if (op == "avg" and dtype.kind != "f") or (op == "bor" and dtype.kind == "f"):
