@@ -1,22 +1,33 @@
 """``algorithm="shm"``: the all-reduce inside one host through an MPI-3 shared-memory window.
 
-Every rank's input lies in a shared window (:mod:`mpicoll.transport.shared`), so ranks read each
-other's data directly instead of sending it:
+Ranks read each other's data in a shared window (:mod:`mpicoll.transport.shared`) instead of
+sending it. Two paths:
 
-1. (staging) each rank copies its input into its segment of the communicator's staging window
-   (skipped when the call is in place on arrays made by :func:`mpicoll.shared_empty` at the same
-   place on every rank: the *zero-copy* path);
-2. *one-pass reduce-scatter*: rank ``r`` reduces block ``r`` reading that block of every rank's
+**Zero copy**, when the call is in place on arrays made by :func:`mpicoll.shared_empty` at the
+same place on every rank: the inputs already lie in the window.
+
+1. *one-pass reduce-scatter*: rank ``r`` reduces block ``r`` reading that block of every rank's
    segment, in rank order (``x_0 op x_1 op ... op x_{p-1}``), and writes the result into its own
    segment's block ``r``;
-3. *direct-read allgather*: each rank copies the other ranks' finished blocks from their segments
+2. *direct-read allgather*: each rank copies the other ranks' finished blocks from their segments
    into its output.
 
+**Streamed staging** for any other host arrays: the same two steps, chunk by chunk through three
+slots of :data:`CHUNK_BYTES` per rank in the communicator's staging window, so that what a rank
+copies in is still in the cache when its peers read it. For chunk ``j``, in one phase between
+two fences, each rank copies the finished sub-blocks of chunk ``j - 1`` into its output, reduces
+its own sub-block of chunk ``j`` (its own operand read from its input, the others' from their
+slots, in rank order) into its output and its slot, and copies the other sub-blocks of chunk
+``j + 1`` of its input into its next slot. Three slots keep the phase's writes and reads apart.
+Memory traffic per rank is what a ``Sendrecv`` of the array costs: its input read once and its
+output written once, the slots staying in the cache. Copying the whole input into the window
+first, then reducing, reached 0.40-0.52 of the ``Sendrecv`` line at 16-256 MiB on 2 ranks;
+streamed, 0.78-0.98 (bench/RESULTS.md, issue 20, evening of 2026-12-01). The window is
+``3 * CHUNK_BYTES`` per rank, however large the array.
+
 Fences (memory sync and barrier) separate the phases and end the call, so the next call may
-reuse the window. Each block is reduced by one rank in one fixed order and then copied, so every
-rank ends with the same bits. Memory traffic per rank: ``n`` read and ``n/p`` written by the
-reduction, ``(p-1)/p n`` copied by the allgather, plus ``n`` copied in on the staging path;
-nothing goes through MPI's own buffers.
+reuse the window. Each element is reduced by one rank in one fixed order and then copied, so
+every rank ends with the same bits, and the two paths give the same bits.
 
 **Across hosts** ``shm`` is :mod:`.hierarchical` with these steps inside each host: the buffer's
 shards are laid out over each host's ranks as there; rank ``j`` of a host reduces its block from
@@ -40,6 +51,10 @@ from .hierarchical import cross_allreduce, hierarchy
 from .ops import ReduceOp
 from .partition import displacements, even_counts
 from .registry import register
+
+#: the streamed staging path's slot size (bytes per rank; three slots each): 1 MiB did best of
+#: 1, 2 and 4 MiB on the development VM at 16-256 MiB (bench/results/issue20-s10/streamed_shm*.log)
+CHUNK_BYTES = 1 << 20
 
 
 def _staging(comm: Comm, nbytes: int) -> SharedWindow:
@@ -120,9 +135,66 @@ def shm_allreduce(comm: Comm, sendbuf: Any, recvbuf: Any, op: ReduceOp) -> None:
         window, offset = placed
         run_shm(comm, window, offset, flat.dtype, flat.size, None, op)
         return
-    window = _staging(comm, flat.nbytes)
-    window.view(comm.rank, flat.dtype, flat.size)[...] = flat
-    run_shm(comm, window, 0, flat.dtype, flat.size, recvbuf, op)
+    run_streamed(comm, flat, recvbuf.reshape(-1), op)
+
+
+def run_streamed(comm: Comm, send: np.ndarray, recv: np.ndarray, op: ReduceOp) -> None:
+    """The streamed staging path (see the module docstring) of 1-D host arrays ``send`` into
+    ``recv`` (the same array, or overlapping it, for an in-place call) on one host."""
+    p, r = comm.size, comm.rank
+    chunk = max(1, CHUNK_BYTES // send.dtype.itemsize)
+    window = _staging(comm, 3 * chunk * send.dtype.itemsize)
+    slots = [[window.view(k, send.dtype, chunk, s * chunk * send.dtype.itemsize) for s in range(3)]
+             for k in range(p)]
+    n = send.size
+    chunks = -(-n // chunk)
+    # an in-place call's own operand is its output: a rank whose first combine does not read it
+    # (rank 2 and up) accumulates privately, or it would overwrite the operand before reading it
+    private = r >= 2 and np.may_share_memory(send, recv)
+    acc = comm.scratch.get("shm.acc", chunk // p + 1, send.dtype, np) if private else None
+
+    def bounds(j: int) -> tuple[int, list[int]]:  # chunk j's start and its sub-blocks' bounds
+        m = min(chunk, n - j * chunk)
+        return j * chunk, [m * k // p for k in range(p + 1)]
+
+    def copy_in(j: int) -> None:  # the sub-blocks of chunk j the others reduce, into slot j % 3
+        lo, sub = bounds(j)
+        mine, slot = sub[r: r + 2], slots[r][j % 3]
+        if mine[0]:
+            slot[: mine[0]] = send[lo: lo + mine[0]]
+        if mine[1] < sub[p]:
+            slot[mine[1]: sub[p]] = send[lo + mine[1]: lo + sub[p]]
+
+    def reduce_own(j: int) -> None:  # this rank's sub-block of chunk j, in rank order
+        lo, sub = bounds(j)
+        a, b = sub[r], sub[r + 1]
+        if a == b:
+            return
+        ops = [send[lo + a: lo + b] if k == r else slots[k][j % 3][a:b] for k in range(p)]
+        target = acc[: b - a] if private else recv[lo + a: lo + b]
+        op.combine(ops[0], ops[1], out=target)
+        for k in range(2, p):
+            op.combine(target, ops[k], out=target)
+        if private:
+            recv[lo + a: lo + b] = target
+        slots[r][j % 3][a:b] = target
+
+    def copy_out(j: int) -> None:  # the others' finished sub-blocks of chunk j
+        lo, sub = bounds(j)
+        for k in range(p):
+            if k != r and sub[k] < sub[k + 1]:
+                recv[lo + sub[k]: lo + sub[k + 1]] = slots[k][j % 3][sub[k]: sub[k + 1]]
+
+    copy_in(0)
+    window.fence(comm)
+    for j in range(chunks + 1):
+        if j >= 1:
+            copy_out(j - 1)
+        if j < chunks:
+            reduce_own(j)
+        if j + 1 < chunks:
+            copy_in(j + 1)
+        window.fence(comm)  # chunk j reduced, chunk j - 1 copied out, chunk j + 1 copied in
 
 
 def _across_hosts(comm: Comm, sendbuf: Any, recvbuf: Any, op: ReduceOp) -> None:

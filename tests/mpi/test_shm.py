@@ -144,3 +144,32 @@ def test_auto_takes_shm_where_a_tuned_table_says_so(comm, tmp_path_factory):
         got = mpicoll.allreduce(x, comm=comm)
     auto.reset()
     assert_all(comm.mpi, np.array_equal(got, mpicoll.allreduce(x, algorithm="shm", comm=comm)), "auto took shm")
+
+
+@pytest.mark.parametrize("n", [1, 3, 17, 1000])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int64"])
+@pytest.mark.parametrize("op", ["sum", "prod", "min", "max"])
+def test_streamed_staging_over_many_chunks_in_rank_order(comm, monkeypatch, n, dtype, op):
+    """Chunks of 64 bytes (many per array, a short last one, sub-blocks empty where a chunk has
+    fewer elements than ranks): every element is ``x_0 op x_1 op ... op x_{p-1}`` in the dtype,
+    on every rank, into a new array, into ``out=`` and in place on a private array."""
+    from mpicoll.collectives import shm
+
+    monkeypatch.setattr(shm, "CHUNK_BYTES", 64)  # every rank: the chunking must agree
+    kind = "float" if dtype.startswith("float") else "int"
+    x = rank_input(n, comm.rank, dtype, kind, seed=n)
+    if op == "prod":
+        x = np.where(np.abs(x) > 2, np.sign(x), x).astype(dtype)  # keep the products finite
+    every = comm.mpi.allgather(x)
+    ufunc = {"sum": np.add, "prod": np.multiply, "min": np.minimum, "max": np.maximum}[op]
+    want = every[0].copy()
+    for k in range(1, comm.size):
+        want = ufunc(want, every[k])
+    got = mpicoll.allreduce(x, op, algorithm="shm", comm=comm)
+    assert_all(comm.mpi, got.tobytes() == want.tobytes(), f"new array: not the rank-order {op}")
+    out = np.full_like(x, 7)
+    mpicoll.allreduce(x, op, out=out, algorithm="shm", comm=comm)
+    assert_all(comm.mpi, out.tobytes() == want.tobytes(), "out=")
+    inplace = x.copy()
+    mpicoll.allreduce(inplace, op, out=inplace, algorithm="shm", comm=comm)
+    assert_all(comm.mpi, inplace.tobytes() == want.tobytes(), "in place on a private array")
