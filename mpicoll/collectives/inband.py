@@ -39,9 +39,10 @@ from .ops import ReduceOp
 from .pof2 import Pof2
 
 #: the largest all-reduce (bytes of the working array) that may ride in the agreement's messages:
-#: 64 KiB. At 64 KiB on 2 ranks riding in band made the check cost -1% instead of +18% (the rows'
-#: separate round), the median of six alternations (bench/RESULTS.md, issue 20, evening of
-#: 2026-12-01); above it the separate round is a small part of the call
+#: 64 KiB. At 64 KiB riding in band made the check cost -0% instead of +20% (the rows' separate
+#: round) on 2 ranks and +9% instead of +26% on 4, side by side with the tree before it
+#: (bench/RESULTS.md, issue 20, evening of 2026-12-01); above it the separate round is a small part
+#: of the call
 INBAND_BYTES = 64 * 1024
 #: the most data a message sends as an MPI struct datatype over the data and the rows where they
 #: lie; a larger one goes as one contiguous buffer (MPICH packs a struct itself: at 64 KiB that cost
